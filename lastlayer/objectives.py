@@ -1,0 +1,483 @@
+"""Self-supervised objectives: how two views of a document are made, and the loss.
+
+Views (strings, so they are independent of the tokenizer):
+
+- ``crop``: two independent random crops of ``sentences_per_crop`` consecutive sentence
+  units of the document (González-Márquez, Berens & Kobak 2025).
+- ``span``: two independent random spans of 10–50 % of the first 256 words (Contriever's
+  ``randomcrop``, on whitespace words instead of tokens).
+- ``dropout``: one crop passed twice; the model's dropout (train mode) makes the two
+  embeddings differ (SimCSE). Decoder LMs need :func:`enable_dropout` for this.
+
+Loss: :func:`info_nce` with in-batch negatives (SimCSE ``cl_forward``, sentence-transformers
+``MultipleNegativesRankingLoss``), gathering negatives across processes when distributed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported lazily: the CLI imports this module for its menus
+    from torch import Tensor, nn
+
+# A sentence ends at . ! or ? followed by whitespace and then an ASCII uppercase letter, a
+# digit, a quote or an opening bracket. Deliberately simple: it misses lowercase starts and
+# non-ASCII capitals and splits after abbreviations like "Dr. Smith"; the unit normalisation
+# below (merge short, cut long) absorbs most of that.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'“‘(\[])")
+_WORD = re.compile(r"\S+")
+
+Span = tuple[int, int]  # [start, end) character offsets into the document
+
+
+@dataclass
+class ViewStats:
+    """Counters filled while making views; the trainer reports them.
+
+    Attributes:
+        documents: Documents turned into a pair of views.
+        sentence_crops: Documents whose views are sentence-unit crops.
+        token_span_fallbacks: ``crop`` documents too short for two different sentence
+            crops, which got word-span views instead (:func:`span_views`).
+        dropped_empty: Empty (or whitespace-only) documents skipped by :func:`make_views`.
+        whole_doc_fallbacks: ``dropout`` documents with fewer units than one crop needs,
+            whose view is the start of the document.
+    """
+
+    documents: int = 0
+    sentence_crops: int = 0
+    token_span_fallbacks: int = 0
+    dropped_empty: int = 0
+    whole_doc_fallbacks: int = 0
+
+
+# ------------------------------------------------------------------------ sentence units
+
+
+def split_sentences(text: str, min_chars: int = 100, max_chars: int = 250) -> list[str]:
+    """Split a document into sentence units of about ``min_chars``–``max_chars`` characters.
+
+    Sentences end at ``[.!?]`` followed by whitespace and an uppercase ASCII letter, a digit,
+    a quote or an opening bracket. They are then normalised into units:
+
+    1. A unit shorter than ``min_chars`` is merged with the following sentence (repeatedly).
+       A short trailing remainder is merged into the previous unit.
+    2. A unit longer than ``max_chars`` is cut at word boundaries into the fewest pieces of
+       at most ``max_chars`` characters, of roughly equal length (so 260 characters become
+       two of ~130, not 250 + 10). A single word longer than ``max_chars`` is cut hard.
+
+    Units are exact substrings of ``text`` (original whitespace kept inside a unit), so
+    consecutive units can be re-joined by slicing the document.
+
+    Args:
+        text: The document.
+        min_chars: Target minimum unit length (paper: 100).
+        max_chars: Hard maximum unit length (paper: 250).
+
+    Returns:
+        The units in document order; ``[]`` for an empty document.
+    """
+    return [text[s:e] for s, e in _unit_spans(text, min_chars, max_chars)]
+
+
+def _unit_spans(text: str, min_chars: int, max_chars: int) -> list[Span]:
+    if not 0 < min_chars <= max_chars:
+        raise ValueError(f"need 0 < min_chars <= max_chars, got {min_chars}, {max_chars}")
+    # 1. sentences: the stretches between sentence-end whitespace, trimmed to non-space.
+    sentences: list[Span] = []
+    start = 0
+    for m in [*_SENTENCE_END.finditer(text), None]:
+        end = m.start() if m else len(text)
+        words = list(_WORD.finditer(text, start, end))
+        if words:
+            sentences.append((words[0].start(), words[-1].end()))
+        start = m.end() if m else len(text)
+
+    # 2. merge short units with the following sentence.
+    merged: list[Span] = []
+    cur: Span | None = None
+    for s, e in sentences:
+        cur = (cur[0], e) if cur else (s, e)
+        if cur[1] - cur[0] >= min_chars:
+            merged.append(cur)
+            cur = None
+    if cur:  # a short tail joins the previous unit; step 3 re-balances if that is too long
+        merged[-1:] = [(merged[-1][0], cur[1])] if merged else [cur]
+
+    # 3. cut long units at word boundaries.
+    units: list[Span] = []
+    for s, e in merged:
+        units.extend(_cut(text, s, e, max_chars) if e - s > max_chars else [(s, e)])
+    return units
+
+
+def _cut(text: str, s: int, e: int, max_chars: int) -> list[Span]:
+    """Cut ``text[s:e]`` at word boundaries into pieces <= max_chars of about equal length."""
+    target = (e - s) / math.ceil((e - s) / max_chars)  # equal share of the fewest pieces
+    pieces: list[Span] = []
+    cur: Span | None = None
+    for m in _WORD.finditer(text, s, e):
+        ws, we = m.span()
+        while we - ws > max_chars:  # one "word" longer than a unit (URL, sequence): hard cut
+            if cur:
+                pieces.append(cur)
+                cur = None
+            pieces.append((ws, ws + max_chars))
+            ws += max_chars
+        # Cut before this word if its middle lies past the next equal-share boundary
+        # (absolute positions, so rounding does not pile up into a tiny last piece), or if
+        # it would overflow max_chars.
+        boundary = s + (len(pieces) + 1) * target
+        if cur and ((ws + we) / 2 > boundary or we - cur[0] > max_chars):
+            pieces.append(cur)
+            cur = None
+        cur = (cur[0], we) if cur else (ws, we)
+    if cur:
+        pieces.append(cur)
+    return pieces
+
+
+# ------------------------------------------------------------------------------ views
+
+
+def crop_views(
+    doc: str,
+    rng: random.Random,
+    sentences_per_crop: int = 2,
+    min_chars: int = 100,
+    max_chars: int = 250,
+    stats: ViewStats | None = None,
+) -> tuple[str, str]:
+    """Two independent random crops of ``sentences_per_crop`` consecutive sentence units.
+
+    Each view is ``doc[start of unit i : end of unit i + sentences_per_crop - 1]`` with ``i``
+    drawn uniformly and independently for the two views, as in the paper; so the two views
+    coincide with probability ``1 / (n_units - sentences_per_crop + 1)``.
+
+    Short documents: a document with fewer than ``sentences_per_crop + 1`` units has at
+    most one possible sentence crop, so it cannot give two different ones. It falls back
+    to :func:`span_views` on its words (two independent random word spans) and is counted
+    in ``stats.token_span_fallbacks``.
+
+    Args:
+        doc: A non-empty document.
+        rng: Source of randomness (seeded by the caller for reproducibility).
+        sentences_per_crop: Consecutive units per crop (paper: 2).
+        min_chars: Sentence-unit minimum, see :func:`split_sentences`.
+        max_chars: Sentence-unit maximum, see :func:`split_sentences`.
+        stats: Counters to update, if given.
+
+    Returns:
+        ``(view_a, view_b)``, both substrings of ``doc``.
+    """
+    _check_doc(doc)
+    if sentences_per_crop < 1:
+        raise ValueError(f"sentences_per_crop must be >= 1, got {sentences_per_crop}")
+    units = _unit_spans(doc, min_chars, max_chars)
+    if stats is not None:
+        stats.documents += 1
+    n_starts = len(units) - sentences_per_crop + 1
+    if n_starts < 2:
+        if stats is not None:
+            stats.token_span_fallbacks += 1
+        return span_views(doc, rng)
+    if stats is not None:
+        stats.sentence_crops += 1
+    a, b = rng.randrange(n_starts), rng.randrange(n_starts)
+    return _join(doc, units, a, sentences_per_crop), _join(doc, units, b, sentences_per_crop)
+
+
+def span_views(
+    doc: str,
+    rng: random.Random,
+    min_ratio: float = 0.1,
+    max_ratio: float = 0.5,
+    max_words: int = 256,
+    stats: ViewStats | None = None,
+) -> tuple[str, str]:
+    """Two independent random word spans (Contriever's ``randomcrop``).
+
+    The document is cut to its first ``max_words`` whitespace-separated words; each view is
+    a random contiguous span of ``max(1, int(n_words * ratio))`` words, ``ratio`` drawn
+    uniformly from ``[min_ratio, max_ratio]``, at a uniform random start. Contriever crops
+    tokenizer tokens; we crop whitespace words so the views stay text (substrings of the
+    document, original spacing kept) and do not depend on the tokenizer.
+
+    Args:
+        doc: A non-empty document.
+        rng: Source of randomness.
+        min_ratio: Smallest span, as a fraction of the (capped) word count (Contriever 0.1).
+        max_ratio: Largest span fraction (Contriever 0.5).
+        max_words: Words of the document considered (Contriever: a 256-token chunk).
+        stats: Counters to update, if given.
+
+    Returns:
+        ``(view_a, view_b)``.
+    """
+    _check_doc(doc)
+    if not 0 < min_ratio <= max_ratio <= 1:
+        raise ValueError(f"need 0 < min_ratio <= max_ratio <= 1, got {min_ratio}, {max_ratio}")
+    if max_words < 1:
+        raise ValueError(f"max_words must be >= 1, got {max_words}")
+    words = [m.span() for _, m in zip(range(max_words), _WORD.finditer(doc))]
+    if stats is not None:
+        stats.documents += 1
+
+    def one_span() -> str:
+        length = max(1, int(len(words) * rng.uniform(min_ratio, max_ratio)))
+        start = rng.randint(0, len(words) - length)
+        return doc[words[start][0] : words[start + length - 1][1]]
+
+    return one_span(), one_span()
+
+
+def dropout_views(
+    doc: str,
+    rng: random.Random,
+    sentences_per_crop: int = 2,
+    min_chars: int = 100,
+    max_chars: int = 250,
+    stats: ViewStats | None = None,
+) -> tuple[str, str]:
+    """SimCSE views: one random crop, returned twice.
+
+    The crop is ``sentences_per_crop`` consecutive sentence units, as in :func:`crop_views`
+    (only one crop is needed here, so ``sentences_per_crop`` units are enough). A document
+    with fewer units falls back to its first ``max_chars * sentences_per_crop`` characters
+    (cut at a word boundary) and is counted in ``stats.whole_doc_fallbacks``. The two
+    embeddings differ only through dropout in the model, which must be in train mode
+    (see :func:`enable_dropout` for models that ship with dropout 0).
+
+    Args:
+        doc: A non-empty document.
+        rng: Source of randomness.
+        sentences_per_crop: Consecutive units in the crop.
+        min_chars: Sentence-unit minimum, see :func:`split_sentences`.
+        max_chars: Sentence-unit maximum, see :func:`split_sentences`.
+        stats: Counters to update, if given.
+
+    Returns:
+        ``(view, view)``.
+    """
+    _check_doc(doc)
+    if sentences_per_crop < 1:
+        raise ValueError(f"sentences_per_crop must be >= 1, got {sentences_per_crop}")
+    units = _unit_spans(doc, min_chars, max_chars)
+    if stats is not None:
+        stats.documents += 1
+    n_starts = len(units) - sentences_per_crop + 1
+    if n_starts >= 1:
+        if stats is not None:
+            stats.sentence_crops += 1
+        view = _join(doc, units, rng.randrange(n_starts), sentences_per_crop)
+    else:
+        if stats is not None:
+            stats.whole_doc_fallbacks += 1
+        view = _head(doc, max_chars * sentences_per_crop)
+    return view, view
+
+
+def _join(doc: str, units: list[Span], i: int, n: int) -> str:
+    return doc[units[i][0] : units[i + n - 1][1]]
+
+
+def _head(doc: str, limit: int) -> str:
+    """The longest run of whole words from the start of ``doc`` within ``limit`` chars."""
+    words = list(_WORD.finditer(doc))
+    start, end = words[0].start(), words[0].start() + limit
+    last = max((m.end() for m in words if m.end() <= end), default=end)  # hard cut 1st word
+    return doc[start:last]
+
+
+def _check_doc(doc: str) -> None:
+    if not isinstance(doc, str) or not doc.strip():
+        raise ValueError("cannot make views of an empty document (make_views skips them)")
+
+
+VIEW_MAKERS: dict[str, Callable[..., tuple[str, str]]] = {
+    "crop": crop_views,
+    "span": span_views,
+    "dropout": dropout_views,
+}
+"""The recipe's closed menu of view kinds (``objective.kind``-style keys)."""
+
+
+def make_views(
+    kind: str, docs: list[str], rng: random.Random, **kwargs
+) -> tuple[list[str], list[str], ViewStats]:
+    """Make a batch of positive pairs.
+
+    Args:
+        kind: A key of :data:`VIEW_MAKERS`.
+        docs: Documents; empty or whitespace-only ones are dropped and counted.
+        rng: Source of randomness, shared across the batch (documents are visited in order,
+            so a seeded ``rng`` gives the same views every run).
+        **kwargs: Passed on to the view maker (e.g. ``sentences_per_crop``).
+
+    Returns:
+        ``(views_a, views_b, stats)``; ``views_a[i]`` and ``views_b[i]`` come from the same
+        document, so the pair lists may be shorter than ``docs``.
+    """
+    if kind not in VIEW_MAKERS:
+        raise ValueError(f"unknown view kind {kind!r}; choose one of {sorted(VIEW_MAKERS)}")
+    maker = VIEW_MAKERS[kind]
+    stats = ViewStats()
+    views_a: list[str] = []
+    views_b: list[str] = []
+    for doc in docs:
+        if not isinstance(doc, str) or not doc.strip():
+            stats.dropped_empty += 1
+            continue
+        a, b = maker(doc, rng, stats=stats, **kwargs)
+        views_a.append(a)
+        views_b.append(b)
+    return views_a, views_b, stats
+
+
+# ---------------------------------------------------------------------- model dropout
+
+_MODULE_DROPOUT_ATTRS = ("attention_dropout", "dropout_prob", "dropout")
+_CONFIG_DROPOUT_ATTRS = ("attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def _is_zero_rate(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+
+
+def enable_dropout(model: nn.Module, p: float) -> int:
+    """Switch dropout on where a model ships with it at 0, so dropout views differ.
+
+    Decoder LMs (Llama, SmolLM2, ...) set ``attention_dropout=0.0``: without this, the
+    ``dropout`` objective sees two identical embeddings and its loss carries no signal.
+    Changed, where currently exactly 0 (a non-zero rate is never lowered):
+
+    - ``nn.Dropout`` (and other ``_DropoutNd``) modules: ``p``.
+    - Float attributes ``attention_dropout``, ``dropout_prob`` or ``dropout`` of any
+      module. transformers 5 Llama attention copies ``config.attention_dropout`` into
+      ``self.attention_dropout`` at construction and passes
+      ``dropout=self.attention_dropout if self.training else 0.0`` to its attention
+      kernel (eager and SDPA), so the module attribute is what counts.
+    - ``model.config.attention_dropout`` / ``hidden_dropout_prob`` /
+      ``attention_probs_dropout_prob``, so a saved config records it (and modules built
+      later from the config get it).
+
+    Args:
+        model: Any ``nn.Module``, e.g. a transformers model or a PEFT wrapper.
+        p: Dropout probability in (0, 1).
+
+    Returns:
+        The number of places changed.
+    """
+    from torch import nn
+
+    if not 0 < p < 1:
+        raise ValueError(f"dropout p must be in (0, 1), got {p}")
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p == 0:
+            module.p = p
+            changed += 1
+        for attr in _MODULE_DROPOUT_ATTRS:
+            if _is_zero_rate(getattr(module, attr, None)):
+                setattr(module, attr, float(p))
+                changed += 1
+    config = getattr(model, "config", None)
+    for attr in _CONFIG_DROPOUT_ATTRS:
+        if config is not None and _is_zero_rate(getattr(config, attr, None)):
+            setattr(config, attr, float(p))
+            changed += 1
+    return changed
+
+
+# ------------------------------------------------------------------------------- loss
+
+
+def info_nce(
+    a: Tensor,
+    b: Tensor,
+    temperature: float = 0.05,
+    symmetric: bool = False,
+    gather: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """InfoNCE with in-batch negatives (SimCSE ``cl_forward``, MNRL).
+
+    Row ``i`` of ``a`` (view 1 of document ``i``) must pick out row ``i`` of ``b`` (view 2
+    of the same document) among all rows of ``b``; the other documents are the negatives.
+    Embeddings are L2-normalised here, so logits are cosine similarities / temperature
+    (temperature 0.05 = sentence-transformers' scale 20).
+
+    Distributed: when ``torch.distributed`` is initialised with world size > 1 and
+    ``gather`` is true, ``b`` (and ``a``, for the symmetric term) is all-gathered from every
+    process *with gradients* (``torch.distributed.nn.functional.all_gather``), so each
+    local row is scored against the global batch; its positive sits at column
+    ``rank * B + i``. Why the gradient is right: each rank's loss is the mean over its own
+    ``B`` rows, ``L_r``. The backward of ``all_gather`` sums, into each rank's local
+    embeddings, the gradients that *every* rank's ``L_s`` sends them, so rank ``r`` obtains
+    the parameter gradient of ``sum_s L_s`` through its own embeddings. DDP then averages
+    parameter gradients over the ``W`` ranks: ``(1/W) * sum_r d(sum_s L_s)/dθ|_r``, i.e. the
+    gradient of ``(1/W) sum_s L_s`` = the mean loss over all ``W * B`` rows, exactly what one
+    process would compute on the global batch.
+
+    Args:
+        a: ``(B, d)`` embeddings of view 1.
+        b: ``(B, d)`` embeddings of view 2 of the same ``B`` documents.
+        temperature: Softmax temperature (paper, SimCSE: 0.05).
+        symmetric: Also score ``b -> a`` and average the two losses.
+        gather: Use negatives from all processes when running distributed.
+
+    Returns:
+        ``(loss, accuracy)``: the scalar loss, and the top-1 in-batch accuracy of the local
+        ``a -> b`` rows (0-dim, detached).
+
+    Raises:
+        ValueError: Mismatched shapes, or unequal batch sizes across processes.
+    """
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(f"a and b must both be (B, d), got {tuple(a.shape)} and {tuple(b.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    a = F.normalize(a, dim=-1)  # (B, d)
+    b = F.normalize(b, dim=-1)  # (B, d)
+    batch = a.size(0)
+    a_all, b_all, offset = a, b, 0  # (N, d) candidates, N = B single-process
+    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_gather
+
+        world, rank = dist.get_world_size(), dist.get_rank()
+        sizes = [torch.zeros(1, dtype=torch.long, device=a.device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([batch], dtype=torch.long, device=a.device))
+        sizes_list = [int(s.item()) for s in sizes]
+        if len(set(sizes_list)) != 1:
+            raise ValueError(
+                f"info_nce needs the same local batch size on every process, got "
+                f"{sizes_list}; drop the last incomplete batch (drop_last=True)."
+            )
+        # torch 2.13 marks this all_gather deprecated in favour of the private
+        # torch.distributed._functional_collectives; it still works (gloo and NCCL), so
+        # keep the public API and silence the per-step FutureWarning.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*nn\.functional\.all_gather is deprec")
+            b_all = torch.cat(all_gather(b), dim=0)  # (W*B, d), gradients reach every rank
+            if symmetric:
+                a_all = torch.cat(all_gather(a), dim=0)  # (W*B, d)
+        offset = rank * batch
+    labels = torch.arange(batch, device=a.device) + offset  # (B,) positive column per row
+
+    logits = a @ b_all.T / temperature  # (B, N) cosine / temperature
+    loss = F.cross_entropy(logits, labels)
+    if symmetric:
+        logits_ba = b @ a_all.T / temperature  # (B, N)
+        loss = (loss + F.cross_entropy(logits_ba, labels)) / 2
+    with torch.no_grad():
+        accuracy = (logits.argmax(dim=-1) == labels).float().mean()  # ()
+    return loss, accuracy

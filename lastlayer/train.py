@@ -1,0 +1,416 @@
+"""Train a top-k adapter from a recipe: one readable Accelerate loop, then the artifact.
+
+``run(recipe)`` is the whole job, top to bottom:
+load the encoder -> hold out labelled documents -> kNN of the base -> attach the top-k
+adapter -> train (crop / span / dropout views, InfoNCE over the global batch) -> kNN of
+the adapted model -> save the artifact (PEFT files + lastlayer.json + recipe.yaml +
+eval.json + README.md) atomically -> print a before/after table.
+
+The same code runs on one CPU, one GPU, or many processes: launch it with
+``accelerate launch -m lastlayer train RECIPE`` or ``torchrun --nproc_per_node N -m
+lastlayer train RECIPE``. ``train.batch_size`` is per process; the negatives of the
+InfoNCE loss are the global batch (embeddings are gathered with gradients).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+import lastlayer
+from lastlayer.adapters import (
+    attach,
+    folder_size,
+    layer_summary,
+    save_adapter,
+    trainable_parameters,
+)
+from lastlayer.config import ConfigError, EvalConfig, ObjectiveConfig, Recipe
+from lastlayer.data import DataError, read_labelled, read_texts
+from lastlayer.evaluation import KnnResult, knn_accuracy, paired_delta
+from lastlayer.hub import model_card
+from lastlayer.model import Encoder, load_encoder
+from lastlayer.objectives import VIEW_MAKERS, ViewStats, enable_dropout, info_nce
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------
+# Data: which documents are trained on, which are held out for kNN, how views are made.
+
+
+@dataclass
+class EvalSet:
+    """Labelled documents held out of training, on which base and adapter are compared."""
+
+    texts: list[str]
+    labels: list[str]
+    source: str
+
+
+def load_eval_set(cfg: EvalConfig, seed: int) -> EvalSet | None:
+    """A seeded random sample of ``cfg.max_docs`` labelled documents, or None without data."""
+    if cfg.data is None:
+        return None
+    texts, labels = read_labelled(cfg.data, cfg.text_field, cfg.label_field)
+    if cfg.max_docs is not None and cfg.max_docs < len(texts):
+        keep = np.random.default_rng(seed).choice(len(texts), size=cfg.max_docs, replace=False)
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    return EvalSet(texts, labels, cfg.data)
+
+
+def training_documents(recipe: Recipe, held_out: EvalSet | None) -> list[str]:
+    """The training corpus, minus any document that is held out for evaluation."""
+    docs = read_texts(recipe.data.train, recipe.data.text_field)
+    if held_out is not None:
+        excluded = set(held_out.texts)
+        docs = [d for d in docs if d not in excluded]
+    if recipe.data.max_docs is not None:
+        docs = docs[: recipe.data.max_docs]
+    if len(docs) < 2:
+        raise DataError(
+            f"{recipe.data.train}: only {len(docs)} training documents remain after holding out "
+            "the evaluation documents; use a larger corpus or a smaller eval.max_docs."
+        )
+    return docs
+
+
+class DocumentStream(Dataset):
+    """Exactly ``total`` documents: back-to-back seeded permutations of the corpus (epochs)."""
+
+    def __init__(self, docs: list[str], total: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        order: list[int] = []
+        while len(order) < total:
+            order.extend(rng.permutation(len(docs)).tolist())
+        self.docs, self.order = docs, order[:total]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> str:
+        return self.docs[self.order[i]]
+
+
+def view_kwargs(cfg: ObjectiveConfig) -> dict[str, Any]:
+    """The recipe's objective settings, as the keyword arguments of its view maker."""
+    if cfg.kind == "span":
+        return {"min_ratio": cfg.span_min_ratio, "max_ratio": cfg.span_max_ratio}
+    return {
+        "sentences_per_crop": cfg.sentences_per_crop,
+        "min_chars": cfg.min_sentence_chars,
+        "max_chars": cfg.max_sentence_chars,
+    }
+
+
+class PairStream(Dataset):
+    """Positive pairs: item ``i`` is two views of the ``i``-th document of a ``DocumentStream``.
+
+    Each item draws its views from its own ``random.Random(seed, i)``, so a pair depends only
+    on the seed and its position: runs are reproducible, resumed runs see exactly the views
+    they would have seen, and no process or prefetching order can change them.
+    """
+
+    def __init__(self, docs: DocumentStream, objective: ObjectiveConfig, seed: int) -> None:
+        self.docs, self.objective, self.seed = docs, objective, seed
+        self.make = VIEW_MAKERS[objective.kind]
+        self.kwargs = view_kwargs(objective)
+        self.stats = ViewStats()
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def __getitem__(self, i: int) -> tuple[str, str]:
+        rng = random.Random(f"{self.seed}:{i}")
+        return self.make(self.docs[i], rng, stats=self.stats, **self.kwargs)
+
+
+@dataclass
+class PairCollator:
+    """Tokenizes a batch of pairs into the two views' model inputs."""
+
+    encoder: Encoder
+
+    def __call__(self, pairs: list[tuple[str, str]]) -> dict[str, dict[str, torch.Tensor]]:
+        a, b = zip(*pairs, strict=True)
+        return {"a": self.encoder.tokenize(a), "b": self.encoder.tokenize(b)}
+
+
+# ---------------------------------------------------------------------------------------
+# The training loop.
+
+
+@dataclass
+class TrainResult:
+    """What the loop did: per-step history and view statistics."""
+
+    steps: int
+    history: list[dict[str, float]]
+    view_stats: ViewStats
+    resumed_from: int = 0
+
+
+def checkpoint_root(recipe: Recipe) -> Path:
+    """Where periodic checkpoints go: next to the artifact, removed once it is saved."""
+    out = Path(recipe.output_dir)
+    return out.parent / f"{out.name}.checkpoints"
+
+
+def latest_checkpoint(root: Path) -> tuple[Path, int] | None:
+    """The newest ``step-N`` folder under ``root`` and its step, if any."""
+    found = [(int(m.group(1)), p) for p in root.glob("step-*")
+             if (m := re.fullmatch(r"step-(\d+)", p.name))]
+    if not found:
+        return None
+    step, path = max(found)
+    return path, step
+
+
+def keep_trainable_weights_only(models, weights, output_dir) -> None:
+    """Accelerate save hook: checkpoint the adapter's weights, not the frozen base."""
+    for i, model in enumerate(models):
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        weights[i] = {k: v for k, v in weights[i].items() if k in trainable}
+
+
+def train_adapter(encoder: Encoder, docs: list[str], recipe: Recipe, accelerator) -> TrainResult:
+    """Run ``train.max_steps`` optimizer steps of the objective on ``docs``.
+
+    Args:
+        encoder: An encoder whose model already carries the (trainable) adapter.
+        docs: Training documents.
+        recipe: The resolved recipe.
+        accelerator: An ``accelerate.Accelerator`` (one process or many).
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg, objective = recipe.train, recipe.objective
+    params = [p for p in encoder.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Not prepared: Accelerate would step it once per process; we step it once per update.
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, round(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps
+    )
+    per_step = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
+    pairs = PairStream(DocumentStream(docs, cfg.max_steps * per_step, recipe.seed), objective,
+                       recipe.seed)
+    # Its own generator: a DataLoader iterator otherwise draws from the global torch RNG when
+    # it starts, which would shift the dropout masks of a resumed run.
+    loader = DataLoader(pairs, batch_size=cfg.batch_size, collate_fn=PairCollator(encoder),
+                        drop_last=True, generator=torch.Generator().manual_seed(recipe.seed))
+    model, optimizer, loader = accelerator.prepare(encoder.model, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_save_state_pre_hook(keep_trainable_weights_only)
+
+    start = _maybe_resume(recipe, accelerator)
+    if start:
+        loader = accelerator.skip_first_batches(loader, start * cfg.grad_accum_steps)
+    step, history = start, []
+    bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step",
+               disable=not accelerator.is_local_main_process)
+    model.train()
+    for batch in loader:
+        with accelerator.accumulate(model):
+            a = encoder.embed(batch["a"], model)  # (B, d) view 1
+            b = encoder.embed(batch["b"], model)  # (B, d) view 2 of the same documents
+            loss, acc = info_nce(a, b, objective.temperature, objective.symmetric)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        scheduler.step()
+        step += 1
+        record = {
+            "step": step,
+            "loss": accelerator.reduce(loss.detach(), "mean").item(),
+            "accuracy": accelerator.reduce(acc.detach().float(), "mean").item(),
+            "lr": scheduler.get_last_lr()[0],
+        }
+        history.append(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            accelerator.save_state(str(checkpoint_root(recipe) / f"step-{step:06d}"))
+        if step >= cfg.max_steps:
+            break
+    bar.close()
+    encoder.model = accelerator.unwrap_model(model)
+    return TrainResult(step, history, pairs.stats, start)
+
+
+def _maybe_resume(recipe: Recipe, accelerator) -> int:
+    """Load the newest checkpoint when ``train.resume`` is set; return its step (or 0)."""
+    if not recipe.train.resume:
+        return 0
+    found = latest_checkpoint(checkpoint_root(recipe))
+    if found is None:
+        log.warning("train.resume=true but no checkpoint under %s: starting from step 0.",
+                    checkpoint_root(recipe))
+        return 0
+    path, step = found
+    accelerator.load_state(str(path), strict=False)  # the checkpoint holds adapter weights only
+    accelerator.print(f"Resumed from {path} (step {step}).")
+    return step
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation, artifact and report.
+
+
+def evaluate_knn(encoder: Encoder, held_out: EvalSet, cfg: EvalConfig, desc: str) -> KnnResult:
+    """Leave-one-out kNN accuracy of ``encoder`` on the held-out documents."""
+    vectors = encoder.encode(held_out.texts, batch_size=cfg.batch_size, desc=desc)
+    return knn_accuracy(vectors.numpy(), held_out.labels, cfg.k, cfg.metric)
+
+
+def eval_report(base: KnnResult, adapted: KnnResult, held_out: EvalSet, recipe: Recipe) -> dict:
+    """The content of ``eval.json``: base and adapted side by side, and how they were measured."""
+    cfg = recipe.eval
+    return {
+        "base": {"knn_accuracy": base.accuracy},
+        "adapted": {"knn_accuracy": adapted.accuracy},
+        "delta": paired_delta(base.correct, adapted.correct, seed=recipe.seed),
+        "data": held_out.source,
+        "num_documents": len(held_out.texts),
+        "protocol": (
+            f"kNN accuracy, k={cfg.k}, {cfg.metric}, leave-one-out over {len(held_out.texts)} "
+            f"labelled documents sampled with seed {recipe.seed} from {held_out.source} and "
+            "held out of training; delta CI: paired bootstrap over documents."
+        ),
+    }
+
+
+def artifact_metadata(encoder: Encoder, recipe: Recipe, result: TrainResult, base_model) -> dict:
+    """The content of ``lastlayer.json``: everything needed to rebuild and trust the adapter."""
+    resolved = encoder.resolved
+    weights = f"GGUF file {resolved.gguf_file}, dequantized" if resolved.gguf_file else "original"
+    return {
+        "name": Path(recipe.output_dir).name,
+        "lastlayer_version": lastlayer.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": resolved.hub_id,
+        "base_revision": recipe.model.revision,
+        "base_fingerprint": encoder.fingerprint,
+        "base_source": f"{resolved.source}; weights: {weights}",
+        "base_weights": weights,
+        "pooling": encoder.pooling,
+        "normalize": encoder.normalize,
+        "max_length": encoder.max_length,
+        "dtype": recipe.model.dtype,
+        "quantization": recipe.model.quantization,
+        "adapter": asdict(recipe.adapter),
+        "layers": layer_summary(base_model, recipe.adapter.top_k),
+        "objective": asdict(recipe.objective),
+        "train_data": recipe.data.train,
+        "train_steps": result.steps,
+        "view_stats": asdict(result.view_stats),
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+    }
+
+
+def print_report(metrics: dict | None, size: int, out_dir: Path, stats: ViewStats) -> None:
+    """The before/after table, saying plainly when the adapter is worse than its base."""
+    print(f"\nSaved {out_dir} ({size / 1024:.0f} KB)")
+    print(f"Views: {stats.sentence_crops} sentence crops, {stats.token_span_fallbacks} short "
+          f"documents fell back to word-span crops, {stats.dropped_empty} empty dropped.")
+    if metrics is None:
+        print("No eval.data in the recipe: nothing measured.")
+        return
+    base, adapted = metrics["base"]["knn_accuracy"], metrics["adapted"]["knn_accuracy"]
+    d = metrics["delta"]
+    print(f"\n{metrics['protocol']}\n")
+    print(f"  {'model':<10}{'kNN accuracy':>14}")
+    print(f"  {'base':<10}{base:>14.4f}")
+    print(f"  {'adapted':<10}{adapted:>14.4f}")
+    print(f"  {'delta':<10}{d['delta']:>+14.4f}   95% CI [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}]")
+    if d["ci95_high"] < 0:
+        print("\nWARNING: the adapter is WORSE than its base on held-out documents. "
+              "Do not use it; see the README on when self-supervised training helps.")
+    elif d["ci95_low"] <= 0:
+        print("\nNote: the difference is within noise (the 95% CI includes 0).")
+    else:
+        print("\nThe adapter is better than its base beyond noise.")
+
+
+def make_accelerator(recipe: Recipe):
+    """An ``Accelerator`` for the recipe; refuses fp16 on CPU, where it silently runs fp32."""
+    from accelerate import Accelerator
+
+    cfg = recipe.train
+    on_cpu = cfg.cpu or not torch.cuda.is_available()
+    if cfg.mixed_precision == "fp16" and on_cpu:
+        raise ConfigError(
+            "train.mixed_precision=fp16 on CPU silently runs in fp32; use bf16 (2-4x faster "
+            "on CPU) or no."
+        )
+    return Accelerator(
+        cpu=cfg.cpu, mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+    )
+
+
+def run(recipe: Recipe) -> dict[str, Any]:
+    """Train, evaluate and save the adapter a recipe describes; return ``eval.json``'s content.
+
+    Raises:
+        ConfigError, DataError, ModelNotFoundError: Bad recipe, data, or model.
+    """
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(recipe)
+    set_seed(recipe.seed, device_specific=True)
+    accelerator.print(f"Resolved recipe:\n---\n{recipe.to_yaml()}---")
+    held_out = load_eval_set(recipe.eval, recipe.seed)
+    docs = training_documents(recipe, held_out)
+    accelerator.print(f"Training on {len(docs)} documents from {recipe.data.train}"
+                      + (f"; {len(held_out.texts)} held out for kNN" if held_out else ""))
+
+    encoder = load_encoder(recipe.model, device=accelerator.device)
+    accelerator.print(f"Base model: {encoder.resolved.hub_id} from {encoder.resolved.source}")
+    main = accelerator.is_main_process
+    base = evaluate_knn(encoder, held_out, recipe.eval, "embed (base)") if held_out and main else None
+
+    base_model = encoder.model
+    attach(encoder, recipe.adapter)
+    if recipe.objective.kind == "dropout":
+        changed = enable_dropout(encoder.model, recipe.objective.dropout)
+        accelerator.print(f"Dropout objective: switched dropout on in {changed} places.")
+    trainable, total = trainable_parameters(encoder.model)
+    accelerator.print(f"Trainable parameters: {trainable:,} of {total:,} "
+                      f"({recipe.adapter.kind}, top {recipe.adapter.top_k} layers)")
+
+    result = train_adapter(encoder, docs, recipe, accelerator)
+    accelerator.wait_for_everyone()
+    if not main:
+        return {}
+    metrics = None
+    if held_out is not None:
+        adapted = evaluate_knn(encoder, held_out, recipe.eval, "embed (adapted)")
+        metrics = eval_report(base, adapted, held_out, recipe)
+    meta = artifact_metadata(encoder, recipe, result, base_model)
+    files = {
+        "lastlayer.json": json.dumps(meta, indent=2) + "\n",
+        "recipe.yaml": recipe.to_yaml(),
+        "eval.json": json.dumps(metrics, indent=2) + "\n",
+        "README.md": model_card(meta, metrics),
+        "train_log.json": json.dumps(result.history) + "\n",
+    }
+    out_dir = save_adapter(encoder.model, recipe.output_dir, files)
+    shutil.rmtree(checkpoint_root(recipe), ignore_errors=True)
+    print_report(metrics, folder_size(out_dir), out_dir, result.view_stats)
+    return metrics or {}

@@ -1,0 +1,52 @@
+"""Shared fixtures: offline Hub, one thread for tiny models, tiny models saved as folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+import torch
+from tiny import tiny_model, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
+
+
+@pytest.fixture(autouse=True)
+def hub_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Offline mode and an empty Hub cache: no test waits on the network or sees a cache.
+
+    huggingface_hub reads HF_HUB_OFFLINE once at import, so the constants are patched too.
+    """
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread(request: pytest.FixtureRequest):
+    """Tiny models gain nothing from intra-op threads, and on a busy machine they spin.
+
+    Tests marked ``slow`` run real models and keep all threads.
+    """
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny 4-layer BERT and Llama saved like downloaded model folders (tiny-bert, tiny-llama)."""
+    root = tmp_path_factory.mktemp("models")
+    folders = {}
+    for arch in ("bert", "llama"):
+        folder = root / f"tiny-{arch}"
+        tiny_model(arch, num_layers=4).save_pretrained(folder)
+        tiny_tokenizer().save_pretrained(folder)
+        folders[arch] = folder
+    return folders

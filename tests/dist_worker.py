@@ -1,0 +1,135 @@
+"""One InfoNCE step on a fixed global batch, single-process or under torchrun (gloo, CPU).
+
+Used by ``tests/test_distributed.py``:
+
+- ``torchrun --nproc_per_node 2 tests/dist_worker.py OUT``: rank ``r`` embeds rows
+  ``[r*4:(r+1)*4]`` of the global batch of 8 pairs, ``info_nce`` gathers the embeddings
+  across processes with gradients, DDP averages the parameter gradients.
+- ``python tests/dist_worker.py OUT``: one plain process on the whole global batch of 8.
+
+For each variant (``--variants``; adapter kind x symmetric loss) rank 0 writes, in one
+``torch.save``'d dict ``{variant: {...}}``:
+
+- ``loss``: the loss averaged over processes (``accelerator.reduce(loss, "mean")``);
+- ``local_loss``: the same, with ``gather=False`` (negatives = the 4 local rows only). In
+  the single process it is the mean of the two half-batch losses, which is what a
+  2-process run without gathering would report;
+- ``grads``: every trainable parameter's gradient (after DDP averaging), by name;
+- ``pad_diff`` and ``pad_widths`` (single process only): the largest difference between
+  embeddings of the whole batch padded together and of each half padded on its own, and
+  the padded lengths of both (so a test can see that the padding really differs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import random
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tiny import tiny_model, tiny_tokenizer
+
+from lastlayer.adapters import attach
+from lastlayer.config import AdapterConfig
+from lastlayer.model import Encoder
+from lastlayer.objectives import info_nce, make_views
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
+GLOBAL_BATCH = 8
+TEMPERATURE = 0.05
+VARIANTS = {  # name -> (adapter kind, symmetric)
+    "lora": ("lora", False),
+    "lora-sym": ("lora", True),
+    "full": ("full", False),
+    "full-sym": ("full", True),
+}
+
+
+def global_batch() -> tuple[list[str], list[str]]:
+    """Views A and B of the first 8 medical abstracts: fixed, different lengths."""
+    with gzip.open(MEDICAL, "rt", encoding="utf-8") as f:
+        docs = [json.loads(line)["text"] for _, line in zip(range(GLOBAL_BATCH), f)]
+    views_a, views_b, _ = make_views("crop", docs, random.Random(0), sentences_per_crop=1)
+    assert len(views_a) == GLOBAL_BATCH, "expected 8 non-empty abstracts"
+    return views_a, views_b
+
+
+def build_encoder(kind: str) -> Encoder:
+    """The tiny 4-layer bert (seed 0) with a top-2 adapter, nonzero LoRA B, eval mode."""
+    encoder = Encoder(tiny_model("bert", num_layers=4, seed=0), tiny_tokenizer(), pooling="mean")
+    attach(encoder, AdapterConfig(kind=kind, top_k=2))
+    torch.manual_seed(1)
+    for name, p in encoder.model.named_parameters():
+        if "lora_B" in name:  # initialised to 0, which would zero the lora_A gradients
+            p.data.normal_(0, 0.02)
+    encoder.model.eval()  # no dropout: both runs are deterministic
+    return encoder
+
+
+def run_variant(accelerator: Accelerator, kind: str, symmetric: bool) -> dict:
+    encoder = build_encoder(kind)
+    model = accelerator.prepare(encoder.model)  # DDP over gloo with 2 processes
+    world, rank = accelerator.num_processes, accelerator.process_index
+    views_a, views_b = global_batch()
+    local = GLOBAL_BATCH // world
+    rows = slice(rank * local, (rank + 1) * local)
+
+    a_tok, b_tok = encoder.tokenize(views_a[rows]), encoder.tokenize(views_b[rows])
+    a = encoder.embed(a_tok, model)  # (local, d); each process pads its own rows
+    b = encoder.embed(b_tok, model)  # (local, d)
+    loss, _ = info_nce(a, b, temperature=TEMPERATURE, symmetric=symmetric)
+    accelerator.backward(loss)
+
+    out: dict = {"world_size": world}
+    with torch.no_grad():
+        out["loss"] = accelerator.reduce(loss.detach(), "mean").item()
+        if world == 1:  # what each of 2 processes would see without gathering, averaged
+            halves = [info_nce(a[i : i + 4], b[i : i + 4], TEMPERATURE, symmetric, gather=False)[0]
+                      for i in (0, 4)]
+            local_loss = torch.stack(halves).mean()
+            out["pad_widths"] = {  # sequence length: whole batch padded together, halves
+                "whole": [a_tok["input_ids"].shape[1], b_tok["input_ids"].shape[1]],
+                "halves": [encoder.tokenize(views[i : i + 4])["input_ids"].shape[1]
+                           for views in (views_a, views_b) for i in (0, 4)],
+            }
+            out["pad_diff"] = max(
+                (encoder.embed(encoder.tokenize(views[i : i + 4]), model) - full[i : i + 4])
+                .abs().max().item()
+                for views, full in ((views_a, a), (views_b, b)) for i in (0, 4)
+            )
+        else:
+            local_loss, _ = info_nce(a, b, TEMPERATURE, symmetric, gather=False)
+        out["local_loss"] = accelerator.reduce(local_loss.detach(), "mean").item()
+    unwrapped = accelerator.unwrap_model(model)
+    out["grads"] = {
+        name: p.grad.detach().clone() if p.grad is not None else None
+        for name, p in unwrapped.named_parameters() if p.requires_grad
+    }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="where rank 0 writes the torch.save'd results")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated subset of {list(VARIANTS)}")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    accelerator = Accelerator(cpu=True)
+    results = {}
+    for name in args.variants.split(","):
+        kind, symmetric = VARIANTS[name]
+        results[name] = run_variant(accelerator, kind, symmetric)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        torch.save(results, args.out)
+    accelerator.end_training()  # destroys the process group cleanly
+
+
+if __name__ == "__main__":
+    main()

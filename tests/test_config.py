@@ -1,0 +1,168 @@
+"""Recipes: airtight keys, typed values, closed menus, overrides, shipped recipes valid."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lastlayer.config import (
+    AdapterConfig,
+    ConfigError,
+    ObjectiveConfig,
+    Recipe,
+    apply_overrides,
+    load_recipe,
+    parse_override,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+MINIMAL = ["data.train=corpus.txt", "output_dir=out"]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_from_overrides_alone():
+    recipe = load_recipe(None, MINIMAL)
+    assert recipe.data.train == "corpus.txt"
+    assert recipe.objective.kind == "crop" and recipe.objective.temperature == 0.05
+    assert recipe.adapter.top_k == 2 and recipe.seed == 42
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_recipe_validates(path):
+    recipe = load_recipe(path)
+    assert recipe.output_dir.startswith("adapters/")
+    assert Path(recipe.output_dir).parent.name == path.parent.name  # adapters/<domain> mirrors recipes/<domain>
+    assert Path(recipe.output_dir).name == path.stem
+    header = path.read_text().splitlines()
+    assert header[0].startswith("#"), "recipes start with a comment header"
+    assert any("lastlayer train" in line for line in header if line.startswith("#"))
+
+
+def test_shipped_recipes_cover_each_objective_and_adapter_kind():
+    recipes = [load_recipe(p) for p in RECIPES]
+    assert {r.objective.kind for r in recipes} >= {"crop", "dropout"}
+    assert {r.adapter.kind for r in recipes} == {"lora", "full"}
+
+
+def test_unknown_key_names_key_and_valid_keys(tmp_path):
+    path = write(tmp_path, "data: {train: x}\noutput_dir: o\nadapter: {topk: 2}\n")
+    with pytest.raises(ConfigError, match=r"unknown key adapter\.topk.*valid keys: .*top_k"):
+        load_recipe(path)
+
+
+def test_unknown_top_level_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key modle"):
+        load_recipe(write(tmp_path, "modle: {}\ndata: {train: x}\noutput_dir: o\n"))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_steps=ten", r"train\.max_steps must be int"),
+        ("train.max_steps=true", r"train\.max_steps must be int"),
+        ("adapter.kind=prefix", r"adapter\.kind must be one of lora, full"),
+        ("objective.kind=mask", r"objective\.kind must be one of crop, span, dropout"),
+        ("model.pooling=max", r"model\.pooling must be one of mean, cls, last"),
+        ("model.quantization=3bit", r"model\.quantization must be one of 8bit, 4bit"),
+        ("adapter.target_modules=query", r"adapter\.target_modules must be a list"),
+        ("adapter.top_k=0", r"adapter\.top_k must be >= 1"),
+        ("train.batch_size=1", r"in-batch negatives"),
+        ("objective.temperature=0", r"temperature must be > 0"),
+        ("train.warmup_ratio=1.5", r"between 0 and 1"),
+        ("adapter=3", r"adapter must be a mapping"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(None, [*MINIMAL, override])
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="only applies to adapter.kind=lora"):
+        AdapterConfig(kind="full", target_modules=["query"])
+    with pytest.raises(ConfigError, match="max_sentence_chars"):
+        ObjectiveConfig(min_sentence_chars=300, max_sentence_chars=200)
+    with pytest.raises(ConfigError, match="data.train is required"):
+        load_recipe(None, ["output_dir=o"])
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        load_recipe(None, [*MINIMAL, "model.gguf_file=a.gguf", "model.quantization=8bit"])
+
+
+def test_override_parsing_and_types():
+    assert parse_override("train.lr=0.5") == (["train", "lr"], 0.5)
+    assert load_recipe(None, [*MINIMAL, "train.lr=1e-4"]).train.lr == 1e-4  # YAML 1.1 quirk
+    assert parse_override("model.quantization=null") == (["model", "quantization"], None)
+    assert parse_override("adapter.target_modules=[q_proj, v_proj]")[1] == ["q_proj", "v_proj"]
+    recipe = load_recipe(None, [*MINIMAL, "train.lr=1", "seed=7"])
+    assert recipe.train.lr == 1.0 and isinstance(recipe.train.lr, float) and recipe.seed == 7
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        parse_override("train.lr")
+    with pytest.raises(ConfigError, match="is not a section"):
+        apply_overrides({"seed": 1}, ["seed.x=2"])
+
+
+def test_overrides_win_over_file(tmp_path):
+    path = write(tmp_path, "data: {train: x}\noutput_dir: o\ntrain: {max_steps: 5}\n")
+    assert load_recipe(path, ["train.max_steps=9"]).train.max_steps == 9
+
+
+def test_resolved_recipe_round_trips_through_yaml(tmp_path):
+    recipe = load_recipe(None, [*MINIMAL, "adapter.target_modules=[query]"])
+    again = load_recipe(write(tmp_path, recipe.to_yaml()))
+    assert again == recipe
+    assert isinstance(again, Recipe)
+
+
+def test_broken_and_missing_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "a: [unclosed\n"))
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_recipe(write(tmp_path, "- a\n- b\n"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lastlayer", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+def test_validate_cli_ok_and_never_imports_torch():
+    code = ("import sys; from lastlayer.cli import main; rc = main(['validate', *sys.argv[1:]]);"
+            "assert 'torch' not in sys.modules, 'validate imported torch'; raise SystemExit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, *map(str, RECIPES)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok ") == len(RECIPES)
+
+
+def test_validate_cli_reports_bad_recipe_with_exit_2(tmp_path):
+    bad = write(tmp_path, "data: {train: x}\noutput_dir: o\ntrain: {max_step: 3}\n")
+    done = run_cli("validate", str(bad), str(RECIPES[0]))
+    assert done.returncode == 2
+    assert "FAIL" in done.stdout and "unknown key train.max_step" in done.stdout
+
+
+def test_train_cli_config_error_exits_2_without_traceback():
+    done = run_cli("train", str(RECIPES[0]), "adapter.kind=prefix")
+    assert done.returncode == 2
+    assert "adapter.kind must be one of" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_help_has_examples_for_each_command():
+    for command in ("train", "validate", "ls", "env"):
+        done = run_cli(command, "--help")
+        assert done.returncode == 0 and "examples:" in done.stdout
+
+
+def test_ls_lists_recipes():
+    done = run_cli("ls")
+    assert done.returncode == 0
+    assert "Recipes (" in done.stdout and str(RECIPES[0].relative_to(ROOT)) in done.stdout

@@ -1,0 +1,155 @@
+"""The whole job on tiny models: artifact contents, golden losses, resume, refusals."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import MEDICAL
+from safetensors.torch import load_file
+
+from lastlayer.config import ConfigError, load_recipe
+from lastlayer.train import DocumentStream, latest_checkpoint, run
+
+# Losses of the first 3 steps of the tiny-BERT run below (seed 0, CPU, fp32). A change here
+# means training no longer does what it did: check why before updating them.
+GOLDEN_LOSSES = [2.0129, 2.0166, 1.8747]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 120 medical abstracts (text + label), as a small jsonl file."""
+    path = tmp_path_factory.mktemp("data") / "medical.jsonl"
+    with gzip.open(MEDICAL, "rt", encoding="utf-8") as src:
+        lines = [next(src) for _ in range(120)]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def recipe_for(model: Path, corpus: Path, out: Path, *overrides: str):
+    return load_recipe(None, [
+        f"model.name_or_path={model}", "model.max_length=48", f"data.train={corpus}",
+        f"eval.data={corpus}", "eval.max_docs=40", "eval.k=5", "adapter.top_k=2",
+        "train.max_steps=3", "train.batch_size=8", "train.lr=1e-3", "train.cpu=true",
+        "seed=0", f"output_dir={out}", *overrides,
+    ])
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_run_writes_a_complete_artifact(saved_models, corpus, tmp_path, capsys):
+    out = tmp_path / "adapters" / "medical" / "tiny"
+    metrics = run(recipe_for(saved_models["bert"], corpus, out))
+
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "lastlayer.json", "recipe.yaml",
+            "eval.json", "README.md"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl"))]
+    assert read_json(out / "adapter_config.json")["base_model_name_or_path"] == "tiny-bert"
+
+    meta = read_json(out / "lastlayer.json")
+    assert meta["base_model"] == "tiny-bert" and len(meta["base_fingerprint"]) == 16
+    assert meta["adapter"]["kind"] == "lora" and meta["layers"]["trained_layers"] == [2, 3]
+    assert meta["train_steps"] == 3 and meta["objective"]["kind"] == "crop"
+
+    saved = read_json(out / "eval.json")
+    assert saved == json.loads(json.dumps(metrics))
+    assert set(saved["base"]) == set(saved["adapted"]) == {"knn_accuracy"}
+    assert saved["num_documents"] == 40 and "leave-one-out" in saved["protocol"]
+    delta = saved["delta"]
+    assert delta["ci95_low"] <= delta["delta"] <= delta["ci95_high"]
+    assert load_recipe(out / "recipe.yaml").output_dir == str(out)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "base_model: tiny-bert" in card
+
+    printed = capsys.readouterr().out
+    assert "Resolved recipe" in printed and "kNN accuracy" in printed and "KB)" in printed
+    assert not list(out.parent.glob(".*")), "no temporary folders left behind"
+
+
+def test_golden_losses_at_fixed_seed(saved_models, corpus, tmp_path):
+    out = tmp_path / "a"
+    run(recipe_for(saved_models["bert"], corpus, out, "eval.data=null"))
+    losses = [row["loss"] for row in read_json(out / "train_log.json")]
+    assert losses == pytest.approx(GOLDEN_LOSSES, abs=2e-3)
+    run(recipe_for(saved_models["bert"], corpus, tmp_path / "b", "eval.data=null"))
+    again = [row["loss"] for row in read_json(tmp_path / "b" / "train_log.json")]
+    assert again == losses, "same seed, same run"
+
+
+def test_eval_documents_are_held_out_of_training(saved_models, corpus, tmp_path):
+    from lastlayer.train import load_eval_set, training_documents
+
+    recipe = recipe_for(saved_models["bert"], corpus, tmp_path / "a")
+    held_out = load_eval_set(recipe.eval, recipe.seed)
+    docs = training_documents(recipe, held_out)
+    assert len(held_out.texts) == 40 and len(docs) == 80
+    assert not set(docs) & set(held_out.texts)
+
+
+def test_resume_continues_exactly(saved_models, corpus, tmp_path):
+    common = ("eval.data=null", "train.max_steps=4", "train.checkpoint_every=2")
+    straight = tmp_path / "straight"
+    run(recipe_for(saved_models["bert"], corpus, straight, *common))
+
+    resumed = tmp_path / "resumed"
+    run(recipe_for(saved_models["bert"], corpus, resumed, *common, "train.max_steps=2"))
+    assert latest_checkpoint(tmp_path / "resumed.checkpoints") is None, "cleaned after success"
+    # Interrupt: keep a step-2 checkpoint by crashing after it, then resume to step 4.
+    with pytest.raises(KeyboardInterrupt):
+        _run_and_interrupt(recipe_for(saved_models["bert"], corpus, resumed, *common), step=3)
+    path, step = latest_checkpoint(tmp_path / "resumed.checkpoints")
+    assert step == 2
+    run(recipe_for(saved_models["bert"], corpus, resumed, *common, "train.resume=true"))
+
+    a = load_file(straight / "adapter_model.safetensors")
+    b = load_file(resumed / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    log_a = read_json(straight / "train_log.json")
+    log_b = read_json(resumed / "train_log.json")
+    assert [r["loss"] for r in log_b] == pytest.approx([r["loss"] for r in log_a[2:]], abs=1e-5)
+
+
+def _run_and_interrupt(recipe, step: int) -> None:
+    """Run ``recipe`` and raise KeyboardInterrupt when the scheduler reaches ``step``."""
+    original = torch.optim.lr_scheduler.LambdaLR.step
+
+    def step_then_maybe_stop(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.last_epoch >= step:
+            raise KeyboardInterrupt
+
+    torch.optim.lr_scheduler.LambdaLR.step = step_then_maybe_stop
+    try:
+        run(recipe)
+    finally:
+        torch.optim.lr_scheduler.LambdaLR.step = original
+
+
+def test_dropout_objective_switches_dropout_on_in_decoders(saved_models, corpus, tmp_path):
+    out = tmp_path / "drop"
+    run(recipe_for(saved_models["llama"], corpus, out, "eval.data=null", "objective.kind=dropout",
+                   "model.pooling=last", "adapter.kind=full"))
+    losses = [row["loss"] for row in read_json(out / "train_log.json")]
+    # Identical views would give logits with a dominant diagonal and a loss near 0.
+    assert min(losses) > 0.05
+
+
+def test_fp16_on_cpu_is_refused(saved_models, corpus, tmp_path):
+    with pytest.raises(ConfigError, match="fp16 on CPU"):
+        run(recipe_for(saved_models["bert"], corpus, tmp_path / "x", "train.mixed_precision=fp16"))
+
+
+def test_document_stream_is_seeded_epochs():
+    stream = DocumentStream(["a", "b", "c"], total=7, seed=1)
+    items = [stream[i] for i in range(len(stream))]
+    assert len(items) == 7 and sorted(items[:3]) == ["a", "b", "c"]
+    assert sorted(items[3:6]) == ["a", "b", "c"]
+    assert items == [DocumentStream(["a", "b", "c"], 7, 1)[i] for i in range(7)]

@@ -57,7 +57,8 @@ def attach(encoder: Encoder, cfg: AdapterConfig, name: str = "default") -> Encod
     """
     from peft import get_peft_model
 
-    encoder.model = get_peft_model(encoder.model, peft_config(encoder.model, cfg), adapter_name=name)
+    config = peft_config(encoder.model, cfg)
+    encoder.model = get_peft_model(encoder.model, config, adapter_name=name)
     if encoder.resolved is not None:  # PEFT records the load path; artifacts name the Hub id
         encoder.model.peft_config[name].base_model_name_or_path = encoder.resolved.hub_id
         encoder.model.peft_config[name].revision = encoder.resolved.revision

@@ -230,7 +230,8 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     unknown = sorted(set(data) - fields)
     if unknown:
         raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!s} in {where}; valid keys: {', '.join(sorted(fields))}."
+            f"unknown key {prefix}{unknown[0]!s} in {where}; "
+            f"valid keys: {', '.join(sorted(fields))}."
         )
     kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
     try:
@@ -253,7 +254,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}.")
+            menu = ", ".join(map(str, choices))
+            raise ConfigError(f"{key} must be one of {menu}; got {value!r}.")
         return value
     if origin is list:
         (item,) = typing.get_args(hint)
@@ -282,7 +284,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into its key path and a YAML-parsed value."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override {text!r} must look like dotted.key=value, e.g. train.max_steps=50.")
+        raise ConfigError(
+            f"override {text!r} must look like dotted.key=value, e.g. train.max_steps=50."
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:

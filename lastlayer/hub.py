@@ -47,8 +47,9 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any] | None) -> str:
         "encoder = load_adapter(encoder, 'path/to/this/folder')",
         "vectors = encoder.encode(['some in-domain text'])",
         "```", "",
-        "Plain PEFT works too: `PeftModel.from_pretrained(AutoModel.from_pretrained(base), folder)`,",
-        f"then {meta['pooling']} pooling" + (" and L2 normalisation." if meta["normalize"] else "."),
+        "Plain PEFT works too:",
+        "`PeftModel.from_pretrained(AutoModel.from_pretrained(base), folder)`, then "
+        f"{meta['pooling']} pooling" + (" and L2 normalisation." if meta["normalize"] else "."),
         "",
     ]
     return "\n".join(lines)

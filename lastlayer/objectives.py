@@ -225,7 +225,7 @@ def span_views(
         raise ValueError(f"need 0 < min_ratio <= max_ratio <= 1, got {min_ratio}, {max_ratio}")
     if max_words < 1:
         raise ValueError(f"max_words must be >= 1, got {max_words}")
-    words = [m.span() for _, m in zip(range(max_words), _WORD.finditer(doc))]
+    words = [m.span() for _, m in zip(range(max_words), _WORD.finditer(doc), strict=False)]
     if stats is not None:
         stats.documents += 1
 

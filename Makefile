@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lastlayer tests benchmarks
+	$(VENV)/bin/ruff check lastlayer tests
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

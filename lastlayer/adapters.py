@@ -58,12 +58,19 @@ def attach(encoder: Encoder, cfg: AdapterConfig, name: str = "default") -> Encod
     from peft import get_peft_model
 
     config = peft_config(encoder.model, cfg)
-    encoder.model = get_peft_model(encoder.model, config, adapter_name=name)
+    with warnings.catch_warnings():
+        _ignore_block_size_warning()
+        encoder.model = get_peft_model(encoder.model, config, adapter_name=name)
     if encoder.resolved is not None:  # PEFT records the load path; artifacts name the Hub id
         encoder.model.peft_config[name].base_model_name_or_path = encoder.resolved.hub_id
         encoder.model.peft_config[name].revision = encoder.resolved.revision
     encoder.model.train()
     return encoder
+
+
+def _ignore_block_size_warning() -> None:
+    """The full kind wraps whole blocks; PEFT wants their in/out sizes only for display."""
+    warnings.filterwarnings("ignore", message="Unsupported layer type")
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
@@ -164,6 +171,7 @@ def load_adapter(encoder: Encoder, path: str | Path, name: str = "default") -> E
 
     full_renamed = name != "default" and _is_full(PeftConfig.from_pretrained(str(path)))
     with warnings.catch_warnings():
+        _ignore_block_size_warning()
         if full_renamed:  # expected: PEFT cannot match the keys, _load_full_weights does
             warnings.filterwarnings("ignore", message="Found missing adapter keys")
         if isinstance(encoder.model, PeftModel):

@@ -15,6 +15,8 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any] | None) -> str:
     from huggingface_hub import ModelCardData
 
     data = ModelCardData(
+        model_name=meta["name"],
+        eval_results=_eval_results(metrics),
         base_model=meta["base_model"],
         library_name="peft",
         license=meta.get("license"),
@@ -53,6 +55,20 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any] | None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _eval_results(metrics: dict[str, Any] | None) -> list | None:
+    """The adapted model's metrics as Hub ``model-index`` entries."""
+    if not metrics:
+        return None
+    from huggingface_hub import EvalResult
+
+    return [
+        EvalResult(task_type="feature-extraction", dataset_type="lastlayer-eval",
+                   dataset_name=str(metrics["data"]), metric_type=name, metric_value=value,
+                   metric_name=f"{name} (adapted; base {metrics['base'][name]:.4f})")
+        for name, value in metrics["adapted"].items()
+    ]
 
 
 def _metrics_table(metrics: dict[str, Any]) -> list[str]:

@@ -66,6 +66,7 @@ def test_run_writes_a_complete_artifact(saved_models, corpus, tmp_path, capsys):
     assert load_recipe(out / "recipe.yaml").output_dir == str(out)
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "base_model: tiny-bert" in card
+    assert "model-index:" in card and "knn_accuracy" in card
 
     printed = capsys.readouterr().out
     assert "Resolved recipe" in printed and "kNN accuracy" in printed and "KB)" in printed

@@ -24,9 +24,9 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lastlayer.config import AdapterConfig
+from lastlayer.config import AdapterConfig, ModelConfig
 from lastlayer.layers import find_layer_stack, top_k_linear_names, top_k_module_names
-from lastlayer.model import Encoder
+from lastlayer.model import Encoder, load_encoder
 
 
 def adapter_targets(model: nn.Module, cfg: AdapterConfig) -> list[str]:
@@ -224,3 +224,28 @@ def _load_full_weights(model: nn.Module, path: str | Path, name: str) -> None:
             f"{path}: the full-kind adapter weights do not fit this base model "
             f"(unexpected: {result.unexpected_keys[:3]}, missing: {missing[:3]})."
         )
+
+
+def model_config_of(path: str | Path) -> ModelConfig:
+    """The ``ModelConfig`` an artifact was trained with (base id, pooling, max_length, ...)."""
+    meta = read_metadata(path)
+    return ModelConfig(
+        name_or_path=meta["base_model"], revision=meta.get("base_revision"),
+        pooling=meta["pooling"], normalize=meta["normalize"], max_length=meta["max_length"],
+        dtype=meta.get("dtype", "float32"), quantization=meta.get("quantization"),
+    )
+
+
+def load_target(target: str | Path, **model_overrides) -> Encoder:
+    """An adapter folder (it has ``lastlayer.json``) -> its base + adapter; else a base model.
+
+    Args:
+        target: An artifact folder, a Hub id, or a local model folder.
+        model_overrides: ``ModelConfig`` fields to change (e.g. ``max_length=256``).
+    """
+    from dataclasses import replace
+
+    is_artifact = (Path(target) / "lastlayer.json").is_file()
+    cfg = model_config_of(target) if is_artifact else ModelConfig(name_or_path=str(target))
+    encoder = load_encoder(replace(cfg, **model_overrides))
+    return load_adapter(encoder, target) if is_artifact else encoder

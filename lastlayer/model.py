@@ -206,17 +206,31 @@ class Encoder:
         ``model`` overrides ``self.model`` (e.g. the DDP-wrapped copy while training).
         """
         states = (model or self.model)(**batch).last_hidden_state  # (B, T, d)
-        pooled = POOLINGS[self.pooling](states, batch["attention_mask"]).float()
+        return self.pool(states, batch["attention_mask"])
+
+    def pool(self, states: Tensor, mask: Tensor) -> Tensor:
+        """Token states (B, T, d) -> pooled (and normalised) float32 embeddings (B, d)."""
+        pooled = POOLINGS[self.pooling](states, mask).float()
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def encode(
-        self, texts: Sequence[str], batch_size: int = 32, progress: bool = True, desc: str = "embed"
+        self, texts: Sequence[str], batch_size: int = 32, progress: bool = True,
+        desc: str = "embed", embed: Callable[[dict[str, Tensor]], Tensor] | None = None,
     ) -> Tensor:
         """Embed many texts in eval mode, longest first to waste little padding.
+
+        Args:
+            texts: The texts.
+            batch_size: Texts per forward.
+            progress: Show a progress bar.
+            desc: The progress bar's label.
+            embed: Replaces :meth:`embed` (tokenized batch -> (B, d)); batches always come
+                in the same order for the same texts and batch size.
 
         Returns:
             A (N, d) float32 CPU tensor, rows in the order of ``texts``.
         """
+        embed = embed or self.embed
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out: list[Tensor] = [torch.empty(0)] * len(texts)
         was_training = self.model.training
@@ -226,7 +240,7 @@ class Encoder:
                 starts = range(0, len(order), batch_size)
                 for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
                     idx = order[start : start + batch_size]
-                    vectors = self.embed(self.tokenize([texts[i] for i in idx])).cpu()
+                    vectors = embed(self.tokenize([texts[i] for i in idx])).cpu()
                     for row, i in enumerate(idx):
                         out[i] = vectors[row]
         finally:

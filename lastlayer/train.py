@@ -37,6 +37,7 @@ from lastlayer.adapters import (
     save_adapter,
     trainable_parameters,
 )
+from lastlayer.cache import encode_from_cache, encode_with_cache
 from lastlayer.config import ConfigError, EvalConfig, ObjectiveConfig, Recipe
 from lastlayer.data import DataError, read_labelled, read_texts
 from lastlayer.evaluation import KnnResult, knn_accuracy, paired_delta
@@ -272,9 +273,8 @@ def _maybe_resume(recipe: Recipe, accelerator) -> int:
 # Evaluation, artifact and report.
 
 
-def evaluate_knn(encoder: Encoder, held_out: EvalSet, cfg: EvalConfig, desc: str) -> KnnResult:
-    """Leave-one-out kNN accuracy of ``encoder`` on the held-out documents."""
-    vectors = encoder.encode(held_out.texts, batch_size=cfg.batch_size, desc=desc)
+def evaluate_knn(vectors: torch.Tensor, held_out: EvalSet, cfg: EvalConfig) -> KnnResult:
+    """Leave-one-out kNN accuracy of embeddings of the held-out documents."""
     return knn_accuracy(vectors.numpy(), held_out.labels, cfg.k, cfg.metric)
 
 
@@ -384,9 +384,11 @@ def run(recipe: Recipe) -> dict[str, Any]:
     encoder = load_encoder(recipe.model, device=accelerator.device)
     accelerator.print(f"Base model: {encoder.resolved.hub_id} from {encoder.resolved.source}")
     main = accelerator.is_main_process
-    base = None
-    if held_out is not None and main:
-        base = evaluate_knn(encoder, held_out, recipe.eval, "embed (base)")
+    base, cache, top_k = None, [], recipe.adapter.top_k
+    if held_out is not None and main:  # keep block L-k's inputs: the adapted pass reuses them
+        vectors, cache = encode_with_cache(encoder, held_out.texts, top_k,
+                                           recipe.eval.batch_size, "embed (base)")
+        base = evaluate_knn(vectors, held_out, recipe.eval)
 
     base_model = encoder.model
     attach(encoder, recipe.adapter)
@@ -403,7 +405,9 @@ def run(recipe: Recipe) -> dict[str, Any]:
         return {}
     metrics = None
     if held_out is not None:
-        adapted = evaluate_knn(encoder, held_out, recipe.eval, "embed (adapted)")
+        vectors = encode_from_cache(encoder, held_out.texts, cache, top_k, recipe.eval.batch_size,
+                                    f"embed (adapted, top {top_k} layers from cache)")
+        adapted = evaluate_knn(vectors, held_out, recipe.eval)
         metrics = eval_report(base, adapted, held_out, recipe)
     meta = artifact_metadata(encoder, recipe, result, base_model)
     files = {

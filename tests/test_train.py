@@ -11,8 +11,10 @@ import torch
 from conftest import MEDICAL
 from safetensors.torch import load_file
 
+from lastlayer.adapters import load_target
 from lastlayer.config import ConfigError, load_recipe
-from lastlayer.train import DocumentStream, latest_checkpoint, run
+from lastlayer.evaluation import knn_accuracy
+from lastlayer.train import DocumentStream, latest_checkpoint, load_eval_set, run
 
 # Losses of the first 3 steps of the tiny-BERT run below (seed 0, CPU, fp32). A change here
 # means training no longer does what it did: check why before updating them.
@@ -68,6 +70,14 @@ def test_run_writes_a_complete_artifact(saved_models, corpus, tmp_path, capsys):
     assert card.startswith("---\n") and "base_model: tiny-bert" in card
     assert "model-index:" in card and "knn_accuracy" in card
 
+    # The adapted kNN (computed from cached bottom states) equals a fresh full pass of the
+    # saved artifact loaded back through its lastlayer.json.
+    recipe = recipe_for(saved_models["bert"], corpus, out)
+    held_out = load_eval_set(recipe.eval, recipe.seed)
+    vectors = load_target(out).encode(held_out.texts, progress=False)
+    again = knn_accuracy(vectors.numpy(), held_out.labels, k=5)
+    assert again.accuracy == pytest.approx(saved["adapted"]["knn_accuracy"])
+
     printed = capsys.readouterr().out
     assert "Resolved recipe" in printed and "kNN accuracy" in printed and "KB)" in printed
     assert not list(out.parent.glob(".*")), "no temporary folders left behind"
@@ -84,7 +94,7 @@ def test_golden_losses_at_fixed_seed(saved_models, corpus, tmp_path):
 
 
 def test_eval_documents_are_held_out_of_training(saved_models, corpus, tmp_path):
-    from lastlayer.train import load_eval_set, training_documents
+    from lastlayer.train import training_documents
 
     recipe = recipe_for(saved_models["bert"], corpus, tmp_path / "a")
     held_out = load_eval_set(recipe.eval, recipe.seed)

@@ -1,0 +1,56 @@
+"""The split forward: top-k blocks from cached inputs equal the full forward, per architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import ARCHITECTURES, tiny_model, tiny_tokenizer
+
+from lastlayer.adapters import attach
+from lastlayer.cache import encode_from_cache, encode_with_cache, top_blocks_only
+from lastlayer.config import AdapterConfig
+from lastlayer.model import Encoder
+
+TEXTS = ["A short one.", "Chronic kidney disease in elderly patients with diabetes mellitus.",
+         "Aspirin", "The patient was admitted with chest pain and shortness of breath today."]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("k", [1, 2])
+def test_split_forward_equals_full_forward(arch: str, k: int):
+    model = tiny_model(arch, num_layers=4)
+    batch = {key: value for key, value in
+             tiny_tokenizer()(TEXTS, padding=True, return_tensors="pt").items()
+             if key != "token_type_ids"}
+    with torch.inference_mode():
+        out = model(**batch, output_hidden_states=True)
+        with top_blocks_only(model, k, out.hidden_states[4 - k]):
+            split = model(**batch).last_hidden_state
+    valid = batch["attention_mask"].bool()
+    torch.testing.assert_close(split[valid], out.last_hidden_state[valid], rtol=1e-5, atol=1e-5)
+    assert len(model.get_submodule(_stack_prefix(arch))) == 4, "the block list is restored"
+
+
+def _stack_prefix(arch: str) -> str:
+    from tiny import EXPECTED_PREFIX
+
+    return EXPECTED_PREFIX[arch]
+
+
+@pytest.mark.parametrize("arch, pooling", [("bert", "mean"), ("llama", "last")])
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_adapted_embeddings_from_the_base_cache_equal_a_full_pass(arch, pooling, kind):
+    encoder = Encoder(model=tiny_model(arch, num_layers=4), tokenizer=tiny_tokenizer(),
+                      pooling=pooling)
+    base, cache = encode_with_cache(encoder, TEXTS, k=2, batch_size=3, desc="base")
+    torch.testing.assert_close(base, encoder.encode(TEXTS, batch_size=3), rtol=1e-5, atol=1e-6)
+
+    attach(encoder, AdapterConfig(kind=kind, top_k=2))
+    with torch.no_grad():
+        for name, param in encoder.model.named_parameters():
+            if param.requires_grad:  # a trained-looking adapter, not the identity it starts as
+                param.add_(0.05 * torch.randn_like(param))
+    full = encoder.encode(TEXTS, batch_size=3)
+    cached = encode_from_cache(encoder, TEXTS, cache, k=2, batch_size=3)
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(full, base, atol=1e-3), "the adapter changed the embeddings"

@@ -47,7 +47,7 @@ def test_adapted_embeddings_from_the_base_cache_equal_a_full_pass(arch, pooling,
 
     attach(encoder, AdapterConfig(kind=kind, top_k=2))
     with torch.no_grad():
-        for name, param in encoder.model.named_parameters():
+        for param in encoder.model.parameters():
             if param.requires_grad:  # a trained-looking adapter, not the identity it starts as
                 param.add_(0.05 * torch.randn_like(param))
     full = encoder.encode(TEXTS, batch_size=3)

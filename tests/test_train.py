@@ -74,7 +74,8 @@ def test_run_writes_a_complete_artifact(saved_models, corpus, tmp_path, capsys):
     # saved artifact loaded back through its lastlayer.json.
     recipe = recipe_for(saved_models["bert"], corpus, out)
     held_out = load_eval_set(recipe.eval, recipe.seed)
-    vectors = load_target(out).encode(held_out.texts, progress=False)
+    loaded = load_target(out, name_or_path=str(saved_models["bert"]))  # base is a local folder
+    vectors = loaded.encode(held_out.texts, progress=False)
     again = knn_accuracy(vectors.numpy(), held_out.labels, k=5)
     assert again.accuracy == pytest.approx(saved["adapted"]["knn_accuracy"])
 

@@ -1,0 +1,442 @@
+"""Layer probe: how good is every layer of a model (and of its adapter) in your domain?
+
+For a base model, or a base + adapter artifact, the probe embeds labelled documents once
+per model with ``output_hidden_states=True``, pools every hidden layer (the encoder's
+pooling, mean by default, with the attention mask; L2-normalised) and measures
+leave-one-out kNN accuracy on each layer. For an adapter it also measures the relative
+weight change of every block. Base and adapted curves come from one loaded model: PEFT's
+``disable_adapter()`` gives the base model's outputs.
+
+Layer numbering follows ``hidden_states``: layer 0 is the embedding output, layer ``l``
+(1..L) is the output of block ``l - 1`` (0-based, as in ``lastlayer.json``'s
+``trained_layers``). Training the top k blocks changes layers ``L - k + 1 .. L``.
+
+The recommendation rule (a heuristic that the benchmark checks against training) is in
+``recommend_top_k`` and is written into every result as ``rule``.
+
+``probe(target, data)`` returns a JSON-ready dict; ``write_probe(result, out_dir)`` writes
+``probe.json`` and ``probe.png``; ``format_probe(result)`` is a terminal table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lastlayer.evaluation import knn_accuracy
+from lastlayer.layers import find_layer_stack
+from lastlayer.model import POOLINGS, Encoder
+
+MIN_TOP_K = 2
+"""The paper's top-2 recovers ~91% of the full fine-tuning gain: never suggest fewer."""
+
+RULE = (
+    "Heuristic, on the base model's curve: p = the first layer whose kNN accuracy is within "
+    "one binomial standard error (sqrt(a(1-a)/N)) of the best layer's accuracy a, i.e. where "
+    "quality stops improving; suggest training blocks p..L, k = L - p + 1, clipped to "
+    f"[{MIN_TOP_K}, L] (the paper: the gain sits in the last layers and top-2 recovers ~91% "
+    "of it). Layers above p add nothing in this domain and are the ones to retrain; to be "
+    "checked against training by the benchmark."
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-layer embeddings.
+
+
+def layer_embeddings(
+    encoder: Encoder, texts: Sequence[str], batch_size: int = 32, progress: bool = True,
+    desc: str = "probe",
+) -> np.ndarray:
+    """Pooled, L2-normalised embeddings of every hidden layer: one forward per batch.
+
+    Pooling is the encoder's (``mean`` by default: the attention-masked mean of the token
+    states). Texts are embedded longest first, in eval mode, under ``inference_mode``.
+
+    Args:
+        encoder: The model (a base model or a ``PeftModel``) and its tokenizer.
+        texts: N documents.
+        batch_size: Documents per forward.
+        progress: Show a progress bar.
+        desc: The progress bar's label.
+
+    Returns:
+        A float32 array of shape (L + 1, N, d); ``[0]`` is the embedding output, ``[l]`` the
+        output of block ``l - 1``, rows in the order of ``texts``. For models with a final
+        norm (Llama), transformers reports ``[L]`` after that norm, as ``Encoder.encode`` sees it.
+    """
+    pool = POOLINGS[encoder.pooling]
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out: np.ndarray | None = None
+    was_training = encoder.model.training
+    encoder.model.eval()
+    try:
+        with torch.inference_mode():
+            starts = range(0, len(order), batch_size)
+            for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
+                idx = order[start : start + batch_size]
+                batch = encoder.tokenize([texts[i] for i in idx])
+                states = encoder.model(**batch, output_hidden_states=True).hidden_states
+                pooled = torch.stack([pool(s, batch["attention_mask"]) for s in states])
+                pooled = nn.functional.normalize(pooled.float(), dim=-1)  # (L+1, B, d)
+                if out is None:
+                    out = np.empty((pooled.shape[0], len(texts), pooled.shape[2]), np.float32)
+                out[:, idx] = pooled.cpu().numpy()
+    finally:
+        encoder.model.train(was_training)
+    if out is None:
+        raise ValueError("layer_embeddings needs at least one text.")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Relative weight change per block.
+
+
+def _dense_params(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, float32 tensor) for every parameter, bitsandbytes linear weights dequantized."""
+    from peft.utils.integrations import dequantize_module_weight
+
+    for mod_name, mod in module.named_modules():
+        for name, param in mod.named_parameters(recurse=False):
+            if name == "weight" and isinstance(mod, nn.Linear):
+                param = dequantize_module_weight(mod)
+            yield f"{mod_name}.{name}", param.detach().float()
+
+
+_ADAPTER_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B",
+                  "lora_magnitude_vector", "ln_tuning_layers")
+
+
+def _base_sq_norm(block: nn.Module) -> float:
+    """Squared Frobenius norm of a block's original parameters (adapter weights excluded)."""
+    total = 0.0
+    for name, tensor in _dense_params(block):
+        if not any(part in name.split(".") for part in _ADAPTER_PARTS):
+            total += float(tensor.pow(2).sum())
+    return total
+
+
+def _block_change(block: nn.Module, adapter_name: str) -> float:
+    """||θ_adapted − θ_base||_F / ||θ_base||_F over one block's parameters (0.0 untouched)."""
+    from peft.tuners.ln_tuning.layer import LNTuningLayer
+    from peft.tuners.lora import LoraLayer
+
+    if isinstance(block, LNTuningLayer):  # full kind: a trained copy of the whole block
+        if adapter_name not in block.ln_tuning_layers:
+            return 0.0
+        base, copy = block.base_layer, block.ln_tuning_layers[adapter_name]
+        if adapter_name in block.merged_adapters:  # merging swaps the two
+            base, copy = copy, base
+        base_params = dict(_dense_params(base))
+        delta = sum(float((t - base_params[n]).pow(2).sum()) for n, t in _dense_params(copy))
+        norm = sum(float(t.pow(2).sum()) for t in base_params.values())
+    else:  # LoRA: ΔW = B @ A * scaling on each wrapped linear, zero elsewhere in the block
+        delta = sum(
+            float(m.get_delta_weight(adapter_name).float().pow(2).sum())
+            for m in block.modules()
+            if isinstance(m, LoraLayer) and adapter_name in m.lora_A
+        )
+        if delta == 0.0:
+            return 0.0
+        norm = _base_sq_norm(block)
+    return math.sqrt(delta / norm) if norm > 0 else 0.0
+
+
+def weight_change_per_layer(peft_model: nn.Module, adapter_name: str | None = None) -> dict[int, float]:
+    """Relative weight change ``||ΔW||_F / ||W||_F`` of every block (0-based block index).
+
+    Both norms run over all of a block's parameters, so the two adapter kinds compare:
+    ``lora``: ΔW = B @ A * scaling (PEFT's ``get_delta_weight``) on each wrapped linear
+    layer, zero on everything else of the block; ``full`` (PEFT's LN-tuning tuner wrapping
+    whole blocks): trained copy minus original, over every parameter. bitsandbytes weights
+    are dequantized first. A freshly attached adapter (LoRA's B = 0, an unchanged copy)
+    gives 0.0; blocks without adapter give 0.0.
+
+    Args:
+        peft_model: A ``PeftModel`` (or a base model: all zeros).
+        adapter_name: Which adapter; default the active one.
+    """
+    base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+    stack = find_layer_stack(base)
+    blocks = base.get_submodule(stack.prefix)
+    if adapter_name is None:
+        adapter_name = getattr(peft_model, "active_adapter", "default")
+    with torch.no_grad():
+        return {i: _block_change(blocks[i], adapter_name) for i in range(stack.num_layers)}
+
+
+# ---------------------------------------------------------------------------------------
+# The recommendation rule.
+
+
+def recommend_top_k(base_accuracy: Sequence[float], num_documents: int) -> tuple[int, int]:
+    """Suggest top-k from the base model's per-layer kNN accuracy (layers 0..L).
+
+    The rule (``RULE``): ``p`` is the first layer whose accuracy is within one binomial
+    standard error ``sqrt(a(1-a)/N)`` of the best accuracy ``a`` — the point where quality
+    stops improving, with a tolerance so that noise between near-equal layers does not
+    move it. The blocks from ``p`` up to the top (``k = L - p + 1``) are the ones to train;
+    at least ``MIN_TOP_K`` (the paper's top-2 recovers ~91% of the full gain), at most L.
+    It is a heuristic, stated so the benchmark can check it against training.
+
+    Args:
+        base_accuracy: kNN accuracy of layers 0..L of the base model.
+        num_documents: N, the documents the accuracies were measured on.
+
+    Returns:
+        (k, p): the suggested top-k and the plateau layer.
+    """
+    acc = np.asarray(base_accuracy, dtype=float)
+    num_layers = len(acc) - 1
+    if num_layers < 1:
+        raise ValueError("recommend_top_k needs the accuracies of layers 0..L with L >= 1.")
+    best = float(acc.max())
+    tolerance = math.sqrt(best * (1 - best) / max(num_documents, 1))
+    plateau = int(np.flatnonzero(acc >= best - tolerance - 1e-12)[0])
+    k = min(max(num_layers - plateau + 1, MIN_TOP_K), num_layers)
+    return k, plateau
+
+
+# ---------------------------------------------------------------------------------------
+# The probe.
+
+
+def _sample(data: str | Path, text_field: str, label_field: str, max_docs: int | None,
+            k: int, metric: str, seed: int):
+    """The same seeded sample that training holds out for its kNN evaluation."""
+    from lastlayer.config import EvalConfig
+    from lastlayer.train import load_eval_set
+
+    cfg = EvalConfig(data=str(data), text_field=text_field, label_field=label_field,
+                     max_docs=max_docs, k=k, metric=metric)
+    return load_eval_set(cfg, seed)
+
+
+def probe(
+    target: str | Path, data: str | Path, *, max_docs: int | None = 1000, k: int = 10,
+    metric: str = "euclidean", seed: int = 42, text_field: str = "text",
+    label_field: str = "label", batch_size: int = 32, max_length: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """kNN accuracy of every layer of a base model or of a base + adapter artifact.
+
+    The documents are the seeded sample that ``lastlayer train`` holds out with the same
+    ``data``, ``max_docs`` and ``seed`` (so with a recipe's eval settings, none of them was
+    trained on). For an adapter, the base curve comes from the same loaded model with the
+    adapter disabled, and every block's relative weight change is reported.
+
+    Args:
+        target: An adapter artifact folder, a Hub id, or a local model folder.
+        data: A labelled corpus (fields ``text_field`` and ``label_field``).
+        max_docs: Sample size (None: every document).
+        k, metric: kNN settings (leave-one-out).
+        seed: Seed of the document sample.
+        batch_size: Documents per forward.
+        max_length: Override the tokenizer truncation (default: the artifact's, or 128).
+        progress: Show progress bars.
+
+    Returns:
+        A JSON-ready dict: ``layers`` (one row per layer 0..L: ``base_knn``,
+        ``adapted_knn``, ``weight_change``, ``trained``), ``recommended_top_k``,
+        ``plateau_layer``, ``best_layer``, ``rule``, and how it was measured.
+    """
+    from lastlayer.adapters import load_target, read_metadata
+
+    started = time.perf_counter()
+    held_out = _sample(data, text_field, label_field, max_docs, k, metric, seed)
+    is_artifact = (Path(target) / "lastlayer.json").is_file()
+    overrides = {"max_length": max_length} if max_length is not None else {}
+    encoder = load_target(target, **overrides)
+    meta = read_metadata(target) if is_artifact else None
+
+    def curve(desc: str) -> list[float]:
+        layers = layer_embeddings(encoder, held_out.texts, batch_size, progress, desc)
+        return [knn_accuracy(x, held_out.labels, k, metric).accuracy for x in layers]
+
+    if meta is not None:
+        with encoder.model.disable_adapter():
+            base = curve("probe base")
+        adapted = curve("probe adapted")
+        change = weight_change_per_layer(encoder.model)
+        trained = [int(i) for i in meta["layers"]["trained_layers"]]
+    else:
+        base, adapted, change, trained = curve("probe base"), None, None, []
+
+    num_layers = len(base) - 1
+    n = len(held_out.texts)
+    top_k, plateau = recommend_top_k(base, n)
+    rows = [
+        {
+            "layer": layer,
+            "block": layer - 1 if layer else None,
+            "base_knn": base[layer],
+            "adapted_knn": adapted[layer] if adapted is not None else None,
+            "weight_change": change.get(layer - 1, 0.0) if change is not None and layer else None,
+            "trained": layer > 0 and (layer - 1) in trained,
+        }
+        for layer in range(num_layers + 1)
+    ]
+    resolved = encoder.resolved
+    counts = np.unique(np.asarray(held_out.labels), return_counts=True)[1]
+    return {
+        "target": str(target),
+        "base_model": meta["base_model"] if meta else (resolved.hub_id if resolved else str(target)),
+        "adapter": str(target) if meta else None,
+        "adapter_kind": meta["adapter"]["kind"] if meta else None,
+        "trained_layers": trained,
+        "num_layers": num_layers,
+        "data": str(data),
+        "num_documents": n,
+        "num_classes": int(len(counts)),
+        "majority_class_rate": float(counts.max() / n),
+        "k": k,
+        "metric": metric,
+        "seed": seed,
+        "pooling": encoder.pooling,
+        "max_length": encoder.max_length,
+        "protocol": (
+            f"kNN accuracy, k={k}, {metric}, leave-one-out over {n} labelled documents "
+            f"sampled with seed {seed} from {data}, on the {encoder.pooling}-pooled, "
+            "L2-normalised hidden states of every layer (0 = embedding output, l = output of "
+            "block l-1)."
+        ),
+        "layers": rows,
+        "best_layer": int(np.argmax(base)),
+        "plateau_layer": plateau,
+        "recommended_top_k": top_k,
+        "rule": RULE,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Output: probe.json, probe.png, a terminal table.
+
+
+def plot_probe(result: dict[str, Any], path: str | Path) -> Path:
+    """Draw kNN accuracy per layer (base vs adapted) with weight change bars; save a PNG.
+
+    Trained layers are shaded, the plateau layer and the suggested top-k are marked, and
+    the majority-class rate is drawn as the floor a useless embedding reaches.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    rows = result["layers"]
+    layers = np.array([r["layer"] for r in rows])
+    base = np.array([r["base_knn"] for r in rows]) * 100
+    has_adapter = result["adapter"] is not None
+    num_layers = result["num_layers"]
+    wide = max(7.0, min(14.0, 4.0 + 0.3 * num_layers))
+    fig, ax = plt.subplots(figsize=(wide, 4.8), dpi=130)
+
+    trained = [r["layer"] for r in rows if r["trained"]]
+    if trained:
+        ax.axvspan(min(trained) - 0.5, max(trained) + 0.5, color="#f4a259", alpha=0.15, lw=0,
+                   label=f"trained blocks ({result['adapter_kind']}, top-{len(trained)})")
+
+    if has_adapter and any(r["weight_change"] for r in rows):
+        bars = ax.twinx()
+        change = np.array([(r["weight_change"] or 0.0) * 100 for r in rows])
+        bars.bar(layers, change, width=0.6, color="#9aa5b1", alpha=0.45, zorder=0)
+        bars.set_ylabel("relative weight change ‖ΔW‖/‖W‖ (%, grey bars)", color="#5f6b77")
+        bars.tick_params(axis="y", colors="#5f6b77")
+        bars.set_ylim(0, change.max() * 2.6)  # bars stay in the lower part, under the curves
+        ax.set_zorder(bars.get_zorder() + 1)
+        ax.patch.set_visible(False)
+
+    floor = result.get("majority_class_rate")
+    if floor is not None:
+        ax.axhline(floor * 100, color="#b0b0b0", ls=":", lw=1)
+        ax.annotate("majority class", (layers[0], floor * 100), xytext=(2, 3),
+                    textcoords="offset points", fontsize=8, color="#888888")
+
+    ax.plot(layers, base, "o-", color="#3d5a80", lw=2, ms=4, label="base", zorder=3)
+    if has_adapter:
+        adapted = np.array([r["adapted_knn"] for r in rows]) * 100
+        ax.plot(layers, adapted, "o-", color="#d1495b", lw=2, ms=4, label="adapted", zorder=4)
+        last = adapted[-1] - base[-1]
+        ax.annotate(f"{adapted[-1]:.1f}\n({last:+.1f})", (layers[-1], adapted[-1]),
+                    xytext=(6, 0), textcoords="offset points", fontsize=8, color="#d1495b",
+                    va="center")
+    ax.annotate(f"{base[-1]:.1f}", (layers[-1], base[-1]), xytext=(6, 0),
+                textcoords="offset points", fontsize=8, color="#3d5a80", va="center")
+
+    best, plateau, top_k = result["best_layer"], result["plateau_layer"], result["recommended_top_k"]
+    ax.plot([best], [base[best]], marker="*", ms=14, color="#3d5a80", zorder=5, ls="none",
+            label=f"base peak: layer {best}, {base[best]:.1f}%")
+    first = num_layers - top_k + 1  # first hidden layer the suggested top-k changes
+    ax.axvline(first - 0.5, color="#2a9d8f", ls="--", lw=1.5,
+               label=f"suggested top-k = {top_k} (plateau at layer {plateau})")
+
+    ax.set_xlabel("layer (0 = embeddings, l = output of block l)")
+    ax.set_ylabel(f"kNN accuracy, k={result['k']}, leave-one-out (%)")
+    step = 1 if num_layers <= 16 else 2
+    ax.set_xticks(np.arange(0, num_layers + 1, step))
+    ax.set_xlim(-0.6, num_layers + 0.6 + 0.04 * num_layers + 0.6)
+    low = min(base.min(), floor * 100 if floor is not None else base.min())
+    high = max(base.max(), adapted.max() if has_adapter else base.max())
+    pad = 0.08 * (high - low) + 0.5
+    ax.set_ylim(low - pad, high + pad)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    model = result["base_model"]
+    what = f"{model} + {Path(result['adapter']).name}" if result["adapter"] else model
+    ax.set_title(
+        f"Per-layer kNN accuracy: {what}\n{Path(result['data']).name}, "
+        f"{result['num_documents']} documents, {result['num_classes']} classes, "
+        f"{result['pooling']} pooling, max_length {result['max_length']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_probe(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``probe.json`` and ``probe.png`` into ``out_dir``; return both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "probe.json"
+    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return json_path, plot_probe(result, out_dir / "probe.png")
+
+
+def format_probe(result: dict[str, Any]) -> str:
+    """A terminal table of the probe: one line per layer, then the suggestion and its rule."""
+    adapter = result["adapter"] is not None
+    head = f"{'layer':>5}  {'base kNN':>8}"
+    if adapter:
+        head += f"  {'adapted':>8}  {'delta':>6}  {'ΔW/W':>7}"
+    lines = [head]
+    for r in result["layers"]:
+        line = f"{r['layer']:>5}  {r['base_knn']:>8.3f}"
+        if adapter:
+            delta = r["adapted_knn"] - r["base_knn"]
+            change = f"{r['weight_change']:.4f}" if r["weight_change"] is not None else "-"
+            line += f"  {r['adapted_knn']:>8.3f}  {delta:>+6.3f}  {change:>7}"
+        if r["layer"] == result["best_layer"]:
+            line += "  <- base peak"
+        if r["trained"]:
+            line += "  (trained)"
+        lines.append(line)
+    lines.append(
+        f"Suggested top-k: {result['recommended_top_k']} (plateau at layer "
+        f"{result['plateau_layer']} of {result['num_layers']}). Rule: {result['rule']}"
+    )
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from lastlayer.layers import LayerStack, find_layer_stack
 from lastlayer.model import Encoder
@@ -105,3 +106,102 @@ def encode_from_cache(
 
     with torch.inference_mode():
         return encoder.encode(texts, batch_size, desc=desc, embed=embed)
+
+
+# ---------------------------------------------------------------------------------------
+# Training from cached bottom states: pre-sampled pairs, several epochs, top-k blocks only.
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the wanted states are captured."""
+
+
+def bottom_states(model: nn.Module, batch: dict[str, Tensor], k: int) -> Tensor:
+    """Inputs of block L−k for ``batch``: (B, T, d), computing nothing above them."""
+    base = base_of(model)
+    stack = find_layer_stack(base)
+    block = base.get_submodule(stack.block_name(stack.num_layers - k))
+    captured: list[Tensor] = []
+
+    def capture(module, args, kwargs):
+        captured.append(args[0] if args else kwargs["hidden_states"])
+        raise _StopForward
+
+    handle = block.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        model(**batch)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+class CachedViews:
+    """Token ids and block-(L−k) input states of many texts, stored unpadded."""
+
+    def __init__(self, ids: list[Tensor], states: list[Tensor]) -> None:
+        self.ids, self.states = ids, states
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def nbytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s in self.states)
+
+
+def cache_views(
+    encoder: Encoder, texts: Sequence[str], k: int, batch_size: int = 32,
+    dtype: torch.dtype = torch.float32, desc: str = "cache bottom layers",
+) -> CachedViews:
+    """Tokenize ``texts`` and store each one's block-(L−k) input states without padding.
+
+    Valid-token states below the top k blocks do not depend on the padding around them,
+    so re-padding them later and running the top k blocks gives the full forward's result.
+    """
+    ids: list[Tensor] = [torch.empty(0)] * len(texts)
+    states: list[Tensor] = [torch.empty(0)] * len(texts)
+
+    def store(batch: dict[str, Tensor], rows: list[int]) -> None:
+        hidden = bottom_states(encoder.model, batch, k)
+        for j, i in enumerate(rows):
+            n = int(batch["attention_mask"][j].sum())  # right padding: valid tokens first
+            ids[i] = batch["input_ids"][j, :n].cpu()
+            states[i] = hidden[j, :n].to("cpu", dtype)
+
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    was_training = encoder.model.training
+    encoder.model.eval()
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+                rows = order[start : start + batch_size]
+                store(encoder.tokenize([texts[i] for i in rows]), rows)
+    finally:
+        encoder.model.train(was_training)
+    return CachedViews(ids, states)
+
+
+def pad_cached(views: CachedViews, rows: Sequence[int], pad_id: int) -> dict[str, Tensor]:
+    """Re-pad cached views into a batch: input ids, attention mask and states (B, T, d)."""
+    length = max(len(views.ids[i]) for i in rows)
+    d = views.states[rows[0]].shape[-1]
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    states = torch.zeros((len(rows), length, d), dtype=torch.float32)
+    for j, i in enumerate(rows):
+        n = len(views.ids[i])
+        ids[j, :n], mask[j, :n], states[j, :n] = views.ids[i], 1, views.states[i].float()
+    return {"input_ids": ids, "attention_mask": mask, "states": states}
+
+
+def embed_top_k(encoder: Encoder, model: nn.Module, batch: dict[str, Tensor], k: int) -> Tensor:
+    """Embed a re-padded cached batch running only the top ``k`` blocks (with gradients)."""
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
+    with top_blocks_only(_unwrap(model), k, batch["states"]):
+        return encoder.embed(inputs, model)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (same modules, same parameters)."""
+    return getattr(model, "module", model)

@@ -28,6 +28,7 @@ AdapterKind = Literal["lora", "full"]
 ObjectiveKind = Literal["crop", "span", "dropout"]
 MixedPrecision = Literal["no", "bf16", "fp16"]
 KnnMetric = Literal["euclidean", "cosine"]
+CacheDType = Literal["float32", "bfloat16"]
 
 
 @dataclass
@@ -134,6 +135,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps; 0 = no periodic checkpoints
     resume: bool = False  # continue from the newest checkpoint in output_dir/checkpoints
     cpu: bool = False  # force the CPU even when a GPU is present
+    cached_pairs: int = 0  # >0: pre-sample this many pairs, cache bottom layers, run top-k only
+    cache_dtype: CacheDType = "float32"
 
     def __post_init__(self) -> None:
         _positive("train.max_steps", self.max_steps)
@@ -146,6 +149,8 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}.")
         _fraction("train.warmup_ratio", self.warmup_ratio)
+        if self.cached_pairs < 0:
+            raise ConfigError("train.cached_pairs must be >= 0 (0 = fresh views every step).")
         if self.checkpoint_every < 0:
             raise ConfigError("train.checkpoint_every must be >= 0 (0 disables checkpoints).")
 

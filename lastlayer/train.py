@@ -37,7 +37,14 @@ from lastlayer.adapters import (
     save_adapter,
     trainable_parameters,
 )
-from lastlayer.cache import encode_from_cache, encode_with_cache
+from lastlayer.cache import (
+    CachedViews,
+    cache_views,
+    embed_top_k,
+    encode_from_cache,
+    encode_with_cache,
+    pad_cached,
+)
 from lastlayer.config import ConfigError, EvalConfig, ObjectiveConfig, Recipe
 from lastlayer.data import DataError, read_labelled, read_texts
 from lastlayer.evaluation import KnnResult, knn_accuracy, paired_delta
@@ -149,6 +156,71 @@ class PairCollator:
         return {"a": self.encoder.tokenize(a), "b": self.encoder.tokenize(b)}
 
 
+class CachedPairStream(Dataset):
+    """Pre-sampled pairs with cached bottom states, visited in seeded epochs.
+
+    Item ``i`` is the index of a cached pair (the collator fetches and pads it), so the
+    DataLoader, resuming and sharding across processes work as for fresh views.
+    """
+
+    def __init__(self, views_a: CachedViews, views_b: CachedViews, total: int, seed: int,
+                 stats: ViewStats) -> None:
+        self.views_a, self.views_b, self.stats = views_a, views_b, stats
+        self.order = DocumentStream(list(range(len(views_a))), total, seed)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> int:
+        return self.order[i]
+
+
+@dataclass
+class CachedPairCollator:
+    """Re-pads a batch of cached pairs into the two views' inputs and states."""
+
+    pairs: CachedPairStream
+    pad_id: int
+
+    def __call__(self, rows: list[int]) -> dict[str, dict[str, torch.Tensor]]:
+        return {"a": pad_cached(self.pairs.views_a, rows, self.pad_id),
+                "b": pad_cached(self.pairs.views_b, rows, self.pad_id)}
+
+
+def cached_pair_stream(
+    encoder: Encoder, docs: list[str], recipe: Recipe, total: int, per_step: int
+) -> CachedPairStream:
+    """Sample ``train.cached_pairs`` pairs once and cache their block-(L−k) input states.
+
+    Exact for the crop and span objectives up to the choice of pairs (epochs over a fixed
+    set instead of fresh crops every step) and dropout: the bottom layers run once, in eval
+    mode, so dropout only acts in the top-k blocks (this weakens the dropout objective).
+    """
+    cfg = recipe.train
+    if cfg.cached_pairs < per_step:
+        raise ConfigError(
+            f"train.cached_pairs={cfg.cached_pairs} is smaller than one global batch "
+            f"({per_step} pairs); raise it or set it to 0 for fresh views every step."
+        )
+    fresh = PairStream(DocumentStream(docs, cfg.cached_pairs, recipe.seed), recipe.objective,
+                       recipe.seed)
+    pairs = [fresh[i] for i in range(len(fresh))]
+    k, dtype = recipe.adapter.top_k, getattr(torch, cfg.cache_dtype)
+    views = [cache_views(encoder, [pair[side] for pair in pairs], k, cfg.batch_size, dtype,
+                         desc=f"cache view {side + 1} (bottom layers)") for side in (0, 1)]
+    size = (views[0].nbytes() + views[1].nbytes()) / 2**20
+    log.info("Cached %d pairs (%.0f MB); %.1f epochs over them.", len(pairs), size,
+             total / len(pairs))
+    return CachedPairStream(views[0], views[1], total, recipe.seed, fresh.stats)
+
+
+def embed_view(encoder: Encoder, model, inputs: dict[str, torch.Tensor], top_k: int):
+    """Embed one view: a normal forward, or only the top-k blocks when states are cached."""
+    if "states" in inputs:
+        return embed_top_k(encoder, model, inputs, top_k)
+    return encoder.embed(inputs, model)
+
+
 # ---------------------------------------------------------------------------------------
 # The training loop.
 
@@ -205,11 +277,16 @@ def train_adapter(encoder: Encoder, docs: list[str], recipe: Recipe, accelerator
         optimizer, round(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps
     )
     per_step = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
-    pairs = PairStream(DocumentStream(docs, cfg.max_steps * per_step, recipe.seed), objective,
-                       recipe.seed)
+    total = cfg.max_steps * per_step
+    if cfg.cached_pairs:
+        pairs = cached_pair_stream(encoder, docs, recipe, total, per_step)
+        collate = CachedPairCollator(pairs, encoder.tokenizer.pad_token_id)
+    else:
+        pairs = PairStream(DocumentStream(docs, total, recipe.seed), objective, recipe.seed)
+        collate = PairCollator(encoder)
     # Its own generator: a DataLoader iterator otherwise draws from the global torch RNG when
     # it starts, which would shift the dropout masks of a resumed run.
-    loader = DataLoader(pairs, batch_size=cfg.batch_size, collate_fn=PairCollator(encoder),
+    loader = DataLoader(pairs, batch_size=cfg.batch_size, collate_fn=collate,
                         drop_last=True, generator=torch.Generator().manual_seed(recipe.seed))
     model, optimizer, loader = accelerator.prepare(encoder.model, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
@@ -224,8 +301,8 @@ def train_adapter(encoder: Encoder, docs: list[str], recipe: Recipe, accelerator
     model.train()
     for batch in loader:
         with accelerator.accumulate(model):
-            a = encoder.embed(batch["a"], model)  # (B, d) view 1
-            b = encoder.embed(batch["b"], model)  # (B, d) view 2 of the same documents
+            a = embed_view(encoder, model, batch["a"], recipe.adapter.top_k)  # (B, d) view 1
+            b = embed_view(encoder, model, batch["b"], recipe.adapter.top_k)  # (B, d) view 2
             loss, acc = info_nce(a, b, objective.temperature, objective.symmetric)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.max_grad_norm:

@@ -11,17 +11,23 @@ from lastlayer.cache import encode_from_cache, encode_with_cache, top_blocks_onl
 from lastlayer.config import AdapterConfig
 from lastlayer.model import Encoder
 
-TEXTS = ["A short one.", "Chronic kidney disease in elderly patients with diabetes mellitus.",
-         "Aspirin", "The patient was admitted with chest pain and shortness of breath today."]
+TEXTS = [
+    "A short one.",
+    "Chronic kidney disease in elderly patients with diabetes mellitus.",
+    "Aspirin",
+    "The patient was admitted with chest pain and shortness of breath today.",
+]
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("k", [1, 2])
 def test_split_forward_equals_full_forward(arch: str, k: int):
     model = tiny_model(arch, num_layers=4)
-    batch = {key: value for key, value in
-             tiny_tokenizer()(TEXTS, padding=True, return_tensors="pt").items()
-             if key != "token_type_ids"}
+    batch = {
+        key: value
+        for key, value in tiny_tokenizer()(TEXTS, padding=True, return_tensors="pt").items()
+        if key != "token_type_ids"
+    }
     with torch.inference_mode():
         out = model(**batch, output_hidden_states=True)
         with top_blocks_only(model, k, out.hidden_states[4 - k]):
@@ -40,8 +46,9 @@ def _stack_prefix(arch: str) -> str:
 @pytest.mark.parametrize("arch, pooling", [("bert", "mean"), ("llama", "last")])
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_adapted_embeddings_from_the_base_cache_equal_a_full_pass(arch, pooling, kind):
-    encoder = Encoder(model=tiny_model(arch, num_layers=4), tokenizer=tiny_tokenizer(),
-                      pooling=pooling)
+    encoder = Encoder(
+        model=tiny_model(arch, num_layers=4), tokenizer=tiny_tokenizer(), pooling=pooling
+    )
     base, cache = encode_with_cache(encoder, TEXTS, k=2, batch_size=3, desc="base")
     torch.testing.assert_close(base, encoder.encode(TEXTS, batch_size=3), rtol=1e-5, atol=1e-6)
 
@@ -54,3 +61,49 @@ def test_adapted_embeddings_from_the_base_cache_equal_a_full_pass(arch, pooling,
     cached = encode_from_cache(encoder, TEXTS, cache, k=2, batch_size=3)
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(full, base, atol=1e-3), "the adapter changed the embeddings"
+
+
+@pytest.mark.parametrize(
+    "arch, pooling", [("bert", "mean"), ("llama", "mean"), ("distilbert", "cls")]
+)
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_training_from_cached_states_gives_the_same_loss_and_gradients(arch, pooling, kind):
+    from lastlayer.cache import cache_views, embed_top_k, pad_cached
+    from lastlayer.objectives import info_nce
+
+    encoder = Encoder(
+        model=tiny_model(arch, num_layers=4), tokenizer=tiny_tokenizer(), pooling=pooling
+    )
+    attach(encoder, AdapterConfig(kind=kind, top_k=2))
+    encoder.model.eval()  # no dropout: both paths must agree exactly
+    with torch.no_grad():
+        for param in encoder.model.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    views_a, views_b = TEXTS, list(reversed(TEXTS))
+
+    def loss_and_grads(embed_a, embed_b):
+        encoder.model.zero_grad()
+        loss, _ = info_nce(embed_a(), embed_b())
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in encoder.model.named_parameters() if p.requires_grad}
+        return loss.detach(), grads
+
+    normal = loss_and_grads(
+        lambda: encoder.embed(encoder.tokenize(views_a)),
+        lambda: encoder.embed(encoder.tokenize(views_b)),
+    )
+    cached_a, cached_b = (cache_views(encoder, v, k=2, batch_size=3) for v in (views_a, views_b))
+    rows = list(range(len(TEXTS)))
+    pad = encoder.tokenizer.pad_token_id
+    cached = loss_and_grads(
+        lambda: embed_top_k(encoder, encoder.model, pad_cached(cached_a, rows, pad), 2),
+        lambda: embed_top_k(encoder, encoder.model, pad_cached(cached_b, rows, pad), 2),
+    )
+    torch.testing.assert_close(cached[0], normal[0], rtol=1e-5, atol=1e-6)
+    assert cached[1].keys() == normal[1].keys()
+    for name in normal[1]:
+        torch.testing.assert_close(cached[1][name], normal[1][name], rtol=1e-4, atol=1e-6)
+    assert cached_a.nbytes() > 0 and all(
+        len(i) == len(s) for i, s in zip(cached_a.ids, cached_a.states, strict=True)
+    )

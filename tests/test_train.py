@@ -165,3 +165,19 @@ def test_document_stream_is_seeded_epochs():
     assert len(items) == 7 and sorted(items[:3]) == ["a", "b", "c"]
     assert sorted(items[3:6]) == ["a", "b", "c"]
     assert items == [DocumentStream(["a", "b", "c"], 7, 1)[i] for i in range(7)]
+
+
+def test_cached_pairs_mode_trains_top_k_only_over_epochs(saved_models, corpus, tmp_path, caplog):
+    out = tmp_path / "cached"
+    with caplog.at_level("INFO", logger="lastlayer.train"):
+        metrics = run(recipe_for(saved_models["bert"], corpus, out, "train.cached_pairs=12",
+                                 "train.max_steps=4"))
+    assert "Cached 12 pairs" in caplog.text and "2.7 epochs" in caplog.text
+    losses = [row["loss"] for row in read_json(out / "train_log.json")]
+    assert len(losses) == 4 and all(0 < loss < 10 for loss in losses)
+    assert "adapted" in metrics and (out / "adapter_model.safetensors").exists()
+
+
+def test_cached_pairs_smaller_than_a_batch_is_refused(saved_models, corpus, tmp_path):
+    with pytest.raises(ConfigError, match="smaller than one global batch"):
+        run(recipe_for(saved_models["bert"], corpus, tmp_path / "x", "train.cached_pairs=4"))

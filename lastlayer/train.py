@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import lastlayer
@@ -38,19 +37,23 @@ from lastlayer.adapters import (
     trainable_parameters,
 )
 from lastlayer.cache import (
-    CachedViews,
-    cache_views,
-    embed_top_k,
     encode_from_cache,
     encode_with_cache,
-    pad_cached,
 )
-from lastlayer.config import ConfigError, EvalConfig, ObjectiveConfig, Recipe
+from lastlayer.config import ConfigError, EvalConfig, Recipe
 from lastlayer.data import DataError, read_labelled, read_texts
 from lastlayer.evaluation import KnnResult, knn_accuracy, paired_delta
 from lastlayer.hub import model_card
 from lastlayer.model import Encoder, load_encoder
-from lastlayer.objectives import VIEW_MAKERS, ViewStats, enable_dropout, info_nce
+from lastlayer.objectives import ViewStats, enable_dropout, info_nce
+from lastlayer.pairs import (
+    CachedPairCollator,
+    DocumentStream,
+    PairCollator,
+    PairStream,
+    cached_pair_stream,
+    embed_view,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,132 +96,6 @@ def training_documents(recipe: Recipe, held_out: EvalSet | None) -> list[str]:
             "the evaluation documents; use a larger corpus or a smaller eval.max_docs."
         )
     return docs
-
-
-class DocumentStream(Dataset):
-    """Exactly ``total`` documents: back-to-back seeded permutations of the corpus (epochs)."""
-
-    def __init__(self, docs: list[str], total: int, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        order: list[int] = []
-        while len(order) < total:
-            order.extend(rng.permutation(len(docs)).tolist())
-        self.docs, self.order = docs, order[:total]
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitem__(self, i: int) -> str:
-        return self.docs[self.order[i]]
-
-
-def view_kwargs(cfg: ObjectiveConfig) -> dict[str, Any]:
-    """The recipe's objective settings, as the keyword arguments of its view maker."""
-    if cfg.kind == "span":
-        return {"min_ratio": cfg.span_min_ratio, "max_ratio": cfg.span_max_ratio}
-    return {
-        "sentences_per_crop": cfg.sentences_per_crop,
-        "min_chars": cfg.min_sentence_chars,
-        "max_chars": cfg.max_sentence_chars,
-    }
-
-
-class PairStream(Dataset):
-    """Positive pairs: item ``i`` is two views of the ``i``-th document of a ``DocumentStream``.
-
-    Each item draws its views from its own ``random.Random(seed, i)``, so a pair depends only
-    on the seed and its position: runs are reproducible, resumed runs see exactly the views
-    they would have seen, and no process or prefetching order can change them.
-    """
-
-    def __init__(self, docs: DocumentStream, objective: ObjectiveConfig, seed: int) -> None:
-        self.docs, self.objective, self.seed = docs, objective, seed
-        self.make = VIEW_MAKERS[objective.kind]
-        self.kwargs = view_kwargs(objective)
-        self.stats = ViewStats()
-
-    def __len__(self) -> int:
-        return len(self.docs)
-
-    def __getitem__(self, i: int) -> tuple[str, str]:
-        rng = random.Random(f"{self.seed}:{i}")
-        return self.make(self.docs[i], rng, stats=self.stats, **self.kwargs)
-
-
-@dataclass
-class PairCollator:
-    """Tokenizes a batch of pairs into the two views' model inputs."""
-
-    encoder: Encoder
-
-    def __call__(self, pairs: list[tuple[str, str]]) -> dict[str, dict[str, torch.Tensor]]:
-        a, b = zip(*pairs, strict=True)
-        return {"a": self.encoder.tokenize(a), "b": self.encoder.tokenize(b)}
-
-
-class CachedPairStream(Dataset):
-    """Pre-sampled pairs with cached bottom states, visited in seeded epochs.
-
-    Item ``i`` is the index of a cached pair (the collator fetches and pads it), so the
-    DataLoader, resuming and sharding across processes work as for fresh views.
-    """
-
-    def __init__(self, views_a: CachedViews, views_b: CachedViews, total: int, seed: int,
-                 stats: ViewStats) -> None:
-        self.views_a, self.views_b, self.stats = views_a, views_b, stats
-        self.order = DocumentStream(list(range(len(views_a))), total, seed)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitem__(self, i: int) -> int:
-        return self.order[i]
-
-
-@dataclass
-class CachedPairCollator:
-    """Re-pads a batch of cached pairs into the two views' inputs and states."""
-
-    pairs: CachedPairStream
-    pad_id: int
-
-    def __call__(self, rows: list[int]) -> dict[str, dict[str, torch.Tensor]]:
-        return {"a": pad_cached(self.pairs.views_a, rows, self.pad_id),
-                "b": pad_cached(self.pairs.views_b, rows, self.pad_id)}
-
-
-def cached_pair_stream(
-    encoder: Encoder, docs: list[str], recipe: Recipe, total: int, per_step: int
-) -> CachedPairStream:
-    """Sample ``train.cached_pairs`` pairs once and cache their block-(L−k) input states.
-
-    Exact for the crop and span objectives up to the choice of pairs (epochs over a fixed
-    set instead of fresh crops every step) and dropout: the bottom layers run once, in eval
-    mode, so dropout only acts in the top-k blocks (this weakens the dropout objective).
-    """
-    cfg = recipe.train
-    if cfg.cached_pairs < per_step:
-        raise ConfigError(
-            f"train.cached_pairs={cfg.cached_pairs} is smaller than one global batch "
-            f"({per_step} pairs); raise it or set it to 0 for fresh views every step."
-        )
-    fresh = PairStream(DocumentStream(docs, cfg.cached_pairs, recipe.seed), recipe.objective,
-                       recipe.seed)
-    pairs = [fresh[i] for i in range(len(fresh))]
-    k, dtype = recipe.adapter.top_k, getattr(torch, cfg.cache_dtype)
-    views = [cache_views(encoder, [pair[side] for pair in pairs], k, cfg.batch_size, dtype,
-                         desc=f"cache view {side + 1} (bottom layers)") for side in (0, 1)]
-    size = (views[0].nbytes() + views[1].nbytes()) / 2**20
-    log.info("Cached %d pairs (%.0f MB); %.1f epochs over them.", len(pairs), size,
-             total / len(pairs))
-    return CachedPairStream(views[0], views[1], total, recipe.seed, fresh.stats)
-
-
-def embed_view(encoder: Encoder, model, inputs: dict[str, torch.Tensor], top_k: int):
-    """Embed one view: a normal forward, or only the top-k blocks when states are cached."""
-    if "states" in inputs:
-        return embed_top_k(encoder, model, inputs, top_k)
-    return encoder.embed(inputs, model)
 
 
 # ---------------------------------------------------------------------------------------

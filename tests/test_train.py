@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from lastlayer.adapters import load_target
 from lastlayer.config import ConfigError, load_recipe
 from lastlayer.evaluation import knn_accuracy
-from lastlayer.train import DocumentStream, latest_checkpoint, load_eval_set, run
+from lastlayer.pairs import DocumentStream
+from lastlayer.train import latest_checkpoint, load_eval_set, run
 
 # Losses of the first 3 steps of the tiny-BERT run below (seed 0, CPU, fp32). A change here
 # means training no longer does what it did: check why before updating them.
@@ -169,7 +170,7 @@ def test_document_stream_is_seeded_epochs():
 
 def test_cached_pairs_mode_trains_top_k_only_over_epochs(saved_models, corpus, tmp_path, caplog):
     out = tmp_path / "cached"
-    with caplog.at_level("INFO", logger="lastlayer.train"):
+    with caplog.at_level("INFO", logger="lastlayer.pairs"):
         metrics = run(recipe_for(saved_models["bert"], corpus, out, "train.cached_pairs=12",
                                  "train.max_steps=4"))
     assert "Cached 12 pairs" in caplog.text and "2.7 epochs" in caplog.text

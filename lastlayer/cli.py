@@ -12,6 +12,7 @@ import json
 import logging
 import platform
 import sys
+import warnings
 from pathlib import Path
 
 from lastlayer import __version__
@@ -86,6 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``lastlayer train``: the whole job (see ``lastlayer.train.run``)."""
     recipe = load_recipe(args.recipe, args.overrides)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lastlayer").setLevel(logging.INFO)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
     from lastlayer.data import DataError
     from lastlayer.layers import LayerStackError
     from lastlayer.model import ModelNotFoundError

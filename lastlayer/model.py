@@ -310,7 +310,7 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None) -> 
     if tokenizer.pad_token is None:  # decoders: pad with EOS, the mask hides it anyway
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    log.info("Loaded %s from %s", resolved.hub_id, resolved.source)
+    log.debug("Loaded %s from %s", resolved.hub_id, resolved.source)
     return Encoder(
         model=model, tokenizer=tokenizer, pooling=cfg.pooling, normalize=cfg.normalize,
         max_length=cfg.max_length, resolved=resolved, fingerprint=weights_fingerprint(model),

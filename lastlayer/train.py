@@ -280,7 +280,8 @@ def artifact_metadata(encoder: Encoder, recipe: Recipe, result: TrainResult, bas
 def print_report(metrics: dict | None, size: int, out_dir: Path, stats: ViewStats) -> None:
     """The before/after table, saying plainly when the adapter is worse than its base."""
     print(f"\nSaved {out_dir} ({size / 1024:.0f} KB)")
-    print(f"Views: {stats.sentence_crops} sentence crops, {stats.token_span_fallbacks} short "
+    print(f"Views (main process): {stats.sentence_crops} sentence crops, "
+          f"{stats.token_span_fallbacks} short "
           f"documents fell back to word-span crops, {stats.dropped_empty} empty dropped.")
     if metrics is None:
         print("No eval.data in the recipe: nothing measured.")

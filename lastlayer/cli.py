@@ -32,6 +32,10 @@ EXAMPLES = {
   lastlayer ls --root /path/to/project""",
     "env": """examples:
   lastlayer env""",
+    "probe": """examples:
+  lastlayer probe adapters/medical/smollm2-135m_full-top4_crop     # data etc. from its recipe
+  lastlayer probe sentence-transformers/all-MiniLM-L6-v2 --data labelled.jsonl.gz
+  lastlayer probe TARGET --data FILE --max-docs 500 --out runs/probe""",
 }
 
 
@@ -64,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--root", default=".", help="project folder holding recipes/ and adapters/")
 
     add("env", "Print versions of lastlayer and its dependencies, and the devices found.")
+
+    probe = add("probe", "kNN accuracy of every layer (base vs adapted) and a suggested top-k; "
+                "writes probe.json and probe.png.")
+    probe.add_argument("target", help="adapter folder, Hub id, or local model folder")
+    probe.add_argument("--data", help="labelled corpus (default for an adapter: its eval.data)")
+    probe.add_argument("--max-docs", type=int, help="seeded sample size (default 1000 or the "
+                       "adapter's eval.max_docs)")
+    probe.add_argument("--seed", type=int, help="sampling seed (default 42 or the adapter's)")
+    probe.add_argument("--k", type=int, default=10, help="neighbours (default 10)")
+    probe.add_argument("--text-field", default="text")
+    probe.add_argument("--label-field", default="label")
+    probe.add_argument("--out", help="output folder (default: the adapter folder, or runs/probe)")
     return parser
 
 
@@ -75,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = [f"--set={a}" for a in argv[1:] if "=" in a and not a.startswith("-")]
         argv = ["validate", *files, *extra]
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "validate": cmd_validate, "ls": cmd_ls, "env": cmd_env}
+    handlers = {"train": cmd_train, "validate": cmd_validate, "ls": cmd_ls, "env": cmd_env,
+                "probe": cmd_probe}
     try:
         return handlers[args.command](args)
     except (ConfigError, FileNotFoundError) as err:
@@ -158,4 +175,39 @@ def cmd_env(args: argparse.Namespace) -> int:
     cuda = torch.cuda.is_available()
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     print(f"  cuda: {cuda} {devices if cuda else ''}  cpu threads: {torch.get_num_threads()}")
+    return 0
+
+
+def _recipe_defaults(target: str) -> dict:
+    """An adapter's eval settings (data, max_docs, seed) from its saved recipe, if any."""
+    recipe_file = Path(target) / "recipe.yaml"
+    if not recipe_file.is_file():
+        return {}
+    recipe = load_recipe(recipe_file)
+    return {"data": recipe.eval.data, "max_docs": recipe.eval.max_docs, "seed": recipe.seed,
+            "text_field": recipe.eval.text_field, "label_field": recipe.eval.label_field}
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """``lastlayer probe``: per-layer kNN, weight change, suggested k, probe.json + PNG."""
+    saved = _recipe_defaults(args.target)
+    if args.data:  # explicit data: the command line decides everything
+        saved = {"text_field": args.text_field, "label_field": args.label_field}
+    data = args.data or saved.get("data")
+    if not data:
+        raise ConfigError("--data is required (a labelled .jsonl/.csv/.parquet corpus).")
+    from lastlayer.probe import format_probe, probe, write_probe
+
+    result = probe(
+        args.target, data, k=args.k,
+        max_docs=args.max_docs or saved.get("max_docs") or 1000,
+        seed=args.seed if args.seed is not None else saved.get("seed", 42),
+        text_field=saved.get("text_field", args.text_field),
+        label_field=saved.get("label_field", args.label_field),
+    )
+    print(format_probe(result))
+    is_artifact = (Path(args.target) / "lastlayer.json").is_file()
+    out = args.out or (args.target if is_artifact else "runs/probe")
+    json_path, png_path = write_probe(result, out)
+    print(f"Wrote {json_path} and {png_path}")
     return 0

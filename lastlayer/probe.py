@@ -42,10 +42,10 @@ MIN_TOP_K = 2
 RULE = (
     "Heuristic, on the base model's curve: p = the first layer whose kNN accuracy is within "
     "one binomial standard error (sqrt(a(1-a)/N)) of the best layer's accuracy a, i.e. where "
-    "quality stops improving; suggest training blocks p..L, k = L - p + 1, clipped to "
-    f"[{MIN_TOP_K}, L] (the paper: the gain sits in the last layers and top-2 recovers ~91% "
-    "of it). Layers above p add nothing in this domain and are the ones to retrain; to be "
-    "checked against training by the benchmark."
+    "quality stops improving; suggest training the blocks that produce layers p..L, "
+    f"k = L - p + 1, clipped to [{MIN_TOP_K}, L] (the paper: the gain sits in the last layers "
+    "and top-2 recovers ~91% of it). The layers above p add nothing in this domain and are "
+    "the ones to retrain. To be checked against training by the benchmark."
 )
 
 
@@ -152,7 +152,9 @@ def _block_change(block: nn.Module, adapter_name: str) -> float:
     return math.sqrt(delta / norm) if norm > 0 else 0.0
 
 
-def weight_change_per_layer(peft_model: nn.Module, adapter_name: str | None = None) -> dict[int, float]:
+def weight_change_per_layer(
+    peft_model: nn.Module, adapter_name: str | None = None
+) -> dict[int, float]:
     """Relative weight change ``||ΔW||_F / ||W||_F`` of every block (0-based block index).
 
     Both norms run over all of a block's parameters, so the two adapter kinds compare:
@@ -185,7 +187,7 @@ def recommend_top_k(base_accuracy: Sequence[float], num_documents: int) -> tuple
     The rule (``RULE``): ``p`` is the first layer whose accuracy is within one binomial
     standard error ``sqrt(a(1-a)/N)`` of the best accuracy ``a`` — the point where quality
     stops improving, with a tolerance so that noise between near-equal layers does not
-    move it. The blocks from ``p`` up to the top (``k = L - p + 1``) are the ones to train;
+    move it. The blocks producing layers ``p..L`` (``k = L - p + 1``) are the ones to train;
     at least ``MIN_TOP_K`` (the paper's top-2 recovers ~91% of the full gain), at most L.
     It is a heuristic, stated so the benchmark can check it against training.
 
@@ -246,7 +248,8 @@ def probe(
         progress: Show progress bars.
 
     Returns:
-        A JSON-ready dict: ``layers`` (one row per layer 0..L: ``base_knn``,
+        A JSON-ready dict: ``layers`` (one row per layer 0..L: ``block`` (0-based index of
+        the block producing it, as in ``trained_layers``; None for layer 0), ``base_knn``,
         ``adapted_knn``, ``weight_change``, ``trained``), ``recommended_top_k``,
         ``plateau_layer``, ``best_layer``, ``rule``, and how it was measured.
     """
@@ -286,11 +289,13 @@ def probe(
         }
         for layer in range(num_layers + 1)
     ]
-    resolved = encoder.resolved
+    base_model = meta["base_model"] if meta else None
+    if base_model is None:
+        base_model = encoder.resolved.hub_id if encoder.resolved else str(target)
     counts = np.unique(np.asarray(held_out.labels), return_counts=True)[1]
     return {
         "target": str(target),
-        "base_model": meta["base_model"] if meta else (resolved.hub_id if resolved else str(target)),
+        "base_model": base_model,
         "adapter": str(target) if meta else None,
         "adapter_kind": meta["adapter"]["kind"] if meta else None,
         "trained_layers": trained,
@@ -326,8 +331,9 @@ def probe(
 def plot_probe(result: dict[str, Any], path: str | Path) -> Path:
     """Draw kNN accuracy per layer (base vs adapted) with weight change bars; save a PNG.
 
-    Trained layers are shaded, the plateau layer and the suggested top-k are marked, and
-    the majority-class rate is drawn as the floor a useless embedding reaches.
+    The base curve carries a ±1 standard-error band (differences inside it are noise);
+    trained blocks are shaded, the suggested top-k is marked, and the majority-class rate is
+    drawn as the floor that a useless embedding reaches.
     """
     import matplotlib
 
@@ -337,70 +343,97 @@ def plot_probe(result: dict[str, Any], path: str | Path) -> Path:
     rows = result["layers"]
     layers = np.array([r["layer"] for r in rows])
     base = np.array([r["base_knn"] for r in rows]) * 100
-    has_adapter = result["adapter"] is not None
-    num_layers = result["num_layers"]
-    wide = max(7.0, min(14.0, 4.0 + 0.3 * num_layers))
-    fig, ax = plt.subplots(figsize=(wide, 4.8), dpi=130)
+    adapted = np.array([r["adapted_knn"] for r in rows]) * 100 if result["adapter"] else None
+    num_layers, n = result["num_layers"], result["num_documents"]
+    best, plateau = result["best_layer"], result["plateau_layer"]
+    top_k = result["recommended_top_k"]
+    fig, ax = plt.subplots(figsize=(max(7.5, min(14.0, 4.5 + 0.3 * num_layers)), 5.6), dpi=130,
+                           layout="constrained")
 
+    back = ax  # shading and bars go on the axes behind the curves
+    if adapted is not None:
+        back = ax.twinx()
+        change = np.array([(r["weight_change"] or 0.0) * 100 for r in rows])
+        back.bar(layers, change, width=0.45, color="#dde3e9", edgecolor="#8b96a1", lw=0.8,
+                 label="weight change (right axis)")
+        back.set_ylabel("relative weight change ||ΔW|| / ||W|| of the block (%)",
+                        color="#5f6b77")
+        back.tick_params(axis="y", colors="#5f6b77")
+        back.set_ylim(0, max(change.max(), 1e-6) * 2.8)  # bars stay low, under the curves
+        ax.set_zorder(back.get_zorder() + 1)
+        ax.patch.set_visible(False)
     trained = [r["layer"] for r in rows if r["trained"]]
     if trained:
-        ax.axvspan(min(trained) - 0.5, max(trained) + 0.5, color="#f4a259", alpha=0.15, lw=0,
-                   label=f"trained blocks ({result['adapter_kind']}, top-{len(trained)})")
+        back.axvspan(min(trained) - 0.5, max(trained) + 0.5, color="#f4a259", alpha=0.18, lw=0,
+                     label=f"trained blocks ({result['adapter_kind']}, top-{len(trained)})")
 
-    if has_adapter and any(r["weight_change"] for r in rows):
-        bars = ax.twinx()
-        change = np.array([(r["weight_change"] or 0.0) * 100 for r in rows])
-        bars.bar(layers, change, width=0.6, color="#9aa5b1", alpha=0.45, zorder=0)
-        bars.set_ylabel("relative weight change ‖ΔW‖/‖W‖ (%, grey bars)", color="#5f6b77")
-        bars.tick_params(axis="y", colors="#5f6b77")
-        bars.set_ylim(0, change.max() * 2.6)  # bars stay in the lower part, under the curves
-        ax.set_zorder(bars.get_zorder() + 1)
-        ax.patch.set_visible(False)
+    first = num_layers - top_k + 1  # first hidden layer that the suggested top-k changes
+    teal = "#2a9d8f"
+    top = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    ax.annotate("", xy=(first - 0.45, 0.955), xytext=(num_layers + 0.45, 0.955), xycoords=top,
+                arrowprops={"arrowstyle": "|-|", "color": teal, "lw": 1.6,
+                            "shrinkA": 0, "shrinkB": 0})
+    ax.text((first + num_layers) / 2, 0.965, f"suggested top-k = {top_k}", transform=top,
+            ha="center", va="bottom", fontsize=8, color=teal)
+    ax.plot([], [], color=teal, lw=1.6, marker="|", ms=8,
+            label=f"suggested top-k = {top_k} (base plateau: layer {plateau})")
 
-    floor = result.get("majority_class_rate")
-    if floor is not None:
-        ax.axhline(floor * 100, color="#b0b0b0", ls=":", lw=1)
-        ax.annotate("majority class", (layers[0], floor * 100), xytext=(2, 3),
-                    textcoords="offset points", fontsize=8, color="#888888")
+    floor = result["majority_class_rate"] * 100
+    ax.axhline(floor, color="#999999", ls=":", lw=1)
+    ax.annotate("majority class", (layers[0], floor), xytext=(2, 3), textcoords="offset points",
+                fontsize=8, color="#777777")
 
+    se = np.sqrt(base * (100 - base) / n)
+    ax.fill_between(layers, base - se, base + se, color="#3d5a80", alpha=0.12, lw=0,
+                    label="base ± 1 SE")
     ax.plot(layers, base, "o-", color="#3d5a80", lw=2, ms=4, label="base", zorder=3)
-    if has_adapter:
-        adapted = np.array([r["adapted_knn"] for r in rows]) * 100
-        ax.plot(layers, adapted, "o-", color="#d1495b", lw=2, ms=4, label="adapted", zorder=4)
-        last = adapted[-1] - base[-1]
-        ax.annotate(f"{adapted[-1]:.1f}\n({last:+.1f})", (layers[-1], adapted[-1]),
-                    xytext=(6, 0), textcoords="offset points", fontsize=8, color="#d1495b",
-                    va="center")
-    ax.annotate(f"{base[-1]:.1f}", (layers[-1], base[-1]), xytext=(6, 0),
-                textcoords="offset points", fontsize=8, color="#3d5a80", va="center")
-
-    best, plateau, top_k = result["best_layer"], result["plateau_layer"], result["recommended_top_k"]
     ax.plot([best], [base[best]], marker="*", ms=14, color="#3d5a80", zorder=5, ls="none",
-            label=f"base peak: layer {best}, {base[best]:.1f}%")
-    first = num_layers - top_k + 1  # first hidden layer the suggested top-k changes
-    ax.axvline(first - 0.5, color="#2a9d8f", ls="--", lw=1.5,
-               label=f"suggested top-k = {top_k} (plateau at layer {plateau})")
+            label=f"base peak: layer {best} ({base[best]:.1f}%)")
+    label = {"fontsize": 8, "textcoords": "offset points", "va": "center"}
+    if adapted is not None:
+        differs = np.flatnonzero(adapted != base)  # below the adapter both are the same
+        start = max(int(differs[0]) - 1, 0) if len(differs) else 0
+        ax.plot(layers[start:], adapted[start:], "o-", color="#d1495b", lw=2, ms=4,
+                label="adapted", zorder=4)
+        up = adapted[-1] >= base[-1]
+        ax.annotate(f"{adapted[-1]:.1f} ({adapted[-1] - base[-1]:+.1f})",
+                    (layers[-1], adapted[-1]), xytext=(8, 7 if up else -7), color="#d1495b",
+                    **label)
+        ax.annotate(f"{base[-1]:.1f}", (layers[-1], base[-1]), xytext=(8, -7 if up else 7),
+                    color="#3d5a80", **label)
+    else:
+        ax.annotate(f"{base[-1]:.1f}", (layers[-1], base[-1]), xytext=(8, 0), color="#3d5a80",
+                    **label)
 
-    ax.set_xlabel("layer (0 = embeddings, l = output of block l)")
+    ax.set_xlabel("layer (0 = embedding output, l = output of the l-th block)")
     ax.set_ylabel(f"kNN accuracy, k={result['k']}, leave-one-out (%)")
-    step = 1 if num_layers <= 16 else 2
-    ax.set_xticks(np.arange(0, num_layers + 1, step))
-    ax.set_xlim(-0.6, num_layers + 0.6 + 0.04 * num_layers + 0.6)
-    low = min(base.min(), floor * 100 if floor is not None else base.min())
-    high = max(base.max(), adapted.max() if has_adapter else base.max())
-    pad = 0.08 * (high - low) + 0.5
-    ax.set_ylim(low - pad, high + pad)
+    ax.set_xticks(np.arange(0, num_layers + 1, 1 if num_layers <= 16 else 2))
+    ax.set_xlim(-0.6, num_layers + 0.6 + max(0.8, 0.07 * num_layers))  # room for the labels
+    curves = [base - se, base + se, [floor]] + ([adapted] if adapted is not None else [])
+    low, high = min(map(np.min, curves)), max(map(np.max, curves))
+    pad = 0.06 * (high - low) + 0.5
+    ax.set_ylim(low - pad, high + 2.5 * pad)  # headroom for the top-k bracket
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
     model = result["base_model"]
-    what = f"{model} + {Path(result['adapter']).name}" if result["adapter"] else model
+    what = f"{model} + adapter {Path(result['adapter']).name}" if result["adapter"] else model
     ax.set_title(
-        f"Per-layer kNN accuracy: {what}\n{Path(result['data']).name}, "
-        f"{result['num_documents']} documents, {result['num_classes']} classes, "
-        f"{result['pooling']} pooling, max_length {result['max_length']}",
+        f"Per-layer kNN accuracy: {what}\n{Path(result['data']).name}: {n} documents, "
+        f"{result['num_classes']} classes; {result['pooling']} pooling, "
+        f"max_length {result['max_length']}",
         fontsize=10,
     )
-    fig.tight_layout()
+    handles, labels = ax.get_legend_handles_labels()
+    if back is not ax:
+        more = back.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    order = ("base", "base ±", "base peak", "adapted", "trained", "weight", "suggested")
+
+    def rank(i: int) -> int:  # the longest matching prefix wins ("base peak" over "base")
+        return max(j for j, prefix in enumerate(order) if labels[i].startswith(prefix))
+
+    keep = sorted(range(len(labels)), key=rank)
+    fig.legend([handles[i] for i in keep], [labels[i] for i in keep], ncol=3, fontsize=8,
+               loc="outside lower center", frameon=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -32,6 +32,10 @@ EXAMPLES = {
   lastlayer ls --root /path/to/project""",
     "env": """examples:
   lastlayer env""",
+    "eval": """examples:
+  lastlayer eval adapters/medical/smollm2-135m_full-top4_crop --data labelled.jsonl.gz
+  lastlayer eval sentence-transformers/all-MiniLM-L6-v2 --data beir/scifact --max-length 256
+  lastlayer eval TARGET --data a.jsonl.gz --data beir/scifact --json""",
     "probe": """examples:
   lastlayer probe adapters/medical/smollm2-135m_full-top4_crop     # data etc. from its recipe
   lastlayer probe sentence-transformers/all-MiniLM-L6-v2 --data labelled.jsonl.gz
@@ -69,6 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("env", "Print versions of lastlayer and its dependencies, and the devices found.")
 
+    ev = add("eval", "Embed labelled corpora (kNN accuracy, V-measure, ARI) or BEIR folders "
+             "(nDCG@10, Recall@100) with a base model or an adapter.")
+    ev.add_argument("target", help="adapter folder, Hub id, or local model folder")
+    ev.add_argument("--data", action="append", required=True,
+                    help="labelled .jsonl(.gz)/.csv/.parquet/save_to_disk folder, or a BEIR "
+                    "folder; repeat for several")
+    ev.add_argument("--json", action="store_true", help="print one JSON object instead")
+    ev.add_argument("--k", type=int, default=10, help="kNN neighbours (default 10)")
+    ev.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
+    ev.add_argument("--max-docs", type=int, help="seeded sample of the documents")
+    ev.add_argument("--max-length", type=int, help="tokens per text (default: the adapter's, "
+                    "or 128 for a base model)")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--no-clustering", action="store_true", help="skip k-means")
+    ev.add_argument("--text-field", default="text")
+    ev.add_argument("--label-field", default="label")
+
     probe = add("probe", "kNN accuracy of every layer (base vs adapted) and a suggested top-k; "
                 "writes probe.json and probe.png.")
     probe.add_argument("target", help="adapter folder, Hub id, or local model folder")
@@ -92,12 +113,23 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["validate", *files, *extra]
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "validate": cmd_validate, "ls": cmd_ls, "env": cmd_env,
-                "probe": cmd_probe}
+                "probe": cmd_probe, "eval": cmd_eval}
     try:
         return handlers[args.command](args)
-    except (ConfigError, FileNotFoundError) as err:
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
         print(f"lastlayer {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input (recipe, data, model name), not a bug: exit 2, no traceback."""
+    from lastlayer.data import DataError
+    from lastlayer.layers import LayerStackError
+    from lastlayer.model import ModelNotFoundError
+
+    return ConfigError, DataError, LayerStackError, ModelNotFoundError, FileNotFoundError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -106,16 +138,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lastlayer").setLevel(logging.INFO)
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
-    from lastlayer.data import DataError
-    from lastlayer.layers import LayerStackError
-    from lastlayer.model import ModelNotFoundError
     from lastlayer.train import run
 
-    try:
-        run(recipe)
-    except (DataError, LayerStackError, ModelNotFoundError) as err:
-        print(f"lastlayer train: error: {err}", file=sys.stderr)
-        return 2
+    run(recipe)
     return 0
 
 
@@ -210,4 +235,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
     out = args.out or (args.target if is_artifact else "runs/probe")
     json_path, png_path = write_probe(result, out)
     print(f"Wrote {json_path} and {png_path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``lastlayer eval``: in-domain metrics of a base model or an adapter."""
+    from lastlayer.adapters import load_target
+    from lastlayer.evaluation import evaluate_paths, format_table, results_json
+
+    overrides = {"max_length": args.max_length} if args.max_length else {}
+    encoder = load_target(args.target, **overrides)
+    results = evaluate_paths(
+        encoder, args.data, k=args.k, metric=args.metric, max_docs=args.max_docs,
+        batch_size=args.batch_size, clustering=not args.no_clustering,
+        text_field=args.text_field, label_field=args.label_field, progress=not args.json,
+    )
+    print(json.dumps(results_json(results), indent=2) if args.json else format_table(results))
     return 0

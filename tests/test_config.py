@@ -158,7 +158,7 @@ def test_train_cli_config_error_exits_2_without_traceback():
 
 
 def test_help_has_examples_for_each_command():
-    for command in ("train", "validate", "ls", "env", "probe"):
+    for command in ("train", "validate", "ls", "env", "probe", "eval"):
         done = run_cli(command, "--help")
         assert done.returncode == 0 and "examples:" in done.stdout
 

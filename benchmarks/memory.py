@@ -1,0 +1,296 @@
+"""Peak memory of top-k LoRA (optionally 8-bit / 4-bit) against full fine-tuning on big models.
+
+Builds large models from a config with random weights (no download), saves each once to a
+temporary folder (with the packaged MiniLM's BERT tokenizer), then trains a few steps in
+each mode, every mode in its own subprocess so its peak is its own:
+
+- ``full``: every parameter trainable (full fine-tuning), AdamW;
+- ``lora-all``: LoRA r=8 on every linear layer of every block;
+- ``lora-top2``: lastlayer's LoRA on the top-2 blocks (``lastlayer.adapters.attach``);
+- ``lora-top2-8bit`` / ``lora-top2-4bit``: the same on a base loaded through bitsandbytes
+  (``lastlayer.model.load_encoder(ModelConfig(..., quantization="8bit" | "4bit"))``).
+
+All modes load the saved folder through ``lastlayer.model.load_encoder`` and run the same
+loop: two crop views of medical abstracts per pair, mean pooling, InfoNCE over the batch,
+backward, gradient clipping, AdamW. On CUDA the peak is ``torch.cuda.max_memory_allocated``
+(``peak_mb``, from the start of loading); on CPU it is the peak resident set size
+(``VmHWM``; ``peak_mb``), with ``loaded_mb`` (after loading) and ``train_increase_mb``
+(what training added: the peak is reset after loading through ``/proc/self/clear_refs``).
+bitsandbytes on CPU saves neither time nor much memory (README); the 8-/4-bit rows matter on
+a GPU.
+
+Model presets (``--models``), sized so that the default run fits ~20 GB RAM and about ten
+minutes on 2 CPU cores; ``llama-1b`` is for bigger machines (full fine-tuning needs ~16 GB
+for weights, gradients and AdamW states alone):
+
+- ``bert-large``: BERT-large shape (hidden 1024, 24 layers, 16 heads, FFN 4096; 335M);
+- ``llama-0.5b``: a Llama decoder (hidden 1536, 16 layers, 12 heads, FFN 4096; ~0.5B);
+- ``llama-1b``: a TinyLlama-like decoder (hidden 2048, 22 layers, 32 heads / 4 KV heads,
+  FFN 5632; ~1.0B with the 30k vocabulary).
+
+Usage::
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory.py
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory.py --models llama-1b --batch-size 8 \\
+        --max-length 128 --out benchmarks/results/memory_gpu.json      # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import (  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+    DEFAULT_DATA,
+    ROOT,
+    machine_description,
+    pair_stream,
+    peak_rss_mb,
+    reset_peak_rss,
+    rss_mb,
+    worker_command,
+)
+
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "memory.json"
+RESULT_MARK = "@@MEMORY-RESULT@@"
+MODES = ("full", "lora-all", "lora-top2", "lora-top2-8bit", "lora-top2-4bit")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "bert-large": {"arch": "bert", "hidden_size": 1024, "num_hidden_layers": 24,
+                   "num_attention_heads": 16, "intermediate_size": 4096},
+    "llama-0.5b": {"arch": "llama", "hidden_size": 1536, "num_hidden_layers": 16,
+                   "num_attention_heads": 12, "num_key_value_heads": 12,
+                   "intermediate_size": 4096},
+    "llama-1b": {"arch": "llama", "hidden_size": 2048, "num_hidden_layers": 22,
+                 "num_attention_heads": 32, "num_key_value_heads": 4,
+                 "intermediate_size": 5632},
+}
+
+
+def tokenizer_folder() -> str:
+    """The packaged all-MiniLM-L6-v2 folder: its BERT WordPiece tokenizer serves every preset."""
+    from lastlayer.config import ModelConfig
+    from lastlayer.model import resolve_model
+
+    return resolve_model(ModelConfig()).path
+
+
+def build_model(preset: str, folder: str, seed: int = 0) -> dict[str, Any]:
+    """Build ``preset`` with random weights and save it (safetensors + tokenizer) to ``folder``."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    settings = dict(PRESETS[preset])
+    arch = settings.pop("arch")
+    tokenizer = tf.AutoTokenizer.from_pretrained(tokenizer_folder())
+    common = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **settings}
+    if arch == "bert":
+        model = tf.BertModel(tf.BertConfig(max_position_embeddings=512, **common))
+    else:
+        model = tf.LlamaModel(tf.LlamaConfig(max_position_embeddings=2048, **common))
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return {"params": sum(p.numel() for p in model.parameters())}
+
+
+def _quantization(mode: str) -> str | None:
+    return next((q for q in ("8bit", "4bit") if mode.endswith(q)), None)
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Load the saved model in ``spec['mode']``, train ``spec['steps']`` steps, report memory."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from torch.utils.data import DataLoader
+
+    from lastlayer.adapters import attach
+    from lastlayer.config import AdapterConfig, ModelConfig
+    from lastlayer.data import read_texts
+    from lastlayer.layers import find_layer_stack
+    from lastlayer.model import load_encoder
+    from lastlayer.objectives import info_nce
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    mode, cuda = spec["mode"], torch.cuda.is_available() and not spec.get("cpu")
+    device = "cuda" if cuda else "cpu"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    encoder = load_encoder(ModelConfig(name_or_path=spec["folder"], max_length=spec["max_length"],
+                                       quantization=_quantization(mode)), device=device)
+    load_s = time.perf_counter() - started
+    num_layers = find_layer_stack(encoder.model).num_layers
+    if mode == "full":
+        encoder.model.requires_grad_(True).train()
+    elif mode == "lora-all":
+        attach(encoder, AdapterConfig(kind="lora", top_k=num_layers))
+    elif mode.startswith(f"lora-top{spec['top_k']}"):
+        attach(encoder, AdapterConfig(kind="lora", top_k=spec["top_k"]))
+    else:
+        raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+    model = encoder.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    loaded = {
+        "loaded_mb": torch.cuda.memory_allocated() / 2**20 if cuda else rss_mb(),
+        "load_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb(),
+        "trainable_params": sum(p.numel() for p in params),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "num_layers": num_layers,
+        "load_s": load_s,
+    }
+    reset = reset_peak_rss() if not cuda else False
+
+    docs = read_texts(spec["data"], max_docs=2000)
+    pairs = pair_stream(docs, spec["steps"] * spec["batch_size"], spec["seed"])
+    loader = DataLoader(pairs, batch_size=spec["batch_size"], drop_last=True,
+                        collate_fn=lambda b: [encoder.tokenize(s) for s in zip(*b, strict=True)])
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    times, losses = [], []
+    model.train()
+    for a, b in loader:
+        start = time.perf_counter()
+        loss, _ = info_nce(encoder.embed(a), encoder.embed(b), 0.05)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        train_peak = None
+    else:
+        train_peak = peak_rss_mb()
+        peak = max(loaded["load_peak_mb"], train_peak)
+    return {
+        **loaded,
+        "peak_mb": peak,
+        "train_increase_mb": train_peak - loaded["loaded_mb"] if reset else None,
+        "memory_kind": "cuda max_memory_allocated" if cuda else "peak RSS (VmHWM)",
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "step_times_s": times,
+        "losses": losses,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _worker(payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = worker_command("memory", payload)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s,
+                              cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    return {"error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-3000:]}"}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| model | params | mode | trainable | peak MB | vs full | loaded MB | "
+             "training adds MB | step s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        full = next((x for x in rows if x["model"] == r["model"] and x["mode"] == "full"
+                     and x.get("peak_mb")), None)
+        ratio = f"{r['peak_mb'] / full['peak_mb']:.2f}x" if full and r.get("peak_mb") else "—"
+
+        def f(key: str, spec: str = ".0f", r: dict = r) -> str:
+            return "—" if r.get(key) is None else format(r[key], spec)
+
+        lines.append(f"| {r['model']} | {r.get('total_params', 0) / 1e6:.0f}M | {r['mode']} | "
+                     f"{r.get('trainable_params', 0):,} | {f('peak_mb')} | {ratio} | "
+                     f"{f('loaded_mb')} | {f('train_increase_mb')} | {f('step_s_median', '.2f')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["bert-large", "llama-0.5b"],
+                   choices=sorted(PRESETS))
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--steps", type=int, default=2, help="optimizer steps per mode (>= 2)")
+    p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per view")
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
+    p.add_argument("--tmp", default=None, help="where to save the random models (default: TMP)")
+    p.add_argument("--worker-timeout", type=float, default=1200)
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        payload = json.loads(args.worker)
+        result = build_model(**payload["build"]) if "build" in payload else measure(payload)
+        print(RESULT_MARK + json.dumps(result), flush=True)
+        return []
+    if args.top_k != 2:
+        args.modes = [m.replace("top2", f"top{args.top_k}") for m in args.modes]
+    load_start = os.getloadavg()[0]
+    rows: list[dict[str, Any]] = []
+    tmp_root = Path(tempfile.mkdtemp(prefix="lastlayer-memory-", dir=args.tmp))
+    try:
+        for preset in args.models:
+            folder = tmp_root / preset
+            print(f"building {preset} (random weights) in {folder} ...", flush=True)
+            built = _worker({"build": {"preset": preset, "folder": str(folder)}},
+                            args.worker_timeout)
+            if "error" in built:
+                print(built["error"], file=sys.stderr)
+                continue
+            for mode in args.modes:
+                spec = {"folder": str(folder), "mode": mode, "steps": args.steps,
+                        "batch_size": args.batch_size, "max_length": args.max_length,
+                        "top_k": args.top_k, "data": args.data, "seed": args.seed,
+                        "threads": args.threads, "cpu": args.cpu}
+                print(f"  {preset} {mode} ...", flush=True)
+                result = _worker(spec, args.worker_timeout)
+                row = {"model": preset, "config": PRESETS[preset], "mode": mode,
+                       "batch_size": args.batch_size, "max_length": args.max_length,
+                       "steps": args.steps, **result}
+                times = result.get("step_times_s") or []
+                row["step_s_median"] = statistics.median(times[1:] or times) if times else None
+                if "error" in result:
+                    print(f"    FAILED: {result['error']}", file=sys.stderr)
+                else:
+                    print(f"    peak {result['peak_mb']:.0f} MB ({result['memory_kind']}), "
+                          f"step {row['step_s_median']:.2f} s", flush=True)
+                rows.append(row)
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    machine = machine_description(load_start, os.getloadavg()[0])
+    for row in rows:
+        row["machine"] = machine
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    print(f"\n{machine}\nbatch {args.batch_size} pairs, max_length {args.max_length}, "
+          f"{args.steps} steps per mode\n")
+    print(format_table(rows))
+    print(f"\nWrote {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

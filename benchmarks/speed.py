@@ -1,0 +1,703 @@
+"""Speed, memory and quality of lastlayer against sentence-transformers, side by side.
+
+Every system trains the same model on the same positive pairs (seeded crop views of
+medical abstracts, made by ``lastlayer.objectives.crop_views`` through lastlayer's own
+``PairStream``), with the same batch size, sequence length, precision (fp32), loss
+(InfoNCE with in-batch negatives at temperature 0.05 = MultipleNegativesRankingLoss at
+scale 20), optimizer (AdamW, linear warm-up/decay, gradient clipping at 1.0) and number of
+steps:
+
+==========================  ==============  ==============================================
+system                      mode            what runs
+==========================  ==============  ==============================================
+sentence-transformers       full            full fine-tuning: a plain loop over the
+                                            ``SentenceTransformer`` + ``MultipleNegatives
+                                            RankingLoss`` (forward, loss, backward, AdamW)
+sentence-transformers       lora-all        the same with ``model.add_adapter(LoraConfig)``
+                                            on every linear layer of every block (PEFT)
+lastlayer                   lora-top2       ``lastlayer.train.train_adapter``: LoRA on the
+                                            top-2 blocks, fresh views every step
+lastlayer                   full-top2       the same, top-2 blocks unfrozen
+lastlayer                   lora-top2-      ``train.cached_pairs``: the pairs' block-(L-2)
+                            cached          inputs are computed once, then only the top-2
+                                            blocks run; the one-off caching time is reported
+                                            separately (``cache_s``) and amortised over the
+                                            steps (``step_s_amortised``)
+==========================  ==============  ==============================================
+
+lastlayer is timed *as shipped*: its real Accelerate loop (``train_adapter``) runs, and a
+global optimizer step hook (``torch.optim.optimizer.register_optimizer_step_post_hook``)
+stamps the end of every step; the sentence-transformers loop is timed by the same hook. A
+step's time is the wall time between two consecutive optimizer steps (data, tokenization,
+forward, loss, backward, clipping, step, scheduler, logging), the first ``--warmup`` steps
+are dropped, and the median of the rest is kept; with ``--repeats R`` every system runs R
+times, interleaved (A B C A B C ...), and the median of the per-run medians is reported.
+
+Each run is its own subprocess, so ``peak_rss_mb`` is that system's own peak resident set
+size (``VmHWM`` from ``/proc/self/status``; ``ru_maxrss`` elsewhere), including the Python
+interpreter, torch and the model. ``rss_loaded_mb`` is the resident size once the model is
+loaded and ``train_rss_increase_mb`` is what training added on top (the peak is reset
+after loading through ``/proc/self/clear_refs``).
+
+Quality: without ``--quick``, each system's first run also embeds 1,000 held-out labelled
+abstracts (never trained on) and reports leave-one-out kNN accuracy (k=10, euclidean,
+``lastlayer.evaluation.knn_accuracy``); ``base_knn_accuracy`` is the untrained model's.
+
+Usage (offline; timings are only meaningful as ratios within one run, on a quiet machine)::
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py --quick --wait-load 0.8
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py --steps 30 --repeats 3 \\
+        --out benchmarks/results/speed_full.json
+
+``--quick`` (under 10 minutes on 2 cores): MiniLM only, sentence-transformers full
+fine-tuning vs lastlayer top-2 LoRA and top-2 LoRA from cache, no quality column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "speed.json"
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+RESULT_MARK = "@@BENCHMARK-RESULT@@"
+
+ST, LL = "sentence-transformers", "lastlayer"
+REQUIRED_KEYS = ("system", "model", "mode", "step_s_median", "pairs_per_s", "peak_rss_mb",
+                 "knn_accuracy", "machine")
+
+
+def plan(quick: bool, top_k: int = 2) -> list[tuple[str, str]]:
+    """The (system, mode) pairs a run measures, in the order they are interleaved."""
+    lora, full, cached = f"lora-top{top_k}", f"full-top{top_k}", f"lora-top{top_k}-cached"
+    if quick:
+        return [(ST, "full"), (LL, lora), (LL, cached)]
+    return [(ST, "full"), (ST, "lora-all"), (LL, lora), (LL, full), (LL, cached)]
+
+
+# ---------------------------------------------------------------------------------------
+# Memory and step timing (inside a worker process).
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float | None:
+    """Current resident set size in MB (Linux), or None."""
+    kb = _proc_status_kb("VmRSS")
+    return kb / 1024 if kb is not None else None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (``VmHWM``, else ``ru_maxrss``)."""
+    kb = _proc_status_kb("VmHWM")
+    if kb is not None:
+        return kb / 1024
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak RSS to the current RSS (Linux >= 4.0); False where impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+_PROFILER = None  # a torch.profiler.profile advanced at every optimizer step (--profile)
+
+
+class StepClock:
+    """Stamps the end of every optimizer step of every optimizer (a global torch hook)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self._handle = None
+
+    def __enter__(self) -> StepClock:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.start = time.perf_counter()
+        self._handle = register_optimizer_step_post_hook(self._stamp)
+        return self
+
+    def _stamp(self, optimizer, args, kwargs) -> None:
+        _sync()
+        self.stamps.append(time.perf_counter())
+        if _PROFILER is not None:
+            _PROFILER.step()
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def step_times(self) -> list[float]:
+        """Wall time of each step: from the end of the previous step (or the start)."""
+        ends = [self.start, *self.stamps]
+        return [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------
+# Data: held-out labelled documents, training documents, pairs.
+
+
+def load_data(spec: dict[str, Any]):
+    """``(held_out EvalSet, training documents)``: held-out docs are never trained on."""
+    from lastlayer.config import EvalConfig
+    from lastlayer.data import read_texts
+    from lastlayer.train import load_eval_set
+
+    held_out = load_eval_set(EvalConfig(data=spec["data"], max_docs=spec["eval_docs"]),
+                             spec["seed"])
+    excluded = set(held_out.texts)
+    docs = [d for d in read_texts(spec["data"]) if d not in excluded]
+    return held_out, docs
+
+
+def pair_stream(docs: list[str], total_pairs: int, seed: int):
+    """Exactly the crop pairs lastlayer's trainer draws (``PairStream``, seeded per pair)."""
+    from lastlayer.config import ObjectiveConfig
+    from lastlayer.train import DocumentStream, PairStream
+
+    return PairStream(DocumentStream(docs, total_pairs, seed), ObjectiveConfig(kind="crop"), seed)
+
+
+def knn(vectors, labels: list[str]) -> float:
+    """Leave-one-out kNN accuracy (k=10, euclidean), as ``lastlayer train`` measures it."""
+    import numpy as np
+
+    from lastlayer.evaluation import knn_accuracy
+
+    return knn_accuracy(np.asarray(vectors, dtype=np.float32), labels, 10, "euclidean").accuracy
+
+
+# ---------------------------------------------------------------------------------------
+# The systems.
+
+
+def model_folder(name: str) -> str:
+    """A local folder with the model's weights (lastlayer's resolver: path, cache, packaged)."""
+    from lastlayer.config import ModelConfig
+    from lastlayer.model import resolve_model
+
+    resolved = resolve_model(ModelConfig(name_or_path=name))
+    if resolved.gguf_file:
+        raise SystemExit(f"{name}: a GGUF checkpoint; the sentence-transformers baseline needs "
+                         "a folder with safetensors weights.")
+    return resolved.path
+
+
+def run_sentence_transformers(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, Any]:
+    """Full fine-tuning (or PEFT LoRA on all layers) with MNRL in a plain training loop."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from torch.utils.data import DataLoader
+    from transformers import get_linear_schedule_with_warmup
+
+    from lastlayer.layers import find_layer_stack, top_k_linear_names
+
+    device = "cuda" if torch.cuda.is_available() and not spec["cpu"] else "cpu"
+    model = SentenceTransformer(model_folder(spec["model"]), device=device)
+    model.max_seq_length = spec["max_length"]
+    if spec["mode"] == "lora-all":
+        from peft import LoraConfig
+
+        hf = model.transformers_model
+        names = top_k_linear_names(hf, find_layer_stack(hf).num_layers, None)  # every block
+        model.add_adapter(LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, bias="none",
+                                     target_modules=names))
+    elif spec["mode"] != "full":
+        raise ValueError(f"unknown sentence-transformers mode {spec['mode']!r}")
+    loss_fn = MultipleNegativesRankingLoss(model, scale=1 / spec["temperature"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    total_steps = spec["warmup"] + spec["steps"]
+    pairs = pair_stream(docs, total_steps * spec["batch_size"], spec["seed"])
+
+    def collate(batch: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        a, b = zip(*batch, strict=True)
+        return [{k: v.to(device) if isinstance(v, torch.Tensor) else v
+                 for k, v in model.preprocess(list(side)).items()} for side in (a, b)]
+
+    loader = DataLoader(pairs, batch_size=spec["batch_size"], collate_fn=collate,
+                        drop_last=True, generator=torch.Generator().manual_seed(spec["seed"]))
+    optimizer = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(0.1 * total_steps), total_steps)
+    measured = _loaded(params, model.parameters())
+    losses: list[float] = []
+    model.train()
+    with StepClock() as clock:
+        for features in loader:
+            loss = loss_fn(features, None)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            scheduler.step()
+            losses.append(loss.item())
+            if len(losses) >= total_steps:
+                break
+    measured.update(_trained(clock, losses, pairs.stats))
+    if spec["eval"]:
+        vectors = model.encode(held_out.texts, batch_size=32, normalize_embeddings=True,
+                               convert_to_numpy=True, show_progress_bar=False)
+        measured["knn_accuracy"] = knn(vectors, held_out.labels)
+    return measured
+
+
+def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, Any]:
+    """``lastlayer.train.train_adapter`` (the shipped Accelerate loop) on a top-k adapter."""
+    import lastlayer.train as ll_train
+    from lastlayer.adapters import attach
+    from lastlayer.config import AdapterConfig, DataConfig, ModelConfig, Recipe, TrainConfig
+    from lastlayer.model import load_encoder
+
+    mode, k = spec["mode"], spec["top_k"]
+    kinds = {f"lora-top{k}": ("lora", False), f"full-top{k}": ("full", False),
+             f"lora-top{k}-cached": ("lora", True), f"full-top{k}-cached": ("full", True)}
+    if mode not in kinds:
+        raise ValueError(f"unknown lastlayer mode {mode!r}; one of {sorted(kinds)}")
+    kind, cached = kinds[mode]
+    total_steps = spec["warmup"] + spec["steps"]
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = Recipe(
+            model=ModelConfig(name_or_path=spec["model"], max_length=spec["max_length"]),
+            adapter=AdapterConfig(kind=kind, top_k=k),
+            data=DataConfig(train=spec["data"]),
+            train=TrainConfig(max_steps=total_steps, batch_size=spec["batch_size"], lr=spec["lr"],
+                              cpu=spec["cpu"],
+                              cached_pairs=total_steps * spec["batch_size"] if cached else 0),
+            seed=spec["seed"], output_dir=str(Path(tmp) / "adapter"),
+        )
+        from accelerate.utils import set_seed
+
+        accelerator = ll_train.make_accelerator(recipe)
+        set_seed(recipe.seed)
+        encoder = load_encoder(recipe.model, device=accelerator.device)
+        attach(encoder, recipe.adapter)
+        params = [p for p in encoder.model.parameters() if p.requires_grad]
+        measured = _loaded(params, encoder.model.parameters())
+        original, cache_s = ll_train.cached_pair_stream, []
+
+        def timed_cache(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                cache_s.append(time.perf_counter() - start)
+
+        ll_train.cached_pair_stream = timed_cache  # only to time it; behaviour unchanged
+        try:
+            with StepClock() as clock:
+                result = ll_train.train_adapter(encoder, docs, recipe, accelerator)
+        finally:
+            ll_train.cached_pair_stream = original
+    losses = [h["loss"] for h in result.history]
+    times = clock.step_times()
+    if cache_s:  # the first step's time also holds the caching: take it out
+        times[0] -= cache_s[0]
+    measured.update(_trained(clock, losses, result.view_stats, times))
+    if cache_s:
+        measured["cache_s"] = cache_s[0]
+        measured["cache_pairs"] = recipe.train.cached_pairs
+    if spec["eval"]:
+        vectors = encoder.encode(held_out.texts, batch_size=32, progress=False)
+        measured["knn_accuracy"] = knn(vectors.numpy(), held_out.labels)
+    return measured
+
+
+def run_base(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, Any]:
+    """kNN accuracy of the untrained model (the reference the trained ones are compared to)."""
+    from lastlayer.config import ModelConfig
+    from lastlayer.model import load_encoder
+
+    encoder = load_encoder(ModelConfig(name_or_path=spec["model"], max_length=spec["max_length"]))
+    vectors = encoder.encode(held_out.texts, batch_size=32, progress=False)
+    return {"knn_accuracy": knn(vectors.numpy(), held_out.labels)}
+
+
+def _loaded(trainable, all_params) -> dict[str, Any]:
+    """Memory and size once the model is loaded; resets the peak to time training alone."""
+    measured = {
+        "load_peak_rss_mb": peak_rss_mb(),
+        "rss_loaded_mb": rss_mb(),
+        "trainable_params": sum(p.numel() for p in trainable),
+        "total_params": sum(p.numel() for p in all_params),
+    }
+    measured["peak_reset"] = reset_peak_rss()
+    return measured
+
+
+def _trained(clock: StepClock, losses: list[float], stats, times=None) -> dict[str, Any]:
+    return {
+        "step_times_s": times if times is not None else clock.step_times(),
+        "train_peak_rss_mb": peak_rss_mb(),
+        "losses": losses,
+        "token_span_fallbacks": stats.token_span_fallbacks,
+    }
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one system/mode in this process and return its raw measurements.
+
+    ``spec`` keys: system, mode, model, data, steps, warmup, batch_size, max_length, lr,
+    temperature, top_k, seed, eval (bool), eval_docs, cpu (bool), threads (int or None).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    started = time.perf_counter()
+    held_out, docs = load_data(spec)
+    runner = {ST: run_sentence_transformers, LL: run_lastlayer, "base": run_base}[spec["system"]]
+    if spec.get("profile"):
+        measured = _profiled(runner, spec, docs, held_out)
+    else:
+        measured = runner(spec, docs, held_out)
+    measured.update({
+        "wall_s": time.perf_counter() - started,
+        "threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() and not spec["cpu"] else "cpu",
+        "torch": torch.__version__,
+        "load_1min_end": os.getloadavg()[0],
+    })
+    measured["peak_rss_mb"] = max(measured.get("load_peak_rss_mb") or 0,
+                                  measured.get("train_peak_rss_mb") or peak_rss_mb())
+    return measured
+
+
+# ---------------------------------------------------------------------------------------
+# Rows: raw measurements of a system's runs -> one result row.
+
+
+def _profiled(runner, spec, docs, held_out) -> dict[str, Any]:
+    """Run ``runner`` under torch.profiler, recording exactly the first step after warm-up."""
+    global _PROFILER
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    # Steps are counted by the optimizer hook: record step number ``warmup + 1``.
+    with profile(activities=[ProfilerActivity.CPU],
+                 schedule=schedule(wait=spec["warmup"], warmup=0, active=1, repeat=1)) as prof:
+        _PROFILER = prof
+        try:
+            measured = runner(spec, docs, held_out)
+        finally:
+            _PROFILER = None
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    measured["profile_table"] = events.table(sort_by="self_cpu_time_total", row_limit=15)
+    measured["profile_share"] = {
+        e.key: e.self_cpu_time_total / total
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
+    }
+    return measured
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def make_row(spec: dict[str, Any], runs: list[dict[str, Any]], machine: str,
+             base_knn: float | None = None) -> dict[str, Any]:
+    """One result row from the (repeated) runs of one system/mode."""
+    ok = [r for r in runs if "error" not in r]
+    per_run = [_median(r["step_times_s"][spec["warmup"]:]) for r in ok]
+    per_run = [t for t in per_run if t is not None]
+    step = _median(per_run)
+    b = spec["batch_size"]
+    row: dict[str, Any] = {
+        "system": spec["system"],
+        "model": spec["model"],
+        "mode": spec["mode"],
+        "step_s_median": step,
+        "pairs_per_s": b / step if step else None,
+        "peak_rss_mb": _median([r["peak_rss_mb"] for r in ok]),
+        "knn_accuracy": next((r["knn_accuracy"] for r in ok if "knn_accuracy" in r), None),
+        "machine": machine,
+        "base_knn_accuracy": base_knn,
+        "batch_size": b,
+        "max_length": spec["max_length"],
+        "steps": spec["steps"],
+        "warmup_steps": spec["warmup"],
+        "repeats": len(ok),
+        "lr": spec["lr"],
+        "step_s_per_repeat": per_run,
+        "rss_loaded_mb": _median([r["rss_loaded_mb"] for r in ok if r.get("rss_loaded_mb")]),
+        "train_rss_increase_mb": _median([r["train_peak_rss_mb"] - r["rss_loaded_mb"] for r in ok
+                                          if r.get("peak_reset") and r.get("rss_loaded_mb")]),
+        "trainable_params": ok[0]["trainable_params"] if ok else None,
+        "total_params": ok[0]["total_params"] if ok else None,
+        "final_loss": ok[0]["losses"][-1] if ok and ok[0]["losses"] else None,
+        "threads": ok[0]["threads"] if ok else None,
+        "device": ok[0]["device"] if ok else None,
+    }
+    caches = [r["cache_s"] for r in ok if "cache_s" in r]
+    if caches and step:
+        cache = _median(caches)
+        total_steps = spec["warmup"] + spec["steps"]
+        row.update({
+            "cache_s": cache,
+            "cache_pairs": ok[0]["cache_pairs"],
+            "step_s_amortised": step + cache / total_steps,
+            "pairs_per_s_amortised": b / (step + cache / total_steps),
+        })
+    errors = [r["error"] for r in runs if "error" in r]
+    if errors:
+        row["errors"] = errors
+    return row
+
+
+# ---------------------------------------------------------------------------------------
+# The orchestrating process: it never imports torch, so it adds nothing to the workers.
+
+
+def machine_description(load_start: float, load_end: float | None = None) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    text = (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} "
+            f"{platform.release()}, python {platform.python_version()}, fp32; "
+            f"1-min load avg {load_start:.2f} at start")
+    if load_end is not None:
+        text += f", {load_end:.2f} at end"
+    return text
+
+
+def wait_for_quiet(threshold: float, max_wait_s: float) -> float:
+    """Poll the 1-minute load average until it is below ``threshold`` (or time runs out)."""
+    deadline = time.monotonic() + max_wait_s
+    load = os.getloadavg()[0]
+    while load >= threshold and time.monotonic() < deadline:
+        print(f"1-min load {load:.2f} >= {threshold}: waiting ...", flush=True)
+        time.sleep(min(30.0, max(1.0, deadline - time.monotonic())))
+        load = os.getloadavg()[0]
+    if load >= threshold:
+        print(f"WARNING: 1-min load still {load:.2f}; timings may be distorted.", flush=True)
+    return load
+
+
+def worker_command(script: str, spec: dict[str, Any]) -> list[str]:
+    """``python -c 'import <script>; <script>.main()' --worker SPEC`` for a sibling script.
+
+    Imported rather than run by path: a command line that names ``<script>.py`` is easily
+    caught by someone else's ``pkill -f`` on a shared machine.
+    """
+    code = f"import sys; sys.path.insert(0, sys.argv.pop(1)); import {script}; {script}.main()"
+    return [sys.executable, "-c", code, str(Path(__file__).resolve().parent), "--worker",
+            json.dumps(spec)]
+
+
+def run_worker(spec: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+    """Run :func:`measure` in a fresh Python process; its peak RSS is its own."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               TQDM_DISABLE="1")
+    cmd = worker_command("speed", spec)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s,
+                              cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    tail = (proc.stderr or proc.stdout)[-3000:]
+    return {"error": f"worker exited with {proc.returncode}: {tail}"}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of the rows, with speed and memory ratios against ST full."""
+    ref = next((r for r in rows if r["system"] == ST and r["mode"] == "full"
+                and r["step_s_median"]), None)
+
+    def fmt(value, spec: str = ".3f", none: str = "—") -> str:
+        return none if value is None else format(value, spec)
+
+    def times(ratio) -> str:
+        return "—" if ratio is None else f"{ratio:.2f}x"
+
+    lines = [
+        "| system | mode | step s (median) | pairs/s | speed-up vs ST full | "
+        "amortised step s (incl. caching) | amortised speed-up | peak RSS MB | "
+        "RSS vs ST full | kNN acc |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        step, amort = r["step_s_median"], r.get("step_s_amortised")
+        speed = ref["step_s_median"] / step if ref and step else None
+        speed_amort = ref["step_s_median"] / amort if ref and amort else None
+        mem = r["peak_rss_mb"] / ref["peak_rss_mb"] if ref and r["peak_rss_mb"] else None
+        lines.append(
+            f"| {r['system']} | {r['mode']} | {fmt(step)} | {fmt(r['pairs_per_s'], '.1f')} | "
+            f"{times(speed)} | {fmt(amort)} | {times(speed_amort)} | "
+            f"{fmt(r['peak_rss_mb'], '.0f')} | {times(mem)} | "
+            f"{fmt(r['knn_accuracy'], '.4f')} |"
+        )
+    return "\n".join(lines)
+
+
+def write_rows(args, specs, runs, base_knn, load_start):
+    """Aggregate the runs so far into rows and write them to ``--out`` (after every run)."""
+    machine = machine_description(load_start, os.getloadavg()[0])
+    threads = next((r["threads"] for rs in runs.values() for r in rs if "threads" in r), None)
+    if threads:
+        machine += f"; torch threads {threads}"
+    rows = [make_row(spec, runs[i], machine, base_knn) for i, spec in enumerate(specs)
+            if runs[i]]
+    for row, i in zip(rows, [i for i in range(len(specs)) if runs[i]], strict=True):
+        row["load_1min_per_repeat"] = [r["load_1min_start"] for r in runs[i]]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return rows, machine
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="MiniLM only: ST full fine-tuning vs lastlayer top-2 LoRA and cached, "
+                        "no kNN (under 10 minutes on 2 cores)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local folder")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="labelled corpus (text, label)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per run (default: 8 quick, 30 otherwise)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per run")
+    p.add_argument("--batch-size", type=int, default=32, help="pairs per step")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per view")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="runs per system, interleaved (default: 3 quick, 3 otherwise)")
+    p.add_argument("--top-k", type=int, default=2, help="lastlayer's top-k layers")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate of the LoRA modes")
+    p.add_argument("--lr-full", type=float, default=2e-5,
+                   help="learning rate of full fine-tuning / unfrozen top-k blocks")
+    p.add_argument("--eval-docs", type=int, default=1000,
+                   help="held-out labelled documents for kNN (never trained on)")
+    p.add_argument("--no-eval", action="store_true", help="skip the kNN quality column")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
+    p.add_argument("--only", nargs="*", default=None,
+                   help="restrict to these modes (e.g. full lora-top2)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing: profile one step of each system (torch.profiler) "
+                        "and print where its time goes")
+    p.add_argument("--wait-load", type=float, default=None,
+                   help="first wait until the 1-min load average is below this")
+    p.add_argument("--wait-max", type=float, default=600, help="longest wait, seconds")
+    p.add_argument("--worker-timeout", type=float, default=1800)
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON file for the rows")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = 8 if args.quick else 30
+    if args.repeats is None:
+        args.repeats = 3
+    return args
+
+
+def specs_for(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One worker spec per (system, mode) of the plan."""
+    specs = []
+    for system, mode in plan(args.quick, args.top_k):
+        if args.only and mode not in args.only:
+            continue
+        full_weights = mode == "full" or mode.startswith("full-")
+        specs.append({
+            "system": system, "mode": mode, "model": args.model, "data": args.data,
+            "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
+            "max_length": args.max_length, "lr": args.lr_full if full_weights else args.lr,
+            "temperature": 0.05, "top_k": args.top_k, "seed": args.seed, "eval": False,
+            "eval_docs": args.eval_docs, "cpu": args.cpu, "threads": args.threads,
+        })
+    return specs
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    if args.worker:
+        result = measure(json.loads(args.worker))
+        print(RESULT_MARK + json.dumps(result), flush=True)
+        return []
+    if args.quick and args.model != DEFAULT_MODEL:
+        print(f"--quick runs {args.model} instead of MiniLM, as asked.")
+    evaluate = not (args.quick or args.no_eval)
+    load_start = wait_for_quiet(args.wait_load, args.wait_max) if args.wait_load else \
+        os.getloadavg()[0]
+    specs = specs_for(args)
+    if args.profile:
+        for spec in specs:
+            result = run_worker({**spec, "steps": 1, "profile": True}, args.worker_timeout)
+            print(f"\n## {spec['system']} {spec['mode']}\n")
+            print(result.get("error") or result["profile_table"])
+        return []
+    base_knn = None
+    if evaluate:
+        print("kNN of the untrained model ...", flush=True)
+        base = run_worker({**specs[0], "system": "base", "eval": True}, args.worker_timeout)
+        base_knn = base.get("knn_accuracy")
+        if "error" in base:
+            print(base["error"], file=sys.stderr)
+    runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(specs))}
+    for repeat in range(args.repeats):
+        for i, spec in enumerate(specs):
+            spec = {**spec, "eval": evaluate and repeat == 0}
+            load = os.getloadavg()[0]
+            print(f"[{repeat + 1}/{args.repeats}] {spec['system']} {spec['mode']} "
+                  f"(1-min load {load:.2f}) ...", flush=True)
+            result = run_worker(spec, args.worker_timeout)
+            result["load_1min_start"] = load
+            if "error" in result:
+                print(f"  FAILED: {result['error']}", file=sys.stderr)
+            else:
+                steps = result["step_times_s"][spec["warmup"]:]
+                print(f"  median step {statistics.median(steps):.3f} s, peak RSS "
+                      f"{result['peak_rss_mb']:.0f} MB, wall {result['wall_s']:.0f} s", flush=True)
+            runs[i].append(result)
+            write_rows(args, specs, runs, base_knn, load_start)  # keep what is done so far
+    rows, machine = write_rows(args, specs, runs, base_knn, load_start)
+    out = Path(args.out)
+    print(f"\n{machine}\nbatch {args.batch_size} pairs, max_length {args.max_length}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up, {args.repeats} repeats"
+          + (f"; base kNN {base_knn:.4f}" if base_knn is not None else "") + "\n")
+    print(format_table(rows))
+    print(f"\nWrote {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

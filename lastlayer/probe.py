@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lastlayer.evaluation import knn_accuracy
 from lastlayer.layers import find_layer_stack
@@ -74,28 +73,18 @@ def layer_embeddings(
         output of block ``l - 1``, rows in the order of ``texts``. For models with a final
         norm (Llama), transformers reports ``[L]`` after that norm, as ``Encoder.encode`` sees it.
     """
-    pool = POOLINGS[encoder.pooling]
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    out: np.ndarray | None = None
-    was_training = encoder.model.training
-    encoder.model.eval()
-    try:
-        with torch.inference_mode():
-            starts = range(0, len(order), batch_size)
-            for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-                idx = order[start : start + batch_size]
-                batch = encoder.tokenize([texts[i] for i in idx])
-                states = encoder.model(**batch, output_hidden_states=True).hidden_states
-                pooled = torch.stack([pool(s, batch["attention_mask"]) for s in states])
-                pooled = nn.functional.normalize(pooled.float(), dim=-1)  # (L+1, B, d)
-                if out is None:
-                    out = np.empty((pooled.shape[0], len(texts), pooled.shape[2]), np.float32)
-                out[:, idx] = pooled.cpu().numpy()
-    finally:
-        encoder.model.train(was_training)
-    if out is None:
+    if not texts:
         raise ValueError("layer_embeddings needs at least one text.")
-    return out
+    pool = POOLINGS[encoder.pooling]
+
+    def every_layer(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        states = encoder.model(**batch, output_hidden_states=True).hidden_states
+        pooled = torch.stack([pool(s, batch["attention_mask"]) for s in states], dim=1)
+        return nn.functional.normalize(pooled.float(), dim=-1)  # (B, L+1, d)
+
+    vectors = encoder.encode(texts, batch_size, progress=progress, desc=desc,
+                             embed=every_layer)  # (N, L+1, d), eval mode, longest first
+    return vectors.transpose(0, 1).numpy()
 
 
 # ---------------------------------------------------------------------------------------

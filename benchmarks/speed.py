@@ -459,6 +459,8 @@ def make_row(spec: dict[str, Any], runs: list[dict[str, Any]], machine: str,
         "trainable_params": ok[0]["trainable_params"] if ok else None,
         "total_params": ok[0]["total_params"] if ok else None,
         "final_loss": ok[0]["losses"][-1] if ok and ok[0]["losses"] else None,
+        "loss_last10_mean": statistics.fmean(ok[0]["losses"][-10:])
+        if ok and ok[0]["losses"] else None,
         "threads": ok[0]["threads"] if ok else None,
         "device": ok[0]["device"] if ok else None,
     }

@@ -340,10 +340,28 @@ def _knn_split(
     return train, test, f"a {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} random split (seed {seed})"
 
 
-def _evaluate_beir(
-    encoder: Encoder, folder: str | Path, qrels_split: str, batch_size: int,
-    max_docs: int | None, seed: int, progress: bool, name: str,
-) -> dict[str, float]:
+@dataclass
+class RetrievalTask:
+    """What retrieval scoring needs: document and query texts and their relevance grades."""
+
+    docs: list[str]
+    queries: list[str]
+    relevance: Any  # (queries, docs) scipy sparse matrix of graded relevance
+
+    def score(self, doc_embeddings: np.ndarray, query_embeddings: np.ndarray) -> dict[str, float]:
+        """nDCG@10 and Recall@100 of these embeddings (see :func:`retrieval_scores`)."""
+        return retrieval_scores(query_embeddings, doc_embeddings, self.relevance)
+
+
+def retrieval_task(
+    folder: str | Path, qrels_split: str = "test", max_docs: int | None = None, seed: int = 42
+) -> RetrievalTask:
+    """Read a BEIR folder into a :class:`RetrievalTask`: judged queries with a relevant
+    document, and the corpus (or a ``max_docs`` sample of it keeping every judged document).
+
+    Raises:
+        DataError: The folder cannot be read, or no query has a relevant document.
+    """
     from scipy.sparse import csr_matrix
 
     beir = read_beir(folder, qrels_split)
@@ -367,11 +385,20 @@ def _evaluate_beir(
     relevance = csr_matrix((grades, (rows, cols)), shape=(len(query_ids), len(doc_rows)))
     log.info("%s: %d queries against %d documents (qrels/%s.tsv)", folder, len(query_ids),
              len(doc_rows), qrels_split)
-    docs = encoder.encode([beir.docs[j] for j in doc_rows], batch_size=batch_size,
-                          progress=progress, desc=f"embed {name} corpus").numpy()
-    queries = encoder.encode([beir.queries[i] for i in query_rows], batch_size=batch_size,
-                             progress=progress, desc=f"embed {name} queries").numpy()
-    return retrieval_scores(queries, docs, relevance)
+    return RetrievalTask([beir.docs[j] for j in doc_rows],
+                         [beir.queries[i] for i in query_rows], relevance)
+
+
+def _evaluate_beir(
+    encoder: Encoder, folder: str | Path, qrels_split: str, batch_size: int,
+    max_docs: int | None, seed: int, progress: bool, name: str,
+) -> dict[str, float]:
+    task = retrieval_task(folder, qrels_split, max_docs, seed)
+    docs = encoder.encode(task.docs, batch_size=batch_size, progress=progress,
+                          desc=f"embed {name} corpus").numpy()
+    queries = encoder.encode(task.queries, batch_size=batch_size, progress=progress,
+                             desc=f"embed {name} queries").numpy()
+    return task.score(docs, queries)
 
 
 def _corpus_sample(beir: BeirData, query_ids: list[str], size: int, seed: int) -> np.ndarray:

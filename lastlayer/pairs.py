@@ -93,12 +93,13 @@ class CachedPairStream(Dataset):
     """Pre-sampled pairs with cached bottom states, visited in seeded epochs.
 
     Item ``i`` is the index of a cached pair (the collator fetches and pads it), so the
-    DataLoader, resuming and sharding across processes work as for fresh views.
+    DataLoader, resuming and sharding across processes work as for fresh views. ``k``: the
+    states are inputs of block L−k, so every step runs the top ``k`` blocks.
     """
 
     def __init__(self, views_a: CachedViews, views_b: CachedViews, total: int, seed: int,
-                 stats: ViewStats) -> None:
-        self.views_a, self.views_b, self.stats = views_a, views_b, stats
+                 stats: ViewStats, k: int) -> None:
+        self.views_a, self.views_b, self.stats, self.k = views_a, views_b, stats, k
         self.order = DocumentStream(list(range(len(views_a))), total, seed)
 
     def __len__(self) -> int:
@@ -121,13 +122,20 @@ class CachedPairCollator:
 
 
 def cached_pair_stream(
-    encoder: Encoder, docs: list[str], recipe: Recipe, total: int, per_step: int
+    encoder: Encoder, docs: list[str], recipe: Recipe, total: int, per_step: int,
+    k: int | None = None,
 ) -> CachedPairStream:
     """Sample ``train.cached_pairs`` pairs once and cache their block-(L−k) input states.
 
     Exact for the crop and span objectives up to the choice of pairs (epochs over a fixed
     set instead of fresh crops every step) and dropout: the bottom layers run once, in eval
     mode, so dropout only acts in the top-k blocks (this weakens the dropout objective).
+    When the two views of every pair are the same text (dropout), they are cached once.
+
+    Args:
+        k: Cache the inputs of block L−k (default: the adapter's ``top_k``). A larger ``k``
+            lets one cache serve adapters on any top-k' ≤ k (sweeps over k, lr or kind):
+            the blocks between are frozen and run each step, so the result is the same.
     """
     cfg = recipe.train
     if cfg.cached_pairs < per_step:
@@ -135,16 +143,19 @@ def cached_pair_stream(
             f"train.cached_pairs={cfg.cached_pairs} is smaller than one global batch "
             f"({per_step} pairs); raise it or set it to 0 for fresh views every step."
         )
+    k = k or recipe.adapter.top_k
     fresh = PairStream(DocumentStream(docs, cfg.cached_pairs, recipe.seed), recipe.objective,
                        recipe.seed)
     pairs = [fresh[i] for i in range(len(fresh))]
-    k, dtype = recipe.adapter.top_k, getattr(torch, cfg.cache_dtype)
+    dtype = getattr(torch, cfg.cache_dtype)
+    sides = (0,) if all(a == b for a, b in pairs) else (0, 1)
     views = [cache_views(encoder, [pair[side] for pair in pairs], k, cfg.batch_size, dtype,
-                         desc=f"cache view {side + 1} (bottom layers)") for side in (0, 1)]
-    size = (views[0].nbytes() + views[1].nbytes()) / 2**20
+                         desc=f"cache view {side + 1} (bottom layers)") for side in sides]
+    views_a, views_b = views[0], views[-1]
+    size = sum(v.nbytes() for v in views) / 2**20
     log.info("Cached %d pairs (%.0f MB); %.1f epochs over them.", len(pairs), size,
              total / len(pairs))
-    return CachedPairStream(views[0], views[1], total, recipe.seed, fresh.stats)
+    return CachedPairStream(views_a, views_b, total, recipe.seed, fresh.stats, k)
 
 
 def embed_view(encoder: Encoder, model, inputs: dict[str, torch.Tensor], top_k: int):

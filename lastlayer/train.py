@@ -48,6 +48,7 @@ from lastlayer.model import Encoder, load_encoder
 from lastlayer.objectives import ViewStats, enable_dropout, info_nce
 from lastlayer.pairs import (
     CachedPairCollator,
+    CachedPairStream,
     DocumentStream,
     PairCollator,
     PairStream,
@@ -135,7 +136,10 @@ def keep_trainable_weights_only(models, weights, output_dir) -> None:
         weights[i] = {k: v for k, v in weights[i].items() if k in trainable}
 
 
-def train_adapter(encoder: Encoder, docs: list[str], recipe: Recipe, accelerator) -> TrainResult:
+def train_adapter(
+    encoder: Encoder, docs: list[str], recipe: Recipe, accelerator,
+    pairs: CachedPairStream | None = None,
+) -> TrainResult:
     """Run ``train.max_steps`` optimizer steps of the objective on ``docs``.
 
     Args:
@@ -143,6 +147,9 @@ def train_adapter(encoder: Encoder, docs: list[str], recipe: Recipe, accelerator
         docs: Training documents.
         recipe: The resolved recipe.
         accelerator: An ``accelerate.Accelerator`` (one process or many).
+        pairs: Cached pairs built earlier by :func:`~lastlayer.pairs.cached_pair_stream`
+            (with ``k`` ≥ the adapter's ``top_k``), to reuse one cache across runs; by
+            default ``train.cached_pairs`` decides between cached and fresh views.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -155,12 +162,18 @@ def train_adapter(encoder: Encoder, docs: list[str], recipe: Recipe, accelerator
     )
     per_step = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
     total = cfg.max_steps * per_step
-    if cfg.cached_pairs:
+    if pairs is None and cfg.cached_pairs:
         pairs = cached_pair_stream(encoder, docs, recipe, total, per_step)
+    if pairs is not None:
+        if pairs.k < recipe.adapter.top_k:
+            raise ValueError(f"cached pairs hold inputs of block L-{pairs.k}, below which "
+                             f"no adapter block may sit; the adapter has top_k="
+                             f"{recipe.adapter.top_k}.")
         collate = CachedPairCollator(pairs, encoder.tokenizer.pad_token_id)
     else:
         pairs = PairStream(DocumentStream(docs, total, recipe.seed), objective, recipe.seed)
         collate = PairCollator(encoder)
+    blocks = getattr(pairs, "k", recipe.adapter.top_k)  # blocks run per cached view
     # Its own generator: a DataLoader iterator otherwise draws from the global torch RNG when
     # it starts, which would shift the dropout masks of a resumed run.
     loader = DataLoader(pairs, batch_size=cfg.batch_size, collate_fn=collate,
@@ -178,8 +191,8 @@ def train_adapter(encoder: Encoder, docs: list[str], recipe: Recipe, accelerator
     model.train()
     for batch in loader:
         with accelerator.accumulate(model):
-            a = embed_view(encoder, model, batch["a"], recipe.adapter.top_k)  # (B, d) view 1
-            b = embed_view(encoder, model, batch["b"], recipe.adapter.top_k)  # (B, d) view 2
+            a = embed_view(encoder, model, batch["a"], blocks)  # (B, d) view 1
+            b = embed_view(encoder, model, batch["b"], blocks)  # (B, d) view 2
             loss, acc = info_nce(a, b, objective.temperature, objective.symmetric)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.max_grad_norm:

@@ -5,6 +5,7 @@ No timing assertions: timings are only meaningful as ratios on a quiet machine.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import sys
@@ -21,6 +22,7 @@ def _load(name: str):
     sys.path.insert(0, str(path.parent))  # memory.py imports speed.py as a sibling script
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -92,3 +94,72 @@ def test_memory_script_imports_and_lists_its_modes():
     assert memory.MODES[0] == "full" and "lora-top2-4bit" in memory.MODES
     assert memory._quantization("lora-top2-8bit") == "8bit"
     assert memory._quantization("lora-top2") is None
+
+
+# ---------------------------------------------------------------------------- findings.py
+
+
+@pytest.fixture
+def findings(monkeypatch, saved_models, tmp_path):
+    """benchmarks/findings.py pointed at a tiny Llama, a small labelled file and a BEIR folder."""
+    module = _load("findings")
+    monkeypatch.setattr(module, "MODELS", {"tiny": module.ModelSpec(
+        str(saved_models["llama"]), 4, 32, 2, {"full": 1e-3, "lora": 1e-3}, "full")})
+    root = tmp_path / "data"
+    records = [json.loads(line) for line in gzip.open(MEDICAL, "rt", encoding="utf-8")][:80]
+    (root / "medical").mkdir(parents=True)
+    (root / "medical" / "m.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    beir = root / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": f"d{i}", "title": "", "text": r["text"]}) + "\n"
+        for i, r in enumerate(records[:40])), encoding="utf-8")
+    (beir / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": f"q{i}", "text": records[i]["text"][:80]}) + "\n"
+        for i in range(5)), encoding="utf-8")
+    (beir / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(5)))
+    monkeypatch.setattr(module, "DATASETS", {"medical": "medical/m.jsonl", "beir": "beir"})
+    monkeypatch.setattr(module, "EVAL_DOCS", 30)
+    return module, root
+
+
+def test_findings_runs_resumes_and_reports(findings, tmp_path):
+    module, root = findings
+    runs = [module.Run("tiny", d, o, "full", k, 1e-3, 42, cached, steps=2, batch_size=4)
+            for d, o, k, cached in [("medical", "crop", 2, True), ("medical", "dropout", 2, True),
+                                    ("medical", "crop", 1, True), ("medical", "crop", 4, False),
+                                    ("beir", "crop", 2, True)]]
+    out, work = tmp_path / "rows.jsonl", tmp_path / "work"
+    assert module.execute(runs, out, root, work) == 5
+    rows = module.read_rows(out)
+    assert [r["key"] for r in rows] == [r.key for r in runs]
+    medical = rows[0]
+    assert medical["metric"] == "knn_accuracy" and medical["eval_documents"] == 30
+    assert medical["delta"] == pytest.approx(medical["value"] - medical["base_value"])
+    assert medical["ci95_low"] <= medical["delta"] <= medical["ci95_high"]
+    assert rows[3]["k_label"] == "all" and rows[3]["cache_s"] < 1  # no cache: fresh views
+    assert rows[4]["metric"] == "ndcg@10" and rows[4]["eval_documents"] == 30 + 5
+    assert all(0 <= r["value"] <= 1 and r["final_loss"] > 0 for r in rows)
+    # Everything is kept: a second call runs nothing, and caches sit under --work.
+    assert module.execute(runs, out, root, work) == 0
+    assert {p.name for p in (work / "tiny" / "medical").iterdir()} == {
+        "base.pt", "pairs-crop-seed42-k2.pt", "pairs-dropout-seed42-k2.pt"}
+    assert rows[2]["k"] == 1 and rows[2]["cached"]  # served by the seed's k=2 cache
+    headline, topk = module.headline_table(rows), module.topk_table(rows, "tiny", "medical")
+    assert "| tiny (full top-2) | medical | knn_accuracy |" in headline
+    assert "| all |" in topk and "% of all)" in topk
+
+
+def test_findings_plan_answers_the_three_questions_first():
+    module = _load("findings")
+    plan = module.plan()
+    assert len({r.key for r in plan}) == len(plan)
+    first = plan[: 2 * len(module.DATASETS)]  # raw base, seed 42: crop vs dropout everywhere
+    assert {(r.model, r.dataset, r.objective) for r in first} == {
+        ("smollm2", d, o) for d in module.DATASETS for o in ("crop", "dropout")}
+    for run in plan:  # cached runs fit under their model's cache
+        assert not run.cached or run.k <= module.MODELS[run.model].cache_k
+    seeds = {(r.model, r.seed) for r in plan if r.kind == "full" and r.k == 4}
+    assert {("smollm2", 42), ("smollm2", 43)} <= seeds

@@ -182,3 +182,43 @@ def test_cached_pairs_mode_trains_top_k_only_over_epochs(saved_models, corpus, t
 def test_cached_pairs_smaller_than_a_batch_is_refused(saved_models, corpus, tmp_path):
     with pytest.raises(ConfigError, match="smaller than one global batch"):
         run(recipe_for(saved_models["bert"], corpus, tmp_path / "x", "train.cached_pairs=4"))
+
+
+def _train_from_cache(model_dir: Path, corpus: Path, cache_k: int, *overrides: str):
+    """Train a top-2 LoRA adapter from pairs cached at block L-cache_k; return the losses."""
+    from accelerate.utils import set_seed
+
+    from lastlayer.adapters import attach
+    from lastlayer.model import load_encoder
+    from lastlayer.pairs import cached_pair_stream
+    from lastlayer.train import make_accelerator, train_adapter, training_documents
+
+    recipe = recipe_for(model_dir, corpus, corpus.parent / "unused", "train.cached_pairs=16",
+                        *overrides)
+    set_seed(recipe.seed)
+    encoder = load_encoder(recipe.model)
+    docs = training_documents(recipe, None)[:40]
+    pairs = cached_pair_stream(encoder, docs, recipe, 24, 8, k=cache_k)
+    attach(encoder, recipe.adapter)
+    result = train_adapter(encoder, docs, recipe, make_accelerator(recipe), pairs=pairs)
+    return [row["loss"] for row in result.history], pairs
+
+
+def test_one_cache_at_a_larger_k_serves_a_smaller_top_k(saved_models, corpus):
+    """Caching block L-3's inputs and running 3 blocks (one frozen) = caching at L-2.
+
+    Exact for a model without dropout (Llama, as SmolLM2); with dropout the frozen block in
+    between also drops units in train mode, as it would without a cache.
+    """
+    own, _ = _train_from_cache(saved_models["llama"], corpus, 2)
+    shared, pairs = _train_from_cache(saved_models["llama"], corpus, 3)
+    assert pairs.k == 3 and len(own) == 3
+    assert shared == pytest.approx(own, abs=1e-5)
+    with pytest.raises(ValueError, match="top_k=2"):
+        _train_from_cache(saved_models["llama"], corpus, 1)
+
+
+def test_dropout_pairs_are_cached_once(saved_models, corpus):
+    losses, pairs = _train_from_cache(saved_models["bert"], corpus, 2, "objective.kind=dropout")
+    assert pairs.views_a is pairs.views_b  # both views are the same text
+    assert all(loss > 0 for loss in losses)  # top-k dropout still makes the views differ

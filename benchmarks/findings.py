@@ -1,0 +1,458 @@
+"""The paper's three findings, reproduced with lastlayer on real corpora (issue 3).
+
+One command runs a fixed plan of training runs, in priority order, and appends one JSON
+row per finished run to ``benchmarks/results/findings.jsonl``; run it again and it skips
+what is done (resumable), ``--report`` prints the README's tables from that file.
+
+    python benchmarks/findings.py                 # run (or continue) the whole plan
+    python benchmarks/findings.py --max-minutes 60
+    python benchmarks/findings.py --report        # markdown tables from the results
+
+Questions, on a raw base (SmolLM2-135M, the paper's setting: a raw LM, loaded offline
+from the packaged GGUF copy) and a supervised one (all-MiniLM-L6-v2):
+
+1. crop vs dropout, same budget, on ohsumed23, medical_abstracts, reuters_r8,
+   mr_movie_reviews (kNN accuracy) and SciFact (nDCG@10; trained on corpus text only);
+2. top-k: k in {1, 2, 3, 4, all} for LoRA and full unfreeze (medical_abstracts);
+3. in-domain gain: base vs the best adapter per data set.
+
+Protocol, per (model, data set): 1,000 labelled documents sampled with seed 42 are held
+out, never trained on; quality is leave-one-out kNN accuracy (k=10, euclidean) over them,
+the same measure ``lastlayer train`` writes to ``eval.json`` (delta CI: paired bootstrap
+over documents). SciFact: the 300 test queries against a 1,000-document sample of the
+corpus that keeps every judged document (so nDCG@10 is higher than on the full corpus);
+training sees corpus text only. Training sees document text only, never labels or
+queries. The base is measured once per (model, data set), on the same documents.
+
+Cost on 2 CPU cores is what shapes the plan: every run trains 40 steps x 32 pairs, and
+uses lastlayer's cached mode (``train.cached_pairs`` = the 1,280 pairs of one pass, their
+bottom-layer states computed once per (data set, seed, objective) and reused by every k,
+kind and lr that fits under them; exact for crops on SmolLM2, which has no dropout). For
+the dropout objective the cache means dropout acts in the top-k blocks only; rows with
+``cached: false`` measure fresh views with dropout in every layer, to size that
+approximation. Caches and base embeddings are kept under ``--work`` so that resuming costs
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lastlayer.adapters import attach
+from lastlayer.cache import CachedViews, encode_from_cache, encode_with_cache
+from lastlayer.config import Recipe, load_recipe
+from lastlayer.evaluation import knn_accuracy, paired_delta, retrieval_task
+from lastlayer.model import Encoder, load_encoder
+from lastlayer.objectives import ViewStats, enable_dropout
+from lastlayer.pairs import CachedPairStream, cached_pair_stream
+from lastlayer.train import EvalSet, load_eval_set, make_accelerator, train_adapter
+
+log = logging.getLogger("findings")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("LASTLAYER_DATA", ROOT.parent / "shared" / "data"))
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "findings.jsonl"
+DEFAULT_WORK = ROOT / "runs" / "findings"
+EVAL_SEED = 42  # the held-out documents are the same for every training seed
+EVAL_DOCS = 1000
+STEPS, BATCH = 40, 32
+SEEDS = (42, 43)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A base model and the settings every run on it shares."""
+
+    name_or_path: str
+    num_layers: int
+    max_length: int
+    cache_k: int  # bottom-layer caches hold block L-cache_k inputs; runs with k <= it reuse them
+    lr: dict[str, float]  # per adapter kind
+    kind: str  # the adapter kind of the headline rows
+
+
+MODELS = {
+    "smollm2": ModelSpec("HuggingFaceTB/SmolLM2-135M-Instruct", 30, 64, 4,
+                         {"full": 2e-4, "lora": 1e-3}, "full"),
+    "minilm": ModelSpec("sentence-transformers/all-MiniLM-L6-v2", 6, 128, 2,
+                        {"full": 2e-5, "lora": 1e-4}, "lora"),
+}
+
+DATASETS = {  # name -> path under the data root (a labelled file, or a BEIR folder)
+    "medical_abstracts": "medical_abstracts/medical_abstracts_test.jsonl.gz",
+    "ohsumed23": "ohsumed23/ohsumed23.jsonl.gz",
+    "reuters_r8": "reuters_r8/r8.jsonl.gz",
+    "mr_movie_reviews": "mr_movie_reviews/mr.jsonl.gz",
+    "scifact": "scifact",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the plan; ``key`` identifies it in the results file."""
+
+    model: str
+    dataset: str
+    objective: str
+    kind: str
+    k: int
+    lr: float
+    seed: int
+    cached: bool = True
+    steps: int = STEPS
+    batch_size: int = BATCH
+
+    @property
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def run_for(model: str, dataset: str, objective: str, seed: int = 42, kind: str | None = None,
+            k: int | None = None, cached: bool = True) -> Run:
+    """A run with the model's default kind (SmolLM2: full top-4; MiniLM: LoRA top-2) and lr."""
+    spec = MODELS[model]
+    kind = kind or spec.kind
+    k = k or spec.cache_k
+    return Run(model, dataset, objective, kind, k, spec.lr[kind], seed,
+               cached and k <= spec.cache_k)
+
+
+def plan() -> list[Run]:
+    """Every run, most informative first (whatever finishes first answers the most)."""
+    runs: list[Run] = []
+    objectives = ("crop", "dropout")
+    # 1. Raw base, first seed: crop vs dropout on every data set (findings 1 and 3).
+    runs += [run_for("smollm2", d, o) for d in DATASETS for o in objectives]
+    # 2. Top-k on the raw base (finding 2): one cache serves every k <= 4, so this is cheap.
+    topk = [run_for("smollm2", "medical_abstracts", "crop", kind=kind, k=k)
+            for kind in ("full", "lora") for k in (1, 2, 3, 4)]
+    runs += topk
+    # 3. Supervised base, two seeds: is there any gain at all?
+    runs += [run_for("minilm", d, o, s) for s in SEEDS for d in DATASETS for o in objectives]
+    # 4. Raw base, second seed: the spread.
+    runs += [run_for("smollm2", d, o, s) for s in SEEDS[1:] for d in DATASETS for o in objectives]
+    # 5. Top-k = all 30 layers (no cache; the most expensive runs).
+    runs += [run_for("smollm2", "medical_abstracts", "crop", kind=kind, k=30)
+             for kind in ("full", "lora")]
+    # 6. What caching changes: fresh views, dropout in every layer.
+    runs += [run_for("smollm2", "medical_abstracts", o, cached=False) for o in objectives]
+    # 7. Top-k on the supervised base.
+    runs += [run_for("minilm", "medical_abstracts", "crop", kind=kind, k=k)
+             for kind in ("full", "lora") for k in (1, 3, 6)]
+    return list(dict.fromkeys(runs))  # drop repeats, keep the order
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation data: the held-out labelled documents, or a SciFact retrieval task.
+
+
+@dataclass
+class EvalData:
+    """Texts to embed, and how to score their embeddings against the base's."""
+
+    texts: list[str]
+    labels: list[str] | None = None  # labelled sets: LOO kNN
+    task: Any = None  # retrieval: a lastlayer.evaluation.RetrievalTask
+    train_docs: list[str] | None = None
+
+    @property
+    def metric(self) -> str:
+        return "knn_accuracy" if self.labels is not None else "ndcg@10"
+
+    def score(self, vectors: torch.Tensor) -> tuple[float, list[bool] | None]:
+        """(metric value, per-document correctness for paired deltas, if any)."""
+        x = vectors.numpy()
+        if self.labels is not None:
+            result = knn_accuracy(x, self.labels, k=10, metric="euclidean")
+            return result.accuracy, result.correct.tolist()
+        n = len(self.task.docs)
+        return self.task.score(x[:n], x[n:])["ndcg@10"], None
+
+
+def eval_data(dataset: str, data_root: Path) -> EvalData:
+    """The held-out evaluation texts and the training documents of a data set."""
+    path = data_root / DATASETS[dataset]
+    if path.is_dir():  # BEIR: train on the whole corpus text, score the test queries
+        task = retrieval_task(path, "test", max_docs=EVAL_DOCS, seed=EVAL_SEED)
+        corpus = retrieval_task(path, "test").docs
+        return EvalData(task.docs + task.queries, task=task, train_docs=corpus)
+    recipe_eval = load_recipe(None, ["data.train=x", "output_dir=x", f"eval.data={path}",
+                                     f"eval.max_docs={EVAL_DOCS}"]).eval
+    held: EvalSet = load_eval_set(recipe_eval, EVAL_SEED)
+    from lastlayer.data import read_texts
+
+    excluded = set(held.texts)
+    train_docs = [d for d in read_texts(path) if d not in excluded]
+    return EvalData(held.texts, labels=held.labels, train_docs=train_docs)
+
+
+# ---------------------------------------------------------------------------------------
+# Running a group of runs that share a model and a data set.
+
+
+def recipe_of(run: Run, data_root: Path) -> Recipe:
+    """The recipe a user would run to get this row (``lastlayer train`` + these overrides)."""
+    spec = MODELS[run.model]
+    return load_recipe(None, [
+        f"model.name_or_path={spec.name_or_path}", f"model.max_length={spec.max_length}",
+        f"adapter.kind={run.kind}", f"adapter.top_k={run.k}", f"objective.kind={run.objective}",
+        f"data.train={data_root / DATASETS[run.dataset]}", f"train.max_steps={run.steps}",
+        f"train.batch_size={run.batch_size}", f"train.lr={run.lr}",
+        f"train.cached_pairs={run.steps * run.batch_size if run.cached else 0}",
+        f"seed={run.seed}", "output_dir=unused",
+    ])
+
+
+def _save_views(path: Path, stream: CachedPairStream) -> None:
+    same = stream.views_b is stream.views_a
+    torch.save({"a": (stream.views_a.ids, stream.views_a.states),
+                "b": None if same else (stream.views_b.ids, stream.views_b.states),
+                "stats": asdict(stream.stats), "k": stream.k}, path)
+
+
+def _load_views(path: Path, run: Run) -> CachedPairStream:
+    saved = torch.load(path, mmap=True)
+    a = CachedViews(*saved["a"])
+    b = a if saved["b"] is None else CachedViews(*saved["b"])
+    total = run.steps * run.batch_size
+    return CachedPairStream(a, b, total, run.seed, ViewStats(**saved["stats"]), saved["k"])
+
+
+class Group:
+    """One model on one data set: the base measured once, caches built once, then runs."""
+
+    def __init__(self, model: str, dataset: str, data_root: Path, work: Path) -> None:
+        self.model, self.dataset, self.data_root = model, dataset, data_root
+        self.spec = MODELS[model]
+        self.work = work / model / dataset
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.data = eval_data(dataset, data_root)
+        cfg = recipe_of(run_for(model, dataset, "crop"), data_root).model
+        self.encoder: Encoder = load_encoder(cfg)
+        self.base_model = self.encoder.model
+        self.base, self.base_correct, self.eval_cache = self._base()
+
+    def _base(self) -> tuple[float, list[bool] | None, list[torch.Tensor]]:
+        path = self.work / "base.pt"
+        if path.exists():
+            saved = torch.load(path, mmap=True)
+            return saved["value"], saved["correct"], saved["cache"]
+        vectors, cache = encode_with_cache(self.encoder, self.data.texts, self.spec.cache_k,
+                                           32, f"embed {self.dataset} (base)")
+        value, correct = self.data.score(vectors)
+        torch.save({"value": value, "correct": correct, "cache": cache}, path)
+        return value, correct, cache
+
+    def pairs(self, run: Run, recipe: Recipe) -> CachedPairStream:
+        """The cached pairs of this seed and objective (built once, kept on disk)."""
+        path = self.work / f"pairs-{run.objective}-seed{run.seed}-k{self.spec.cache_k}.pt"
+        if not path.exists():
+            self.encoder.model = self.base_model
+            total = run.steps * run.batch_size
+            stream = cached_pair_stream(self.encoder, self.data.train_docs, recipe, total,
+                                        run.batch_size, k=self.spec.cache_k)
+            _save_views(path, stream)
+        return _load_views(path, run)
+
+    def train(self, run: Run) -> dict[str, Any]:
+        """Train one run from a fresh copy of the base and score it; return its row."""
+        from accelerate.utils import set_seed
+
+        recipe = recipe_of(run, self.data_root)
+        start = time.perf_counter()
+        pairs = self.pairs(run, recipe) if run.cached else None
+        cache_s = time.perf_counter() - start
+        set_seed(run.seed)
+        self.encoder.model = copy.deepcopy(self.base_model)
+        attach(self.encoder, recipe.adapter)
+        if run.objective == "dropout":
+            enable_dropout(self.encoder.model, recipe.objective.dropout)
+        start = time.perf_counter()
+        result = train_adapter(self.encoder, self.data.train_docs, recipe,
+                               make_accelerator(recipe), pairs=pairs)
+        train_s = time.perf_counter() - start
+        if run.k <= self.spec.cache_k:
+            vectors = encode_from_cache(self.encoder, self.data.texts, self.eval_cache,
+                                        self.spec.cache_k, 32, "embed (adapted, from cache)")
+        else:
+            vectors = self.encoder.encode(self.data.texts, 32, desc="embed (adapted)")
+        value, correct = self.data.score(vectors)
+        self.encoder.model = self.base_model
+        return self._row(run, value, correct, result.history, cache_s, train_s,
+                         time.perf_counter() - start - train_s)
+
+    def _row(self, run: Run, value: float, correct, history, cache_s, train_s, eval_s) -> dict:
+        row = {**asdict(run), "key": run.key, "metric": self.data.metric, "value": value,
+               "base_value": self.base, "delta": value - self.base}
+        if correct is not None:
+            ci = paired_delta(np.asarray(self.base_correct), np.asarray(correct), seed=EVAL_SEED)
+            row.update(ci95_low=ci["ci95_low"], ci95_high=ci["ci95_high"])
+        row.update(
+            k_label="all" if run.k == self.spec.num_layers else str(run.k),
+            max_length=self.spec.max_length, eval_documents=len(self.data.texts),
+            first_loss=history[0]["loss"], final_loss=history[-1]["loss"],
+            cache_s=round(cache_s, 1), train_s=round(train_s, 1), eval_s=round(eval_s, 1),
+            wall_s=round(cache_s + train_s + eval_s, 1), machine=machine(), commit=commit(),
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        return row
+
+
+# ---------------------------------------------------------------------------------------
+# The plan runner and the report.
+
+
+def machine() -> str:
+    """CPU model, core count and torch version: enough to tell machines apart."""
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def pending(runs: list[Run], done: set[str]) -> Iterator[tuple[tuple[str, str], list[Run]]]:
+    """Runs not yet in the results, grouped by consecutive (model, data set)."""
+    todo = [r for r in runs if r.key not in done]
+    yield from ((key, list(group)) for key, group in groupby(todo, lambda r: (r.model, r.dataset)))
+
+
+def execute(runs: list[Run], out: Path, data_root: Path, work: Path,
+            max_minutes: float | None = None) -> int:
+    """Run what is not done yet, appending a row per run; return how many ran."""
+    deadline = time.monotonic() + 60 * max_minutes if max_minutes else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for (model, dataset), group_runs in pending(runs, {r["key"] for r in read_rows(out)}):
+        group = Group(model, dataset, data_root, work)
+        for run in group_runs:
+            if deadline and time.monotonic() > deadline:
+                print(f"Stopped at the {max_minutes}-minute limit; run again to continue.")
+                return count
+            row = group.train(run)
+            with out.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            count += 1
+            print(f"[{count}] {model} {dataset} {run.objective} {run.kind} k={row['k_label']} "
+                  f"seed {run.seed}: {row['metric']} {row['base_value']:.4f} -> "
+                  f"{row['value']:.4f} ({row['delta']:+.4f})", flush=True)
+    return count
+
+
+def _mean_spread(values: list[float]) -> str:
+    """``mean ± half-range`` (n seeds); one value is shown alone."""
+    if len(values) == 1:
+        return f"{values[0]:+.3f}"
+    half = (max(values) - min(values)) / 2
+    return f"{statistics.mean(values):+.3f} ± {half:.3f} (n={len(values)})"
+
+
+def headline_table(rows: list[dict[str, Any]]) -> str:
+    """Finding 1 and 3: base, crop and dropout delta per model and data set (cached runs)."""
+    lines = ["| model | data set | metric | base | crop Δ | dropout Δ | crop ≥ dropout |",
+             "|---|---|---|---|---|---|---|"]
+    for model in MODELS:
+        for dataset in DATASETS:
+            default = run_for(model, dataset, "crop")
+            picked = {o: [r["delta"] for r in rows if r["model"] == model
+                          and r["dataset"] == dataset and r["objective"] == o and r["cached"]
+                          and r["kind"] == default.kind and r["k"] == default.k]
+                      for o in ("crop", "dropout")}
+            if not any(picked.values()):
+                continue
+            base = next(r for r in rows if r["model"] == model and r["dataset"] == dataset)
+            crop, drop = picked["crop"], picked["dropout"]
+            better = (statistics.mean(crop) >= statistics.mean(drop)) if crop and drop else None
+            lines.append(
+                f"| {model} ({default.kind} top-{default.k}) | {dataset} | {base['metric']} | "
+                f"{base['base_value']:.3f} | {_mean_spread(crop) if crop else '–'} | "
+                f"{_mean_spread(drop) if drop else '–'} | "
+                f"{'–' if better is None else ('yes' if better else 'no')} |")
+    return "\n".join(lines)
+
+
+def topk_table(rows: list[dict[str, Any]], model: str = "smollm2",
+               dataset: str = "medical_abstracts") -> str:
+    """Finding 2: gain per k and kind (crop, seed 42), and its share of the all-layer gain."""
+    cache_k = MODELS[model].cache_k  # rows in their default mode: cached iff k <= cache_k
+    picked = [r for r in rows if r["model"] == model and r["dataset"] == dataset
+              and r["objective"] == "crop" and r["seed"] == 42
+              and r["cached"] == (r["k"] <= cache_k)]
+    lines = [f"| {model} on {dataset}: k | full Δ | LoRA Δ |", "|---|---|---|"]
+    by = {(r["kind"], r["k_label"]): r["delta"] for r in picked}
+    for k in dict.fromkeys(r["k_label"] for r in sorted(picked, key=lambda r: r["k"])):
+        cells = []
+        for kind in ("full", "lora"):
+            delta, whole = by.get((kind, k)), by.get((kind, "all"))
+            share = f" ({delta / whole:.0%} of all)" if delta is not None and whole else ""
+            cells.append("–" if delta is None else f"{delta:+.3f}{share}")
+        lines.append(f"| {k} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results (JSON lines)")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
+                        help="where base embeddings and pair caches are kept between runs")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT,
+                        help="folder holding the data sets (default ../shared/data, or "
+                             "$LASTLAYER_DATA)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no new run after this long")
+    parser.add_argument("--report", action="store_true", help="print the tables and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.report:
+        rows = read_rows(args.out)
+        print(headline_table(rows) + "\n\n" + topk_table(rows) + "\n\n"
+              + topk_table(rows, "minilm"))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    runs = plan()
+    done = execute(runs, args.out, args.data_root, args.work, args.max_minutes)
+    left = sum(r.key not in {x["key"] for x in read_rows(args.out)} for r in runs)
+    print(f"{done} run(s) this time; {left} of {len(runs)} left.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

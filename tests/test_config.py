@@ -167,3 +167,26 @@ def test_ls_lists_recipes():
     done = run_cli("ls")
     assert done.returncode == 0
     assert "Recipes (" in done.stdout and str(RECIPES[0].relative_to(ROOT)) in done.stdout
+
+
+PAPER_RECIPES = sorted((ROOT / "recipes").rglob("mpnet-base_*.yaml"))
+
+
+@pytest.mark.parametrize("path", PAPER_RECIPES, ids=lambda p: p.name)
+def test_paper_recipes_follow_the_papers_protocol(path):
+    """DESIGN §2: mpnet-base, mean pooling, 2-sentence crops of 100-250 chars, tau 0.05,
+    batch 64, lr 2e-4 for crops (2e-5 otherwise), 10% warm-up, exactly one epoch."""
+    from lastlayer.data import read_texts
+
+    recipe = load_recipe(path)
+    assert recipe.model.name_or_path == "microsoft/mpnet-base"
+    assert recipe.model.pooling == "mean" and recipe.adapter.kind == "full"
+    objective = recipe.objective
+    assert (objective.temperature, objective.sentences_per_crop) == (0.05, 2)
+    assert (objective.min_sentence_chars, objective.max_sentence_chars) == (100, 250)
+    assert recipe.train.batch_size == 64 and recipe.train.warmup_ratio == 0.1
+    assert recipe.train.lr == (2e-4 if objective.kind == "crop" else 2e-5)
+    assert (recipe.eval.k, recipe.eval.metric) == (10, "euclidean")
+    train_docs = len(read_texts(ROOT / recipe.data.train)) - recipe.eval.max_docs
+    assert recipe.train.max_steps == -(-train_docs // 64)  # one epoch, last batch partial
+    assert recipe.train.cached_pairs == 0 and recipe.train.mixed_precision == "no"

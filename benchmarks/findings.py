@@ -222,14 +222,16 @@ def recipe_of(run: Run, data_root: Path) -> Recipe:
 
 
 def _save_views(path: Path, stream: CachedPairStream) -> None:
+    def parts(views: CachedViews) -> tuple[torch.Tensor, ...]:
+        return views.ids, views.states, views.offsets
+
     same = stream.views_b is stream.views_a
-    torch.save({"a": (stream.views_a.ids, stream.views_a.states),
-                "b": None if same else (stream.views_b.ids, stream.views_b.states),
+    torch.save({"a": parts(stream.views_a), "b": None if same else parts(stream.views_b),
                 "stats": asdict(stream.stats), "k": stream.k}, path)
 
 
 def _load_views(path: Path, run: Run) -> CachedPairStream:
-    saved = torch.load(path, mmap=True)
+    saved = torch.load(path, mmap=True)  # memory-mapped: pages come in as batches need them
     a = CachedViews(*saved["a"])
     b = a if saved["b"] is None else CachedViews(*saved["b"])
     total = run.steps * run.batch_size

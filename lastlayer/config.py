@@ -137,6 +137,8 @@ class TrainConfig:
     cpu: bool = False  # force the CPU even when a GPU is present
     cached_pairs: int = 0  # >0: pre-sample this many pairs, cache bottom layers, run top-k only
     cache_dtype: CacheDType = "float32"
+    cache_dir: str | None = None  # memory-map cached states to a file here instead of RAM
+    group_by_length: bool = False  # cached pairs: batch views of similar length (less padding)
 
     def __post_init__(self) -> None:
         _positive("train.max_steps", self.max_steps)
@@ -151,6 +153,9 @@ class TrainConfig:
         _fraction("train.warmup_ratio", self.warmup_ratio)
         if self.cached_pairs < 0:
             raise ConfigError("train.cached_pairs must be >= 0 (0 = fresh views every step).")
+        if self.group_by_length and not self.cached_pairs:
+            raise ConfigError("train.group_by_length needs train.cached_pairs > 0: only cached "
+                              "views have known token lengths before batching.")
         if self.checkpoint_every < 0:
             raise ConfigError("train.checkpoint_every must be >= 0 (0 disables checkpoints).")
 

@@ -150,12 +150,29 @@ def cached_pair_stream(
     dtype = getattr(torch, cfg.cache_dtype)
     sides = (0,) if all(a == b for a, b in pairs) else (0, 1)
     views = [cache_views(encoder, [pair[side] for pair in pairs], k, cfg.batch_size, dtype,
-                         desc=f"cache view {side + 1} (bottom layers)") for side in sides]
+                         desc=f"cache view {side + 1} (bottom layers)", folder=cfg.cache_dir)
+             for side in sides]
     views_a, views_b = views[0], views[-1]
     size = sum(v.nbytes() for v in views) / 2**20
     log.info("Cached %d pairs (%.0f MB); %.1f epochs over them.", len(pairs), size,
              total / len(pairs))
     return CachedPairStream(views_a, views_b, total, recipe.seed, fresh.stats, k)
+
+
+def length_grouped_sampler(pairs: CachedPairStream, batch_size: int, seed: int):
+    """Batches of cached pairs of similar token length, to run less padding.
+
+    transformers' ``LengthGroupedSampler``: a seeded permutation cut into mega-batches of 50
+    batches, each sorted by length (here: both views' tokens). In-batch negatives then have
+    similar lengths, which removes length as a shortcut but changes the batches: its effect
+    on quality is measured in ``benchmarks/speed.py`` (mode ``lora-top2-cached-grouped``).
+    """
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    a, b = pairs.views_a.lengths(), pairs.views_b.lengths()
+    lengths = [a[pairs[i]] + b[pairs[i]] for i in range(len(pairs))]
+    return LengthGroupedSampler(batch_size, lengths=lengths,
+                                generator=torch.Generator().manual_seed(seed))
 
 
 def embed_view(encoder: Encoder, model, inputs: dict[str, torch.Tensor], top_k: int):

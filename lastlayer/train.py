@@ -54,6 +54,7 @@ from lastlayer.pairs import (
     PairStream,
     cached_pair_stream,
     embed_view,
+    length_grouped_sampler,
 )
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,10 @@ def train_adapter(
     blocks = getattr(pairs, "k", recipe.adapter.top_k)  # blocks run per cached view
     # Its own generator: a DataLoader iterator otherwise draws from the global torch RNG when
     # it starts, which would shift the dropout masks of a resumed run.
-    loader = DataLoader(pairs, batch_size=cfg.batch_size, collate_fn=collate,
+    sampler = None
+    if cfg.group_by_length and isinstance(pairs, CachedPairStream):
+        sampler = length_grouped_sampler(pairs, cfg.batch_size, recipe.seed)
+    loader = DataLoader(pairs, batch_size=cfg.batch_size, collate_fn=collate, sampler=sampler,
                         drop_last=True, generator=torch.Generator().manual_seed(recipe.seed))
     model, optimizer, loader = accelerator.prepare(encoder.model, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)

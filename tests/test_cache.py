@@ -104,6 +104,23 @@ def test_training_from_cached_states_gives_the_same_loss_and_gradients(arch, poo
     assert cached[1].keys() == normal[1].keys()
     for name in normal[1]:
         torch.testing.assert_close(cached[1][name], normal[1][name], rtol=1e-4, atol=1e-6)
-    assert cached_a.nbytes() > 0 and all(
-        len(i) == len(s) for i, s in zip(cached_a.ids, cached_a.states, strict=True)
-    )
+    assert cached_a.nbytes() > 0 and len(cached_a) == len(TEXTS)
+    assert all(len(ids) == len(states) == cached_a.length(i)
+               for i, (ids, states) in enumerate(cached_a[i] for i in rows))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_memory_mapped_cache_equals_the_in_memory_one_and_leaves_no_file(tmp_path, dtype):
+    from lastlayer.cache import cache_views
+
+    encoder = Encoder(model=tiny_model("llama", num_layers=4), tokenizer=tiny_tokenizer())
+    in_ram = cache_views(encoder, TEXTS, k=2, batch_size=3, dtype=dtype)
+    mapped = cache_views(encoder, TEXTS, k=2, batch_size=3, dtype=dtype, folder=tmp_path / "c")
+    assert mapped.states.dtype == dtype
+    assert in_ram.lengths() == mapped.lengths() and sum(mapped.lengths()) == len(mapped.ids)
+    torch.testing.assert_close(mapped.states, in_ram.states, rtol=0, atol=0)
+    assert torch.equal(mapped.ids, in_ram.ids)
+    assert list((tmp_path / "c").iterdir()) == []  # unlinked once mapped
+    # Unpadded: each text holds exactly its own tokens, in its own order.
+    ids, _ = mapped[0]
+    assert ids.tolist() == encoder.tokenize([TEXTS[0]])["input_ids"][0].tolist()

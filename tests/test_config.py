@@ -190,3 +190,10 @@ def test_paper_recipes_follow_the_papers_protocol(path):
     train_docs = len(read_texts(ROOT / recipe.data.train)) - recipe.eval.max_docs
     assert recipe.train.max_steps == -(-train_docs // 64)  # one epoch, last batch partial
     assert recipe.train.cached_pairs == 0 and recipe.train.mixed_precision == "no"
+
+
+def test_group_by_length_needs_cached_pairs():
+    with pytest.raises(ConfigError, match="group_by_length needs train.cached_pairs"):
+        load_recipe(None, [*MINIMAL, "train.group_by_length=true"])
+    assert load_recipe(None, [*MINIMAL, "train.group_by_length=true",
+                              "train.cached_pairs=64"]).train.group_by_length

@@ -222,3 +222,29 @@ def test_dropout_pairs_are_cached_once(saved_models, corpus):
     losses, pairs = _train_from_cache(saved_models["bert"], corpus, 2, "objective.kind=dropout")
     assert pairs.views_a is pairs.views_b  # both views are the same text
     assert all(loss > 0 for loss in losses)  # top-k dropout still makes the views differ
+
+
+def test_length_grouped_batches_cut_padding_and_train(saved_models, corpus):
+    from torch.utils.data import DataLoader
+
+    from lastlayer.model import load_encoder
+    from lastlayer.pairs import CachedPairCollator, cached_pair_stream, length_grouped_sampler
+    from lastlayer.train import training_documents
+
+    losses, _ = _train_from_cache(saved_models["llama"], corpus, 2, "train.group_by_length=true")
+    assert len(losses) == 3 and all(loss > 0 for loss in losses)
+
+    recipe = recipe_for(saved_models["llama"], corpus, corpus.parent / "unused",
+                        "train.cached_pairs=64", "model.max_length=160")
+    encoder = load_encoder(recipe.model)
+    pairs = cached_pair_stream(encoder, training_documents(recipe, None), recipe, 160, 4)
+    collate = CachedPairCollator(pairs, 0)
+
+    def padding(sampler) -> float:
+        batches = list(DataLoader(pairs, batch_size=4, sampler=sampler, collate_fn=collate))
+        masks = [batch[side]["attention_mask"] for batch in batches for side in "ab"]
+        return sum(int((m == 0).sum()) for m in masks) / sum(m.numel() for m in masks)
+
+    grouped = length_grouped_sampler(pairs, 4, seed=0)
+    assert sorted(grouped) == list(range(len(pairs)))  # every pair, once
+    assert padding(grouped) < 0.6 * padding(None)  # measured: 0.20 -> 0.11

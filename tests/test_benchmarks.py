@@ -43,9 +43,10 @@ def _spec(speed, folder: Path, system: str, mode: str, evaluate: bool) -> dict:
 def test_plan_covers_every_system(speed):
     assert speed.plan(quick=True) == [
         ("sentence-transformers", "full"), ("lastlayer", "lora-top2"),
-        ("lastlayer", "lora-top2-cached")]
+        ("lastlayer", "lora-top2-cached"), ("lastlayer", "lora-top2-cached-grouped")]
     assert {m for _, m in speed.plan(quick=False)} == {
-        "full", "lora-all", "lora-top2", "full-top2", "lora-top2-cached"}
+        "full", "lora-all", "lora-top2", "full-top2", "lora-top2-cached",
+        "lora-top2-cached-grouped"}
 
 
 def test_measure_every_mode_on_a_tiny_model(speed, saved_models):
@@ -57,7 +58,7 @@ def test_measure_every_mode_on_a_tiny_model(speed, saved_models):
         assert len(measured["step_times_s"]) == 2  # 1 warm-up + 1 timed step
         assert all(t > 0 for t in measured["step_times_s"])
         assert measured["trainable_params"] > 0
-        if mode.endswith("cached"):
+        if "cached" in mode:
             assert measured["cache_s"] > 0 and measured["cache_pairs"] == 8
         rows.append(speed.make_row(spec, [measured], "test machine"))
 

@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
@@ -59,11 +59,18 @@ import torch
 from lastlayer.adapters import attach
 from lastlayer.cache import CachedViews, encode_from_cache, encode_with_cache
 from lastlayer.config import Recipe, load_recipe
-from lastlayer.evaluation import knn_accuracy, paired_delta, retrieval_task
+from lastlayer.evaluation import KnnResult, knn_accuracy, paired_delta, retrieval_task
 from lastlayer.model import Encoder, load_encoder
 from lastlayer.objectives import ViewStats, enable_dropout
 from lastlayer.pairs import CachedPairStream, cached_pair_stream
-from lastlayer.train import EvalSet, load_eval_set, make_accelerator, train_adapter
+from lastlayer.train import (
+    EvalSet,
+    eval_report,
+    load_eval_set,
+    make_accelerator,
+    save_artifact,
+    train_adapter,
+)
 
 log = logging.getLogger("findings")
 
@@ -95,6 +102,12 @@ MODELS = {
     "minilm": ModelSpec("sentence-transformers/all-MiniLM-L6-v2", 6, 128, 2,
                         {"full": 2e-5, "lora": 1e-4}, "lora"),
 }
+
+SLUGS = {"smollm2": "smollm2-135m", "minilm": "minilm-l6"}  # artifact names, as in recipes/
+DOMAINS = {"medical_abstracts": "medical", "ohsumed23": "ohsumed", "reuters_r8": "news",
+           "mr_movie_reviews": "movie_reviews", "scifact": "science"}
+SHIPPED = {  # data sets the project ships a copy of: recipes point at the copy
+    "medical_abstracts": ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"}
 
 DATASETS = {  # name -> path under the data root (a labelled file, or a BEIR folder)
     "medical_abstracts": "medical_abstracts/medical_abstracts_test.jsonl.gz",
@@ -141,20 +154,19 @@ def plan() -> list[Run]:
     objectives = ("crop", "dropout")
     # 1. Raw base, first seed: crop vs dropout on every data set (findings 1 and 3).
     runs += [run_for("smollm2", d, o) for d in DATASETS for o in objectives]
-    # 2. Top-k on the raw base (finding 2): one cache serves every k <= 4, so this is cheap.
-    topk = [run_for("smollm2", "medical_abstracts", "crop", kind=kind, k=k)
-            for kind in ("full", "lora") for k in (1, 2, 3, 4)]
-    runs += topk
-    # 3. Supervised base, two seeds: is there any gain at all?
-    runs += [run_for("minilm", d, o, s) for s in SEEDS for d in DATASETS for o in objectives]
-    # 4. Raw base, second seed: the spread.
+    # 2. Top-k on the raw base (finding 2): one cache serves every k <= 4, so this is cheap;
+    #    then all 30 layers unfrozen (no cache: the most expensive run of the plan).
+    runs += [run_for("smollm2", "medical_abstracts", "crop", kind=kind, k=k)
+             for kind in ("full", "lora") for k in (1, 2, 3, 4)]
+    runs.append(run_for("smollm2", "medical_abstracts", "crop", kind="full", k=30))
+    # 3. Raw base, second seed: the spread.
     runs += [run_for("smollm2", d, o, s) for s in SEEDS[1:] for d in DATASETS for o in objectives]
-    # 5. Top-k = all 30 layers (no cache; the most expensive runs).
-    runs += [run_for("smollm2", "medical_abstracts", "crop", kind=kind, k=30)
-             for kind in ("full", "lora")]
-    # 6. What caching changes: fresh views, dropout in every layer.
+    # 4. Supervised base, two seeds: is there any gain at all?
+    runs += [run_for("minilm", d, o, s) for s in SEEDS for d in DATASETS for o in objectives]
+    # 5. LoRA on all 30 layers; what caching changes (fresh views, dropout in every layer).
+    runs.append(run_for("smollm2", "medical_abstracts", "crop", kind="lora", k=30))
     runs += [run_for("smollm2", "medical_abstracts", o, cached=False) for o in objectives]
-    # 7. Top-k on the supervised base.
+    # 6. Top-k on the supervised base.
     runs += [run_for("minilm", "medical_abstracts", "crop", kind=kind, k=k)
              for kind in ("full", "lora") for k in (1, 3, 6)]
     return list(dict.fromkeys(runs))  # drop repeats, keep the order
@@ -208,16 +220,34 @@ def eval_data(dataset: str, data_root: Path) -> EvalData:
 # Running a group of runs that share a model and a data set.
 
 
+def artifact_name(run: Run) -> str:
+    """``<model>_<kind>-top<k>_<objective>`` (+ ``_seed<N>``, ``_fresh``), as recipes are named."""
+    k = "all" if run.k == MODELS[run.model].num_layers else str(run.k)
+    name = f"{SLUGS.get(run.model, run.model)}_{run.kind}-top{k}_{run.objective}"
+    return name + ("" if run.seed == EVAL_SEED else f"_seed{run.seed}") + \
+        ("" if run.cached else "_fresh")
+
+
+def _portable(path: Path) -> str:
+    """A data path as a recipe should hold it: relative to the project root."""
+    return os.path.relpath(path, ROOT)
+
+
 def recipe_of(run: Run, data_root: Path) -> Recipe:
-    """The recipe a user would run to get this row (``lastlayer train`` + these overrides)."""
+    """The recipe a user runs to get this row: ``lastlayer train`` on it gives the same
+    held-out documents, pairs and training (the artifacts' ``recipe.yaml``)."""
     spec = MODELS[run.model]
+    path = SHIPPED.get(run.dataset, data_root / DATASETS[run.dataset])
+    evaluation = [] if path.is_dir() else [f"eval.data={_portable(path)}",
+                                           f"eval.max_docs={EVAL_DOCS}"]
     return load_recipe(None, [
         f"model.name_or_path={spec.name_or_path}", f"model.max_length={spec.max_length}",
         f"adapter.kind={run.kind}", f"adapter.top_k={run.k}", f"objective.kind={run.objective}",
-        f"data.train={data_root / DATASETS[run.dataset]}", f"train.max_steps={run.steps}",
+        f"data.train={_portable(path)}", *evaluation, f"train.max_steps={run.steps}",
         f"train.batch_size={run.batch_size}", f"train.lr={run.lr}",
         f"train.cached_pairs={run.steps * run.batch_size if run.cached else 0}",
-        f"seed={run.seed}", "output_dir=unused",
+        f"seed={run.seed}",
+        f"output_dir=adapters/{DOMAINS.get(run.dataset, run.dataset)}/{artifact_name(run)}",
     ])
 
 
@@ -297,9 +327,19 @@ class Group:
         else:
             vectors = self.encoder.encode(self.data.texts, 32, desc="embed (adapted)")
         value, correct = self.data.score(vectors)
+        eval_s = time.perf_counter() - start - train_s
+        if correct is not None:  # keep the artifact, eval.json included, to ship the best
+            self._save(run, recipe, result, value, correct)
         self.encoder.model = self.base_model
-        return self._row(run, value, correct, result.history, cache_s, train_s,
-                         time.perf_counter() - start - train_s)
+        return self._row(run, value, correct, result.history, cache_s, train_s, eval_s)
+
+    def _save(self, run: Run, recipe: Recipe, result, value: float, correct: list[bool]) -> None:
+        held_out = EvalSet(self.data.texts, self.data.labels, recipe.eval.data or "")
+        metrics = eval_report(KnnResult(self.base, np.asarray(self.base_correct)),
+                              KnnResult(value, np.asarray(correct)), held_out,
+                              replace(recipe, seed=EVAL_SEED))  # the held-out sample's seed
+        save_artifact(self.encoder, recipe, result, self.base_model, metrics,
+                      self.work / "adapters" / artifact_name(run))
 
     def _row(self, run: Run, value: float, correct, history, cache_s, train_s, eval_s) -> dict:
         row = {**asdict(run), "key": run.key, "metric": self.data.metric, "value": value,

@@ -381,6 +381,16 @@ def run(recipe: Recipe) -> dict[str, Any]:
                                     f"embed (adapted, top {top_k} layers from cache)")
         adapted = evaluate_knn(vectors, held_out, recipe.eval)
         metrics = eval_report(base, adapted, held_out, recipe)
+    out_dir = save_artifact(encoder, recipe, result, base_model, metrics)
+    shutil.rmtree(checkpoint_root(recipe), ignore_errors=True)
+    print_report(metrics, folder_size(out_dir), out_dir, result.view_stats)
+    return metrics or {}
+
+
+def save_artifact(encoder: Encoder, recipe: Recipe, result: TrainResult, base_model,
+                  metrics: dict | None, output_dir: str | Path | None = None) -> Path:
+    """Write the artifact (PEFT files + lastlayer.json + recipe.yaml + eval.json + model card
+    + train log) atomically to ``output_dir`` (default: the recipe's); return the folder."""
     meta = artifact_metadata(encoder, recipe, result, base_model)
     files = {
         "lastlayer.json": json.dumps(meta, indent=2) + "\n",
@@ -389,7 +399,4 @@ def run(recipe: Recipe) -> dict[str, Any]:
         "README.md": model_card(meta, metrics),
         "train_log.json": json.dumps(result.history) + "\n",
     }
-    out_dir = save_adapter(encoder.model, recipe.output_dir, files)
-    shutil.rmtree(checkpoint_root(recipe), ignore_errors=True)
-    print_report(metrics, folder_size(out_dir), out_dir, result.view_stats)
-    return metrics or {}
+    return save_adapter(encoder.model, output_dir or recipe.output_dir, files)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from lastlayer.config import load_recipe
+
 ROOT = Path(__file__).resolve().parents[1]
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
 
@@ -146,7 +148,18 @@ def test_findings_runs_resumes_and_reports(findings, tmp_path):
     # Everything is kept: a second call runs nothing, and caches sit under --work.
     assert module.execute(runs, out, root, work) == 0
     assert {p.name for p in (work / "tiny" / "medical").iterdir()} == {
-        "base.pt", "pairs-crop-seed42-k2.pt", "pairs-dropout-seed42-k2.pt"}
+        "base.pt", "pairs-crop-seed42-k2.pt", "pairs-dropout-seed42-k2.pt", "adapters"}
+    # Every labelled run keeps its artifact, with the recipe that reproduces it.
+    saved = work / "tiny" / "medical" / "adapters"
+    assert {p.name for p in saved.iterdir()} == {
+        "tiny_full-top2_crop", "tiny_full-top2_dropout", "tiny_full-top1_crop",
+        "tiny_full-topall_crop_fresh"}
+    report = json.loads((saved / "tiny_full-top2_crop" / "eval.json").read_text())
+    assert report["adapted"]["knn_accuracy"] == medical["value"]
+    assert report["delta"]["ci95_low"] == medical["ci95_low"]
+    recipe = load_recipe(saved / "tiny_full-top2_crop" / "recipe.yaml")
+    assert recipe.train.cached_pairs == 8 and recipe.eval.max_docs == 30
+    assert recipe.output_dir == "adapters/medical/tiny_full-top2_crop"
     assert rows[2]["k"] == 1 and rows[2]["cached"]  # served by the seed's k=2 cache
     headline, topk = module.headline_table(rows), module.topk_table(rows, "tiny", "medical")
     assert "| tiny (full top-2) | medical | knn_accuracy |" in headline

@@ -13,7 +13,8 @@ from the packaged GGUF copy) and a supervised one (all-MiniLM-L6-v2):
 
 1. crop vs dropout, same budget, on ohsumed23, medical_abstracts, reuters_r8,
    mr_movie_reviews (kNN accuracy) and SciFact (nDCG@10; trained on corpus text only);
-2. top-k: k in {1, 2, 3, 4, all} for LoRA and full unfreeze (medical_abstracts);
+2. top-k: k in {1, 2, 3, 4, all} for LoRA and full unfreeze, and the probe's k=7
+   (medical_abstracts);
 3. in-domain gain: base vs the best adapter per data set.
 
 Protocol, per (model, data set): 1,000 labelled documents sampled with seed 42 are held
@@ -163,6 +164,8 @@ def plan() -> list[Run]:
     runs += [run_for("minilm", d, o) for d in DATASETS for o in objectives]
     # 5. All 30 layers unfrozen (no cache: the most expensive run of the plan).
     runs.append(run_for("smollm2", "medical_abstracts", "crop", kind="full", k=30))
+    # 5b. The k the layer probe suggests for this model and data (7; README, "Which layers").
+    runs.append(run_for("smollm2", "medical_abstracts", "crop", kind="full", k=7))
     # 6. Second seeds: the spread.
     runs += [run_for("smollm2", d, o, s) for s in SEEDS[1:] for d in DATASETS for o in objectives]
     runs += [run_for("minilm", d, o, s) for s in SEEDS[1:] for d in DATASETS for o in objectives]

@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +57,7 @@ from speed import (  # noqa: E402  (benchmarks/ is a folder of scripts, not a pa
     peak_rss_mb,
     reset_peak_rss,
     rss_mb,
-    worker_command,
+    run_worker,
 )
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "memory.json"
@@ -189,17 +188,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _worker(payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = worker_command("memory", payload)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s,
-                              cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout_s} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-    return {"error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-3000:]}"}
+    """:func:`measure` (or a model build) in a fresh process: its peak RSS is its own."""
+    return run_worker(payload, timeout_s, script="memory", mark=RESULT_MARK)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -516,19 +516,20 @@ def worker_command(script: str, spec: dict[str, Any]) -> list[str]:
             json.dumps(spec)]
 
 
-def run_worker(spec: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
-    """Run :func:`measure` in a fresh Python process; its peak RSS is its own."""
+def run_worker(spec: dict[str, Any], timeout_s: float | None = None, script: str = "speed",
+               mark: str = RESULT_MARK) -> dict[str, Any]:
+    """Run ``<script>.main(["--worker", spec])`` in a fresh Python process (so its peak RSS is
+    its own) and return the JSON it prints after ``mark``, or ``{"error": ...}``."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                TQDM_DISABLE="1")
-    cmd = worker_command("speed", spec)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s,
-                              cwd=ROOT)
+        proc = subprocess.run(worker_command(script, spec), capture_output=True, text=True,
+                              env=env, timeout=timeout_s, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s} s"}
     for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
+        if line.startswith(mark):
+            return json.loads(line[len(mark):])
     tail = (proc.stderr or proc.stdout)[-3000:]
     return {"error": f"worker exited with {proc.returncode}: {tail}"}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 from pathlib import Path
 
 import huggingface_hub
@@ -11,6 +13,15 @@ from tiny import tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    """Write records as JSON lines (gzipped when the name ends in .gz); return the path."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return path
 
 
 @pytest.fixture(autouse=True)

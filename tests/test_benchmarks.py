@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_jsonl
 
 from lastlayer.config import load_recipe
 
@@ -111,16 +112,13 @@ def findings(monkeypatch, saved_models, tmp_path):
     root = tmp_path / "data"
     records = [json.loads(line) for line in gzip.open(MEDICAL, "rt", encoding="utf-8")][:80]
     (root / "medical").mkdir(parents=True)
-    (root / "medical" / "m.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    write_jsonl(root / "medical" / "m.jsonl", records)
     beir = root / "beir"
     (beir / "qrels").mkdir(parents=True)
-    (beir / "corpus.jsonl").write_text("".join(
-        json.dumps({"_id": f"d{i}", "title": "", "text": r["text"]}) + "\n"
-        for i, r in enumerate(records[:40])), encoding="utf-8")
-    (beir / "queries.jsonl").write_text("".join(
-        json.dumps({"_id": f"q{i}", "text": records[i]["text"][:80]}) + "\n"
-        for i in range(5)), encoding="utf-8")
+    write_jsonl(beir / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": r["text"]}
+                                        for i, r in enumerate(records[:40])])
+    write_jsonl(beir / "queries.jsonl", [{"_id": f"q{i}", "text": records[i]["text"][:80]}
+                                         for i in range(5)])
     (beir / "qrels" / "test.tsv").write_text(
         "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(5)))
     monkeypatch.setattr(module, "DATASETS", {"medical": "medical/m.jsonl", "beir": "beir"})

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_jsonl
 
 from lastlayer.data import DataError, read_labelled, read_texts
 
@@ -25,14 +25,6 @@ RECORDS = [
 ]
 EXPECTED_TEXTS = ["First document.", "Second document, with a comma.", "Third\tdocument."]
 EXPECTED_LABELS = ["a", "7", "a"]
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> Path:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    return path
 
 
 def _write_csv(path: Path, records: list[dict]) -> Path:
@@ -85,7 +77,7 @@ def test_txt_gz(tmp_path):
 
 @pytest.mark.parametrize("name", ["c.jsonl", "c.jsonl.gz"])
 def test_jsonl_and_gz(tmp_path, name, caplog):
-    p = _write_jsonl(tmp_path / name, RECORDS)
+    p = write_jsonl(tmp_path / name, RECORDS)
     with caplog.at_level(logging.WARNING, logger="lastlayer.data"):
         assert read_texts(p, text_field="body") == EXPECTED_TEXTS
     assert "skipped 1" in caplog.text
@@ -179,7 +171,7 @@ def test_plain_folder_is_not_a_dataset(tmp_path):
 
 
 def test_missing_text_field_names_recipe_key(tmp_path):
-    p = _write_jsonl(tmp_path / "c.jsonl", RECORDS)
+    p = write_jsonl(tmp_path / "c.jsonl", RECORDS)
     with pytest.raises(DataError) as e:
         read_texts(p)
     msg = str(e.value)
@@ -198,7 +190,7 @@ def test_missing_label_field_names_recipe_key(tmp_path):
 
 
 def test_field_missing_in_a_later_line(tmp_path):
-    p = _write_jsonl(tmp_path / "c.jsonl", [{"text": "a"}, {"txt": "b"}])
+    p = write_jsonl(tmp_path / "c.jsonl", [{"text": "a"}, {"txt": "b"}])
     with pytest.raises(DataError, match=r"line 2: no field 'text' \(fields present: txt\)"):
         read_texts(p)
 
@@ -218,13 +210,13 @@ def test_json_line_not_an_object(tmp_path):
 
 
 def test_non_string_text(tmp_path):
-    p = _write_jsonl(tmp_path / "c.jsonl", [{"text": 3}])
+    p = write_jsonl(tmp_path / "c.jsonl", [{"text": 3}])
     with pytest.raises(DataError, match=r"line 1: field 'text' holds a int, not a string"):
         read_texts(p)
 
 
 def test_zero_documents(tmp_path):
-    p = _write_jsonl(tmp_path / "c.jsonl", [{"text": "  "}, {"text": ""}])
+    p = write_jsonl(tmp_path / "c.jsonl", [{"text": "  "}, {"text": ""}])
     with pytest.raises(DataError, match=r"no documents found \(2 record\(s\) had an empty"):
         read_texts(p)
     empty = tmp_path / "e.txt"
@@ -248,7 +240,7 @@ def test_txt_has_no_labels(tmp_path):
 
 
 def test_empty_label(tmp_path):
-    p = _write_jsonl(
+    p = write_jsonl(
         tmp_path / "c.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": None}]
     )
     with pytest.raises(DataError, match=r"line 2: field 'label' is empty"):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_jsonl
 from scipy.sparse import csr_matrix
 from sklearn.metrics import ndcg_score
 from tiny import tiny_model, tiny_tokenizer
@@ -46,20 +47,12 @@ class LookupEncoder:
         return torch.tensor([self.vectors[t] for t in texts], dtype=torch.float32)
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> Path:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    return path
-
-
 def _beir_folder(
     root: Path, corpus: list[dict], queries: list[dict], qrels: str, split: str = "test"
 ) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(root / "corpus.jsonl", corpus)
-    _write_jsonl(root / "queries.jsonl", queries)
+    write_jsonl(root / "corpus.jsonl", corpus)
+    write_jsonl(root / "queries.jsonl", queries)
     (root / "qrels").mkdir(exist_ok=True)
     (root / "qrels" / f"{split}.tsv").write_text(qrels, encoding="utf-8")
     return root
@@ -200,7 +193,7 @@ def test_read_beir(tmp_path):
 def test_read_beir_gz_and_other_split(tmp_path):
     folder = _beir_folder(tmp_path / "b", CORPUS, QUERIES, QRELS_HEADER + "q1\td1\t1\n", "dev")
     (folder / "corpus.jsonl").rename(folder / "x")
-    _write_jsonl(folder / "corpus.jsonl.gz", CORPUS)
+    write_jsonl(folder / "corpus.jsonl.gz", CORPUS)
     assert read_beir(folder, split="dev").qrels == {"q1": {"d1": 1}}
     with pytest.raises(DataError, match=r"no qrels/test.tsv \(qrels splits here: dev\)"):
         read_beir(folder)
@@ -244,7 +237,7 @@ def test_read_beir_missing_files(tmp_path):
 def test_dataset_kind(tmp_path):
     folder = _beir_folder(tmp_path / "b", CORPUS, QUERIES, QRELS_HEADER + "q1\td1\t1\n")
     assert dataset_kind(folder) == "beir"
-    assert dataset_kind(_write_jsonl(tmp_path / "l.jsonl", [{"text": "t", "label": "a"}])) == (
+    assert dataset_kind(write_jsonl(tmp_path / "l.jsonl", [{"text": "t", "label": "a"}])) == (
         "labelled"
     )
     (tmp_path / "plain").mkdir()
@@ -257,8 +250,8 @@ def test_dataset_kind(tmp_path):
 def test_read_splits(tmp_path):
     records = [{"text": "a", "label": "x", "split": "train"}, {"text": " ", "label": "x",
                "split": "test"}, {"text": "b", "label": "y", "split": "test"}]
-    assert read_splits(_write_jsonl(tmp_path / "s.jsonl", records)) == ["train", "test"]
-    no_split = _write_jsonl(tmp_path / "n.jsonl", [{"text": "a", "label": "x"}])
+    assert read_splits(write_jsonl(tmp_path / "s.jsonl", records)) == ["train", "test"]
+    no_split = write_jsonl(tmp_path / "n.jsonl", [{"text": "a", "label": "x"}])
     assert read_splits(no_split) is None
     csv_file = tmp_path / "s.csv"
     csv_file.write_text("text,label,part\na,x,train\nb,y,test\n", encoding="utf-8")
@@ -285,7 +278,7 @@ def test_evaluate_labelled_uses_the_data_sets_own_split(tmp_path, monkeypatch):
     records, vectors = _labelled(12, split=True)
     records.append({"text": "extra", "label": "up", "split": "all"})  # not in kNN, clustered
     vectors["extra"] = [0.0, 5.0]
-    data = _write_jsonl(tmp_path / "own.jsonl", records)
+    data = write_jsonl(tmp_path / "own.jsonl", records)
     encoder = LookupEncoder(vectors)
     sizes = []
 
@@ -304,7 +297,7 @@ def test_evaluate_labelled_uses_the_data_sets_own_split(tmp_path, monkeypatch):
     # Flip the labels of the train documents: a train->test kNN must now be all wrong.
     flipped = [dict(r, label={"up": "right", "right": "up"}[r["label"]])
                if r["split"] == "train" else r for r in records]
-    data = _write_jsonl(tmp_path / "flipped.jsonl", flipped)
+    data = write_jsonl(tmp_path / "flipped.jsonl", flipped)
     assert evaluate_encoder(encoder, data, k=3, clustering=False) == {"knn_accuracy": 0.0}
 
 
@@ -312,7 +305,7 @@ def test_evaluate_labelled_random_split_is_the_papers(tmp_path):
     rng = np.random.default_rng(0)
     records = [{"text": f"doc {i}", "label": "abc"[i % 3]} for i in range(40)]
     vectors = {r["text"]: rng.normal(size=4).tolist() for r in records}
-    got = evaluate_encoder(LookupEncoder(vectors), _write_jsonl(tmp_path / "r.jsonl", records),
+    got = evaluate_encoder(LookupEncoder(vectors), write_jsonl(tmp_path / "r.jsonl", records),
                            k=5, metric="cosine", clustering=False)
     train, test = random_split(40, 0.1, 42)
     x, y = np.array([vectors[r["text"]] for r in records]), [r["label"] for r in records]
@@ -321,19 +314,19 @@ def test_evaluate_labelled_random_split_is_the_papers(tmp_path):
     assert got == {"knn_accuracy": pytest.approx(expected.accuracy)}
     # A split field with only one value is no train/test split: the random split is used.
     one_split = [dict(r, split="test") for r in records]
-    assert evaluate_encoder(LookupEncoder(vectors), _write_jsonl(tmp_path / "t.jsonl", one_split),
+    assert evaluate_encoder(LookupEncoder(vectors), write_jsonl(tmp_path / "t.jsonl", one_split),
                             k=5, metric="cosine", clustering=False) == got
 
 
 def test_evaluate_labelled_max_docs_and_errors(tmp_path):
     records, vectors = _labelled(30, split=False)
-    data = _write_jsonl(tmp_path / "m.jsonl", records)
+    data = write_jsonl(tmp_path / "m.jsonl", records)
     encoder = LookupEncoder(vectors)
     evaluate_encoder(encoder, data, max_docs=20, clustering=False)
     assert len(encoder.calls[0]) == 20
     with pytest.raises(DataError, match="at least 10 training"):
         evaluate_encoder(encoder, data, max_docs=10)
-    one_label = _write_jsonl(tmp_path / "one.jsonl", [dict(r, label="x") for r in records])
+    one_label = write_jsonl(tmp_path / "one.jsonl", [dict(r, label="x") for r in records])
     with pytest.raises(DataError, match="at least 2 labels"):
         evaluate_encoder(encoder, one_label)
     with pytest.raises(ValueError, match="metric must be one of"):
@@ -384,7 +377,7 @@ def test_evaluate_tiny_bert_end_to_end(tmp_path):
     words = {"up": "the cell grows in the body", "right": "a market sells the stock price"}
     records = [{"text": f"{words[label]} {i}", "label": label, "split": ("train", "test")[i % 2]}
                for label in words for i in range(12)]
-    labelled = _write_jsonl(tmp_path / "tiny.jsonl", records)
+    labelled = write_jsonl(tmp_path / "tiny.jsonl", records)
     corpus = [{"_id": str(j), "title": f"title {j}", "text": f"{words['up']} {j}"}
               for j in range(12)]
     queries = [{"_id": "a", "text": "cell body"}, {"_id": "b", "text": "stock price"}]
@@ -401,7 +394,6 @@ def test_evaluate_tiny_bert_end_to_end(tmp_path):
 
 
 def test_eval_cli_json_and_errors(saved_models, tmp_path, capsys):
-    import gzip
 
     from conftest import MEDICAL
 

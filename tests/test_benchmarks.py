@@ -46,7 +46,7 @@ def _spec(speed, folder: Path, system: str, mode: str, evaluate: bool) -> dict:
 def test_plan_covers_every_system(speed):
     assert speed.plan(quick=True) == [
         ("sentence-transformers", "full"), ("lastlayer", "lora-top2"),
-        ("lastlayer", "lora-top2-cached"), ("lastlayer", "lora-top2-cached-grouped")]
+        ("lastlayer", "lora-top2-cached-grouped")]
     assert {m for _, m in speed.plan(quick=False)} == {
         "full", "lora-all", "lora-top2", "full-top2", "lora-top2-cached",
         "lora-top2-cached-grouped"}
@@ -162,6 +162,14 @@ def test_findings_runs_resumes_and_reports(findings, tmp_path):
     headline, topk = module.headline_table(rows), module.topk_table(rows, "tiny", "medical")
     assert "| tiny (full top-2) | medical | knn_accuracy |" in headline
     assert "| all |" in topk and "% of all)" in topk
+    assert "| tiny | beir | ndcg@10 |" in module.best_table(rows)
+    # Shipping copies the artifact and writes a recipe that says what it measured.
+    artifact, recipe_file = module.ship(saved / "tiny_full-top2_crop", root=tmp_path / "repo")
+    assert (artifact / "adapter_model.safetensors").exists()
+    assert recipe_file == tmp_path / "repo" / "recipes" / "medical" / "tiny_full-top2_crop.yaml"
+    assert load_recipe(recipe_file) == recipe
+    header = recipe_file.read_text().splitlines()[:4]
+    assert f"{medical['delta']:+.3f}" in header[1] and "lastlayer train" in header[3]
 
 
 def test_findings_plan_answers_the_three_questions_first():

@@ -197,3 +197,23 @@ def test_group_by_length_needs_cached_pairs():
         load_recipe(None, [*MINIMAL, "train.group_by_length=true"])
     assert load_recipe(None, [*MINIMAL, "train.group_by_length=true",
                               "train.cached_pairs=64"]).train.group_by_length
+
+
+ARTIFACTS = sorted(p.parent for p in (ROOT / "adapters").glob("*/*/lastlayer.json"))
+
+
+@pytest.mark.parametrize("folder", ARTIFACTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_committed_artifacts_match_their_recipes(folder):
+    """A committed artifact is what its recipe under recipes/ produces, and says so."""
+    import json
+
+    shipped = load_recipe(folder / "recipe.yaml")
+    assert shipped.output_dir == str(folder.relative_to(ROOT))
+    recipe_file = ROOT / "recipes" / folder.parent.name / f"{folder.name}.yaml"
+    assert load_recipe(recipe_file).to_dict() == shipped.to_dict()
+    report = json.loads((folder / "eval.json").read_text())
+    assert report["num_documents"] == shipped.eval.max_docs
+    assert report["delta"]["ci95_low"] <= report["delta"]["delta"] <= report["delta"]["ci95_high"]
+    peft = json.loads((folder / "adapter_config.json").read_text())
+    assert peft["base_model_name_or_path"] == shipped.model.name_or_path
+    assert (folder / "adapter_model.safetensors").stat().st_size < 2 * 2**20  # light

@@ -72,3 +72,26 @@ def test_smollm2_gguf_loads_through_the_resolver_and_embeds(caplog):
 
 
 ROOT_RECIPE = Path(__file__).resolve().parents[1] / "recipes/medical/minilm-l6_lora-top2_crop.yaml"
+
+
+SHIPPED = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "adapters")
+                 .glob("*/smollm2-135m_*/lastlayer.json"))
+
+
+def test_shipped_smollm2_adapters_share_one_base_and_change_its_embeddings():
+    """Every committed SmolLM2 artifact was trained on exactly the base the resolver loads
+    (same weights fingerprint) and loads onto one shared base, under its domain's name."""
+    from lastlayer.adapters import load_adapter, model_config_of, read_metadata
+
+    assert len(SHIPPED) >= 3
+    encoder = load_encoder(model_config_of(SHIPPED[0]))
+    base = encoder.encode(TEXTS, progress=False)
+    fingerprint = encoder.fingerprint
+    for folder in SHIPPED:
+        assert read_metadata(folder)["base_fingerprint"] == fingerprint, folder
+        load_adapter(encoder, folder, name=folder.parent.name)
+    for folder in SHIPPED:
+        encoder.model.set_adapter(folder.parent.name)
+        adapted = encoder.encode(TEXTS, progress=False)
+        assert torch.isfinite(adapted).all()
+        assert not torch.allclose(adapted, base, atol=1e-3), folder

@@ -234,11 +234,13 @@ def eval_data(dataset: str, data_root: Path) -> EvalData:
 
 
 def artifact_name(run: Run) -> str:
-    """``<model>_<kind>-top<k>_<objective>`` (+ ``_seed<N>``, ``_fresh``), as recipes are named."""
+    """``<model>_<kind>-top<k>_<objective>`` (+ ``_seed<N>``; ``_fresh`` when a run that could
+    use the cache does not), as recipes are named."""
     k = "all" if run.k == MODELS[run.model].num_layers else str(run.k)
     name = f"{SLUGS.get(run.model, run.model)}_{run.kind}-top{k}_{run.objective}"
+    fresh = not run.cached and run.k <= MODELS[run.model].cache_k  # chose fresh views
     return name + ("" if run.seed == EVAL_SEED else f"_seed{run.seed}") + \
-        ("" if run.cached else "_fresh")
+        ("_fresh" if fresh else "")
 
 
 def _portable(path: Path) -> str:

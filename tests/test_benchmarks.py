@@ -151,7 +151,7 @@ def test_findings_runs_resumes_and_reports(findings, tmp_path):
     saved = work / "tiny" / "medical" / "adapters"
     assert {p.name for p in saved.iterdir()} == {
         "tiny_full-top2_crop", "tiny_full-top2_dropout", "tiny_full-top1_crop",
-        "tiny_full-topall_crop_fresh"}
+        "tiny_full-topall_crop"}
     report = json.loads((saved / "tiny_full-top2_crop" / "eval.json").read_text())
     assert report["adapted"]["knn_accuracy"] == medical["value"]
     assert report["delta"]["ci95_low"] == medical["ci95_low"]

@@ -60,7 +60,8 @@ import torch
 
 from lastlayer.adapters import attach
 from lastlayer.cache import CachedViews, encode_from_cache, encode_with_cache
-from lastlayer.config import Recipe, load_recipe
+from lastlayer.config import EvalConfig, Recipe, load_recipe
+from lastlayer.data import read_beir, read_texts
 from lastlayer.evaluation import KnnResult, knn_accuracy, paired_delta, retrieval_task
 from lastlayer.model import Encoder, load_encoder
 from lastlayer.objectives import ViewStats, enable_dropout
@@ -217,13 +218,8 @@ def eval_data(dataset: str, data_root: Path) -> EvalData:
     path = data_root / DATASETS[dataset]
     if path.is_dir():  # BEIR: train on the whole corpus text, score the test queries
         task = retrieval_task(path, "test", max_docs=EVAL_DOCS, seed=EVAL_SEED)
-        corpus = retrieval_task(path, "test").docs
-        return EvalData(task.docs + task.queries, task=task, train_docs=corpus)
-    recipe_eval = load_recipe(None, ["data.train=x", "output_dir=x", f"eval.data={path}",
-                                     f"eval.max_docs={EVAL_DOCS}"]).eval
-    held: EvalSet = load_eval_set(recipe_eval, EVAL_SEED)
-    from lastlayer.data import read_texts
-
+        return EvalData(task.docs + task.queries, task=task, train_docs=read_beir(path).docs)
+    held: EvalSet = load_eval_set(EvalConfig(data=str(path), max_docs=EVAL_DOCS), EVAL_SEED)
     excluded = set(held.texts)
     train_docs = [d for d in read_texts(path) if d not in excluded]
     return EvalData(held.texts, labels=held.labels, train_docs=train_docs)

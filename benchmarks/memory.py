@@ -26,13 +26,24 @@ for weights, gradients and AdamW states alone):
 - ``bert-large``: BERT-large shape (hidden 1024, 24 layers, 16 heads, FFN 4096; 335M);
 - ``llama-0.5b``: a Llama decoder (hidden 1536, 16 layers, 12 heads, FFN 4096; ~0.5B);
 - ``llama-1b``: a TinyLlama-like decoder (hidden 2048, 22 layers, 32 heads / 4 KV heads,
-  FFN 5632; ~1.0B with the 30k vocabulary).
+  FFN 5632; ~1.0B with the 30k vocabulary);
+- ``llama-3b``: a Llama-3.2-3B-like decoder (hidden 3072, 28 layers, 24 heads / 8 KV heads,
+  FFN 8192; ~2.9B with the 30k vocabulary);
+- ``llama-7b``: a Llama-2-7B-like decoder (hidden 4096, 32 layers, 32 heads, FFN 11008;
+  ~6.6B with the 30k vocabulary).
+
+On a GPU the random models are built on the GPU (seconds, not minutes) and saved in
+``--dtype``; ``--dtype bfloat16`` is what one trains big models in there (full fine-tuning
+then keeps bf16 weights, gradients and AdamW states: 8 bytes per parameter).
 
 Usage::
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory.py
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory.py --models llama-1b --batch-size 8 \\
         --max-length 128 --out benchmarks/results/memory_gpu.json      # on a GPU
+    python benchmarks/memory.py --models bert-large llama-1b llama-3b llama-7b \
+        --dtype bfloat16 --batch-size 16 --max-length 128 --steps 3 \
+        --out benchmarks/results/memory_gpu.json                        # the README's GPU run
 """
 
 from __future__ import annotations
@@ -73,7 +84,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-1b": {"arch": "llama", "hidden_size": 2048, "num_hidden_layers": 22,
                  "num_attention_heads": 32, "num_key_value_heads": 4,
                  "intermediate_size": 5632},
+    "llama-3b": {"arch": "llama", "hidden_size": 3072, "num_hidden_layers": 28,
+                 "num_attention_heads": 24, "num_key_value_heads": 8,
+                 "intermediate_size": 8192},
+    "llama-7b": {"arch": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
+                 "num_attention_heads": 32, "num_key_value_heads": 32,
+                 "intermediate_size": 11008},
 }
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def tokenizer_folder() -> str:
@@ -84,21 +102,28 @@ def tokenizer_folder() -> str:
     return resolve_model(ModelConfig()).path
 
 
-def build_model(preset: str, folder: str, seed: int = 0) -> dict[str, Any]:
-    """Build ``preset`` with random weights and save it (safetensors + tokenizer) to ``folder``."""
+def build_model(preset: str, folder: str, seed: int = 0, dtype: str = "float32",
+                tokenizer: str | None = None, cpu: bool = False) -> dict[str, Any]:
+    """Build ``preset`` with random weights and save it (safetensors + tokenizer) to ``folder``.
+
+    Built on the GPU when there is one (initialising billions of weights on CPU takes
+    minutes), then saved in ``dtype``.
+    """
     import torch
     import transformers as tf
 
     torch.manual_seed(seed)
     settings = dict(PRESETS[preset])
     arch = settings.pop("arch")
-    tokenizer = tf.AutoTokenizer.from_pretrained(tokenizer_folder())
+    tokenizer = tf.AutoTokenizer.from_pretrained(tokenizer or tokenizer_folder())
     common = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **settings}
-    if arch == "bert":
-        model = tf.BertModel(tf.BertConfig(max_position_embeddings=512, **common))
-    else:
-        model = tf.LlamaModel(tf.LlamaConfig(max_position_embeddings=2048, **common))
-    model.save_pretrained(folder, safe_serialization=True)
+    device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
+    with torch.device(device):
+        if arch == "bert":
+            model = tf.BertModel(tf.BertConfig(max_position_embeddings=512, **common))
+        else:
+            model = tf.LlamaModel(tf.LlamaConfig(max_position_embeddings=2048, **common))
+    model.to(getattr(torch, dtype)).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return {"params": sum(p.numel() for p in model.parameters())}
 
@@ -128,7 +153,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     encoder = load_encoder(ModelConfig(name_or_path=spec["folder"], max_length=spec["max_length"],
-                                       quantization=_quantization(mode)), device=device)
+                                       quantization=_quantization(mode),
+                                       dtype=spec.get("dtype", "float32")), device=device)
     load_s = time.perf_counter() - started
     num_layers = find_layer_stack(encoder.model).num_layers
     if mode == "full":
@@ -196,6 +222,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | params | mode | trainable | peak MB | vs full | loaded MB | "
              "training adds MB | step s |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [r for r in rows if "error" not in r] + [r for r in rows if "error" in r]
     for r in rows:
         full = next((x for x in rows if x["model"] == r["model"] and x["mode"] == "full"
                      and x.get("peak_mb")), None)
@@ -204,10 +231,26 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         def f(key: str, spec: str = ".0f", r: dict = r) -> str:
             return "—" if r.get(key) is None else format(r[key], spec)
 
+        if "error" in r:
+            lines.append(f"| {r['model']} | | {r['mode']} | failed: {_first_line(r['error'])} "
+                         "| | | | | |")
+            continue
         lines.append(f"| {r['model']} | {r.get('total_params', 0) / 1e6:.0f}M | {r['mode']} | "
                      f"{r.get('trainable_params', 0):,} | {f('peak_mb')} | {ratio} | "
                      f"{f('loaded_mb')} | {f('train_increase_mb')} | {f('step_s_median', '.2f')} |")
     return "\n".join(lines)
+
+
+def _write(rows: list[dict[str, Any]], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+def _first_line(error: str) -> str:
+    """The telling line of a worker's error (an out-of-memory error, say), table-safe."""
+    lines = [x.strip() for x in error.strip().splitlines() if x.strip()]
+    telling = next((x for x in reversed(lines) if "Error" in x), lines[-1] if lines else "")
+    return telling.replace("|", "/")[:120]
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -220,6 +263,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     p.add_argument("--max-length", type=int, default=64, help="tokens per view")
     p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="weights (and compute) dtype; bfloat16 is the usual choice on a GPU")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer folder for the random models (default: packaged MiniLM's)")
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None)
@@ -237,14 +284,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.top_k != 2:
         args.modes = [m.replace("top2", f"top{args.top_k}") for m in args.modes]
     load_start = os.getloadavg()[0]
+    out = Path(args.out)
     rows: list[dict[str, Any]] = []
     tmp_root = Path(tempfile.mkdtemp(prefix="lastlayer-memory-", dir=args.tmp))
     try:
         for preset in args.models:
             folder = tmp_root / preset
             print(f"building {preset} (random weights) in {folder} ...", flush=True)
-            built = _worker({"build": {"preset": preset, "folder": str(folder)}},
-                            args.worker_timeout)
+            built = _worker({"build": {"preset": preset, "folder": str(folder),
+                                       "dtype": args.dtype, "tokenizer": args.tokenizer,
+                                       "cpu": args.cpu}}, args.worker_timeout)
             if "error" in built:
                 print(built["error"], file=sys.stderr)
                 continue
@@ -252,12 +301,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 spec = {"folder": str(folder), "mode": mode, "steps": args.steps,
                         "batch_size": args.batch_size, "max_length": args.max_length,
                         "top_k": args.top_k, "data": args.data, "seed": args.seed,
-                        "threads": args.threads, "cpu": args.cpu}
+                        "threads": args.threads, "cpu": args.cpu, "dtype": args.dtype}
                 print(f"  {preset} {mode} ...", flush=True)
                 result = _worker(spec, args.worker_timeout)
                 row = {"model": preset, "config": PRESETS[preset], "mode": mode,
-                       "batch_size": args.batch_size, "max_length": args.max_length,
-                       "steps": args.steps, **result}
+                       "dtype": args.dtype, "batch_size": args.batch_size,
+                       "max_length": args.max_length, "steps": args.steps, **result}
                 times = result.get("step_times_s") or []
                 row["step_s_median"] = statistics.median(times[1:] or times) if times else None
                 if "error" in result:
@@ -266,17 +315,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     print(f"    peak {result['peak_mb']:.0f} MB ({result['memory_kind']}), "
                           f"step {row['step_s_median']:.2f} s", flush=True)
                 rows.append(row)
+                _write(rows, out)  # after every mode: a killed run keeps what it measured
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
-    machine = machine_description(load_start, os.getloadavg()[0])
+    machine = machine_description(load_start, os.getloadavg()[0], precision=args.dtype)
     for row in rows:
         row["machine"] = machine
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    _write(rows, out)
     print(f"\n{machine}\nbatch {args.batch_size} pairs, max_length {args.max_length}, "
-          f"{args.steps} steps per mode\n")
+          f"{args.steps} steps per mode, {args.dtype}\n")
     print(format_table(rows))
     print(f"\nWrote {out}")
     return rows

@@ -477,7 +477,9 @@ def make_row(spec: dict[str, Any], runs: list[dict[str, Any]], machine: str,
 # The orchestrating process: it never imports torch, so it adds nothing to the workers.
 
 
-def machine_description(load_start: float, load_end: float | None = None) -> str:
+def machine_description(load_start: float, load_end: float | None = None,
+                        precision: str = "fp32") -> str:
+    """CPU (and GPU, when one is used), cores, OS, Python, precision and the load average."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -486,10 +488,14 @@ def machine_description(load_start: float, load_end: float | None = None) -> str
     except OSError:
         pass
     text = (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} "
-            f"{platform.release()}, python {platform.python_version()}, fp32; "
+            f"{platform.release()}, python {platform.python_version()}, {precision}; "
             f"1-min load avg {load_start:.2f} at start")
     if load_end is not None:
         text += f", {load_end:.2f} at end"
+    import torch
+
+    if torch.cuda.is_available():
+        text = f"{torch.cuda.get_device_name()} (torch {torch.__version__}); " + text
     return text
 
 

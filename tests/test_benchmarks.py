@@ -100,6 +100,18 @@ def test_memory_script_imports_and_lists_its_modes():
     assert memory._quantization("lora-top2") is None
 
 
+def test_memory_table_lists_failed_modes_last_with_their_error():
+    memory = _load("memory")
+    ok = {"model": "m", "mode": "full", "peak_mb": 200.0, "total_params": 2e6,
+          "trainable_params": 2_000_000, "loaded_mb": 50.0, "step_s_median": 0.5}
+    lora = dict(ok, mode="lora-top2", peak_mb=50.0, trainable_params=1000)
+    failed = {"model": "m", "mode": "lora-all",
+              "error": "worker exited with 1: Traceback\n  ...\ntorch.OutOfMemoryError: CUDA | x"}
+    lines = memory.format_table([ok, failed, lora]).splitlines()
+    assert "| lora-top2 | 1,000 | 50 | 0.25x |" in lines[3]
+    assert lines[4].startswith("| m | | lora-all | failed: torch.OutOfMemoryError: CUDA / x")
+
+
 # ---------------------------------------------------------------------------- findings.py
 
 

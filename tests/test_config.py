@@ -173,11 +173,12 @@ PAPER_RECIPES = sorted((ROOT / "recipes").rglob("mpnet-base_*.yaml"))
 
 
 @pytest.mark.parametrize("path", PAPER_RECIPES, ids=lambda p: p.name)
-def test_paper_recipes_follow_the_papers_protocol(path):
+def test_paper_recipes_follow_the_papers_protocol(path, monkeypatch):
     """DESIGN §2: mpnet-base, mean pooling, 2-sentence crops of 100-250 chars, tau 0.05,
     batch 64, lr 2e-4 for crops (2e-5 otherwise), 10% warm-up, exactly one epoch."""
-    from lastlayer.data import read_texts
+    from lastlayer.train import load_eval_set, training_documents
 
+    monkeypatch.chdir(ROOT)  # recipes name their data relative to the repository
     recipe = load_recipe(path)
     assert recipe.model.name_or_path == "microsoft/mpnet-base"
     assert recipe.model.pooling == "mean" and recipe.adapter.kind == "full"
@@ -187,8 +188,10 @@ def test_paper_recipes_follow_the_papers_protocol(path):
     assert recipe.train.batch_size == 64 and recipe.train.warmup_ratio == 0.1
     assert recipe.train.lr == (2e-4 if objective.kind == "crop" else 2e-5)
     assert (recipe.eval.k, recipe.eval.metric) == (10, "euclidean")
-    train_docs = len(read_texts(ROOT / recipe.data.train)) - recipe.eval.max_docs
-    assert recipe.train.max_steps == -(-train_docs // 64)  # one epoch, last batch partial
+    # one epoch over what training actually sees (held-out texts and their duplicates
+    # excluded), the last batch partial
+    train_docs = len(training_documents(recipe, load_eval_set(recipe.eval, recipe.seed)))
+    assert recipe.train.max_steps == -(-train_docs // 64)
     assert recipe.train.cached_pairs == 0 and recipe.train.mixed_precision == "no"
 
 

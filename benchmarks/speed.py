@@ -217,8 +217,41 @@ def model_folder(name: str) -> str:
     resolved = resolve_model(ModelConfig(name_or_path=name))
     if resolved.gguf_file:
         raise SystemExit(f"{name}: a GGUF checkpoint; the sentence-transformers baseline needs "
-                         "a folder with safetensors weights.")
+                         "a folder with safetensors weights (see safetensors_copy).")
     return resolved.path
+
+
+def safetensors_copy(name: str) -> str:
+    """``name`` itself, or for a GGUF checkpoint (the packaged SmolLM2) a folder holding its
+    dequantized weights as safetensors, written once under ``runs/models/``.
+
+    sentence-transformers cannot read GGUF; both systems then load this same folder, so they
+    train exactly the same fp32 weights (the ones lastlayer's GGUF loader dequantizes).
+    """
+    from lastlayer.adapters import write_atomically
+    from lastlayer.config import ModelConfig
+    from lastlayer.model import load_encoder, resolve_model
+
+    resolved = resolve_model(ModelConfig(name_or_path=name))
+    if not resolved.gguf_file:
+        return name
+    folder = ROOT / "runs" / "models" / resolved.hub_id.replace("/", "--")
+    if not (folder / "config.json").exists():
+        print(f"writing {name} (GGUF, dequantized) as safetensors to {folder} ...", flush=True)
+        encoder = load_encoder(ModelConfig(name_or_path=name), device="cpu")
+
+        def write(tmp: Path) -> None:  # save_pretrained refuses models loaded from GGUF
+            from safetensors.torch import save_file
+
+            state = {k: v.contiguous() for k, v in encoder.model.state_dict().items()}
+            save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+            settings = encoder.model.config.to_dict()
+            settings.pop("quantization_config", None)  # the GGUF marker: these are plain fp32
+            type(encoder.model.config).from_dict(settings).save_pretrained(tmp)
+            encoder.tokenizer.save_pretrained(tmp)  # with its pad token (EOS) set
+
+        write_atomically(folder, write)
+    return str(folder)
 
 
 def run_sentence_transformers(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, Any]:
@@ -660,6 +693,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     evaluate = not (args.quick or args.no_eval)
     load_start = wait_for_quiet(args.wait_load, args.wait_max) if args.wait_load else \
         os.getloadavg()[0]
+    args.model = safetensors_copy(args.model)
     specs = specs_for(args)
     if args.profile:
         for spec in specs:

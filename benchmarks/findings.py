@@ -516,7 +516,8 @@ def ship(artifact: Path, root: Path = ROOT) -> tuple[Path, Path]:
         f"# {MODELS_BY_PATH.get(recipe.model.name_or_path, recipe.model.name_or_path)}: "
         f"{recipe.adapter.kind} adapter on the top {recipe.adapter.top_k} layers, "
         f"{recipe.objective.kind} objective, {recipe.train.max_steps} steps x "
-        f"{recipe.train.batch_size} pairs (cached bottom layers).",
+        f"{recipe.train.batch_size} pairs "
+        f"({'cached bottom layers' if recipe.train.cached_pairs else 'fresh views every step'}).",
         f"# Measured by benchmarks/findings.py (held-out kNN, k=10, leave-one-out, "
         f"{report['num_documents']} documents): {report['base']['knn_accuracy']:.3f} -> "
         f"{report['adapted']['knn_accuracy']:.3f} ({d['delta']:+.3f}, 95% CI "

@@ -495,7 +495,9 @@ def topk_table(rows: list[dict[str, Any]], model: str = "smollm2",
         cells = []
         for kind in ("full", "lora"):
             delta, whole = by.get((kind, k)), by.get((kind, "all"))
-            share = f" ({delta / whole:.0%} of all)" if delta is not None and whole else ""
+            # a share of the all-layer gain means something only when there is a gain
+            share = f" ({delta / whole:.0%} of all)" if delta is not None and whole and \
+                whole > 0 else ""
             cells.append("–" if delta is None else f"{delta:+.3f}{share}")
         lines.append(f"| {k} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)

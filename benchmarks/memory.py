@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
-    machine = machine_description(load_start, os.getloadavg()[0], precision=args.dtype)
+    gpu = next((r["device"] for r in rows if r.get("device") not in (None, "cpu")), None)
+    machine = machine_description(load_start, os.getloadavg()[0], precision=args.dtype, gpu=gpu)
     for row in rows:
         row["machine"] = machine
     _write(rows, out)

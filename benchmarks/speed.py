@@ -227,6 +227,7 @@ def safetensors_copy(name: str) -> str:
 
     sentence-transformers cannot read GGUF; both systems then load this same folder, so they
     train exactly the same fp32 weights (the ones lastlayer's GGUF loader dequantizes).
+    Runs in a worker (:func:`main` calls it through :func:`run_worker`).
     """
     from lastlayer.adapters import write_atomically
     from lastlayer.config import ModelConfig
@@ -511,8 +512,9 @@ def make_row(spec: dict[str, Any], runs: list[dict[str, Any]], machine: str,
 
 
 def machine_description(load_start: float, load_end: float | None = None,
-                        precision: str = "fp32") -> str:
-    """CPU (and GPU, when one is used), cores, OS, Python, precision and the load average."""
+                        precision: str = "fp32", gpu: str | None = None) -> str:
+    """CPU (and ``gpu``, the name a worker reported), cores, OS, Python, precision and the
+    load average. Imports no torch: this runs in the orchestrating process."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -525,11 +527,7 @@ def machine_description(load_start: float, load_end: float | None = None,
             f"1-min load avg {load_start:.2f} at start")
     if load_end is not None:
         text += f", {load_end:.2f} at end"
-    import torch
-
-    if torch.cuda.is_available():
-        text = f"{torch.cuda.get_device_name()} (torch {torch.__version__}); " + text
-    return text
+    return f"{gpu}; {text}" if gpu else text
 
 
 def wait_for_quiet(threshold: float, max_wait_s: float) -> float:
@@ -685,7 +683,8 @@ def specs_for(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     if args.worker:
-        result = measure(json.loads(args.worker))
+        spec = json.loads(args.worker)
+        result = {"model": safetensors_copy(spec["copy"])} if "copy" in spec else measure(spec)
         print(RESULT_MARK + json.dumps(result), flush=True)
         return []
     if args.quick and args.model != DEFAULT_MODEL:
@@ -693,7 +692,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     evaluate = not (args.quick or args.no_eval)
     load_start = wait_for_quiet(args.wait_load, args.wait_max) if args.wait_load else \
         os.getloadavg()[0]
-    args.model = safetensors_copy(args.model)
+    copied = run_worker({"copy": args.model}, args.worker_timeout)
+    if "error" in copied:
+        raise SystemExit(f"{args.model}: {copied['error']}")
+    args.model = copied["model"]
     specs = specs_for(args)
     if args.profile:
         for spec in specs:

@@ -219,7 +219,4 @@ def test_committed_artifacts_match_their_recipes(folder):
     assert report["delta"]["ci95_low"] <= report["delta"]["delta"] <= report["delta"]["ci95_high"]
     peft = json.loads((folder / "adapter_config.json").read_text())
     assert peft["base_model_name_or_path"] == shipped.model.name_or_path
-    # light: LoRA only (full-unfreeze blocks are not committed), at most 10 MiB (SmolLM2
-    # with LoRA on all 30 blocks: 9.4 MB, under 2 % of its base)
-    assert shipped.adapter.kind == "lora"
-    assert (folder / "adapter_model.safetensors").stat().st_size < 10 * 2**20
+    assert (folder / "adapter_model.safetensors").stat().st_size < 2 * 2**20  # light

@@ -2,7 +2,8 @@
 
 Every system trains the same model on the same positive pairs (seeded crop views of
 medical abstracts, made by ``lastlayer.objectives.crop_views`` through lastlayer's own
-``PairStream``), with the same batch size, sequence length, precision (fp32), loss
+``PairStream``), with the same batch size, sequence length, precision (fp32, or bf16
+autocast for all with ``--precision bf16``), loss
 (InfoNCE with in-batch negatives at temperature 0.05 = MultipleNegativesRankingLoss at
 scale 20), optimizer (AdamW, linear warm-up/decay, gradient clipping at 1.0) and number of
 steps:
@@ -13,6 +14,8 @@ system                      mode            what runs
 sentence-transformers       full            full fine-tuning: a plain loop over the
                                             ``SentenceTransformer`` + ``MultipleNegatives
                                             RankingLoss`` (forward, loss, backward, AdamW)
+sentence-transformers       full-nodrop     the same with the model's dropout switched off
+                                            (``lastlayer.objectives.disable_dropout``)
 sentence-transformers       lora-all        the same with ``model.add_adapter(LoraConfig)``
                                             on every linear layer of every block (PEFT)
 lastlayer                   lora-top2       ``lastlayer.train.train_adapter``: LoRA on the
@@ -25,6 +28,9 @@ lastlayer                   lora-top2-      ``train.cached_pairs``: the pairs' b
                                             steps (``step_s_amortised``)
 lastlayer                   lora-top2-      the same with ``train.group_by_length``: batches
                             cached-grouped  of cached pairs of similar length (less padding)
+lastlayer                   lora-top2-      the same with ``objective.model_dropout: false``:
+                            cached-grouped- no dropout in the trained blocks, so SDPA's fused
+                            nodrop          kernel runs and keeps no attention maps
 ==========================  ==============  ==============================================
 
 lastlayer is timed *as shipped*: its real Accelerate loop (``train_adapter``) runs, and a
@@ -39,7 +45,14 @@ Each run is its own subprocess, so ``peak_rss_mb`` is that system's own peak res
 size (``VmHWM`` from ``/proc/self/status``; ``ru_maxrss`` elsewhere), including the Python
 interpreter, torch and the model. ``rss_loaded_mb`` is the resident size once the model is
 loaded and ``train_rss_increase_mb`` is what training added on top (the peak is reset
-after loading through ``/proc/self/clear_refs``).
+after loading through ``/proc/self/clear_refs``). The cached modes reset it again after
+caching: ``cache_peak_rss_mb`` is the caching phase's own peak and ``cache_mb`` the size
+of the cached states; ``peak_rss_mb`` is the highest of the phases.
+
+``--profile`` runs one step of each system under ``torch.profiler`` and prints where its
+time goes, and where its memory goes: the tensors autograd saves for the backward (the
+activations; distinct storages, counted with ``torch.autograd.graph.saved_tensors_hooks``)
+at the profiled step, by shape.
 
 Quality: without ``--quick``, each system's first run also embeds 1,000 held-out labelled
 abstracts (never trained on) and reports leave-one-out kNN accuracy (k=10, euclidean,
@@ -87,7 +100,8 @@ def plan(quick: bool, top_k: int = 2) -> list[tuple[str, str]]:
     grouped = f"{cached}-grouped"
     if quick:  # the fastest cached mode only, to stay under 10 minutes on 2 cores
         return [(ST, "full"), (LL, lora), (LL, grouped)]
-    return [(ST, "full"), (ST, "lora-all"), (LL, lora), (LL, full), (LL, cached), (LL, grouped)]
+    return [(ST, "full"), (ST, "full-nodrop"), (ST, "lora-all"), (LL, lora), (LL, full),
+            (LL, cached), (LL, grouped), (LL, f"{grouped}-nodrop")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -133,6 +147,28 @@ def reset_peak_rss() -> bool:
 
 
 _PROFILER = None  # a torch.profiler.profile advanced at every optimizer step (--profile)
+_SAVED = None  # a SavedActivations counter, reset at every optimizer step (--profile)
+
+
+class SavedActivations:
+    """Bytes of the distinct tensor storages autograd saves for the backward, per step."""
+
+    def __init__(self) -> None:
+        self.per_step: list[dict[tuple, int]] = []
+        self._seen: set[int] = set()
+        self._shapes: dict[tuple, int] = {}
+
+    def pack(self, tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            key = (tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
+            self._shapes[key] = self._shapes.get(key, 0) + storage.nbytes()
+        return tensor
+
+    def step(self) -> None:
+        self.per_step.append(self._shapes)
+        self._seen, self._shapes = set(), {}
 
 
 class StepClock:
@@ -154,6 +190,8 @@ class StepClock:
         self.stamps.append(time.perf_counter())
         if _PROFILER is not None:
             _PROFILER.step()
+        if _SAVED is not None:
+            _SAVED.step()
 
     def __exit__(self, *exc) -> None:
         self._handle.remove()
@@ -264,11 +302,14 @@ def run_sentence_transformers(spec: dict[str, Any], docs: list[str], held_out) -
     from transformers import get_linear_schedule_with_warmup
 
     from lastlayer.layers import find_layer_stack, top_k_linear_names
+    from lastlayer.objectives import disable_dropout
 
     device = "cuda" if torch.cuda.is_available() and not spec["cpu"] else "cpu"
     model = SentenceTransformer(model_folder(spec["model"]), device=device)
     model.max_seq_length = spec["max_length"]
-    if spec["mode"] == "lora-all":
+    if spec["mode"] == "full-nodrop":
+        disable_dropout(model)
+    elif spec["mode"] == "lora-all":
         from peft import LoraConfig
 
         hf = model.transformers_model
@@ -296,7 +337,8 @@ def run_sentence_transformers(spec: dict[str, Any], docs: list[str], held_out) -
     model.train()
     with StepClock() as clock:
         for features in loader:
-            loss = loss_fn(features, None)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16"):
+                loss = loss_fn(features, None)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -317,14 +359,23 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
     """``lastlayer.train.train_adapter`` (the shipped Accelerate loop) on a top-k adapter."""
     import lastlayer.train as ll_train
     from lastlayer.adapters import attach
-    from lastlayer.config import AdapterConfig, DataConfig, ModelConfig, Recipe, TrainConfig
+    from lastlayer.config import (
+        AdapterConfig,
+        DataConfig,
+        ModelConfig,
+        ObjectiveConfig,
+        Recipe,
+        TrainConfig,
+    )
     from lastlayer.model import load_encoder
+    from lastlayer.objectives import disable_dropout
     from lastlayer.pairs import cached_pair_stream
 
     mode, k = spec["mode"], spec["top_k"]
     kinds = {f"lora-top{k}": ("lora", False), f"full-top{k}": ("full", False),
              f"lora-top{k}-cached": ("lora", True), f"full-top{k}-cached": ("full", True),
-             f"lora-top{k}-cached-grouped": ("lora", True)}
+             f"lora-top{k}-cached-grouped": ("lora", True),
+             f"lora-top{k}-cached-grouped-nodrop": ("lora", True)}
     if mode not in kinds:
         raise ValueError(f"unknown lastlayer mode {mode!r}; one of {sorted(kinds)}")
     kind, cached = kinds[mode]
@@ -337,7 +388,9 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
             data=DataConfig(train=spec["data"]),
             train=TrainConfig(max_steps=total_steps, batch_size=spec["batch_size"], lr=spec["lr"],
                               cpu=spec["cpu"], cached_pairs=total_pairs if cached else 0,
-                              group_by_length=mode.endswith("-grouped")),
+                              mixed_precision="bf16" if spec["precision"] == "bf16" else "no",
+                              group_by_length="-grouped" in mode),
+            objective=ObjectiveConfig(model_dropout=not mode.endswith("-nodrop")),
             seed=spec["seed"], output_dir=str(Path(tmp) / "adapter"),
         )
         from accelerate.utils import set_seed
@@ -345,6 +398,8 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
         accelerator = ll_train.make_accelerator(recipe)
         set_seed(recipe.seed)
         encoder = load_encoder(recipe.model, device=accelerator.device)
+        if not recipe.objective.model_dropout:  # as lastlayer.train.run does
+            disable_dropout(encoder.model)
         attach(encoder, recipe.adapter)
         params = [p for p in encoder.model.parameters() if p.requires_grad]
         measured = _loaded(params, encoder.model.parameters())
@@ -353,6 +408,10 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
             pairs = cached_pair_stream(encoder, docs, recipe, total_pairs, spec["batch_size"])
             measured["cache_s"] = time.perf_counter() - start
             measured["cache_pairs"] = total_pairs
+            measured["cache_mb"] = (pairs.views_a.nbytes() + (
+                pairs.views_b.nbytes() if pairs.views_b is not pairs.views_a else 0)) / 2**20
+            measured["cache_peak_rss_mb"] = peak_rss_mb()  # then training's own peak
+            measured["peak_reset"] = measured["peak_reset"] and reset_peak_rss()
         with StepClock() as clock:
             result = ll_train.train_adapter(encoder, docs, recipe, accelerator, pairs=pairs)
     losses = [h["loss"] for h in result.history]
@@ -420,6 +479,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "load_1min_end": os.getloadavg()[0],
     })
     measured["peak_rss_mb"] = max(measured.get("load_peak_rss_mb") or 0,
+                                  measured.get("cache_peak_rss_mb") or 0,
                                   measured.get("train_peak_rss_mb") or peak_rss_mb())
     return measured
 
@@ -429,18 +489,22 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _profiled(runner, spec, docs, held_out) -> dict[str, Any]:
-    """Run ``runner`` under torch.profiler, recording exactly the first step after warm-up."""
-    global _PROFILER
+    """Run ``runner`` under torch.profiler, recording exactly the first step after warm-up,
+    and count the activations every step saves for its backward."""
+    global _PROFILER, _SAVED
+    import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
     # Steps are counted by the optimizer hook: record step number ``warmup + 1``.
+    saved = SavedActivations()
     with profile(activities=[ProfilerActivity.CPU],
-                 schedule=schedule(wait=spec["warmup"], warmup=0, active=1, repeat=1)) as prof:
-        _PROFILER = prof
+                 schedule=schedule(wait=spec["warmup"], warmup=0, active=1, repeat=1)) as prof, \
+            torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor):
+        _PROFILER, _SAVED = prof, saved
         try:
             measured = runner(spec, docs, held_out)
         finally:
-            _PROFILER = None
+            _PROFILER, _SAVED = None, None
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     measured["profile_table"] = events.table(sort_by="self_cpu_time_total", row_limit=15)
@@ -448,6 +512,11 @@ def _profiled(runner, spec, docs, held_out) -> dict[str, Any]:
         e.key: e.self_cpu_time_total / total
         for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
     }
+    shapes = saved.per_step[spec["warmup"]] if len(saved.per_step) > spec["warmup"] else {}
+    measured["saved_activations_mb"] = sum(shapes.values()) / 2**20
+    measured["saved_activations_table"] = "\n".join(
+        f"  {str(list(shape)):>24} {dtype:>9} {nbytes / 2**20:8.1f} MB"
+        for (shape, dtype), nbytes in sorted(shapes.items(), key=lambda kv: -kv[1])[:12])
     return measured
 
 
@@ -475,6 +544,7 @@ def make_row(spec: dict[str, Any], runs: list[dict[str, Any]], machine: str,
         "base_knn_accuracy": base_knn,
         "batch_size": b,
         "max_length": spec["max_length"],
+        "precision": spec.get("precision", "fp32"),
         "steps": spec["steps"],
         "warmup_steps": spec["warmup"],
         "repeats": len(ok),
@@ -491,6 +561,10 @@ def make_row(spec: dict[str, Any], runs: list[dict[str, Any]], machine: str,
         "threads": ok[0]["threads"] if ok else None,
         "device": ok[0]["device"] if ok else None,
     }
+    cache_peaks = [r["cache_peak_rss_mb"] for r in ok if "cache_peak_rss_mb" in r]
+    if cache_peaks:  # the caching phase's own peak, and the cache's size
+        row["cache_peak_rss_mb"] = _median(cache_peaks)
+        row["cache_mb"] = ok[0]["cache_mb"]
     caches = [r["cache_s"] for r in ok if "cache_s" in r]
     if caches and step:
         cache = _median(caches)
@@ -605,7 +679,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def write_rows(args, specs, runs, base_knn, load_start):
     """Aggregate the runs so far into rows and write them to ``--out`` (after every run)."""
-    machine = machine_description(load_start, os.getloadavg()[0])
+    machine = machine_description(load_start, os.getloadavg()[0], args.precision)
     threads = next((r["threads"] for rs in runs.values() for r in rs if "threads" in r), None)
     if threads:
         machine += f"; torch threads {threads}"
@@ -644,6 +718,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="training precision of every system: fp32, or bf16 autocast "
+                        "(torch.autocast for sentence-transformers, Accelerate's "
+                        "mixed_precision=bf16 for lastlayer); evaluation stays fp32")
     p.add_argument("--only", nargs="*", default=None,
                    help="restrict to these modes (e.g. full lora-top2)")
     p.add_argument("--profile", action="store_true",
@@ -675,6 +753,7 @@ def specs_for(args: argparse.Namespace) -> list[dict[str, Any]]:
             "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
             "max_length": args.max_length, "lr": args.lr_full if full_weights else args.lr,
             "temperature": 0.05, "top_k": args.top_k, "seed": args.seed, "eval": False,
+            "precision": args.precision,
             "eval_docs": args.eval_docs, "cpu": args.cpu, "threads": args.threads,
         })
     return specs
@@ -701,7 +780,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for spec in specs:
             result = run_worker({**spec, "steps": 1, "profile": True}, args.worker_timeout)
             print(f"\n## {spec['system']} {spec['mode']}\n")
-            print(result.get("error") or result["profile_table"])
+            if "error" in result:
+                print(result["error"])
+                continue
+            print(result["profile_table"])
+            print(f"Saved for the backward at that step: {result['saved_activations_mb']:.0f} MB "
+                  f"(largest by shape):\n{result['saved_activations_table']}")
+            print(f"Peak RSS {result['peak_rss_mb']:.0f} MB, {result['rss_loaded_mb']:.0f} MB "
+                  "once loaded" + (f", {result['cache_peak_rss_mb']:.0f} MB while caching "
+                                   f"({result['cache_mb']:.0f} MB of states)"
+                                   if "cache_peak_rss_mb" in result else ""))
         return []
     base_knn = None
     if evaluate:

@@ -87,6 +87,7 @@ class ObjectiveConfig:
     span_min_ratio: float = 0.1
     span_max_ratio: float = 0.5
     dropout: float = 0.1  # switched on where the model has none (dropout objective only)
+    model_dropout: bool = True  # false: the model's own dropout off (crop and span only)
     temperature: float = 0.05
     symmetric: bool = False
 
@@ -103,6 +104,11 @@ class ObjectiveConfig:
         if self.span_max_ratio < self.span_min_ratio:
             raise ConfigError("objective.span_max_ratio must be >= objective.span_min_ratio.")
         _fraction("objective.dropout", self.dropout)
+        if self.kind == "dropout" and not self.model_dropout:
+            raise ConfigError(
+                "objective.model_dropout=false switches off the noise the dropout objective "
+                "learns from; use it with kind crop or span."
+            )
         if self.temperature <= 0:
             raise ConfigError(f"objective.temperature must be > 0, got {self.temperature}.")
 

@@ -45,7 +45,7 @@ from lastlayer.data import DataError, read_labelled, read_texts
 from lastlayer.evaluation import KnnResult, knn_accuracy, paired_delta
 from lastlayer.hub import model_card
 from lastlayer.model import Encoder, load_encoder
-from lastlayer.objectives import ViewStats, enable_dropout, info_nce
+from lastlayer.objectives import ViewStats, disable_dropout, enable_dropout, info_nce
 from lastlayer.pairs import (
     CachedPairCollator,
     CachedPairStream,
@@ -320,16 +320,34 @@ def print_report(metrics: dict | None, size: int, out_dir: Path, stats: ViewStat
         print("\nThe adapter is better than its base beyond noise.")
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 / AMX), per oneDNN.
+
+    Without it (e.g. AVX2-only CPUs) torch runs bf16 matmuls in a slow fallback.
+    """
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def make_accelerator(recipe: Recipe):
-    """An ``Accelerator`` for the recipe; refuses fp16 on CPU, where it silently runs fp32."""
+    """An ``Accelerator`` for the recipe.
+
+    Refuses fp16 on CPU, where it silently runs fp32, and warns about bf16 on a CPU without
+    native bf16 matmuls, where a step is many times slower than in fp32.
+    """
     from accelerate import Accelerator
 
     cfg = recipe.train
     on_cpu = cfg.cpu or not torch.cuda.is_available()
     if cfg.mixed_precision == "fp16" and on_cpu:
         raise ConfigError(
-            "train.mixed_precision=fp16 on CPU silently runs in fp32; use bf16 (2-4x faster "
-            "on CPU) or no."
+            "train.mixed_precision=fp16 on CPU silently runs in fp32; use no (or bf16 on a "
+            "CPU with AVX512-BF16 or AMX)."
+        )
+    if cfg.mixed_precision == "bf16" and on_cpu and not cpu_has_fast_bf16():
+        log.warning(
+            "train.mixed_precision=bf16 on a CPU without native bf16 matmuls (no AVX512-BF16 "
+            "or AMX): torch falls back to slow kernels and a training step can be 10-20x "
+            "slower than fp32 (README, 'Speed and memory'). Set train.mixed_precision=no here."
         )
     return Accelerator(
         cpu=cfg.cpu, mixed_precision=cfg.mixed_precision,
@@ -363,6 +381,10 @@ def run(recipe: Recipe) -> dict[str, Any]:
         base = evaluate_knn(vectors, held_out, recipe.eval)
 
     base_model = encoder.model
+    if not recipe.objective.model_dropout:
+        changed = disable_dropout(encoder.model)
+        accelerator.print(f"objective.model_dropout=false: switched dropout off in {changed} "
+                          "places.")
     attach(encoder, recipe.adapter)
     if recipe.objective.kind == "dropout":
         changed = enable_dropout(encoder.model, recipe.objective.dropout)

@@ -35,7 +35,7 @@ def speed():
     return _load("speed")
 
 
-def _spec(speed, folder: Path, system: str, mode: str, evaluate: bool) -> dict:
+def _spec(speed, folder: Path, system: str, mode: str, evaluate: bool = False) -> dict:
     args = speed.parse_args(["--model", str(folder), "--data", str(MEDICAL), "--steps", "1",
                              "--warmup", "1", "--batch-size", "4", "--max-length", "32",
                              "--eval-docs", "30"])
@@ -48,8 +48,8 @@ def test_plan_covers_every_system(speed):
         ("sentence-transformers", "full"), ("lastlayer", "lora-top2"),
         ("lastlayer", "lora-top2-cached-grouped")]
     assert {m for _, m in speed.plan(quick=False)} == {
-        "full", "lora-all", "lora-top2", "full-top2", "lora-top2-cached",
-        "lora-top2-cached-grouped"}
+        "full", "full-nodrop", "lora-all", "lora-top2", "full-top2", "lora-top2-cached",
+        "lora-top2-cached-grouped", "lora-top2-cached-grouped-nodrop"}
 
 
 def test_measure_every_mode_on_a_tiny_model(speed, saved_models):
@@ -63,6 +63,7 @@ def test_measure_every_mode_on_a_tiny_model(speed, saved_models):
         assert measured["trainable_params"] > 0
         if "cached" in mode:
             assert measured["cache_s"] > 0 and measured["cache_pairs"] == 8
+            assert 0 < measured["cache_mb"] and measured["cache_peak_rss_mb"] > 0
         rows.append(speed.make_row(spec, [measured], "test machine"))
 
     by_mode = {r["mode"]: r for r in rows}
@@ -80,9 +81,23 @@ def test_measure_every_mode_on_a_tiny_model(speed, saved_models):
     assert by_mode["lora-all"]["trainable_params"] > by_mode["lora-top2"]["trainable_params"]
     cached = by_mode["lora-top2-cached"]
     assert cached["step_s_amortised"] > cached["step_s_median"]
+    assert cached["cache_peak_rss_mb"] <= cached["peak_rss_mb"]
     json.dumps(rows)  # the rows are what --out writes
     table = speed.format_table(rows)
     assert table.count("\n") == len(rows) + 1 and "lora-top2-cached" in table
+
+
+def test_profile_counts_saved_activations_and_dropout_off_saves_less(speed, saved_models):
+    saved = {}
+    for system, mode in (("lastlayer", "lora-top2-cached-grouped"),
+                         ("lastlayer", "lora-top2-cached-grouped-nodrop")):
+        spec = {**_spec(speed, saved_models["bert"], system, mode), "profile": True}
+        measured = speed.measure(spec)
+        assert "aten::" in measured["profile_table"]
+        assert "MB" in measured["saved_activations_table"]
+        saved[mode] = measured["saved_activations_mb"]
+    # tiny BERT has dropout 0.1: with it off, no attention maps are kept for the backward
+    assert 0 < saved["lora-top2-cached-grouped-nodrop"] < saved["lora-top2-cached-grouped"]
 
 
 def test_failed_worker_becomes_an_error_row(speed):

@@ -90,6 +90,8 @@ def test_cross_field_checks():
         AdapterConfig(kind="full", target_modules=["query"])
     with pytest.raises(ConfigError, match="max_sentence_chars"):
         ObjectiveConfig(min_sentence_chars=300, max_sentence_chars=200)
+    with pytest.raises(ConfigError, match="model_dropout=false .* kind crop or span"):
+        ObjectiveConfig(kind="dropout", model_dropout=False)
     with pytest.raises(ConfigError, match="data.train is required"):
         load_recipe(None, ["output_dir=o"])
     with pytest.raises(ConfigError, match="cannot be combined"):

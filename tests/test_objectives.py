@@ -1,4 +1,5 @@
-"""Views, enable_dropout and info_nce: deterministic, on real abstracts and tiny tensors."""
+"""Views, enable_/disable_dropout and info_nce: deterministic, on real abstracts and tiny
+tensors."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from lastlayer.objectives import (
     VIEW_MAKERS,
     ViewStats,
     crop_views,
+    disable_dropout,
     dropout_views,
     enable_dropout,
     info_nce,
@@ -289,6 +291,53 @@ def test_enable_dropout_never_lowers_and_counts():
     assert model[2].dropout == 0.1 and model[2].dropout_prob == 0.2 and model[2].flag is False
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         enable_dropout(model, 0.0)
+
+
+def _tiny_bert(attn_implementation: str = "sdpa"):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, attn_implementation=attn_implementation)
+    return BertModel(config, add_pooling_layer=False)  # dropout 0.1 everywhere, like MiniLM
+
+
+def _saved_attention_maps(model, ids, mask) -> int:
+    """How many (batch, heads, T, T) tensors a training forward keeps for its backward."""
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
+    return sum(s == (*ids.shape[:1], 2, ids.shape[1], ids.shape[1]) for s in shapes)
+
+
+def test_disable_dropout_makes_training_deterministic_and_drops_attention_maps():
+    model = _tiny_bert().train()
+    ids = torch.randint(1, 100, (3, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0  # padding: SDPA gets a mask, as in real batches
+    out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert not torch.equal(out, model(input_ids=ids, attention_mask=mask).last_hidden_state)
+    assert _saved_attention_maps(model, ids, mask) > 0  # dropout on: SDPA's math path
+
+    # embeddings + per layer: attention probs, attention output, FFN output -> 7 modules
+    assert disable_dropout(model) == 7
+    assert model.config.attention_probs_dropout_prob == 0.1  # the config is left alone
+    out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.equal(out, model(input_ids=ids, attention_mask=mask).last_hidden_state)
+    assert _saved_attention_maps(model, ids, mask) == 0  # SDPA's fused kernel keeps no maps
+    assert disable_dropout(model) == 0
+
+
+def test_disable_dropout_float_attributes():
+    model = _tiny_llama("sdpa")
+    enable_dropout(model, 0.1)
+    assert disable_dropout(model) == 2  # each layer's attention_dropout
+    assert all(layer.self_attn.attention_dropout == 0.0 for layer in model.layers)
 
 
 # ------------------------------------------------------------------------------- info_nce

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from conftest import MEDICAL
 from safetensors.torch import load_file
 
+import lastlayer.train as train_module
 from lastlayer.adapters import load_target
 from lastlayer.config import ConfigError, load_recipe
 from lastlayer.evaluation import knn_accuracy
 from lastlayer.pairs import DocumentStream
-from lastlayer.train import latest_checkpoint, load_eval_set, run
+from lastlayer.train import (
+    cpu_has_fast_bf16,
+    latest_checkpoint,
+    load_eval_set,
+    make_accelerator,
+    run,
+)
 
 # Losses of the first 3 steps of the tiny-BERT run below (seed 0, CPU, fp32). A change here
 # means training no longer does what it did: check why before updating them.
@@ -155,9 +164,39 @@ def test_dropout_objective_switches_dropout_on_in_decoders(saved_models, corpus,
     assert min(losses) > 0.05
 
 
+def test_model_dropout_off_for_crops(saved_models, corpus, tmp_path, capsys):
+    out = tmp_path / "nodrop"
+    run(recipe_for(saved_models["bert"], corpus, out, "eval.data=null", "train.cached_pairs=16",
+                   "objective.model_dropout=false"))
+    # tiny BERT, 4 layers: embeddings + 3 dropouts per layer
+    assert "switched dropout off in 13 places" in capsys.readouterr().out
+    assert len(read_json(out / "train_log.json")) == 3
+
+
 def test_fp16_on_cpu_is_refused(saved_models, corpus, tmp_path):
     with pytest.raises(ConfigError, match="fp16 on CPU"):
         run(recipe_for(saved_models["bert"], corpus, tmp_path / "x", "train.mixed_precision=fp16"))
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(saved_models, corpus, tmp_path, caplog,
+                                                 monkeypatch):
+    recipe = recipe_for(saved_models["bert"], corpus, tmp_path / "x", "train.mixed_precision=bf16",
+                        "train.cpu=true")
+    AcceleratorState._reset_state(reset_partial_state=True)  # earlier runs set "no"
+    try:
+        for native, warned in ((False, True), (True, False)):
+            monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda native=native: native)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="lastlayer.train"):
+                accelerator = make_accelerator(recipe)
+            assert accelerator.mixed_precision == "bf16"
+            assert ("10-20x slower" in caplog.text) is warned
+    finally:  # nor may it stay bf16 for later tests
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_cpu_bf16_probe_answers_for_this_machine():
+    assert isinstance(cpu_has_fast_bf16(), bool)
 
 
 def test_document_stream_is_seeded_epochs():

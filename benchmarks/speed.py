@@ -389,6 +389,7 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
             train=TrainConfig(max_steps=total_steps, batch_size=spec["batch_size"], lr=spec["lr"],
                               cpu=spec["cpu"], cached_pairs=total_pairs if cached else 0,
                               mixed_precision="bf16" if spec["precision"] == "bf16" else "no",
+                              cache_dtype=spec.get("cache_dtype", "float32"),
                               group_by_length="-grouped" in mode),
             objective=ObjectiveConfig(model_dropout=not mode.endswith("-nodrop")),
             seed=spec["seed"], output_dir=str(Path(tmp) / "adapter"),
@@ -545,6 +546,7 @@ def make_row(spec: dict[str, Any], runs: list[dict[str, Any]], machine: str,
         "batch_size": b,
         "max_length": spec["max_length"],
         "precision": spec.get("precision", "fp32"),
+        "cache_dtype": spec.get("cache_dtype", "float32") if "cached" in spec["mode"] else None,
         "steps": spec["steps"],
         "warmup_steps": spec["warmup"],
         "repeats": len(ok),
@@ -722,6 +724,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training precision of every system: fp32, or bf16 autocast "
                         "(torch.autocast for sentence-transformers, Accelerate's "
                         "mixed_precision=bf16 for lastlayer); evaluation stays fp32")
+    p.add_argument("--cache-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="train.cache_dtype of the cached modes (bfloat16 halves the cache)")
     p.add_argument("--only", nargs="*", default=None,
                    help="restrict to these modes (e.g. full lora-top2)")
     p.add_argument("--profile", action="store_true",
@@ -753,7 +757,7 @@ def specs_for(args: argparse.Namespace) -> list[dict[str, Any]]:
             "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
             "max_length": args.max_length, "lr": args.lr_full if full_weights else args.lr,
             "temperature": 0.05, "top_k": args.top_k, "seed": args.seed, "eval": False,
-            "precision": args.precision,
+            "precision": args.precision, "cache_dtype": args.cache_dtype,
             "eval_docs": args.eval_docs, "cpu": args.cpu, "threads": args.threads,
         })
     return specs

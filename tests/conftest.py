@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 from pathlib import Path
 
 import huggingface_hub
@@ -13,6 +14,23 @@ from tiny import tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
+
+
+def shipped_artifacts(pattern: str = "*/*") -> list[Path]:
+    """Artifact folders ``adapters/<pattern>`` that git tracks, sorted.
+
+    ``make demo`` writes its (56 MB, full-unfreeze) artifact under ``adapters/medical/``
+    too; untracked, it is the user's output, not part of what the project ships. Outside
+    a git checkout every artifact found counts.
+    """
+    found = sorted(p.parent for p in (ROOT / "adapters").glob(f"{pattern}/lastlayer.json"))
+    try:
+        tracked = subprocess.run(["git", "ls-files", "--", "adapters"], cwd=ROOT, check=True,
+                                 capture_output=True, text=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return found
+    folders = {(ROOT / name).parent for name in tracked if name.endswith("/lastlayer.json")}
+    return [folder for folder in found if folder in folders]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import shipped_artifacts
 
 from lastlayer.config import (
     AdapterConfig,
@@ -204,7 +205,7 @@ def test_group_by_length_needs_cached_pairs():
                               "train.cached_pairs=64"]).train.group_by_length
 
 
-ARTIFACTS = sorted(p.parent for p in (ROOT / "adapters").glob("*/*/lastlayer.json"))
+ARTIFACTS = shipped_artifacts()
 
 
 @pytest.mark.parametrize("folder", ARTIFACTS, ids=lambda p: str(p.relative_to(ROOT)))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MEDICAL
+from conftest import MEDICAL, shipped_artifacts
 from peft import PeftModel
 from transformers import AutoModel
 
@@ -74,8 +74,7 @@ def test_smollm2_gguf_loads_through_the_resolver_and_embeds(caplog):
 ROOT_RECIPE = Path(__file__).resolve().parents[1] / "recipes/medical/minilm-l6_lora-top2_crop.yaml"
 
 
-SHIPPED = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "adapters")
-                 .glob("*/smollm2-135m_*/lastlayer.json"))
+SHIPPED = shipped_artifacts("*/smollm2-135m_*")
 
 
 def test_shipped_smollm2_adapters_share_one_base_and_change_its_embeddings():

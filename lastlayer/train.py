@@ -323,9 +323,13 @@ def print_report(metrics: dict | None, size: int, out_dir: Path, stats: ViewStat
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 / AMX), per oneDNN.
 
-    Without it (e.g. AVX2-only CPUs) torch runs bf16 matmuls in a slow fallback.
+    Without it (e.g. AVX2-only CPUs) torch runs bf16 matmuls in a slow fallback. A torch
+    build without oneDNN cannot tell: then this answers True (no warning on a guess).
     """
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
 
 
 def make_accelerator(recipe: Recipe):

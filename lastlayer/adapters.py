@@ -169,7 +169,10 @@ def load_adapter(encoder: Encoder, path: str | Path, name: str = "default") -> E
     """
     from peft import PeftConfig, PeftModel
 
-    full_renamed = name != "default" and _is_full(PeftConfig.from_pretrained(str(path)))
+    config = PeftConfig.from_pretrained(str(path))
+    if isinstance(encoder.model, PeftModel):
+        _check_same_kind(encoder.model, config, path)
+    full_renamed = name != "default" and _is_full(config)
     with warnings.catch_warnings():
         _ignore_block_size_warning()
         if full_renamed:  # expected: PEFT cannot match the keys, _load_full_weights does
@@ -182,6 +185,18 @@ def load_adapter(encoder: Encoder, path: str | Path, name: str = "default") -> E
         _load_full_weights(encoder.model, path, name)
     encoder.model.eval()
     return encoder
+
+
+def _check_same_kind(model, config, path: str | Path) -> None:
+    """PEFT holds one adapter type per model: say so before it fails deep inside."""
+    kind = "full" if _is_full(config) else "lora"
+    held = {name: "full" if _is_full(c) else "lora" for name, c in model.peft_config.items()}
+    if set(held.values()) - {kind}:
+        raise ValueError(
+            f"{path} is a {kind!r} artifact, but this model already holds "
+            f"{', '.join(f'{n!r} ({k})' for n, k in held.items())}: PEFT keeps adapters of one "
+            f"kind per model. Load it onto a separate encoder (load_encoder again)."
+        )
 
 
 # ---------------------------------------------------------------------------------------

@@ -250,6 +250,16 @@ def test_load_second_adapter_and_switch(saved_models, tmp_path: Path, kind: str)
     torch.testing.assert_close(enc.encode(PROBE, progress=False), embs["a"], atol=1e-5, rtol=0)
 
 
+def test_loading_another_kind_onto_the_same_base_is_refused_clearly(saved_models, tmp_path):
+    for kind in KINDS:
+        enc = attach(_load(saved_models, "bert"), AdapterConfig(kind=kind, top_k=TOP_K))
+        save_adapter(enc.model, tmp_path / kind, files={"lastlayer.json": "{}"})
+    enc = load_adapter(_load(saved_models, "bert"), tmp_path / "lora", name="news")
+    with pytest.raises(ValueError, match=r"'full' artifact.*'news' \(lora\).*one kind"):
+        load_adapter(enc, tmp_path / "full", name="medical")
+    assert set(enc.model.peft_config) == {"news"}  # nothing half-loaded
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_save_named_adapter_loads_as_plain_peft(saved_models, tmp_path: Path, kind: str) -> None:
     """An adapter attached under a name other than "default" saves a flat, loadable folder."""

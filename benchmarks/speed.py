@@ -358,7 +358,6 @@ def run_sentence_transformers(spec: dict[str, Any], docs: list[str], held_out) -
 def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, Any]:
     """``lastlayer.train.train_adapter`` (the shipped Accelerate loop) on a top-k adapter."""
     import lastlayer.train as ll_train
-    from lastlayer.adapters import attach
     from lastlayer.config import (
         AdapterConfig,
         DataConfig,
@@ -368,7 +367,6 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
         TrainConfig,
     )
     from lastlayer.model import load_encoder
-    from lastlayer.objectives import disable_dropout
     from lastlayer.pairs import cached_pair_stream
 
     mode, k = spec["mode"], spec["top_k"]
@@ -399,9 +397,7 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
         accelerator = ll_train.make_accelerator(recipe)
         set_seed(recipe.seed)
         encoder = load_encoder(recipe.model, device=accelerator.device)
-        if not recipe.objective.model_dropout:  # as lastlayer.train.run does
-            disable_dropout(encoder.model)
-        attach(encoder, recipe.adapter)
+        ll_train.attach_for_training(encoder, recipe)
         params = [p for p in encoder.model.parameters() if p.requires_grad]
         measured = _loaded(params, encoder.model.parameters())
         pairs, start = None, time.perf_counter()
@@ -409,8 +405,7 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
             pairs = cached_pair_stream(encoder, docs, recipe, total_pairs, spec["batch_size"])
             measured["cache_s"] = time.perf_counter() - start
             measured["cache_pairs"] = total_pairs
-            measured["cache_mb"] = (pairs.views_a.nbytes() + (
-                pairs.views_b.nbytes() if pairs.views_b is not pairs.views_a else 0)) / 2**20
+            measured["cache_mb"] = pairs.nbytes() / 2**20
             measured["cache_peak_rss_mb"] = peak_rss_mb()  # then training's own peak
             measured["peak_reset"] = measured["peak_reset"] and reset_peak_rss()
         with StepClock() as clock:

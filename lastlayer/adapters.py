@@ -189,8 +189,11 @@ def load_adapter(encoder: Encoder, path: str | Path, name: str = "default") -> E
 
 def _check_same_kind(model, config, path: str | Path) -> None:
     """PEFT holds one adapter type per model: say so before it fails deep inside."""
-    kind = "full" if _is_full(config) else "lora"
-    held = {name: "full" if _is_full(c) else "lora" for name, c in model.peft_config.items()}
+    def kind_of(peft_config) -> str:
+        return "full" if _is_full(peft_config) else "lora"
+
+    kind = kind_of(config)
+    held = {name: kind_of(c) for name, c in model.peft_config.items()}
     if set(held.values()) - {kind}:
         raise ValueError(
             f"{path} is a {kind!r} artifact, but this model already holds "

@@ -346,8 +346,13 @@ _MODULE_DROPOUT_ATTRS = ("attention_dropout", "dropout_prob", "dropout")
 _CONFIG_DROPOUT_ATTRS = ("attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
+def _is_rate(value: object) -> bool:
+    """A dropout rate attribute (a number, not a flag or a module)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _is_zero_rate(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+    return _is_rate(value) and value == 0
 
 
 def enable_dropout(model: nn.Module, p: float) -> int:
@@ -421,7 +426,7 @@ def disable_dropout(model: nn.Module) -> int:
             changed += 1
         for attr in _MODULE_DROPOUT_ATTRS:
             value = getattr(module, attr, None)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            if _is_rate(value) and value > 0:
                 setattr(module, attr, 0.0)
                 changed += 1
     return changed

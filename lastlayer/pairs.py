@@ -108,6 +108,11 @@ class CachedPairStream(Dataset):
     def __getitem__(self, i: int) -> int:
         return self.order[i]
 
+    def nbytes(self) -> int:
+        """Bytes of cached states (one set when both views are the same text)."""
+        views = {id(v): v for v in (self.views_a, self.views_b)}
+        return sum(v.nbytes() for v in views.values())
+
 
 @dataclass
 class CachedPairCollator:
@@ -152,11 +157,10 @@ def cached_pair_stream(
     views = [cache_views(encoder, [pair[side] for pair in pairs], k, cfg.batch_size, dtype,
                          desc=f"cache view {side + 1} (bottom layers)", folder=cfg.cache_dir)
              for side in sides]
-    views_a, views_b = views[0], views[-1]
-    size = sum(v.nbytes() for v in views) / 2**20
-    log.info("Cached %d pairs (%.0f MB); %.1f epochs over them.", len(pairs), size,
-             total / len(pairs))
-    return CachedPairStream(views_a, views_b, total, recipe.seed, fresh.stats, k)
+    stream = CachedPairStream(views[0], views[-1], total, recipe.seed, fresh.stats, k)
+    log.info("Cached %d pairs (%.0f MB); %.1f epochs over them.", len(pairs),
+             stream.nbytes() / 2**20, total / len(pairs))
+    return stream
 
 
 def length_grouped_sampler(pairs: CachedPairStream, batch_size: int, seed: int):

@@ -359,6 +359,25 @@ def make_accelerator(recipe: Recipe):
     )
 
 
+def attach_for_training(encoder: Encoder, recipe: Recipe) -> list[str]:
+    """Attach the recipe's adapter with the dropout its objective wants; say what changed.
+
+    ``objective.model_dropout: false`` switches the model's own dropout off *before* the
+    adapter is attached (so ``adapter.dropout`` is kept); the ``dropout`` objective switches
+    dropout on where the model has none, adapter included.
+    """
+    messages = []
+    if not recipe.objective.model_dropout:
+        changed = disable_dropout(encoder.model)
+        messages.append(f"objective.model_dropout=false: switched dropout off in {changed} "
+                        "places.")
+    attach(encoder, recipe.adapter)
+    if recipe.objective.kind == "dropout":
+        changed = enable_dropout(encoder.model, recipe.objective.dropout)
+        messages.append(f"Dropout objective: switched dropout on in {changed} places.")
+    return messages
+
+
 def run(recipe: Recipe) -> dict[str, Any]:
     """Train, evaluate and save the adapter a recipe describes; return ``eval.json``'s content.
 
@@ -385,14 +404,8 @@ def run(recipe: Recipe) -> dict[str, Any]:
         base = evaluate_knn(vectors, held_out, recipe.eval)
 
     base_model = encoder.model
-    if not recipe.objective.model_dropout:
-        changed = disable_dropout(encoder.model)
-        accelerator.print(f"objective.model_dropout=false: switched dropout off in {changed} "
-                          "places.")
-    attach(encoder, recipe.adapter)
-    if recipe.objective.kind == "dropout":
-        changed = enable_dropout(encoder.model, recipe.objective.dropout)
-        accelerator.print(f"Dropout objective: switched dropout on in {changed} places.")
+    for message in attach_for_training(encoder, recipe):
+        accelerator.print(message)
     trainable, total = trainable_parameters(encoder.model)
     accelerator.print(f"Trainable parameters: {trainable:,} of {total:,} "
                       f"({recipe.adapter.kind}, top {recipe.adapter.top_k} layers)")

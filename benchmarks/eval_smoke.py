@@ -30,7 +30,7 @@ DEFAULT_DATA = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="sentence-transformers/all-MiniLM-L6-v2",
-                        help="adapter folder or base model id (lastlayer.adapters.load_target)")
+                        help="adapter folder or base model id")
     parser.add_argument("--data", nargs="+", default=[str(p) for p in DEFAULT_DATA])
     parser.add_argument("--max-length", type=int, default=256,
                         help="truncation; 256 is all-MiniLM-L6-v2's own max_seq_length")
@@ -39,8 +39,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from lastlayer.adapters import load_target
-    from lastlayer.evaluation import evaluate_encoder, format_table, results_json
+    from lastlayer.core.adapters import load_target
+    from lastlayer.evaluation.suite import evaluate_encoder, format_table, results_json
 
     start = time.perf_counter()
     encoder = load_target(args.target, max_length=args.max_length)

@@ -58,15 +58,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from lastlayer.adapters import attach
-from lastlayer.cache import CachedViews, encode_from_cache, encode_with_cache
 from lastlayer.config import EvalConfig, Recipe, load_recipe
-from lastlayer.data import read_beir, read_texts
-from lastlayer.evaluation import KnnResult, knn_accuracy, paired_delta, retrieval_task
-from lastlayer.model import Encoder, load_encoder
-from lastlayer.objectives import ViewStats, enable_dropout
-from lastlayer.pairs import CachedPairStream, cached_pair_stream
-from lastlayer.train import (
+from lastlayer.core.adapters import attach
+from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.split import encode_from_cache, encode_with_cache
+from lastlayer.corpus import read_texts
+from lastlayer.evaluation.datasets import read_beir
+from lastlayer.evaluation.metrics import KnnResult, knn_accuracy, paired_delta
+from lastlayer.evaluation.suite import retrieval_task
+from lastlayer.training.cache import CachedViews
+from lastlayer.training.loop import (
     EvalSet,
     eval_report,
     load_eval_set,
@@ -74,6 +75,9 @@ from lastlayer.train import (
     save_artifact,
     train_adapter,
 )
+from lastlayer.training.objectives import enable_dropout
+from lastlayer.training.pairs import CachedPairStream, cached_pair_stream
+from lastlayer.training.views import ViewStats
 
 log = logging.getLogger("findings")
 
@@ -196,7 +200,7 @@ class EvalData:
 
     texts: list[str]
     labels: list[str] | None = None  # labelled sets: LOO kNN
-    task: Any = None  # retrieval: a lastlayer.evaluation.RetrievalTask
+    task: Any = None  # retrieval: a lastlayer.evaluation.suite.RetrievalTask
     train_docs: list[str] | None = None
 
     @property

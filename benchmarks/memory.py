@@ -6,11 +6,11 @@ each mode, every mode in its own subprocess so its peak is its own:
 
 - ``full``: every parameter trainable (full fine-tuning), AdamW;
 - ``lora-all``: LoRA r=8 on every linear layer of every block;
-- ``lora-top2``: lastlayer's LoRA on the top-2 blocks (``lastlayer.adapters.attach``);
+- ``lora-top2``: lastlayer's LoRA on the top-2 blocks (``lastlayer.core.adapters.attach``);
 - ``lora-top2-8bit`` / ``lora-top2-4bit``: the same on a base loaded through bitsandbytes
-  (``lastlayer.model.load_encoder(ModelConfig(..., quantization="8bit" | "4bit"))``).
+  (``lastlayer.core.encoder.load_encoder(ModelConfig(..., quantization="8bit" | "4bit"))``).
 
-All modes load the saved folder through ``lastlayer.model.load_encoder`` and run the same
+All modes load the saved folder through ``lastlayer.core.encoder.load_encoder`` and run the same
 loop: two crop views of medical abstracts per pair, mean pooling, InfoNCE over the batch,
 backward, gradient clipping, AdamW. On CUDA the peak is ``torch.cuda.max_memory_allocated``
 (``peak_mb``, from the start of loading); on CPU it is the peak resident set size
@@ -97,7 +97,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 def tokenizer_folder() -> str:
     """The packaged all-MiniLM-L6-v2 folder: its BERT WordPiece tokenizer serves every preset."""
     from lastlayer.config import ModelConfig
-    from lastlayer.model import resolve_model
+    from lastlayer.core.encoder import resolve_model
 
     return resolve_model(ModelConfig()).path
 
@@ -138,12 +138,12 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from lastlayer.adapters import attach
     from lastlayer.config import AdapterConfig, ModelConfig
-    from lastlayer.data import read_texts
-    from lastlayer.layers import find_layer_stack
-    from lastlayer.model import load_encoder
-    from lastlayer.objectives import info_nce
+    from lastlayer.core.adapters import attach
+    from lastlayer.core.encoder import load_encoder
+    from lastlayer.core.layers import find_layer_stack
+    from lastlayer.corpus import read_texts
+    from lastlayer.training.loss import info_nce
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

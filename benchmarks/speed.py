@@ -1,7 +1,7 @@
 """Speed, memory and quality of lastlayer against sentence-transformers, side by side.
 
 Every system trains the same model on the same positive pairs (seeded crop views of
-medical abstracts, made by ``lastlayer.objectives.crop_views`` through lastlayer's own
+medical abstracts, made by ``lastlayer.training.views.crop_views`` through lastlayer's own
 ``PairStream``), with the same batch size, sequence length, precision (fp32, or bf16
 autocast for all with ``--precision bf16``), loss
 (InfoNCE with in-batch negatives at temperature 0.05 = MultipleNegativesRankingLoss at
@@ -15,10 +15,10 @@ sentence-transformers       full            full fine-tuning: a plain loop over 
                                             ``SentenceTransformer`` + ``MultipleNegatives
                                             RankingLoss`` (forward, loss, backward, AdamW)
 sentence-transformers       full-nodrop     the same with the model's dropout switched off
-                                            (``lastlayer.objectives.disable_dropout``)
+                                            (``lastlayer.training.objectives.disable_dropout``)
 sentence-transformers       lora-all        the same with ``model.add_adapter(LoraConfig)``
                                             on every linear layer of every block (PEFT)
-lastlayer                   lora-top2       ``lastlayer.train.train_adapter``: LoRA on the
+lastlayer                   lora-top2       ``lastlayer.training.loop.train_adapter``: LoRA on the
                                             top-2 blocks, fresh views every step
 lastlayer                   full-top2       the same, top-2 blocks unfrozen
 lastlayer                   lora-top2-      ``train.cached_pairs``: the pairs' block-(L-2)
@@ -56,7 +56,7 @@ at the profiled step, by shape.
 
 Quality: without ``--quick``, each system's first run also embeds 1,000 held-out labelled
 abstracts (never trained on) and reports leave-one-out kNN accuracy (k=10, euclidean,
-``lastlayer.evaluation.knn_accuracy``); ``base_knn_accuracy`` is the untrained model's.
+``lastlayer.evaluation.metrics.knn_accuracy``); ``base_knn_accuracy`` is the untrained model's.
 
 Usage (offline; timings are only meaningful as ratios within one run, on a quiet machine)::
 
@@ -216,8 +216,8 @@ def _sync() -> None:
 def load_data(spec: dict[str, Any]):
     """``(held_out EvalSet, training documents)``: held-out docs are never trained on."""
     from lastlayer.config import EvalConfig
-    from lastlayer.data import read_texts
-    from lastlayer.train import load_eval_set
+    from lastlayer.corpus import read_texts
+    from lastlayer.training.loop import load_eval_set
 
     held_out = load_eval_set(EvalConfig(data=spec["data"], max_docs=spec["eval_docs"]),
                              spec["seed"])
@@ -229,7 +229,7 @@ def load_data(spec: dict[str, Any]):
 def pair_stream(docs: list[str], total_pairs: int, seed: int):
     """Exactly the crop pairs lastlayer's trainer draws (``PairStream``, seeded per pair)."""
     from lastlayer.config import ObjectiveConfig
-    from lastlayer.train import DocumentStream, PairStream
+    from lastlayer.training.pairs import DocumentStream, PairStream
 
     return PairStream(DocumentStream(docs, total_pairs, seed), ObjectiveConfig(kind="crop"), seed)
 
@@ -238,7 +238,7 @@ def knn(vectors, labels: list[str]) -> float:
     """Leave-one-out kNN accuracy (k=10, euclidean), as ``lastlayer train`` measures it."""
     import numpy as np
 
-    from lastlayer.evaluation import knn_accuracy
+    from lastlayer.evaluation.metrics import knn_accuracy
 
     return knn_accuracy(np.asarray(vectors, dtype=np.float32), labels, 10, "euclidean").accuracy
 
@@ -250,7 +250,7 @@ def knn(vectors, labels: list[str]) -> float:
 def model_folder(name: str) -> str:
     """A local folder with the model's weights (lastlayer's resolver: path, cache, packaged)."""
     from lastlayer.config import ModelConfig
-    from lastlayer.model import resolve_model
+    from lastlayer.core.encoder import resolve_model
 
     resolved = resolve_model(ModelConfig(name_or_path=name))
     if resolved.gguf_file:
@@ -267,9 +267,9 @@ def safetensors_copy(name: str) -> str:
     train exactly the same fp32 weights (the ones lastlayer's GGUF loader dequantizes).
     Runs in a worker (:func:`main` calls it through :func:`run_worker`).
     """
-    from lastlayer.adapters import write_atomically
     from lastlayer.config import ModelConfig
-    from lastlayer.model import load_encoder, resolve_model
+    from lastlayer.core.adapters import write_atomically
+    from lastlayer.core.encoder import load_encoder, resolve_model
 
     resolved = resolve_model(ModelConfig(name_or_path=name))
     if not resolved.gguf_file:
@@ -301,8 +301,8 @@ def run_sentence_transformers(spec: dict[str, Any], docs: list[str], held_out) -
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
-    from lastlayer.layers import find_layer_stack, top_k_linear_names
-    from lastlayer.objectives import disable_dropout
+    from lastlayer.core.layers import find_layer_stack, top_k_linear_names
+    from lastlayer.training.objectives import disable_dropout
 
     device = "cuda" if torch.cuda.is_available() and not spec["cpu"] else "cpu"
     model = SentenceTransformer(model_folder(spec["model"]), device=device)
@@ -356,8 +356,8 @@ def run_sentence_transformers(spec: dict[str, Any], docs: list[str], held_out) -
 
 
 def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, Any]:
-    """``lastlayer.train.train_adapter`` (the shipped Accelerate loop) on a top-k adapter."""
-    import lastlayer.train as ll_train
+    """``lastlayer.training.loop.train_adapter`` (the shipped loop) on a top-k adapter."""
+    import lastlayer.training.loop as ll_train
     from lastlayer.config import (
         AdapterConfig,
         DataConfig,
@@ -366,8 +366,8 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
         Recipe,
         TrainConfig,
     )
-    from lastlayer.model import load_encoder
-    from lastlayer.pairs import cached_pair_stream
+    from lastlayer.core.encoder import load_encoder
+    from lastlayer.training.pairs import cached_pair_stream
 
     mode, k = spec["mode"], spec["top_k"]
     kinds = {f"lora-top{k}": ("lora", False), f"full-top{k}": ("full", False),
@@ -421,7 +421,7 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
 def run_base(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, Any]:
     """kNN accuracy of the untrained model (the reference the trained ones are compared to)."""
     from lastlayer.config import ModelConfig
-    from lastlayer.model import load_encoder
+    from lastlayer.core.encoder import load_encoder
 
     encoder = load_encoder(ModelConfig(name_or_path=spec["model"], max_length=spec["max_length"]))
     vectors = encoder.encode(held_out.texts, batch_size=32, progress=False)

@@ -125,20 +125,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input (recipe, data, model name), not a bug: exit 2, no traceback."""
-    from lastlayer.data import DataError
-    from lastlayer.layers import LayerStackError
-    from lastlayer.model import ModelNotFoundError
+    from lastlayer.core.encoder import ModelNotFoundError
+    from lastlayer.core.layers import LayerStackError
+    from lastlayer.corpus import DataError
 
     return ConfigError, DataError, LayerStackError, ModelNotFoundError, FileNotFoundError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``lastlayer train``: the whole job (see ``lastlayer.train.run``)."""
+    """``lastlayer train``: the whole job (see ``lastlayer.training.loop.run``)."""
     recipe = load_recipe(args.recipe, args.overrides)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lastlayer").setLevel(logging.INFO)
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
-    from lastlayer.train import run
+    from lastlayer.training.loop import run
 
     run(recipe)
     return 0
@@ -221,7 +221,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     data = args.data or saved.get("data")
     if not data:
         raise ConfigError("--data is required (a labelled .jsonl/.csv/.parquet corpus).")
-    from lastlayer.probe import format_probe, probe, write_probe
+    from lastlayer.evaluation.probe import format_probe, probe, write_probe
 
     result = probe(
         args.target, data, k=args.k,
@@ -240,8 +240,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """``lastlayer eval``: in-domain metrics of a base model or an adapter."""
-    from lastlayer.adapters import load_target
-    from lastlayer.evaluation import evaluate_paths, format_table, results_json
+    from lastlayer.core.adapters import load_target
+    from lastlayer.evaluation.suite import evaluate_paths, format_table, results_json
 
     overrides = {"max_length": args.max_length} if args.max_length else {}
     encoder = load_target(args.target, **overrides)

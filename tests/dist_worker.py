@@ -32,10 +32,11 @@ import torch
 from accelerate import Accelerator
 from tiny import tiny_model, tiny_tokenizer
 
-from lastlayer.adapters import attach
 from lastlayer.config import AdapterConfig
-from lastlayer.model import Encoder
-from lastlayer.objectives import info_nce, make_views
+from lastlayer.core.adapters import attach
+from lastlayer.core.encoder import Encoder
+from lastlayer.training.loss import info_nce
+from lastlayer.training.views import make_views
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"

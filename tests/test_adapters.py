@@ -6,7 +6,7 @@ For both adapter kinds (LoRA, full unfreeze) and an encoder (BERT) and a decoder
 - only the top-k blocks hold trainable weights, and only they change in a training step;
 - autograd never enters the blocks below the top k;
 - the saved artifact is a plain PEFT adapter (safetensors, Hub id as base) that
-  ``peft.PeftModel.from_pretrained`` and ``lastlayer.adapters.load_adapter`` load back
+  ``peft.PeftModel.from_pretrained`` and ``lastlayer.core.adapters.load_adapter`` load back
   to the very same embeddings;
 - artifact writes are atomic.
 """
@@ -17,13 +17,14 @@ import json
 import os
 from pathlib import Path
 
+import lastlayer.core.adapters as adapters_mod
 import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 from torch import nn
 
-import lastlayer.adapters as adapters_mod
-from lastlayer.adapters import (
+from lastlayer.config import AdapterConfig, ConfigError, ModelConfig
+from lastlayer.core.adapters import (
     adapter_targets,
     attach,
     layer_summary,
@@ -32,10 +33,9 @@ from lastlayer.adapters import (
     trainable_parameters,
     write_atomically,
 )
-from lastlayer.config import AdapterConfig, ConfigError, ModelConfig
-from lastlayer.layers import LayerStackError, find_layer_stack, layer_index_of
-from lastlayer.model import Encoder, load_encoder
-from lastlayer.objectives import info_nce
+from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.layers import LayerStackError, find_layer_stack, layer_index_of
+from lastlayer.training.loss import info_nce
 
 NUM_LAYERS, TOP_K = 4, 2
 TOP = set(range(NUM_LAYERS - TOP_K, NUM_LAYERS))  # {2, 3}

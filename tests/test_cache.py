@@ -6,10 +6,10 @@ import pytest
 import torch
 from tiny import ARCHITECTURES, tiny_model, tiny_tokenizer
 
-from lastlayer.adapters import attach
-from lastlayer.cache import encode_from_cache, encode_with_cache, top_blocks_only
 from lastlayer.config import AdapterConfig
-from lastlayer.model import Encoder
+from lastlayer.core.adapters import attach
+from lastlayer.core.encoder import Encoder
+from lastlayer.core.split import encode_from_cache, encode_with_cache, top_blocks_only
 
 TEXTS = [
     "A short one.",
@@ -68,8 +68,8 @@ def test_adapted_embeddings_from_the_base_cache_equal_a_full_pass(arch, pooling,
 )
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_training_from_cached_states_gives_the_same_loss_and_gradients(arch, pooling, kind):
-    from lastlayer.cache import cache_views, embed_top_k, pad_cached
-    from lastlayer.objectives import info_nce
+    from lastlayer.training.cache import cache_views, embed_top_k, pad_cached
+    from lastlayer.training.loss import info_nce
 
     encoder = Encoder(
         model=tiny_model(arch, num_layers=4), tokenizer=tiny_tokenizer(), pooling=pooling
@@ -111,7 +111,7 @@ def test_training_from_cached_states_gives_the_same_loss_and_gradients(arch, poo
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_memory_mapped_cache_equals_the_in_memory_one_and_leaves_no_file(tmp_path, dtype):
-    from lastlayer.cache import cache_views
+    from lastlayer.training.cache import cache_views
 
     encoder = Encoder(model=tiny_model("llama", num_layers=4), tokenizer=tiny_tokenizer())
     in_ram = cache_views(encoder, TEXTS, k=2, batch_size=3, dtype=dtype)

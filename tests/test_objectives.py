@@ -13,14 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lastlayer.objectives import (
+from lastlayer.training.loss import info_nce
+from lastlayer.training.objectives import disable_dropout, enable_dropout
+from lastlayer.training.views import (
     VIEW_MAKERS,
     ViewStats,
     crop_views,
-    disable_dropout,
     dropout_views,
-    enable_dropout,
-    info_nce,
     make_views,
     span_views,
     split_sentences,

@@ -13,10 +13,10 @@ import torch
 from conftest import MEDICAL
 from tiny import tiny_model, tiny_tokenizer
 
-from lastlayer.adapters import attach, save_adapter
 from lastlayer.config import AdapterConfig
-from lastlayer.model import Encoder
-from lastlayer.probe import (
+from lastlayer.core.adapters import attach, save_adapter
+from lastlayer.core.encoder import Encoder
+from lastlayer.evaluation.probe import (
     MIN_TOP_K,
     format_probe,
     layer_embeddings,
@@ -154,7 +154,7 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_artifact(base_folder: Path, out: Path, kind: str) -> Path:
     from lastlayer.config import ModelConfig
-    from lastlayer.model import load_encoder
+    from lastlayer.core.encoder import load_encoder
 
     encoder = load_encoder(ModelConfig(name_or_path=str(base_folder), max_length=32), "cpu")
     encoder = attach(encoder, AdapterConfig(kind=kind, top_k=2))

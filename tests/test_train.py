@@ -7,24 +7,24 @@ import json
 import logging
 from pathlib import Path
 
+import lastlayer.training.loop as train_module
 import pytest
 import torch
 from accelerate.state import AcceleratorState
 from conftest import MEDICAL
 from safetensors.torch import load_file
 
-import lastlayer.train as train_module
-from lastlayer.adapters import load_target
 from lastlayer.config import ConfigError, load_recipe
-from lastlayer.evaluation import knn_accuracy
-from lastlayer.pairs import DocumentStream
-from lastlayer.train import (
+from lastlayer.core.adapters import load_target
+from lastlayer.evaluation.metrics import knn_accuracy
+from lastlayer.training.loop import (
     cpu_has_fast_bf16,
     latest_checkpoint,
     load_eval_set,
     make_accelerator,
     run,
 )
+from lastlayer.training.pairs import DocumentStream
 
 # Losses of the first 3 steps of the tiny-BERT run below (seed 0, CPU, fp32). A change here
 # means training no longer does what it did: check why before updating them.
@@ -105,7 +105,7 @@ def test_golden_losses_at_fixed_seed(saved_models, corpus, tmp_path):
 
 
 def test_eval_documents_are_held_out_of_training(saved_models, corpus, tmp_path):
-    from lastlayer.train import training_documents
+    from lastlayer.training.loop import training_documents
 
     recipe = recipe_for(saved_models["bert"], corpus, tmp_path / "a")
     held_out = load_eval_set(recipe.eval, recipe.seed)
@@ -187,7 +187,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(saved_models, corpus, tmp_path,
         for native, warned in ((False, True), (True, False)):
             monkeypatch.setattr(train_module, "cpu_has_fast_bf16", lambda native=native: native)
             caplog.clear()
-            with caplog.at_level(logging.WARNING, logger="lastlayer.train"):
+            with caplog.at_level(logging.WARNING, logger="lastlayer.training.loop"):
                 accelerator = make_accelerator(recipe)
             assert accelerator.mixed_precision == "bf16"
             assert ("10-20x slower" in caplog.text) is warned
@@ -209,7 +209,7 @@ def test_document_stream_is_seeded_epochs():
 
 def test_cached_pairs_mode_trains_top_k_only_over_epochs(saved_models, corpus, tmp_path, caplog):
     out = tmp_path / "cached"
-    with caplog.at_level("INFO", logger="lastlayer.pairs"):
+    with caplog.at_level("INFO", logger="lastlayer.training.pairs"):
         metrics = run(recipe_for(saved_models["bert"], corpus, out, "train.cached_pairs=12",
                                  "train.max_steps=4"))
     assert "Cached 12 pairs" in caplog.text and "2.7 epochs" in caplog.text
@@ -227,10 +227,10 @@ def _train_from_cache(model_dir: Path, corpus: Path, cache_k: int, *overrides: s
     """Train a top-2 LoRA adapter from pairs cached at block L-cache_k; return the losses."""
     from accelerate.utils import set_seed
 
-    from lastlayer.adapters import attach
-    from lastlayer.model import load_encoder
-    from lastlayer.pairs import cached_pair_stream
-    from lastlayer.train import make_accelerator, train_adapter, training_documents
+    from lastlayer.core.adapters import attach
+    from lastlayer.core.encoder import load_encoder
+    from lastlayer.training.loop import make_accelerator, train_adapter, training_documents
+    from lastlayer.training.pairs import cached_pair_stream
 
     recipe = recipe_for(model_dir, corpus, corpus.parent / "unused", "train.cached_pairs=16",
                         *overrides)
@@ -266,9 +266,13 @@ def test_dropout_pairs_are_cached_once(saved_models, corpus):
 def test_length_grouped_batches_cut_padding_and_train(saved_models, corpus):
     from torch.utils.data import DataLoader
 
-    from lastlayer.model import load_encoder
-    from lastlayer.pairs import CachedPairCollator, cached_pair_stream, length_grouped_sampler
-    from lastlayer.train import training_documents
+    from lastlayer.core.encoder import load_encoder
+    from lastlayer.training.loop import training_documents
+    from lastlayer.training.pairs import (
+        CachedPairCollator,
+        cached_pair_stream,
+        length_grouped_sampler,
+    )
 
     losses, _ = _train_from_cache(saved_models["llama"], corpus, 2, "train.group_by_length=true")
     assert len(losses) == 3 and all(loss > 0 for loss in losses)

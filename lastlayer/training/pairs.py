@@ -6,7 +6,7 @@ Two sources of batches share one shape (``{"a": inputs, "b": inputs}``):
   time it comes round, tokenized per batch;
 - cached views (``CachedPairStream`` + ``CachedPairCollator``, ``train.cached_pairs``): a
   fixed set of pairs whose bottom-layer states were computed once; batches carry those
-  states and only the top-k blocks run (``lastlayer.cache``).
+  states and only the top-k blocks run (``lastlayer.training.cache``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lastlayer.cache import CachedViews, cache_views, embed_top_k, pad_cached
 from lastlayer.config import ConfigError, ObjectiveConfig, Recipe
-from lastlayer.model import Encoder
-from lastlayer.objectives import VIEW_MAKERS, ViewStats
+from lastlayer.core.encoder import Encoder
+from lastlayer.training.cache import CachedViews, cache_views, embed_top_k, pad_cached
+from lastlayer.training.views import VIEW_MAKERS, ViewStats
 
 log = logging.getLogger(__name__)
 

@@ -29,24 +29,22 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import lastlayer
-from lastlayer.adapters import (
+from lastlayer.artifact import model_card
+from lastlayer.config import ConfigError, EvalConfig, Recipe
+from lastlayer.core.adapters import (
     attach,
     folder_size,
     layer_summary,
     save_adapter,
     trainable_parameters,
 )
-from lastlayer.cache import (
-    encode_from_cache,
-    encode_with_cache,
-)
-from lastlayer.config import ConfigError, EvalConfig, Recipe
-from lastlayer.data import DataError, read_labelled, read_texts
-from lastlayer.evaluation import KnnResult, knn_accuracy, paired_delta
-from lastlayer.hub import model_card
-from lastlayer.model import Encoder, load_encoder
-from lastlayer.objectives import ViewStats, disable_dropout, enable_dropout, info_nce
-from lastlayer.pairs import (
+from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.split import encode_from_cache, encode_with_cache
+from lastlayer.corpus import DataError, read_labelled, read_texts
+from lastlayer.evaluation.metrics import KnnResult, knn_accuracy, paired_delta
+from lastlayer.training.loss import info_nce
+from lastlayer.training.objectives import disable_dropout, enable_dropout
+from lastlayer.training.pairs import (
     CachedPairCollator,
     CachedPairStream,
     DocumentStream,
@@ -56,6 +54,7 @@ from lastlayer.pairs import (
     embed_view,
     length_grouped_sampler,
 )
+from lastlayer.training.views import ViewStats
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,7 @@ def train_adapter(
         docs: Training documents.
         recipe: The resolved recipe.
         accelerator: An ``accelerate.Accelerator`` (one process or many).
-        pairs: Cached pairs built earlier by :func:`~lastlayer.pairs.cached_pair_stream`
+        pairs: Cached pairs built earlier by :func:`~lastlayer.training.pairs.cached_pair_stream`
             (with ``k`` ≥ the adapter's ``top_k``), to reuse one cache across runs; by
             default ``train.cached_pairs`` decides between cached and fresh views.
     """

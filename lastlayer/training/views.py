@@ -1,4 +1,4 @@
-"""Self-supervised objectives: how two views of a document are made, and the loss.
+"""Views: how two texts that form a positive pair are cut from one document.
 
 Views (strings, so they are independent of the tokenizer):
 
@@ -7,10 +7,8 @@ Views (strings, so they are independent of the tokenizer):
 - ``span``: two independent random spans of 10–50 % of the first 256 words (Contriever's
   ``randomcrop``, on whitespace words instead of tokens).
 - ``dropout``: one crop passed twice; the model's dropout (train mode) makes the two
-  embeddings differ (SimCSE). Decoder LMs need :func:`enable_dropout` for this.
-
-Loss: :func:`info_nce` with in-batch negatives (SimCSE ``cl_forward``, sentence-transformers
-``MultipleNegativesRankingLoss``), gathering negatives across processes when distributed.
+  embeddings differ (SimCSE). Decoder LMs need dropout switched on for this
+  (``lastlayer.training.objectives``).
 """
 
 from __future__ import annotations
@@ -18,13 +16,12 @@ from __future__ import annotations
 import math
 import random
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported lazily: the CLI imports this module for its menus
-    from torch import Tensor, nn
+    pass
 
 # A sentence ends at . ! or ? followed by whitespace and then an ASCII uppercase letter, a
 # digit, a quote or an opening bracket. Deliberately simple: it misses lowercase starts and
@@ -339,182 +336,3 @@ def make_views(
         views_b.append(b)
     return views_a, views_b, stats
 
-
-# ---------------------------------------------------------------------- model dropout
-
-_MODULE_DROPOUT_ATTRS = ("attention_dropout", "dropout_prob", "dropout")
-_CONFIG_DROPOUT_ATTRS = ("attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob")
-
-
-def _is_rate(value: object) -> bool:
-    """A dropout rate attribute (a number, not a flag or a module)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_zero_rate(value: object) -> bool:
-    return _is_rate(value) and value == 0
-
-
-def enable_dropout(model: nn.Module, p: float) -> int:
-    """Switch dropout on where a model ships with it at 0, so dropout views differ.
-
-    Decoder LMs (Llama, SmolLM2, ...) set ``attention_dropout=0.0``: without this, the
-    ``dropout`` objective sees two identical embeddings and its loss carries no signal.
-    Changed, where currently exactly 0 (a non-zero rate is never lowered):
-
-    - ``nn.Dropout`` (and other ``_DropoutNd``) modules: ``p``.
-    - Float attributes ``attention_dropout``, ``dropout_prob`` or ``dropout`` of any
-      module. transformers 5 Llama attention copies ``config.attention_dropout`` into
-      ``self.attention_dropout`` at construction and passes
-      ``dropout=self.attention_dropout if self.training else 0.0`` to its attention
-      kernel (eager and SDPA), so the module attribute is what counts.
-    - ``model.config.attention_dropout`` / ``hidden_dropout_prob`` /
-      ``attention_probs_dropout_prob``, so a saved config records it (and modules built
-      later from the config get it).
-
-    Args:
-        model: Any ``nn.Module``, e.g. a transformers model or a PEFT wrapper.
-        p: Dropout probability in (0, 1).
-
-    Returns:
-        The number of places changed.
-    """
-    from torch import nn
-
-    if not 0 < p < 1:
-        raise ValueError(f"dropout p must be in (0, 1), got {p}")
-    changed = 0
-    for module in model.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p == 0:
-            module.p = p
-            changed += 1
-        for attr in _MODULE_DROPOUT_ATTRS:
-            if _is_zero_rate(getattr(module, attr, None)):
-                setattr(module, attr, float(p))
-                changed += 1
-    config = getattr(model, "config", None)
-    for attr in _CONFIG_DROPOUT_ATTRS:
-        if config is not None and _is_zero_rate(getattr(config, attr, None)):
-            setattr(config, attr, float(p))
-            changed += 1
-    return changed
-
-
-def disable_dropout(model: nn.Module) -> int:
-    """Switch a model's own dropout off for training (``objective.model_dropout: false``).
-
-    Crop and span views differ already; the encoder's dropout (BERT-style models: 0.1) is
-    extra noise on top. Without it, PyTorch's fused SDPA kernel can run in training (on CPU
-    it takes no dropout), so the attention probabilities, ``(batch, heads, T, T)`` per
-    block, are no longer kept for the backward: on MiniLM's top-2 blocks that is about 40 %
-    of the saved activations and ~20 % of a step (README, 'Speed and memory'). Call it
-    before attaching the adapter, so the adapter's own ``adapter.dropout`` is untouched.
-
-    Changed, where non-zero: ``nn.Dropout`` (and other ``_DropoutNd``) modules, and the
-    float attributes ``attention_dropout``, ``dropout_prob`` or ``dropout`` that attention
-    modules pass to their kernel. The model's config is left as it is.
-
-    Returns:
-        The number of places changed.
-    """
-    from torch import nn
-
-    changed = 0
-    for module in model.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
-            module.p = 0.0
-            changed += 1
-        for attr in _MODULE_DROPOUT_ATTRS:
-            value = getattr(module, attr, None)
-            if _is_rate(value) and value > 0:
-                setattr(module, attr, 0.0)
-                changed += 1
-    return changed
-
-
-# ------------------------------------------------------------------------------- loss
-
-
-def info_nce(
-    a: Tensor,
-    b: Tensor,
-    temperature: float = 0.05,
-    symmetric: bool = False,
-    gather: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """InfoNCE with in-batch negatives (SimCSE ``cl_forward``, MNRL).
-
-    Row ``i`` of ``a`` (view 1 of document ``i``) must pick out row ``i`` of ``b`` (view 2
-    of the same document) among all rows of ``b``; the other documents are the negatives.
-    Embeddings are L2-normalised here, so logits are cosine similarities / temperature
-    (temperature 0.05 = sentence-transformers' scale 20).
-
-    Distributed: when ``torch.distributed`` is initialised with world size > 1 and
-    ``gather`` is true, ``b`` (and ``a``, for the symmetric term) is all-gathered from every
-    process *with gradients* (``torch.distributed.nn.functional.all_gather``), so each
-    local row is scored against the global batch; its positive sits at column
-    ``rank * B + i``. Why the gradient is right: each rank's loss is the mean over its own
-    ``B`` rows, ``L_r``. The backward of ``all_gather`` sums, into each rank's local
-    embeddings, the gradients that *every* rank's ``L_s`` sends them, so rank ``r`` obtains
-    the parameter gradient of ``sum_s L_s`` through its own embeddings. DDP then averages
-    parameter gradients over the ``W`` ranks: ``(1/W) * sum_r d(sum_s L_s)/dθ|_r``, i.e. the
-    gradient of ``(1/W) sum_s L_s`` = the mean loss over all ``W * B`` rows, exactly what one
-    process would compute on the global batch.
-
-    Args:
-        a: ``(B, d)`` embeddings of view 1.
-        b: ``(B, d)`` embeddings of view 2 of the same ``B`` documents.
-        temperature: Softmax temperature (paper, SimCSE: 0.05).
-        symmetric: Also score ``b -> a`` and average the two losses.
-        gather: Use negatives from all processes when running distributed.
-
-    Returns:
-        ``(loss, accuracy)``: the scalar loss, and the top-1 in-batch accuracy of the local
-        ``a -> b`` rows (0-dim, detached).
-
-    Raises:
-        ValueError: Mismatched shapes, or unequal batch sizes across processes.
-    """
-    import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
-
-    if a.dim() != 2 or a.shape != b.shape:
-        raise ValueError(f"a and b must both be (B, d), got {tuple(a.shape)} and {tuple(b.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    a = F.normalize(a, dim=-1)  # (B, d)
-    b = F.normalize(b, dim=-1)  # (B, d)
-    batch = a.size(0)
-    a_all, b_all, offset = a, b, 0  # (N, d) candidates, N = B single-process
-    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_gather
-
-        world, rank = dist.get_world_size(), dist.get_rank()
-        sizes = [torch.zeros(1, dtype=torch.long, device=a.device) for _ in range(world)]
-        dist.all_gather(sizes, torch.tensor([batch], dtype=torch.long, device=a.device))
-        sizes_list = [int(s.item()) for s in sizes]
-        if len(set(sizes_list)) != 1:
-            raise ValueError(
-                f"info_nce needs the same local batch size on every process, got "
-                f"{sizes_list}; drop the last incomplete batch (drop_last=True)."
-            )
-        # torch 2.13 marks this all_gather deprecated in favour of the private
-        # torch.distributed._functional_collectives; it still works (gloo and NCCL), so
-        # keep the public API and silence the per-step FutureWarning.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*nn\.functional\.all_gather is deprec")
-            b_all = torch.cat(all_gather(b), dim=0)  # (W*B, d), gradients reach every rank
-            if symmetric:
-                a_all = torch.cat(all_gather(a), dim=0)  # (W*B, d)
-        offset = rank * batch
-    labels = torch.arange(batch, device=a.device) + offset  # (B,) positive column per row
-
-    logits = a @ b_all.T / temperature  # (B, N) cosine / temperature
-    loss = F.cross_entropy(logits, labels)
-    if symmetric:
-        logits_ba = b @ a_all.T / temperature  # (B, N)
-        loss = (loss + F.cross_entropy(logits_ba, labels)) / 2
-    with torch.no_grad():
-        accuracy = (logits.argmax(dim=-1) == labels).float().mean()  # ()
-    return loss, accuracy

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import write_jsonl
 
-from lastlayer.data import DataError, read_labelled, read_texts
+from lastlayer.corpus import DataError, read_labelled, read_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
@@ -49,7 +49,7 @@ def test_medical_abstracts_real_file():
 
 
 def test_module_imports_neither_torch_nor_datasets():
-    code = "import sys, lastlayer.data; print('torch' in sys.modules, 'datasets' in sys.modules)"
+    code = "import sys, lastlayer.corpus, lastlayer.evaluation.datasets; print('torch' in sys.modules, 'datasets' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     ).stdout
@@ -62,7 +62,7 @@ def test_module_imports_neither_torch_nor_datasets():
 def test_txt_one_document_per_nonempty_line(tmp_path, caplog):
     p = tmp_path / "c.txt"
     p.write_text("  alpha beta \n\n   \ngamma\n", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="lastlayer.data"):
+    with caplog.at_level(logging.WARNING, logger="lastlayer.corpus"):
         assert read_texts(p) == ["alpha beta", "gamma"]
     assert "skipped 2" in caplog.text
     assert read_texts(p, text_field="ignored_for_txt", max_docs=1) == ["alpha beta"]
@@ -78,7 +78,7 @@ def test_txt_gz(tmp_path):
 @pytest.mark.parametrize("name", ["c.jsonl", "c.jsonl.gz"])
 def test_jsonl_and_gz(tmp_path, name, caplog):
     p = write_jsonl(tmp_path / name, RECORDS)
-    with caplog.at_level(logging.WARNING, logger="lastlayer.data"):
+    with caplog.at_level(logging.WARNING, logger="lastlayer.corpus"):
         assert read_texts(p, text_field="body") == EXPECTED_TEXTS
     assert "skipped 1" in caplog.text
     texts, labels = read_labelled(p, text_field="body", label_field="topic")

@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lastlayer.config import AdapterConfig, ModelConfig
-from lastlayer.layers import find_layer_stack, top_k_linear_names, top_k_module_names
-from lastlayer.model import Encoder, load_encoder
+from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.layers import find_layer_stack, top_k_linear_names, top_k_module_names
 
 
 def adapter_targets(model: nn.Module, cfg: AdapterConfig) -> list[str]:

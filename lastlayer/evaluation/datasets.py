@@ -1,6 +1,9 @@
-"""Evaluation data sets: BEIR retrieval folders and a labelled file's own train/test split.
+"""Evaluation data sets: the held-out labelled sample, BEIR retrieval folders and a labelled
+file's own train/test split.
 
-What ``lastlayer eval`` reads besides plain labelled files (``lastlayer.corpus``).
+The held-out sample (:func:`load_eval_set`) is what training compares base and adapter on
+and what ``lastlayer probe`` scores layers on; the rest is what ``lastlayer eval`` reads
+besides plain labelled files (``lastlayer.corpus``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lastlayer.corpus import (
     DataError,
@@ -18,9 +22,42 @@ from lastlayer.corpus import (
     _jsonl_records,
     _open_text,
     _read,
+    read_labelled,
 )
 
+if TYPE_CHECKING:
+    from lastlayer.config import EvalConfig
+
 logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- the held-out sample
+
+
+@dataclass
+class EvalSet:
+    """Labelled documents held out of training, on which base and adapter are compared."""
+
+    texts: list[str]
+    labels: list[str]
+    source: str
+
+
+def load_eval_set(cfg: EvalConfig, seed: int) -> EvalSet | None:
+    """A seeded random sample of ``cfg.max_docs`` labelled documents, or None without data.
+
+    Training excludes these documents from its corpus, so the same ``(cfg, seed)`` always
+    names the same held-out documents (``lastlayer probe`` scores layers on them too).
+    """
+    import numpy as np  # lazily: the CLI's fast commands import this module's neighbours
+
+    if cfg.data is None:
+        return None
+    texts, labels = read_labelled(cfg.data, cfg.text_field, cfg.label_field)
+    if cfg.max_docs is not None and cfg.max_docs < len(texts):
+        keep = np.random.default_rng(seed).choice(len(texts), size=cfg.max_docs, replace=False)
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    return EvalSet(texts, labels, cfg.data)
 
 
 # ------------------------------------------------------------------ evaluation data sets

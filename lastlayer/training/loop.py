@@ -1,10 +1,14 @@
 """Train a top-k adapter from a recipe: one readable Accelerate loop, then the artifact.
 
-``run(recipe)`` is the whole job, top to bottom:
-load the encoder -> hold out labelled documents -> kNN of the base -> attach the top-k
-adapter -> train (crop / span / dropout views, InfoNCE over the global batch) -> kNN of
-the adapted model -> save the artifact (PEFT files + lastlayer.json + recipe.yaml +
-eval.json + README.md) atomically -> print a before/after table.
+``run(recipe)`` is the whole job, in three steps that can also be called one by one:
+
+- :func:`prepare`: the accelerator and seed, the held-out labelled documents, the training
+  documents, the encoder, the base model's kNN (keeping block L-k's inputs of the held-out
+  documents), and the top-k adapter attached with the objective's model switches;
+- :func:`fit`: ``train.max_steps`` optimizer steps (crop / span / dropout views, InfoNCE
+  over the global batch), from fresh or cached views;
+- :func:`finish`: the adapted model's kNN, the artifact (PEFT files + lastlayer.json +
+  recipe.yaml + eval.json + README.md) saved atomically, and a before/after table.
 
 The same code runs on one CPU, one GPU, or many processes: launch it with
 ``accelerate launch -m lastlayer train RECIPE`` or ``torchrun --nproc_per_node N -m
@@ -18,19 +22,19 @@ import json
 import logging
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import lastlayer
 from lastlayer.artifact import model_card
-from lastlayer.config import ConfigError, EvalConfig, Recipe
+from lastlayer.config import Recipe
 from lastlayer.core.adapters import (
     attach,
     folder_size,
@@ -40,10 +44,12 @@ from lastlayer.core.adapters import (
 )
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.split import encode_from_cache, encode_with_cache
-from lastlayer.corpus import DataError, read_labelled, read_texts
-from lastlayer.evaluation.metrics import KnnResult, knn_accuracy, paired_delta
+from lastlayer.corpus import DataError, read_texts
+from lastlayer.evaluation.datasets import EvalSet, load_eval_set
+from lastlayer.evaluation.metrics import KnnResult
+from lastlayer.training.accelerator import make_accelerator
 from lastlayer.training.loss import info_nce
-from lastlayer.training.objectives import disable_dropout, enable_dropout
+from lastlayer.training.objectives import objective_for
 from lastlayer.training.pairs import (
     CachedPairCollator,
     CachedPairStream,
@@ -54,38 +60,26 @@ from lastlayer.training.pairs import (
     embed_view,
     length_grouped_sampler,
 )
+from lastlayer.training.report import eval_report, evaluate_knn, print_report
 from lastlayer.training.views import ViewStats
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------
-# Data: which documents are trained on, which are held out for kNN, how views are made.
+# Data: which documents are trained on (the held-out ones never are).
 
 
-@dataclass
-class EvalSet:
-    """Labelled documents held out of training, on which base and adapter are compared."""
+def training_documents(recipe: Recipe, held_out: EvalSet | None,
+                       docs: list[str] | None = None) -> list[str]:
+    """The training corpus, minus any document that is held out for evaluation.
 
-    texts: list[str]
-    labels: list[str]
-    source: str
-
-
-def load_eval_set(cfg: EvalConfig, seed: int) -> EvalSet | None:
-    """A seeded random sample of ``cfg.max_docs`` labelled documents, or None without data."""
-    if cfg.data is None:
-        return None
-    texts, labels = read_labelled(cfg.data, cfg.text_field, cfg.label_field)
-    if cfg.max_docs is not None and cfg.max_docs < len(texts):
-        keep = np.random.default_rng(seed).choice(len(texts), size=cfg.max_docs, replace=False)
-        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-    return EvalSet(texts, labels, cfg.data)
-
-
-def training_documents(recipe: Recipe, held_out: EvalSet | None) -> list[str]:
-    """The training corpus, minus any document that is held out for evaluation."""
-    docs = read_texts(recipe.data.train, recipe.data.text_field)
+    Args:
+        recipe: Its ``data`` section names the corpus and caps it (``data.max_docs``).
+        held_out: Documents to leave out, if any.
+        docs: Documents already in memory, used instead of reading ``data.train``.
+    """
+    docs = read_texts(recipe.data.train, recipe.data.text_field) if docs is None else docs
     if held_out is not None:
         excluded = set(held_out.texts)
         docs = [d for d in docs if d not in excluded]
@@ -240,29 +234,165 @@ def _maybe_resume(recipe: Recipe, accelerator) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Evaluation, artifact and report.
+# The job in three steps: prepare, fit, finish.
 
 
-def evaluate_knn(vectors: torch.Tensor, held_out: EvalSet, cfg: EvalConfig) -> KnnResult:
-    """Leave-one-out kNN accuracy of embeddings of the held-out documents."""
-    return knn_accuracy(vectors.numpy(), held_out.labels, cfg.k, cfg.metric)
+def attach_for_training(encoder: Encoder, recipe: Recipe) -> list[str]:
+    """Attach the recipe's adapter with its objective's model switches; say what changed.
+
+    What is switched before the adapter goes on (e.g. ``objective.model_dropout: false``)
+    leaves the adapter's own settings alone; what is switched after reaches the adapter
+    too (the ``dropout`` objective). See :mod:`lastlayer.training.objectives`.
+    """
+    objective = objective_for(recipe.objective)
+    messages = objective.before_attach(encoder.model, recipe.objective)
+    attach(encoder, recipe.adapter)
+    return messages + objective.after_attach(encoder.model, recipe.objective)
 
 
-def eval_report(base: KnnResult, adapted: KnnResult, held_out: EvalSet, recipe: Recipe) -> dict:
-    """The content of ``eval.json``: base and adapted side by side, and how they were measured."""
-    cfg = recipe.eval
-    return {
-        "base": {"knn_accuracy": base.accuracy},
-        "adapted": {"knn_accuracy": adapted.accuracy},
-        "delta": paired_delta(base.correct, adapted.correct, seed=recipe.seed),
-        "data": held_out.source,
-        "num_documents": len(held_out.texts),
-        "protocol": (
-            f"kNN accuracy, k={cfg.k}, {cfg.metric}, leave-one-out over {len(held_out.texts)} "
-            f"labelled documents sampled with seed {recipe.seed} from {held_out.source} and "
-            "held out of training; delta CI: paired bootstrap over documents."
-        ),
-    }
+@dataclass
+class TrainingJob:
+    """Everything :func:`fit` and :func:`finish` need, as :func:`prepare` leaves it.
+
+    Attributes:
+        recipe: The resolved recipe.
+        accelerator: The ``accelerate.Accelerator`` of this run (one process or many).
+        encoder: The encoder; its model carries the trainable top-k adapter.
+        base_model: The model before the adapter was attached (its layer summary goes
+            into ``lastlayer.json``).
+        docs: The training documents (held-out ones excluded).
+        held_out: The held-out labelled documents, or None without ``eval.data``.
+        base: The base model's kNN on ``held_out``; None when not measured, and on every
+            process but the main one.
+        eval_cache: Block L-k's inputs of the held-out documents (main process), so the
+            adapted model's kNN runs only the top-k blocks.
+        pairs: Cached pairs to train from, built earlier by
+            :func:`~lastlayer.training.pairs.cached_pair_stream`; by default
+            ``train.cached_pairs`` decides between cached and fresh views.
+    """
+
+    recipe: Recipe
+    accelerator: Any
+    encoder: Encoder
+    base_model: nn.Module
+    docs: list[str]
+    held_out: EvalSet | None = None
+    base: KnnResult | None = None
+    eval_cache: list[torch.Tensor] = field(default_factory=list)
+    pairs: CachedPairStream | None = None
+
+
+@dataclass
+class RunResult:
+    """What a finished run leaves: the trained encoder, its measurements and artifact.
+
+    Attributes:
+        encoder: The encoder with the trained adapter attached (ready to ``encode``).
+        metrics: The content of ``eval.json`` (None without ``eval.data``, and on every
+            process but the main one).
+        output_dir: The saved artifact (None on every process but the main one).
+        train: The loop's step history and view statistics.
+    """
+
+    encoder: Encoder
+    metrics: dict[str, Any] | None
+    output_dir: Path | None
+    train: TrainResult
+
+
+def prepare(recipe: Recipe, *, encoder: Encoder | None = None,
+            documents: list[str] | None = None, evaluate: bool = True) -> TrainingJob:
+    """Everything before the first optimizer step.
+
+    Makes a fresh accelerator (so several runs can follow each other in one process),
+    seeds every RNG, holds out ``eval.data``'s labelled sample, reads the training
+    documents, loads the encoder, measures the base model's kNN on the held-out sample and
+    attaches the top-k adapter with the objective's model switches.
+
+    Args:
+        recipe: The resolved recipe.
+        encoder: An encoder already loaded (its ``model`` gets the adapter), instead of
+            loading ``recipe.model``; for callers that train many adapters on one base.
+        documents: Training documents already in memory, instead of reading ``data.train``
+            (held-out documents are still left out).
+        evaluate: Measure the base now and the adapter in :func:`finish`. False still
+            leaves the held-out documents out of training.
+
+    Raises:
+        ConfigError, DataError, ModelNotFoundError: Bad recipe, data, or model.
+    """
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(recipe)
+    set_seed(recipe.seed, device_specific=True)
+    accelerator.print(f"Resolved recipe:\n---\n{recipe.to_yaml()}---")
+    held_out = load_eval_set(recipe.eval, recipe.seed)
+    docs = training_documents(recipe, held_out, documents)
+    accelerator.print(f"Training on {len(docs)} documents from {recipe.data.train}"
+                      + (f"; {len(held_out.texts)} held out for kNN" if held_out else ""))
+
+    if encoder is None:
+        encoder = load_encoder(recipe.model, device=accelerator.device)
+    accelerator.print(f"Base model: {encoder.resolved.hub_id} from {encoder.resolved.source}"
+                      if encoder.resolved else "Base model: given in memory")
+    base, cache, top_k = None, [], recipe.adapter.top_k
+    if held_out is not None and evaluate and accelerator.is_main_process:
+        # keep block L-k's inputs: the adapted pass in finish() reuses them
+        vectors, cache = encode_with_cache(encoder, held_out.texts, top_k,
+                                           recipe.eval.batch_size, "embed (base)")
+        base = evaluate_knn(vectors, held_out, recipe.eval)
+
+    base_model = encoder.model
+    for message in attach_for_training(encoder, recipe):
+        accelerator.print(message)
+    trainable, total = trainable_parameters(encoder.model)
+    accelerator.print(f"Trainable parameters: {trainable:,} of {total:,} "
+                      f"({recipe.adapter.kind}, top {recipe.adapter.top_k} layers)")
+    return TrainingJob(recipe, accelerator, encoder, base_model, docs, held_out, base, cache)
+
+
+def fit(job: TrainingJob) -> TrainResult:
+    """Run the job's ``train.max_steps`` optimizer steps (see :func:`train_adapter`)."""
+    return train_adapter(job.encoder, job.docs, job.recipe, job.accelerator, pairs=job.pairs)
+
+
+def finish(job: TrainingJob, result: TrainResult) -> RunResult:
+    """Measure the adapter, save the artifact, remove the checkpoints, print the table.
+
+    Only the main process measures and saves; the others wait for it and return a result
+    without metrics or folder.
+    """
+    recipe, accelerator = job.recipe, job.accelerator
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return RunResult(job.encoder, None, None, result)
+    metrics = None
+    if job.base is not None:
+        top_k = recipe.adapter.top_k
+        vectors = encode_from_cache(job.encoder, job.held_out.texts, job.eval_cache, top_k,
+                                    recipe.eval.batch_size,
+                                    f"embed (adapted, top {top_k} layers from cache)")
+        adapted = evaluate_knn(vectors, job.held_out, recipe.eval)
+        metrics = eval_report(job.base, adapted, job.held_out, recipe)
+    out_dir = save_artifact(job.encoder, recipe, result, job.base_model, metrics)
+    shutil.rmtree(checkpoint_root(recipe), ignore_errors=True)
+    print_report(metrics, folder_size(out_dir), out_dir, result.view_stats)
+    return RunResult(job.encoder, metrics, out_dir, result)
+
+
+def run(recipe: Recipe) -> RunResult:
+    """Train, evaluate and save the adapter a recipe describes: :func:`prepare`,
+    :func:`fit` and :func:`finish` in order.
+
+    Raises:
+        ConfigError, DataError, ModelNotFoundError: Bad recipe, data, or model.
+    """
+    job = prepare(recipe)
+    return finish(job, fit(job))
+
+
+# ---------------------------------------------------------------------------------------
+# The artifact.
 
 
 def artifact_metadata(encoder: Encoder, recipe: Recipe, result: TrainResult, base_model) -> dict:
@@ -291,138 +421,6 @@ def artifact_metadata(encoder: Encoder, recipe: Recipe, result: TrainResult, bas
         "view_stats": asdict(result.view_stats),
         "final_loss": result.history[-1]["loss"] if result.history else None,
     }
-
-
-def print_report(metrics: dict | None, size: int, out_dir: Path, stats: ViewStats) -> None:
-    """The before/after table, saying plainly when the adapter is worse than its base."""
-    print(f"\nSaved {out_dir} ({size / 1024:.0f} KB)")
-    print(f"Views (main process): {stats.sentence_crops} sentence crops, "
-          f"{stats.token_span_fallbacks} short "
-          f"documents fell back to word-span crops, {stats.dropped_empty} empty dropped.")
-    if metrics is None:
-        print("No eval.data in the recipe: nothing measured.")
-        return
-    base, adapted = metrics["base"]["knn_accuracy"], metrics["adapted"]["knn_accuracy"]
-    d = metrics["delta"]
-    print(f"\n{metrics['protocol']}\n")
-    print(f"  {'model':<10}{'kNN accuracy':>14}")
-    print(f"  {'base':<10}{base:>14.4f}")
-    print(f"  {'adapted':<10}{adapted:>14.4f}")
-    ci = f"95% CI [{d['ci95_low']:+.4f}, {d['ci95_high']:+.4f}]"
-    print(f"  {'delta':<10}{d['delta']:>+14.4f}   {ci}")
-    if d["ci95_high"] < 0:
-        print("\nWARNING: the adapter is WORSE than its base on held-out documents. "
-              "Do not use it; see the README on when self-supervised training helps.")
-    elif d["ci95_low"] <= 0:
-        print("\nNote: the difference is within noise (the 95% CI includes 0).")
-    else:
-        print("\nThe adapter is better than its base beyond noise.")
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 / AMX), per oneDNN.
-
-    Without it (e.g. AVX2-only CPUs) torch runs bf16 matmuls in a slow fallback. A torch
-    build without oneDNN cannot tell: then this answers True (no warning on a guess).
-    """
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return True
-
-
-def make_accelerator(recipe: Recipe):
-    """An ``Accelerator`` for the recipe.
-
-    Refuses fp16 on CPU, where it silently runs fp32, and warns about bf16 on a CPU without
-    native bf16 matmuls, where a step is many times slower than in fp32.
-    """
-    from accelerate import Accelerator
-
-    cfg = recipe.train
-    on_cpu = cfg.cpu or not torch.cuda.is_available()
-    if cfg.mixed_precision == "fp16" and on_cpu:
-        raise ConfigError(
-            "train.mixed_precision=fp16 on CPU silently runs in fp32; use no (or bf16 on a "
-            "CPU with AVX512-BF16 or AMX)."
-        )
-    if cfg.mixed_precision == "bf16" and on_cpu and not cpu_has_fast_bf16():
-        log.warning(
-            "train.mixed_precision=bf16 on a CPU without native bf16 matmuls (no AVX512-BF16 "
-            "or AMX): torch falls back to slow kernels and a training step can be 10-20x "
-            "slower than fp32 (README, 'Speed and memory'). Set train.mixed_precision=no here."
-        )
-    return Accelerator(
-        cpu=cfg.cpu, mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.grad_accum_steps,
-    )
-
-
-def attach_for_training(encoder: Encoder, recipe: Recipe) -> list[str]:
-    """Attach the recipe's adapter with the dropout its objective wants; say what changed.
-
-    ``objective.model_dropout: false`` switches the model's own dropout off *before* the
-    adapter is attached (so ``adapter.dropout`` is kept); the ``dropout`` objective switches
-    dropout on where the model has none, adapter included.
-    """
-    messages = []
-    if not recipe.objective.model_dropout:
-        changed = disable_dropout(encoder.model)
-        messages.append(f"objective.model_dropout=false: switched dropout off in {changed} "
-                        "places.")
-    attach(encoder, recipe.adapter)
-    if recipe.objective.kind == "dropout":
-        changed = enable_dropout(encoder.model, recipe.objective.dropout)
-        messages.append(f"Dropout objective: switched dropout on in {changed} places.")
-    return messages
-
-
-def run(recipe: Recipe) -> dict[str, Any]:
-    """Train, evaluate and save the adapter a recipe describes; return ``eval.json``'s content.
-
-    Raises:
-        ConfigError, DataError, ModelNotFoundError: Bad recipe, data, or model.
-    """
-    from accelerate.utils import set_seed
-
-    accelerator = make_accelerator(recipe)
-    set_seed(recipe.seed, device_specific=True)
-    accelerator.print(f"Resolved recipe:\n---\n{recipe.to_yaml()}---")
-    held_out = load_eval_set(recipe.eval, recipe.seed)
-    docs = training_documents(recipe, held_out)
-    accelerator.print(f"Training on {len(docs)} documents from {recipe.data.train}"
-                      + (f"; {len(held_out.texts)} held out for kNN" if held_out else ""))
-
-    encoder = load_encoder(recipe.model, device=accelerator.device)
-    accelerator.print(f"Base model: {encoder.resolved.hub_id} from {encoder.resolved.source}")
-    main = accelerator.is_main_process
-    base, cache, top_k = None, [], recipe.adapter.top_k
-    if held_out is not None and main:  # keep block L-k's inputs: the adapted pass reuses them
-        vectors, cache = encode_with_cache(encoder, held_out.texts, top_k,
-                                           recipe.eval.batch_size, "embed (base)")
-        base = evaluate_knn(vectors, held_out, recipe.eval)
-
-    base_model = encoder.model
-    for message in attach_for_training(encoder, recipe):
-        accelerator.print(message)
-    trainable, total = trainable_parameters(encoder.model)
-    accelerator.print(f"Trainable parameters: {trainable:,} of {total:,} "
-                      f"({recipe.adapter.kind}, top {recipe.adapter.top_k} layers)")
-
-    result = train_adapter(encoder, docs, recipe, accelerator)
-    accelerator.wait_for_everyone()
-    if not main:
-        return {}
-    metrics = None
-    if held_out is not None:
-        vectors = encode_from_cache(encoder, held_out.texts, cache, top_k, recipe.eval.batch_size,
-                                    f"embed (adapted, top {top_k} layers from cache)")
-        adapted = evaluate_knn(vectors, held_out, recipe.eval)
-        metrics = eval_report(base, adapted, held_out, recipe)
-    out_dir = save_artifact(encoder, recipe, result, base_model, metrics)
-    shutil.rmtree(checkpoint_root(recipe), ignore_errors=True)
-    print_report(metrics, folder_size(out_dir), out_dir, result.view_stats)
-    return metrics or {}
 
 
 def save_artifact(encoder: Encoder, recipe: Recipe, result: TrainResult, base_model,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +22,8 @@ from torch.utils.data import Dataset
 from lastlayer.config import ConfigError, ObjectiveConfig, Recipe
 from lastlayer.core.encoder import Encoder
 from lastlayer.training.cache import CachedViews, cache_views, embed_top_k, pad_cached
-from lastlayer.training.views import VIEW_MAKERS, ViewStats
+from lastlayer.training.objectives import objective_for
+from lastlayer.training.views import ViewStats
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +45,6 @@ class DocumentStream(Dataset):
         return self.docs[self.order[i]]
 
 
-def view_kwargs(cfg: ObjectiveConfig) -> dict[str, Any]:
-    """The recipe's objective settings, as the keyword arguments of its view maker."""
-    if cfg.kind == "span":
-        return {"min_ratio": cfg.span_min_ratio, "max_ratio": cfg.span_max_ratio}
-    return {
-        "sentences_per_crop": cfg.sentences_per_crop,
-        "min_chars": cfg.min_sentence_chars,
-        "max_chars": cfg.max_sentence_chars,
-    }
-
-
 class PairStream(Dataset):
     """Positive pairs: item ``i`` is two views of the ``i``-th document of a ``DocumentStream``.
 
@@ -66,8 +55,8 @@ class PairStream(Dataset):
 
     def __init__(self, docs: DocumentStream, objective: ObjectiveConfig, seed: int) -> None:
         self.docs, self.objective, self.seed = docs, objective, seed
-        self.make = VIEW_MAKERS[objective.kind]
-        self.kwargs = view_kwargs(objective)
+        self.make = objective_for(objective).view_maker
+        self.kwargs = objective_for(objective).view_kwargs(objective)
         self.stats = ViewStats()
 
     def __len__(self) -> int:
@@ -135,7 +124,8 @@ def cached_pair_stream(
     Exact for the crop and span objectives up to the choice of pairs (epochs over a fixed
     set instead of fresh crops every step) and dropout: the bottom layers run once, in eval
     mode, so dropout only acts in the top-k blocks (this weakens the dropout objective).
-    When the two views of every pair are the same text (dropout), they are cached once.
+    When the objective's two views are the same text (``same_text``: dropout), they are
+    cached once.
 
     Args:
         k: Cache the inputs of block L−k (default: the adapter's ``top_k``). A larger ``k``
@@ -153,7 +143,7 @@ def cached_pair_stream(
                        recipe.seed)
     pairs = [fresh[i] for i in range(len(fresh))]
     dtype = getattr(torch, cfg.cache_dtype)
-    sides = (0,) if all(a == b for a, b in pairs) else (0, 1)
+    sides = (0,) if objective_for(recipe.objective).same_text else (0, 1)
     views = [cache_views(encoder, [pair[side] for pair in pairs], k, cfg.batch_size, dtype,
                          desc=f"cache view {side + 1} (bottom layers)", folder=cfg.cache_dir)
              for side in sides]

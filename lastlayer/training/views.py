@@ -9,6 +9,9 @@ Views (strings, so they are independent of the tokenizer):
 - ``dropout``: one crop passed twice; the model's dropout (train mode) makes the two
   embeddings differ (SimCSE). Decoder LMs need dropout switched on for this
   (``lastlayer.training.objectives``).
+
+Which maker an ``objective.kind`` uses, and with which settings, is said once, by its
+objective in ``lastlayer.training.objectives.OBJECTIVES``; ``make_views`` lives there too.
 """
 
 from __future__ import annotations
@@ -16,12 +19,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # torch is imported lazily: the CLI imports this module for its menus
-    pass
 
 # A sentence ends at . ! or ? followed by whitespace and then an ASCII uppercase letter, a
 # digit, a quote or an opening bracket. Deliberately simple: it misses lowercase starts and
@@ -42,7 +40,7 @@ class ViewStats:
         sentence_crops: Documents whose views are sentence-unit crops.
         token_span_fallbacks: ``crop`` documents too short for two different sentence
             crops, which got word-span views instead (:func:`span_views`).
-        dropped_empty: Empty (or whitespace-only) documents skipped by :func:`make_views`.
+        dropped_empty: Empty (or whitespace-only) documents skipped by ``make_views``.
         whole_doc_fallbacks: ``dropout`` documents with fewer units than one crop needs,
             whose view is the start of the document.
     """
@@ -295,44 +293,3 @@ def _head(doc: str, limit: int) -> str:
 def _check_doc(doc: str) -> None:
     if not isinstance(doc, str) or not doc.strip():
         raise ValueError("cannot make views of an empty document (make_views skips them)")
-
-
-VIEW_MAKERS: dict[str, Callable[..., tuple[str, str]]] = {
-    "crop": crop_views,
-    "span": span_views,
-    "dropout": dropout_views,
-}
-"""The recipe's closed menu of view kinds (``objective.kind``-style keys)."""
-
-
-def make_views(
-    kind: str, docs: list[str], rng: random.Random, **kwargs
-) -> tuple[list[str], list[str], ViewStats]:
-    """Make a batch of positive pairs.
-
-    Args:
-        kind: A key of :data:`VIEW_MAKERS`.
-        docs: Documents; empty or whitespace-only ones are dropped and counted.
-        rng: Source of randomness, shared across the batch (documents are visited in order,
-            so a seeded ``rng`` gives the same views every run).
-        **kwargs: Passed on to the view maker (e.g. ``sentences_per_crop``).
-
-    Returns:
-        ``(views_a, views_b, stats)``; ``views_a[i]`` and ``views_b[i]`` come from the same
-        document, so the pair lists may be shorter than ``docs``.
-    """
-    if kind not in VIEW_MAKERS:
-        raise ValueError(f"unknown view kind {kind!r}; choose one of {sorted(VIEW_MAKERS)}")
-    maker = VIEW_MAKERS[kind]
-    stats = ViewStats()
-    views_a: list[str] = []
-    views_b: list[str] = []
-    for doc in docs:
-        if not isinstance(doc, str) or not doc.strip():
-            stats.dropped_empty += 1
-            continue
-        a, b = maker(doc, rng, stats=stats, **kwargs)
-        views_a.append(a)
-        views_b.append(b)
-    return views_a, views_b, stats
-

@@ -1,26 +1,33 @@
-"""Views, enable_/disable_dropout and info_nce: deterministic, on real abstracts and tiny
-tensors."""
+"""Views, the objectives registry, enable_/disable_dropout and info_nce: deterministic, on
+real abstracts and tiny tensors."""
 
 from __future__ import annotations
 
 import gzip
+import inspect
 import json
 import math
 import random
+import typing
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from lastlayer.config import AdapterConfig, DataConfig, ObjectiveConfig, ObjectiveKind, Recipe
 from lastlayer.training.loss import info_nce
-from lastlayer.training.objectives import disable_dropout, enable_dropout
+from lastlayer.training.objectives import (
+    OBJECTIVES,
+    disable_dropout,
+    enable_dropout,
+    make_views,
+    objective_for,
+)
 from lastlayer.training.views import (
-    VIEW_MAKERS,
     ViewStats,
     crop_views,
     dropout_views,
-    make_views,
     span_views,
     split_sentences,
 )
@@ -218,9 +225,8 @@ def test_dropout_short_doc_uses_start_of_doc():
 
 
 def test_make_views_registry_and_empty_docs(abstracts):
-    assert set(VIEW_MAKERS) == {"crop", "span", "dropout"}
     docs = [abstracts[0], "", "   ", abstracts[1]]
-    for kind in VIEW_MAKERS:
+    for kind in OBJECTIVES:
         a, b, stats = make_views(kind, docs, random.Random(0))
         assert len(a) == len(b) == 2
         assert stats.dropped_empty == 2 and stats.documents == 2
@@ -235,6 +241,87 @@ def test_make_views_registry_and_empty_docs(abstracts):
         make_views("mask", docs, random.Random(0))
     with pytest.raises(ValueError, match="empty document"):
         crop_views("  ", random.Random(0))
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def test_registry_is_the_recipes_menu():
+    """One objective per ``objective.kind`` the recipe accepts, and no other."""
+    assert list(OBJECTIVES) == list(typing.get_args(ObjectiveKind))
+    for kind, objective in OBJECTIVES.items():
+        assert objective.kind == kind and objective_for(ObjectiveConfig(kind=kind)) is objective
+
+
+@pytest.mark.parametrize("kind", typing.get_args(ObjectiveKind))
+def test_view_kwargs_are_the_makers_and_follow_the_recipe(kind, abstracts):
+    objective = OBJECTIVES[kind]
+    cfg = ObjectiveConfig(kind=kind, sentences_per_crop=1, min_sentence_chars=50,
+                          max_sentence_chars=120, span_min_ratio=0.2, span_max_ratio=0.2)
+    kwargs = objective.view_kwargs(cfg)
+    inspect.signature(objective.view_maker).bind("doc", random.Random(0), **kwargs)
+    doc = abstracts[3]
+    a, b = objective.view_maker(doc, random.Random(0), **kwargs)
+    if kind == "span":  # 20 % of the words, exactly
+        assert len(a.split()) == len(b.split()) == int(len(doc.split()[:256]) * 0.2)
+    else:  # one sentence unit of at most 120 characters
+        assert a in split_sentences(doc, 50, 120)
+
+
+@pytest.mark.parametrize("kind", typing.get_args(ObjectiveKind))
+def test_same_text_says_what_the_views_are(kind, abstracts):
+    """The cache trusts ``same_text`` to store one set of states: it must be the truth."""
+    objective = OBJECTIVES[kind]
+    cfg = ObjectiveConfig(kind=kind)
+    rng = random.Random(0)
+    pairs = [objective.view_maker(doc, rng, **objective.view_kwargs(cfg))
+             for doc in abstracts[:50]]
+    identical = sum(a == b for a, b in pairs)
+    assert identical == (50 if objective.same_text else identical)
+    if not objective.same_text:
+        assert identical < 25
+
+
+def _attach(model, objective: str, *overrides):
+    from tiny import tiny_tokenizer
+
+    from lastlayer.core.encoder import Encoder
+    from lastlayer.training.loop import attach_for_training
+
+    recipe = Recipe(adapter=AdapterConfig(top_k=1, dropout=0.2),
+                    objective=ObjectiveConfig(kind=objective, **dict(overrides)),
+                    data=DataConfig(train="unused"), output_dir="unused")
+    encoder = Encoder(model, tiny_tokenizer(), pooling="mean")
+    messages = attach_for_training(encoder, recipe)
+    rates = {name: m.p for name, m in encoder.model.named_modules()
+             if isinstance(m, torch.nn.Dropout)}
+    rates |= {f"{name}.attention_dropout": m.attention_dropout
+              for name, m in encoder.model.named_modules() if hasattr(m, "attention_dropout")}
+    return messages, rates
+
+
+def test_crop_without_model_dropout_keeps_the_adapters_dropout():
+    from tiny import tiny_model
+
+    messages, rates = _attach(tiny_model("bert", num_layers=2), "crop", ("model_dropout", False))
+    assert messages == ["objective.model_dropout=false: switched dropout off in 7 places."]
+    lora = {name: p for name, p in rates.items() if "lora_dropout" in name}
+    assert lora and set(lora.values()) == {0.2}  # switched off before the adapter went on
+    assert {p for name, p in rates.items() if name not in lora} == {0.0}
+    # kept on: nothing switched
+    messages, rates = _attach(tiny_model("bert", num_layers=2), "span")
+    assert messages == [] and 0.1 in rates.values()
+
+
+def test_dropout_objective_switches_dropout_on_after_the_adapter():
+    from tiny import tiny_model
+
+    messages, rates = _attach(tiny_model("llama", num_layers=2), "dropout", ("dropout", 0.3))
+    # each layer's attention_dropout (module and config: 3 places), LoRA dropout kept
+    assert messages == ["Dropout objective: switched dropout on in 3 places."]
+    attention = {p for name, p in rates.items() if name.endswith(".attention_dropout")}
+    assert attention == {0.3}
+    assert {p for name, p in rates.items() if "lora_dropout" in name} == {0.2}
 
 
 # ------------------------------------------------------------------------- enable_dropout

@@ -58,25 +58,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from lastlayer.config import EvalConfig, Recipe, load_recipe
-from lastlayer.core.adapters import attach
+from lastlayer.config import DataConfig, EvalConfig, Recipe, load_recipe
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.split import encode_from_cache, encode_with_cache
-from lastlayer.corpus import read_texts
-from lastlayer.evaluation.datasets import read_beir
+from lastlayer.evaluation.datasets import EvalSet, load_eval_set, read_beir
 from lastlayer.evaluation.metrics import KnnResult, knn_accuracy, paired_delta
 from lastlayer.evaluation.suite import retrieval_task
 from lastlayer.training.cache import CachedViews
-from lastlayer.training.loop import (
-    EvalSet,
-    eval_report,
-    load_eval_set,
-    make_accelerator,
-    save_artifact,
-    train_adapter,
-)
-from lastlayer.training.objectives import enable_dropout
+from lastlayer.training.loop import fit, prepare, save_artifact, training_documents
 from lastlayer.training.pairs import CachedPairStream, cached_pair_stream
+from lastlayer.training.report import eval_report
 from lastlayer.training.views import ViewStats
 
 log = logging.getLogger("findings")
@@ -223,10 +214,11 @@ def eval_data(dataset: str, data_root: Path) -> EvalData:
     if path.is_dir():  # BEIR: train on the whole corpus text, score the test queries
         task = retrieval_task(path, "test", max_docs=EVAL_DOCS, seed=EVAL_SEED)
         return EvalData(task.docs + task.queries, task=task, train_docs=read_beir(path).docs)
-    held: EvalSet = load_eval_set(EvalConfig(data=str(path), max_docs=EVAL_DOCS), EVAL_SEED)
-    excluded = set(held.texts)
-    train_docs = [d for d in read_texts(path) if d not in excluded]
-    return EvalData(held.texts, labels=held.labels, train_docs=train_docs)
+    cfg = EvalConfig(data=str(path), max_docs=EVAL_DOCS)
+    held: EvalSet = load_eval_set(cfg, EVAL_SEED)
+    recipe = Recipe(data=DataConfig(train=str(path)), eval=cfg, seed=EVAL_SEED,
+                    output_dir="unused")
+    return EvalData(held.texts, labels=held.labels, train_docs=training_documents(recipe, held))
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,20 +313,18 @@ class Group:
 
     def train(self, run: Run) -> dict[str, Any]:
         """Train one run from a fresh copy of the base and score it; return its row."""
-        from accelerate.utils import set_seed
-
         recipe = recipe_of(run, self.data_root)
         start = time.perf_counter()
         pairs = self.pairs(run, recipe) if run.cached else None
         cache_s = time.perf_counter() - start
-        set_seed(run.seed)
         self.encoder.model = copy.deepcopy(self.base_model)
-        attach(self.encoder, recipe.adapter)
-        if run.objective == "dropout":
-            enable_dropout(self.encoder.model, recipe.objective.dropout)
+        # lastlayer's own steps on the shared base: the adapter with its objective's model
+        # switches, then the loop; the base was measured once for the whole group.
+        job = prepare(recipe, encoder=self.encoder, documents=self.data.train_docs,
+                      evaluate=False)
+        job.pairs = pairs
         start = time.perf_counter()
-        result = train_adapter(self.encoder, self.data.train_docs, recipe,
-                               make_accelerator(recipe), pairs=pairs)
+        result = fit(job)
         train_s = time.perf_counter() - start
         if run.k <= self.spec.cache_k:
             vectors = encode_from_cache(self.encoder, self.data.texts, self.eval_cache,

@@ -18,7 +18,7 @@ sentence-transformers       full-nodrop     the same with the model's dropout sw
                                             (``lastlayer.training.objectives.disable_dropout``)
 sentence-transformers       lora-all        the same with ``model.add_adapter(LoraConfig)``
                                             on every linear layer of every block (PEFT)
-lastlayer                   lora-top2       ``lastlayer.training.loop.train_adapter``: LoRA on the
+lastlayer                   lora-top2       ``lastlayer.training.loop.fit``: LoRA on the
                                             top-2 blocks, fresh views every step
 lastlayer                   full-top2       the same, top-2 blocks unfrozen
 lastlayer                   lora-top2-      ``train.cached_pairs``: the pairs' block-(L-2)
@@ -33,7 +33,7 @@ lastlayer                   lora-top2-      the same with ``objective.model_drop
                             nodrop          kernel runs and keeps no attention maps
 ==========================  ==============  ==============================================
 
-lastlayer is timed *as shipped*: its real Accelerate loop (``train_adapter``) runs, and a
+lastlayer is timed *as shipped*: its real Accelerate loop (``fit``) runs, and a
 global optimizer step hook (``torch.optim.optimizer.register_optimizer_step_post_hook``)
 stamps the end of every step; the sentence-transformers loop is timed by the same hook. A
 step's time is the wall time between two consecutive optimizer steps (data, tokenization,
@@ -214,16 +214,17 @@ def _sync() -> None:
 
 
 def load_data(spec: dict[str, Any]):
-    """``(held_out EvalSet, training documents)``: held-out docs are never trained on."""
-    from lastlayer.config import EvalConfig
-    from lastlayer.corpus import read_texts
-    from lastlayer.training.loop import load_eval_set
+    """``(held_out EvalSet, training documents)``: held-out docs are never trained on, and
+    both are chosen exactly as ``lastlayer train`` chooses them for this data and seed."""
+    from lastlayer.config import DataConfig, EvalConfig, Recipe
+    from lastlayer.evaluation.datasets import load_eval_set
+    from lastlayer.training.loop import training_documents
 
-    held_out = load_eval_set(EvalConfig(data=spec["data"], max_docs=spec["eval_docs"]),
-                             spec["seed"])
-    excluded = set(held_out.texts)
-    docs = [d for d in read_texts(spec["data"]) if d not in excluded]
-    return held_out, docs
+    cfg = EvalConfig(data=spec["data"], max_docs=spec["eval_docs"])
+    held_out = load_eval_set(cfg, spec["seed"])
+    recipe = Recipe(data=DataConfig(train=spec["data"]), eval=cfg, seed=spec["seed"],
+                    output_dir="unused")
+    return held_out, training_documents(recipe, held_out)
 
 
 def pair_stream(docs: list[str], total_pairs: int, seed: int):
@@ -356,8 +357,8 @@ def run_sentence_transformers(spec: dict[str, Any], docs: list[str], held_out) -
 
 
 def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, Any]:
-    """``lastlayer.training.loop.train_adapter`` (the shipped loop) on a top-k adapter."""
-    import lastlayer.training.loop as ll_train
+    """lastlayer's shipped steps (``prepare``, then ``fit``: its real Accelerate loop) on a
+    top-k adapter; its cache, when the mode has one, is built and timed in between."""
     from lastlayer.config import (
         AdapterConfig,
         DataConfig,
@@ -366,7 +367,7 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
         Recipe,
         TrainConfig,
     )
-    from lastlayer.core.encoder import load_encoder
+    from lastlayer.training.loop import fit, prepare
     from lastlayer.training.pairs import cached_pair_stream
 
     mode, k = spec["mode"], spec["top_k"]
@@ -392,24 +393,23 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
             objective=ObjectiveConfig(model_dropout=not mode.endswith("-nodrop")),
             seed=spec["seed"], output_dir=str(Path(tmp) / "adapter"),
         )
-        from accelerate.utils import set_seed
-
-        accelerator = ll_train.make_accelerator(recipe)
-        set_seed(recipe.seed)
-        encoder = load_encoder(recipe.model, device=accelerator.device)
-        ll_train.attach_for_training(encoder, recipe)
+        # no eval.data: the held-out documents are already out of ``docs``, and the kNN
+        # below is measured the same way for every system
+        job = prepare(recipe, documents=docs)
+        encoder = job.encoder
         params = [p for p in encoder.model.parameters() if p.requires_grad]
         measured = _loaded(params, encoder.model.parameters())
-        pairs, start = None, time.perf_counter()
+        start = time.perf_counter()
         if cached:  # built here, outside the timed steps, and reported as cache_s
-            pairs = cached_pair_stream(encoder, docs, recipe, total_pairs, spec["batch_size"])
+            job.pairs = cached_pair_stream(encoder, job.docs, recipe, total_pairs,
+                                           spec["batch_size"])
             measured["cache_s"] = time.perf_counter() - start
             measured["cache_pairs"] = total_pairs
-            measured["cache_mb"] = pairs.nbytes() / 2**20
+            measured["cache_mb"] = job.pairs.nbytes() / 2**20
             measured["cache_peak_rss_mb"] = peak_rss_mb()  # then training's own peak
             measured["peak_reset"] = measured["peak_reset"] and reset_peak_rss()
         with StepClock() as clock:
-            result = ll_train.train_adapter(encoder, docs, recipe, accelerator, pairs=pairs)
+            result = fit(job)
     losses = [h["loss"] for h in result.history]
     measured.update(_trained(clock, losses, result.view_stats, clock.step_times()))
     if spec["eval"]:

@@ -36,7 +36,7 @@ from lastlayer.config import AdapterConfig
 from lastlayer.core.adapters import attach
 from lastlayer.core.encoder import Encoder
 from lastlayer.training.loss import info_nce
-from lastlayer.training.views import make_views
+from lastlayer.training.objectives import make_views
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"

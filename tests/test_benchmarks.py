@@ -43,13 +43,27 @@ def _spec(speed, folder: Path, system: str, mode: str, evaluate: bool = False) -
     return {**spec, "eval": evaluate}
 
 
-def test_plan_covers_every_system(speed):
-    assert speed.plan(quick=True) == [
-        ("sentence-transformers", "full"), ("lastlayer", "lora-top2"),
-        ("lastlayer", "lora-top2-cached-grouped")]
-    assert {m for _, m in speed.plan(quick=False)} == {
-        "full", "full-nodrop", "lora-all", "lora-top2", "full-top2", "lora-top2-cached",
-        "lora-top2-cached-grouped", "lora-top2-cached-grouped-nodrop"}
+@pytest.mark.parametrize("top_k", [2, 3])
+def test_plan_covers_every_system(speed, top_k):
+    full, quick = speed.plan(quick=False, top_k=top_k), speed.plan(quick=True, top_k=top_k)
+    for plan in (full, quick):
+        assert len(set(plan)) == len(plan), "a mode measured twice"
+        assert {system for system, _ in plan} == {speed.ST, speed.LL}
+        assert plan[0][0] == speed.ST  # the baseline leads every interleaved round
+        for system, mode in plan:  # lastlayer's modes say which blocks they train
+            assert (f"-top{top_k}" in mode) is (system == speed.LL)
+    # --quick keeps the full run's order, with the baseline, lastlayer's plain mode and one
+    # cached mode: the comparisons quoted in the README
+    assert quick == [pair for pair in full if pair in quick]
+    assert (speed.LL, f"lora-top{top_k}") in quick
+    assert any(mode.startswith(f"lora-top{top_k}-cached") for _, mode in quick)
+    # every lastlayer mode trains the same adapter under different settings; the plain
+    # mode comes first, so the others read as "the same, plus ..."
+    modes = [mode for system, mode in full if system == speed.LL]
+    assert modes[0] == f"lora-top{top_k}"
+    assert all(m.startswith(("lora-top", "full-top")) for m in modes)
+    baselines = [pair for pair in full if pair[0] == speed.ST]  # they train every block
+    assert baselines == [pair for pair in speed.plan(quick=False, top_k=1) if pair[0] == speed.ST]
 
 
 def test_measure_every_mode_on_a_tiny_model(speed, saved_models):
@@ -210,3 +224,21 @@ def test_findings_plan_answers_the_three_questions_first():
         assert not run.cached or run.k <= module.MODELS[run.model].cache_k
     seeds = {(r.model, r.seed) for r in plan if r.kind == "full" and r.k == 4}
     assert {("smollm2", 42), ("smollm2", 43)} <= seeds
+    # crop vs dropout is a fair comparison: every dropout run has a crop twin with the same
+    # model, data, adapter, lr, seed, views (cached or not) and budget
+    keys = {(r.model, r.dataset, r.kind, r.k, r.lr, r.seed, r.cached, r.steps, r.batch_size,
+             r.objective) for r in plan}
+    for run in plan:
+        if run.objective == "dropout":
+            twin = (run.model, run.dataset, run.kind, run.k, run.lr, run.seed, run.cached,
+                    run.steps, run.batch_size, "crop")
+            assert twin in keys, run
+    # every headline comparison (model default kind, cached, every data set, both
+    # objectives) is measured at every seed, so the spread is known
+    for name, spec in module.MODELS.items():
+        headline = [r for r in plan if r.model == name and r.kind == spec.kind
+                    and r.k == spec.cache_k and r.cached]
+        by_cell: dict[tuple, set[int]] = {}
+        for r in headline:
+            by_cell.setdefault((r.dataset, r.objective), set()).add(r.seed)
+        assert by_cell and all(seeds == set(module.SEEDS) for seeds in by_cell.values()), name

@@ -33,7 +33,7 @@ def test_minilm_trains_and_its_artifact_round_trips(tmp_path):
         f"data.train={corpus}", f"eval.data={corpus}", "eval.max_docs=100", "train.max_steps=3",
         "train.batch_size=16", "train.lr=1e-3", "model.max_length=64", f"output_dir={out}",
     ])
-    metrics = run(recipe)
+    metrics = run(recipe).metrics
     assert 0.0 < metrics["base"]["knn_accuracy"] <= 1.0
     peft_config = json.loads((out / "adapter_config.json").read_text())
     assert peft_config["base_model_name_or_path"] == MINILM

@@ -314,9 +314,10 @@ def prepare(recipe: Recipe, *, encoder: Encoder | None = None,
         encoder: An encoder already loaded (its ``model`` gets the adapter), instead of
             loading ``recipe.model``; for callers that train many adapters on one base.
         documents: Training documents already in memory, instead of reading ``data.train``
-            (held-out documents are still left out).
-        evaluate: Measure the base now and the adapter in :func:`finish`. False still
-            leaves the held-out documents out of training.
+            (the held-out ones are still left out when ``evaluate`` is on).
+        evaluate: Hold out ``eval.data``'s sample, measure the base now and the adapter in
+            :func:`finish`. False skips the sample altogether (nothing measured, nothing
+            read from ``eval.data``): pass ``documents`` that already leave it out.
 
     Raises:
         ConfigError, DataError, ModelNotFoundError: Bad recipe, data, or model.
@@ -326,7 +327,7 @@ def prepare(recipe: Recipe, *, encoder: Encoder | None = None,
     accelerator = make_accelerator(recipe)
     set_seed(recipe.seed, device_specific=True)
     accelerator.print(f"Resolved recipe:\n---\n{recipe.to_yaml()}---")
-    held_out = load_eval_set(recipe.eval, recipe.seed)
+    held_out = load_eval_set(recipe.eval, recipe.seed) if evaluate else None
     docs = training_documents(recipe, held_out, documents)
     accelerator.print(f"Training on {len(docs)} documents from {recipe.data.train}"
                       + (f"; {len(held_out.texts)} held out for kNN" if held_out else ""))
@@ -336,7 +337,7 @@ def prepare(recipe: Recipe, *, encoder: Encoder | None = None,
     accelerator.print(f"Base model: {encoder.resolved.hub_id} from {encoder.resolved.source}"
                       if encoder.resolved else "Base model: given in memory")
     base, cache, top_k = None, [], recipe.adapter.top_k
-    if held_out is not None and evaluate and accelerator.is_main_process:
+    if held_out is not None and accelerator.is_main_process:
         # keep block L-k's inputs: the adapted pass in finish() reuses them
         vectors, cache = encode_with_cache(encoder, held_out.texts, top_k,
                                            recipe.eval.batch_size, "embed (base)")

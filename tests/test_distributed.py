@@ -122,3 +122,104 @@ def test_padding_each_half_separately_changes_nothing(runs):
     # halves = [A rows 0-3, A rows 4-7, B rows 0-3, B rows 4-7]; whole = [A, B]
     assert any(h != whole[i // 2] for i, h in enumerate(halves)), "padding never differs"
     assert ref["pad_diff"] < 1e-5
+
+
+# ---------------------------------------------------------------------------------------
+# The real training command: `torchrun --nproc_per_node 2 -m lastlayer train` against one
+# process with the same global batch.
+
+CLI_STEPS, PER_PROCESS = 3, 4
+# Both runs see the same pairs in the same global batches and compute the same loss; they
+# differ only in rounding: each process pads and multiplies 4 rows instead of 8, and loss
+# and gradients are averaged over gloo (sum, then / 2) instead of inside one mean. Measured
+# (3 steps, lr 1e-3): losses agree to 7e-7; weights to 5e-7 (fresh views) and 6e-6
+# (cached). AdamW divides each gradient entry by its own RMS, so an entry whose gradient is
+# near 0 turns rounding into a visible step (at most lr = 1e-3 per step). The tolerances
+# keep 10-15x margin; a real difference (other pairs, local negatives: ~log 4 instead of
+# ~log 8, a missed gradient all-reduce) moves the losses by more than 1e-2.
+CLI_LOSS_ATOL, CLI_WEIGHT_ATOL = 1e-5, 1e-4
+
+
+def _corpus(folder: Path) -> Path:
+    import gzip
+
+    medical = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
+    with gzip.open(medical, "rt", encoding="utf-8") as src:
+        lines = [next(src) for _ in range(60)]
+    path = folder / "medical.jsonl"
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def _train_cmd(recipe: Path, out: Path, processes: int, *overrides: str) -> list[str]:
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+              str(processes), "--master_addr", "127.0.0.1", "--master_port",
+              str(_free_port())] if processes > 1 else [sys.executable]
+    batch = PER_PROCESS * 2 // processes  # the same global batch of 8 pairs
+    return [*launch, "-m", "lastlayer", "train", str(recipe), f"train.batch_size={batch}",
+            f"output_dir={out}", *overrides]
+
+
+@pytest.fixture(scope="module")
+def cli_runs(saved_models, tmp_path_factory) -> dict[tuple[str, int], Path]:
+    """Artifact folders of ``lastlayer train`` by (views, processes): fresh and cached views,
+    on 2 processes and on 1 with twice the batch. Pairs of runs go at once (2 cores)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text("\n".join([
+        f"model: {{name_or_path: {saved_models['bert']}, max_length: 48}}",
+        "adapter: {kind: lora, top_k: 2}",
+        # no dropout: its masks are drawn per process and could never match one process
+        "objective: {kind: crop, model_dropout: false}",
+        f"data: {{train: {_corpus(tmp)}}}",
+        f"train: {{max_steps: {CLI_STEPS}, lr: 1.0e-3, cpu: true}}",
+        "eval: {data: null}",
+        "seed: 0",
+        f"output_dir: {tmp / 'unused'}",
+    ]) + "\n", encoding="utf-8")
+    popen = {"cwd": ROOT, "env": _env(), "stdout": subprocess.PIPE,
+             "stderr": subprocess.STDOUT, "text": True}
+    outs = {}
+    for views, cached in (("fresh", "0"), ("cached", str(CLI_STEPS * 2 * PER_PROCESS))):
+        procs = {}
+        for processes in (2, 1):
+            out = tmp / f"{views}-{processes}"
+            cmd = _train_cmd(recipe, out, processes, f"train.cached_pairs={cached}")
+            procs[processes] = (cmd, subprocess.Popen(cmd, **popen))
+        for processes, (cmd, proc) in procs.items():
+            name = f"lastlayer train, {views} views, {processes} process(es)"
+            rc, output = _wait(name, proc)
+            if rc != 0 and "EADDRINUSE" in output:  # the free port was taken meanwhile
+                rc, output = _wait(name, subprocess.Popen(cmd, **popen))
+            out = tmp / f"{views}-{processes}"
+            if rc != 0 or not (out / "adapter_model.safetensors").is_file():
+                pytest.fail(f"{name} failed (exit {rc}); output:\n{output}")
+            outs[views, processes] = out
+    return outs
+
+
+@pytest.mark.parametrize("views", ["fresh", "cached"])
+def test_train_command_on_two_processes_matches_one(cli_runs, views):
+    import json
+
+    from safetensors.torch import load_file
+
+    two, one = cli_runs[views, 2], cli_runs[views, 1]
+    log_two = json.loads((two / "train_log.json").read_text())
+    log_one = json.loads((one / "train_log.json").read_text())
+    assert len(log_two) == len(log_one) == CLI_STEPS
+    for a, b in zip(log_two, log_one, strict=True):
+        assert a["step"] == b["step"] and a["lr"] == b["lr"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=CLI_LOSS_ATOL)
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
+    assert abs(log_one[0]["loss"] - log_one[-1]["loss"]) > 1e-2, "training moved nothing"
+
+    w_two = load_file(two / "adapter_model.safetensors")
+    w_one = load_file(one / "adapter_model.safetensors")
+    assert w_two.keys() == w_one.keys() and w_one
+    for name, tensor in w_one.items():
+        torch.testing.assert_close(w_two[name], tensor, rtol=0, atol=CLI_WEIGHT_ATOL,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+    meta = json.loads((two / "lastlayer.json").read_text())
+    assert meta["train_steps"] == CLI_STEPS
+    assert meta["view_stats"]["documents"] > 0

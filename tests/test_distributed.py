@@ -6,6 +6,11 @@ pairs, ``info_nce`` all-gathers embeddings with gradients and DDP averages the p
 gradients; run as one plain process it embeds all 8 pairs. If the negatives really are
 the global batch and the gather's backward is right, the loss and every trainable
 gradient are the same in both runs (LoRA and full kinds, plain and symmetric loss).
+
+The last test runs the real command, ``torchrun --nproc_per_node 2 -m lastlayer train``,
+on a tiny bert saved to disk, with fresh and with cached views, against ``lastlayer
+train`` in one process with twice the per-process batch (the same global batch): the
+saved loss history and adapter weights agree.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ Each :class:`Objective` in :data:`OBJECTIVES` knows its view maker and that make
 settings from the recipe, whether its two views are the same text (so cached pairs store
 one set of states), and what it switches on or off in the model around attaching the
 adapter (dropout, through :func:`enable_dropout` / :func:`disable_dropout`).
+
+Adding an objective: write its view maker (``lastlayer.training.views``), add its object
+to :data:`OBJECTIVES` (a subclass of :class:`Objective` if it needs other settings or
+model switches), and its name to ``config.ObjectiveKind``, the recipe's menu (a test
+checks that the two agree). Pairs, the cache and the loop ask the object, never the name.
 """
 
 from __future__ import annotations

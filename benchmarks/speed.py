@@ -268,7 +268,7 @@ def safetensors_copy(name: str) -> str:
     Runs in a worker (:func:`main` calls it through :func:`run_worker`).
     """
     from lastlayer.config import ModelConfig
-    from lastlayer.core.adapters import write_atomically
+    from lastlayer.artifact import write_atomically
     from lastlayer.core.encoder import load_encoder, resolve_model
 
     resolved = resolve_model(ModelConfig(name_or_path=name))

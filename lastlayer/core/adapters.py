@@ -31,12 +31,6 @@ from lastlayer.core.layers import (
     top_k_module_names,
 )
 
-__all__ = [  # write_atomically lives in lastlayer.artifact; importable from here as before
-    "adapter_targets", "attach", "check_top_k", "folder_size", "layer_summary", "load_adapter",
-    "load_target", "model_config_of", "peft_config", "read_metadata", "save_adapter",
-    "trainable_parameters", "write_atomically",
-]
-
 
 def adapter_targets(model: nn.Module, cfg: AdapterConfig) -> list[str]:
     """The explicit module names the adapter wraps: top-k linears (LoRA) or blocks (full)."""

@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lastlayer train $(DEMO_RECIPE)
+	$(VENV)/bin/lastlayer train $(DEMO_RECIPE) overwrite=true
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

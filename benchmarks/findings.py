@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lastlayer.artifact import check_output_dir
 from lastlayer.config import DataConfig, EvalConfig, Recipe, load_recipe
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.split import encode_from_cache, encode_with_cache
@@ -344,7 +345,7 @@ class Group:
                               KnnResult(value, np.asarray(correct)), held_out,
                               replace(recipe, seed=EVAL_SEED))  # the held-out sample's seed
         save_artifact(self.encoder, recipe, result, self.base_model, metrics,
-                      self.work / "adapters" / artifact_name(run))
+                      self.work / "adapters" / artifact_name(run), overwrite=True)
 
     def _row(self, run: Run, value: float, correct, history, cache_s, train_s, eval_s) -> dict:
         row = {**asdict(run), "key": run.key, "metric": self.data.metric, "value": value,
@@ -503,6 +504,7 @@ def ship(artifact: Path, root: Path = ROOT) -> tuple[Path, Path]:
     recipe = load_recipe(artifact / "recipe.yaml")
     report = json.loads((artifact / "eval.json").read_text(encoding="utf-8"))
     out = root / recipe.output_dir
+    check_output_dir(out, overwrite=True)  # replaces a shipped artifact, never other files
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(artifact, out)
     target = root / "recipes" / out.parent.name / f"{out.name}.yaml"

@@ -268,8 +268,8 @@ def safetensors_copy(name: str) -> str:
     train exactly the same fp32 weights (the ones lastlayer's GGUF loader dequantizes).
     Runs in a worker (:func:`main` calls it through :func:`run_worker`).
     """
+    from lastlayer.artifact import write_atomically
     from lastlayer.config import ModelConfig
-    from lastlayer.core.adapters import write_atomically
     from lastlayer.core.encoder import load_encoder, resolve_model
 
     resolved = resolve_model(ModelConfig(name_or_path=name))

@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from lastlayer import __version__
+from lastlayer import __version__, artifact
 from lastlayer.config import ConfigError, load_recipe
 
 EXAMPLES = {
@@ -125,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input (recipe, data, model name), not a bug: exit 2, no traceback."""
+    from lastlayer.artifact import ArtifactError
     from lastlayer.core.encoder import ModelNotFoundError
     from lastlayer.core.layers import LayerStackError
     from lastlayer.corpus import DataError
 
-    return ConfigError, DataError, LayerStackError, ModelNotFoundError, FileNotFoundError
+    return (ConfigError, DataError, LayerStackError, ModelNotFoundError, ArtifactError,
+            FileNotFoundError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -166,7 +168,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     print(f"Recipes ({len(recipes)}):")
     for path in recipes:
         print(f"  {path.relative_to(root)}")
-    artifacts = sorted(p.parent for p in (root / "adapters").rglob("lastlayer.json"))
+    artifacts = sorted(p.parent for p in (root / "adapters").rglob(artifact.METADATA))
     print(f"Adapters ({len(artifacts)}):")
     for folder in artifacts:
         print(f"  {folder.relative_to(root)}  {_artifact_line(folder)}")
@@ -174,10 +176,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _artifact_line(folder: Path) -> str:
-    meta = json.loads((folder / "lastlayer.json").read_text(encoding="utf-8"))
-    line = f"{meta['base_model']} {meta['adapter']['kind']} top-{meta['adapter']['top_k']}"
-    eval_file = folder / "eval.json"
-    metrics = json.loads(eval_file.read_text(encoding="utf-8")) if eval_file.exists() else None
+    """One artifact's base, kind and held-out kNN; a damaged one says what is wrong."""
+    try:
+        meta = artifact.read(folder)
+        metrics = artifact.read_metrics(folder)
+    except artifact.ArtifactError as err:
+        return f"DAMAGED: {err}"
+    line = f"{meta.base.model} {meta.kind} top-{meta.top_k}"
     if metrics:
         base, adapted = metrics["base"]["knn_accuracy"], metrics["adapted"]["knn_accuracy"]
         line += f"  kNN {base:.3f} -> {adapted:.3f}"
@@ -231,8 +236,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         label_field=saved.get("label_field", args.label_field),
     )
     print(format_probe(result))
-    is_artifact = (Path(args.target) / "lastlayer.json").is_file()
-    out = args.out or (args.target if is_artifact else "runs/probe")
+    out = args.out or (args.target if artifact.is_artifact(args.target) else "runs/probe")
     json_path, png_path = write_probe(result, out)
     print(f"Wrote {json_path} and {png_path}")
     return 0

@@ -139,7 +139,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     mixed_precision: MixedPrecision = "no"
     checkpoint_every: int = 0  # optimizer steps; 0 = no periodic checkpoints
-    resume: bool = False  # continue from the newest checkpoint in output_dir/checkpoints
+    resume: bool = False  # continue from the newest checkpoint in <output_dir>.checkpoints
     cpu: bool = False  # force the CPU even when a GPU is present
     cached_pairs: int = 0  # >0: pre-sample this many pairs, cache bottom layers, run top-k only
     cache_dtype: CacheDType = "float32"
@@ -187,7 +187,13 @@ class EvalConfig:
 
 @dataclass
 class Recipe:
-    """A whole training run: the object a recipe YAML file describes."""
+    """A whole training run: the object a recipe YAML file describes.
+
+    ``output_dir`` is the artifact folder the run saves. ``overwrite: false`` (the default)
+    stops ``lastlayer train`` at the start, before any model is loaded, when an artifact
+    already exists there; ``overwrite: true`` replaces it (atomically, once the new one is
+    complete). A file, or a folder with files that is not an artifact, is never replaced.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -197,6 +203,7 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 42
     output_dir: str = ""
+    overwrite: bool = False  # replace an existing artifact at output_dir
 
     def __post_init__(self) -> None:
         if not self.data.train:

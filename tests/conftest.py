@@ -33,6 +33,24 @@ def shipped_artifacts(pattern: str = "*/*") -> list[Path]:
     return [folder for folder in found if folder in folders]
 
 
+def artifact_meta(base_model: str = "tiny-bert", kind: str = "lora", top_k: int = 2,
+                  num_layers: int = 4, max_length: int = 32, prefix: str = "encoder.layer"):
+    """A schema-2 ``ArtifactMeta`` for a tiny test artifact (fixed values, local base)."""
+    from lastlayer.artifact import ArtifactMeta, BaseWeights, Embedding, Layers, Training
+
+    return ArtifactMeta(
+        name="tiny", created="2026-01-01T00:00:00+00:00", lastlayer_version="0.1.0",
+        base=BaseWeights(model=base_model, origin="local", fingerprint="0123456789abcdef"),
+        embedding=Embedding(pooling="mean", normalize=True, max_length=max_length),
+        adapter={"kind": kind, "top_k": top_k, "r": 8, "alpha": 16, "dropout": 0.0,
+                 "target_modules": None},
+        objective={"kind": "crop", "temperature": 0.05},
+        layers=Layers(prefix, num_layers, list(range(num_layers - top_k, num_layers))),
+        training=Training(data="data/medical.jsonl", steps=3, final_loss=1.5,
+                          view_stats={"documents": 10}),
+    )
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     """Write records as JSON lines (gzipped when the name ends in .gz); return the path."""
     opener = gzip.open if path.name.endswith(".gz") else open

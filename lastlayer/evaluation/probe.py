@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lastlayer import artifact
 from lastlayer.core.encoder import POOLINGS, Encoder
 from lastlayer.core.layers import find_layer_stack
 from lastlayer.evaluation.metrics import knn_accuracy
@@ -242,14 +243,13 @@ def probe(
         ``adapted_knn``, ``weight_change``, ``trained``), ``recommended_top_k``,
         ``plateau_layer``, ``best_layer``, ``rule``, and how it was measured.
     """
-    from lastlayer.core.adapters import load_target, read_metadata
+    from lastlayer.core.adapters import load_target
 
     started = time.perf_counter()
     held_out = _sample(data, text_field, label_field, max_docs, k, metric, seed)
-    is_artifact = (Path(target) / "lastlayer.json").is_file()
     overrides = {"max_length": max_length} if max_length is not None else {}
     encoder = load_target(target, **overrides)
-    meta = read_metadata(target) if is_artifact else None
+    meta = artifact.read(target) if artifact.is_artifact(target) else None
 
     def curve(desc: str) -> list[float]:
         layers = layer_embeddings(encoder, held_out.texts, batch_size, progress, desc)
@@ -260,7 +260,7 @@ def probe(
             base = curve("probe base")
         adapted = curve("probe adapted")
         change = weight_change_per_layer(encoder.model)
-        trained = [int(i) for i in meta["layers"]["trained_layers"]]
+        trained = list(meta.layers.trained_layers)
     else:
         base, adapted, change, trained = curve("probe base"), None, None, []
 
@@ -278,7 +278,7 @@ def probe(
         }
         for layer in range(num_layers + 1)
     ]
-    base_model = meta["base_model"] if meta else None
+    base_model = meta.base.model if meta else None
     if base_model is None:
         base_model = encoder.resolved.hub_id if encoder.resolved else str(target)
     counts = np.unique(np.asarray(held_out.labels), return_counts=True)[1]
@@ -286,7 +286,7 @@ def probe(
         "target": str(target),
         "base_model": base_model,
         "adapter": str(target) if meta else None,
-        "adapter_kind": meta["adapter"]["kind"] if meta else None,
+        "adapter_kind": meta.kind if meta else None,
         "trained_layers": trained,
         "num_layers": num_layers,
         "data": str(data),

@@ -18,12 +18,10 @@ InfoNCE loss are the global batch (embeddings are gathered with gradients).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +30,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-import lastlayer
-from lastlayer.artifact import model_card
-from lastlayer.config import Recipe
+from lastlayer.artifact import (
+    ArtifactError,
+    ArtifactMeta,
+    BaseWeights,
+    Embedding,
+    Layers,
+    Training,
+    check_output_dir,
+    side_files,
+)
+from lastlayer.config import ConfigError, Recipe
 from lastlayer.core.adapters import (
     attach,
+    check_top_k,
     folder_size,
     layer_summary,
     save_adapter,
@@ -324,6 +331,7 @@ def prepare(recipe: Recipe, *, encoder: Encoder | None = None,
     """
     from accelerate.utils import set_seed
 
+    check_output(recipe)  # before anything slow: the artifact must be writable at the end
     accelerator = make_accelerator(recipe)
     set_seed(recipe.seed, device_specific=True)
     accelerator.print(f"Resolved recipe:\n---\n{recipe.to_yaml()}---")
@@ -336,6 +344,7 @@ def prepare(recipe: Recipe, *, encoder: Encoder | None = None,
         encoder = load_encoder(recipe.model, device=accelerator.device)
     accelerator.print(f"Base model: {encoder.resolved.hub_id} from {encoder.resolved.source}"
                       if encoder.resolved else "Base model: given in memory")
+    check_top_k(encoder.model, recipe.adapter.top_k)
     base, cache, top_k = None, [], recipe.adapter.top_k
     if held_out is not None and accelerator.is_main_process:
         # keep block L-k's inputs: the adapted pass in finish() reuses them
@@ -396,44 +405,43 @@ def run(recipe: Recipe) -> RunResult:
 # The artifact.
 
 
-def artifact_metadata(encoder: Encoder, recipe: Recipe, result: TrainResult, base_model) -> dict:
+def artifact_metadata(
+    encoder: Encoder, recipe: Recipe, result: TrainResult, base_model
+) -> ArtifactMeta:
     """The content of ``lastlayer.json``: everything needed to rebuild and trust the adapter."""
-    resolved = encoder.resolved
-    weights = f"GGUF file {resolved.gguf_file}, dequantized" if resolved.gguf_file else "original"
-    return {
-        "name": Path(recipe.output_dir).name,
-        "lastlayer_version": lastlayer.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "base_model": resolved.hub_id,
-        "base_revision": recipe.model.revision,
-        "base_fingerprint": encoder.fingerprint,
-        "base_source": f"{resolved.source}; weights: {weights}",
-        "base_weights": weights,
-        "pooling": encoder.pooling,
-        "normalize": encoder.normalize,
-        "max_length": encoder.max_length,
-        "dtype": recipe.model.dtype,
-        "quantization": recipe.model.quantization,
-        "adapter": asdict(recipe.adapter),
-        "layers": layer_summary(base_model, recipe.adapter.top_k),
-        "objective": asdict(recipe.objective),
-        "train_data": recipe.data.train,
-        "train_steps": result.steps,
-        "view_stats": asdict(result.view_stats),
-        "final_loss": result.history[-1]["loss"] if result.history else None,
-    }
+    r = encoder.resolved
+    base = BaseWeights(
+        model=r.hub_id, origin=r.origin, fingerprint=encoder.fingerprint, revision=r.revision,
+        commit=r.commit, package=r.package, package_version=r.package_version, file=r.file,
+        dequantized_gguf=r.gguf_file is not None, dtype=recipe.model.dtype,
+        quantization=recipe.model.quantization,
+    )
+    return ArtifactMeta(
+        name=Path(recipe.output_dir).name, base=base,
+        embedding=Embedding(encoder.pooling, encoder.normalize, encoder.max_length),
+        adapter=asdict(recipe.adapter), objective=asdict(recipe.objective),
+        layers=Layers(**layer_summary(base_model, recipe.adapter.top_k)),
+        training=Training(data=recipe.data.train, steps=result.steps,
+                          final_loss=result.history[-1]["loss"] if result.history else None,
+                          view_stats=asdict(result.view_stats)),
+    )
+
+
+def check_output(recipe: Recipe) -> None:
+    """Fail before any model is loaded when the artifact could not be saved at the end."""
+    try:
+        check_output_dir(recipe.output_dir, recipe.overwrite)
+    except ArtifactError as err:
+        raise ConfigError(str(err)) from None
 
 
 def save_artifact(encoder: Encoder, recipe: Recipe, result: TrainResult, base_model,
-                  metrics: dict | None, output_dir: str | Path | None = None) -> Path:
+                  metrics: dict | None, output_dir: str | Path | None = None,
+                  overwrite: bool | None = None) -> Path:
     """Write the artifact (PEFT files + lastlayer.json + recipe.yaml + eval.json + model card
-    + train log) atomically to ``output_dir`` (default: the recipe's); return the folder."""
+    + train log) atomically to ``output_dir`` (default: the recipe's); return the folder.
+    ``overwrite`` (default: the recipe's) allows replacing an existing artifact there."""
     meta = artifact_metadata(encoder, recipe, result, base_model)
-    files = {
-        "lastlayer.json": json.dumps(meta, indent=2) + "\n",
-        "recipe.yaml": recipe.to_yaml(),
-        "eval.json": json.dumps(metrics, indent=2) + "\n",
-        "README.md": model_card(meta, metrics),
-        "train_log.json": json.dumps(result.history) + "\n",
-    }
-    return save_adapter(encoder.model, output_dir or recipe.output_dir, files)
+    files = side_files(meta, metrics, recipe.to_yaml(), result.history)
+    overwrite = recipe.overwrite if overwrite is None else overwrite
+    return save_adapter(encoder.model, output_dir or recipe.output_dir, files, overwrite=overwrite)

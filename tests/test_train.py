@@ -114,8 +114,10 @@ def test_eval_documents_are_held_out_of_training(saved_models, corpus, tmp_path)
     assert not set(docs) & set(held_out.texts)
 
 
-def test_resume_continues_exactly(saved_models, corpus, tmp_path):
-    common = ("eval.data=null", "train.max_steps=4", "train.checkpoint_every=2")
+@pytest.mark.parametrize("views", ["fresh", "cached"])
+def test_resume_continues_exactly(saved_models, corpus, tmp_path, views):
+    common = ("eval.data=null", "train.max_steps=4", "train.checkpoint_every=2",
+              f"train.cached_pairs={16 if views == 'cached' else 0}")
     straight = tmp_path / "straight"
     run(recipe_for(saved_models["bert"], corpus, straight, *common))
 

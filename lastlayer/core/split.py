@@ -47,12 +47,6 @@ def base_of(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def bottom_index(model: nn.Module, k: int) -> int:
-    """Index into ``hidden_states`` of block L−k's input (= output of block L−k−1)."""
-    stack: LayerStack = find_layer_stack(base_of(model))
-    return stack.num_layers - k
-
-
 # ---------------------------------------------------------------------------------------
 # Shallow copies that own everything a forward or a caller might write to.
 
@@ -92,7 +86,7 @@ def _config_for(config, blocks: range, num_layers: int):
     shared blocks).
     """
     config = copy.copy(config)
-    for name, value in vars(config).items():
+    for name, value in list(vars(config).items()):
         if name.endswith("layer_types") and isinstance(value, (list, tuple)) \
                 and len(value) == num_layers:
             setattr(config, name, type(value)(value[blocks.start : blocks.stop]))
@@ -122,8 +116,8 @@ def _view(base: nn.Module, blocks: range, replace: dict[str, nn.Module | None]) 
     for name, module in replace.items():
         parent_name, _, attr = name.rpartition(".")
         copied(parent_name)._modules[attr] = module
-        if module is not None:  # the model's mode; not .train(), which would recurse
-            module.training = base.training  # into the shared blocks of a ModuleList
+        if module is not None:  # new modules take the model's mode; .train() would
+            module.training = base.training  # also set the shared blocks in a ModuleList
     view = copies[""]
     view.__dict__["config"] = _config_for(base.config, blocks, stack.num_layers)
     view.__dict__["_output_capturing_hooks_installed"] = True  # never hook shared modules
@@ -149,7 +143,10 @@ def _embedding_names(base: nn.Module) -> list[str]:
     ``inputs_embeds``; dropped from the head so it holds no vocabulary matrix)."""
     if isinstance(base._modules.get("embeddings"), nn.Module):
         return ["embeddings"]
-    table = base.get_input_embeddings()
+    try:
+        table = base.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # not a transformers model: keep them
+        return []
     return [name for name, module in base.named_modules() if module is table][:1]
 
 
@@ -162,8 +159,8 @@ class StatesIn(nn.Module):
             floats = [a for a in args if isinstance(a, Tensor) and a.is_floating_point()]
             if len(floats) != 1:
                 raise LayerStackError(
-                    "This model calls its embedding module in a way lastlayer's split forward "
-                    "does not know; train without train.cached_pairs (fresh views)."
+                    "lastlayer cannot run only the top blocks of this model: its forward "
+                    "calls the embedding module without passing inputs_embeds on."
                 )
             states = floats[0]
         return states
@@ -177,8 +174,9 @@ class TopKHead(nn.Module):
     """Blocks L−k … L−1 of a model plus its final norm, run from block L−k's inputs.
 
     Built once per adapted model and ``k``; shares every parameter with the model (the
-    adapter's included, so gradients reach them) and never modifies it. Pooling stays in
-    :meth:`~lastlayer.core.encoder.Encoder.pool`.
+    adapter's included, so gradients reach them) and never modifies it. It holds the block
+    objects the model has when it is built, so build it after attaching or loading the
+    adapter. Pooling stays in :meth:`~lastlayer.core.encoder.Encoder.pool`.
 
     Args:
         model: A transformers model, or a ``PeftModel`` around one whose adapter layers
@@ -243,8 +241,8 @@ def _check_k(k: int, stack: LayerStack) -> None:
 
 
 def _mirror_quantization(view: nn.Module, base: nn.Module) -> None:
-    """Let Accelerate's ``prepare`` treat a view like its (bitsandbytes-quantized) model,
-    which it does not move between devices."""
+    """Let Accelerate's ``prepare`` treat a view as it treats the model itself when that is
+    bitsandbytes-quantized or spread over devices (where it leaves device placement alone)."""
     for name in ("is_loaded_in_8bit", "is_loaded_in_4bit", "hf_device_map"):
         if name in vars(base):
             setattr(view, name, getattr(base, name))
@@ -265,6 +263,7 @@ def encode_with_cache(
         ``(embeddings (N, d), cache)``; pass both the texts and the cache, unchanged, to
         :func:`encode_from_cache`.
     """
+    # Eval mode throughout, as encode() sets it (and restores the model's mode afterwards).
     bottom, head = BottomRunner(encoder.model, k).eval(), TopKHead(encoder.model, k).eval()
     cache: list[Tensor] = []
 

@@ -7,7 +7,11 @@ Used by ``tests/test_distributed.py``:
   across processes with gradients, DDP averages the parameter gradients.
 - ``python tests/dist_worker.py OUT``: one plain process on the whole global batch of 8.
 
-For each variant (``--variants``; adapter kind x symmetric loss) rank 0 writes, in one
+Variants ending in ``-cached`` train from cached bottom states instead: every process
+caches block L-2's inputs of the whole global batch, pads its own rows, and runs a
+``TopKHead`` that Accelerate prepared (DDP-wrapped) in place of the model.
+
+For each variant (``--variants``; adapter kind x symmetric loss x cached) rank 0 writes, in one
 ``torch.save``'d dict ``{variant: {...}}``:
 
 - ``loss``: the loss averaged over processes (``accelerator.reduce(loss, "mean")``);
@@ -35,18 +39,23 @@ from tiny import tiny_model, tiny_tokenizer
 from lastlayer.config import AdapterConfig
 from lastlayer.core.adapters import attach
 from lastlayer.core.encoder import Encoder
+from lastlayer.core.split import TopKHead
+from lastlayer.training.cache import cache_views, embed_top_k, pad_cached
 from lastlayer.training.loss import info_nce
 from lastlayer.training.objectives import make_views
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
 GLOBAL_BATCH = 8
+TOP_K = 2
 TEMPERATURE = 0.05
-VARIANTS = {  # name -> (adapter kind, symmetric)
-    "lora": ("lora", False),
-    "lora-sym": ("lora", True),
-    "full": ("full", False),
-    "full-sym": ("full", True),
+VARIANTS = {  # name -> (adapter kind, symmetric, from cached bottom states)
+    "lora": ("lora", False, False),
+    "lora-sym": ("lora", True, False),
+    "full": ("full", False, False),
+    "full-sym": ("full", True, False),
+    "lora-cached": ("lora", False, True),
+    "full-sym-cached": ("full", True, True),
 }
 
 
@@ -62,7 +71,7 @@ def global_batch() -> tuple[list[str], list[str]]:
 def build_encoder(kind: str) -> Encoder:
     """The tiny 4-layer bert (seed 0) with a top-2 adapter, nonzero LoRA B, eval mode."""
     encoder = Encoder(tiny_model("bert", num_layers=4, seed=0), tiny_tokenizer(), pooling="mean")
-    attach(encoder, AdapterConfig(kind=kind, top_k=2))
+    attach(encoder, AdapterConfig(kind=kind, top_k=TOP_K))
     torch.manual_seed(1)
     for name, p in encoder.model.named_parameters():
         if "lora_B" in name:  # initialised to 0, which would zero the lora_A gradients
@@ -71,17 +80,24 @@ def build_encoder(kind: str) -> Encoder:
     return encoder
 
 
-def run_variant(accelerator: Accelerator, kind: str, symmetric: bool) -> dict:
+def run_variant(accelerator: Accelerator, kind: str, symmetric: bool, cached: bool) -> dict:
     encoder = build_encoder(kind)
-    model = accelerator.prepare(encoder.model)  # DDP over gloo with 2 processes
     world, rank = accelerator.num_processes, accelerator.process_index
     views_a, views_b = global_batch()
     local = GLOBAL_BATCH // world
     rows = slice(rank * local, (rank + 1) * local)
 
-    a_tok, b_tok = encoder.tokenize(views_a[rows]), encoder.tokenize(views_b[rows])
-    a = encoder.embed(a_tok, model)  # (local, d); each process pads its own rows
-    b = encoder.embed(b_tok, model)  # (local, d)
+    if cached:  # DDP over the head, whose parameters are the model's
+        model = accelerator.prepare(TopKHead(encoder.model, TOP_K))
+        pad = encoder.tokenizer.pad_token_id
+        own = list(range(GLOBAL_BATCH))[rows]
+        a, b = (embed_top_k(encoder, model, pad_cached(cache_views(encoder, v, TOP_K), own, pad))
+                for v in (views_a, views_b))
+    else:
+        model = accelerator.prepare(encoder.model)  # DDP over gloo with 2 processes
+        a_tok, b_tok = encoder.tokenize(views_a[rows]), encoder.tokenize(views_b[rows])
+        a = encoder.embed(a_tok, model)  # (local, d); each process pads its own rows
+        b = encoder.embed(b_tok, model)  # (local, d)
     loss, _ = info_nce(a, b, temperature=TEMPERATURE, symmetric=symmetric)
     accelerator.backward(loss)
 
@@ -92,6 +108,10 @@ def run_variant(accelerator: Accelerator, kind: str, symmetric: bool) -> dict:
             halves = [info_nce(a[i : i + 4], b[i : i + 4], TEMPERATURE, symmetric, gather=False)[0]
                       for i in (0, 4)]
             local_loss = torch.stack(halves).mean()
+        else:
+            local_loss, _ = info_nce(a, b, TEMPERATURE, symmetric, gather=False)
+        out["local_loss"] = accelerator.reduce(local_loss.detach(), "mean").item()
+        if world == 1 and not cached:
             out["pad_widths"] = {  # sequence length: whole batch padded together, halves
                 "whole": [a_tok["input_ids"].shape[1], b_tok["input_ids"].shape[1]],
                 "halves": [encoder.tokenize(views[i : i + 4])["input_ids"].shape[1]
@@ -102,13 +122,9 @@ def run_variant(accelerator: Accelerator, kind: str, symmetric: bool) -> dict:
                 .abs().max().item()
                 for views, full in ((views_a, a), (views_b, b)) for i in (0, 4)
             )
-        else:
-            local_loss, _ = info_nce(a, b, TEMPERATURE, symmetric, gather=False)
-        out["local_loss"] = accelerator.reduce(local_loss.detach(), "mean").item()
-    unwrapped = accelerator.unwrap_model(model)
-    out["grads"] = {
+    out["grads"] = {  # by the model's names, whichever module was prepared
         name: p.grad.detach().clone() if p.grad is not None else None
-        for name, p in unwrapped.named_parameters() if p.requires_grad
+        for name, p in encoder.model.named_parameters() if p.requires_grad
     }
     return out
 
@@ -124,8 +140,7 @@ def main() -> None:
     accelerator = Accelerator(cpu=True)
     results = {}
     for name in args.variants.split(","):
-        kind, symmetric = VARIANTS[name]
-        results[name] = run_variant(accelerator, kind, symmetric)
+        results[name] = run_variant(accelerator, *VARIANTS[name])
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         torch.save(results, args.out)

@@ -424,17 +424,17 @@ def test_top_k_larger_than_layer_count_raises(kind: str) -> None:
 
 
 def test_check_top_k_names_the_recipe_key_and_the_layer_count() -> None:
-    from lastlayer.core.split import bottom_index
+    from lastlayer.core.split import BottomRunner, TopKHead
 
     model = tiny_model("bert")
     assert check_top_k(model, NUM_LAYERS).num_layers == NUM_LAYERS
     with pytest.raises(ConfigError, match=r"adapter\.top_k=40 but BertModel has only 4 layers; "
                        r"set adapter\.top_k to 1\.\.4"):
         check_top_k(model, 40)
-    # The split forward's layer index fails loudly too, instead of indexing from the end.
-    assert bottom_index(model, NUM_LAYERS) == 0
-    with pytest.raises(LayerStackError, match="top_k=40 but the model has 4 layers"):
-        bottom_index(model, 40)
+    # The split forward fails loudly too, instead of slicing from the end.
+    for part in (BottomRunner, TopKHead):
+        with pytest.raises(LayerStackError, match="top_k=40 but the model has 4 layers"):
+            part(model, 40)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,15 +1,28 @@
-"""The split forward: top-k blocks from cached inputs equal the full forward, per architecture."""
+"""The split forward: a bottom runner and a top-k head equal the full forward, per
+architecture, never change the model, and serve several adapters from several threads."""
 
 from __future__ import annotations
 
+import copy
+import threading
+
 import pytest
 import torch
-from tiny import ARCHITECTURES, tiny_model, tiny_tokenizer
+import transformers as tf
+from tiny import ARCHITECTURES, FFN, HEADS, HIDDEN, _special_ids, tiny_model, tiny_tokenizer
+from torch import nn
 
-from lastlayer.config import AdapterConfig
+from lastlayer.config import AdapterConfig, ModelConfig
 from lastlayer.core.adapters import attach
-from lastlayer.core.encoder import Encoder
-from lastlayer.core.split import encode_from_cache, encode_with_cache, top_blocks_only
+from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.layers import LayerStackError
+from lastlayer.core.split import (
+    BottomRunner,
+    TopKHead,
+    base_of,
+    encode_from_cache,
+    encode_with_cache,
+)
 
 TEXTS = [
     "A short one.",
@@ -19,28 +32,65 @@ TEXTS = [
 ]
 
 
+def _batch(texts: list[str] = TEXTS) -> dict[str, torch.Tensor]:
+    batch = tiny_tokenizer()(texts, padding=True, return_tensors="pt")
+    return {key: value for key, value in batch.items() if key != "token_type_ids"}
+
+
+def _perturb(model: nn.Module, seed: int = 0) -> None:
+    """A trained-looking adapter, not the identity it starts as (LoRA B is zero)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+# ---------------------------------------------------------------------------------------
+# Exactness
+
+
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("k", [1, 2, 4])
 def test_split_forward_equals_full_forward(arch: str, k: int):
-    model = tiny_model(arch, num_layers=4)
-    batch = {
-        key: value
-        for key, value in tiny_tokenizer()(TEXTS, padding=True, return_tensors="pt").items()
-        if key != "token_type_ids"
-    }
+    model, batch = tiny_model(arch, num_layers=4), _batch()
     with torch.inference_mode():
-        out = model(**batch, output_hidden_states=True)
-        with top_blocks_only(model, k, out.hidden_states[4 - k]):
-            split = model(**batch).last_hidden_state
+        states = BottomRunner(model, k)(batch)
+        split = TopKHead(model, k)(states, batch["attention_mask"])
+        full = model(**batch, output_hidden_states=True)
+    # The bottom is the model's own computation up to block L-k: identical, padding included.
+    assert torch.equal(states, full.hidden_states[4 - k])
     valid = batch["attention_mask"].bool()
-    torch.testing.assert_close(split[valid], out.last_hidden_state[valid], rtol=1e-5, atol=1e-5)
-    assert len(model.get_submodule(_stack_prefix(arch))) == 4, "the block list is restored"
+    torch.testing.assert_close(split[valid], full.last_hidden_state[valid], rtol=1e-5, atol=1e-5)
 
 
-def _stack_prefix(arch: str) -> str:
-    from tiny import EXPECTED_PREFIX
+def test_per_layer_settings_follow_the_blocks():
+    """Qwen2 looks up each block's attention type (sliding window or full) by its position
+    in the block list: the head's blocks must still get their own types."""
+    torch.manual_seed(0)
+    config = tf.Qwen2Config(
+        hidden_size=HIDDEN, num_attention_heads=HEADS, num_key_value_heads=HEADS,
+        intermediate_size=FFN, num_hidden_layers=4, max_position_embeddings=130,
+        use_sliding_window=True, sliding_window=3,
+        layer_types=["full_attention", "full_attention", "sliding_attention", "full_attention"],
+        **_special_ids(),
+    )
+    model, batch = tf.Qwen2Model(config).eval(), _batch()
+    valid = batch["attention_mask"].bool()
+    with torch.inference_mode():
+        full = model(**batch).last_hidden_state
+        for k in (2, 3):  # block 2 (sliding) sits at position 0 or 1 of the head
+            split = TopKHead(model, k)(BottomRunner(model, k)(batch), batch["attention_mask"])
+            torch.testing.assert_close(split[valid], full[valid], rtol=1e-5, atol=1e-5)
+    assert model.config.layer_types[2] == "sliding_attention" and model.config.use_cache
 
-    return EXPECTED_PREFIX[arch]
+
+@pytest.mark.parametrize("k", [0, 5, True])
+def test_k_outside_the_stack_is_refused(k):
+    model = tiny_model("bert", num_layers=4)
+    for part in (TopKHead, BottomRunner):
+        with pytest.raises(LayerStackError, match="choose 1..4"):
+            part(model, k)
 
 
 @pytest.mark.parametrize("arch, pooling", [("bert", "mean"), ("llama", "last")])
@@ -53,10 +103,7 @@ def test_adapted_embeddings_from_the_base_cache_equal_a_full_pass(arch, pooling,
     torch.testing.assert_close(base, encoder.encode(TEXTS, batch_size=3), rtol=1e-5, atol=1e-6)
 
     attach(encoder, AdapterConfig(kind=kind, top_k=2))
-    with torch.no_grad():
-        for param in encoder.model.parameters():
-            if param.requires_grad:  # a trained-looking adapter, not the identity it starts as
-                param.add_(0.05 * torch.randn_like(param))
+    _perturb(encoder.model)
     full = encoder.encode(TEXTS, batch_size=3)
     cached = encode_from_cache(encoder, TEXTS, cache, k=2, batch_size=3)
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
@@ -76,10 +123,7 @@ def test_training_from_cached_states_gives_the_same_loss_and_gradients(arch, poo
     )
     attach(encoder, AdapterConfig(kind=kind, top_k=2))
     encoder.model.eval()  # no dropout: both paths must agree exactly
-    with torch.no_grad():
-        for param in encoder.model.parameters():
-            if param.requires_grad:
-                param.add_(0.05 * torch.randn_like(param))
+    _perturb(encoder.model)
     views_a, views_b = TEXTS, list(reversed(TEXTS))
 
     def loss_and_grads(embed_a, embed_b):
@@ -96,9 +140,10 @@ def test_training_from_cached_states_gives_the_same_loss_and_gradients(arch, poo
     cached_a, cached_b = (cache_views(encoder, v, k=2, batch_size=3) for v in (views_a, views_b))
     rows = list(range(len(TEXTS)))
     pad = encoder.tokenizer.pad_token_id
+    head = TopKHead(encoder.model, 2)
     cached = loss_and_grads(
-        lambda: embed_top_k(encoder, encoder.model, pad_cached(cached_a, rows, pad), 2),
-        lambda: embed_top_k(encoder, encoder.model, pad_cached(cached_b, rows, pad), 2),
+        lambda: embed_top_k(encoder, head, pad_cached(cached_a, rows, pad)),
+        lambda: embed_top_k(encoder, head, pad_cached(cached_b, rows, pad)),
     )
     torch.testing.assert_close(cached[0], normal[0], rtol=1e-5, atol=1e-6)
     assert cached[1].keys() == normal[1].keys()
@@ -124,3 +169,168 @@ def test_memory_mapped_cache_equals_the_in_memory_one_and_leaves_no_file(tmp_pat
     # Unpadded: each text holds exactly its own tokens, in its own order.
     ids, _ = mapped[0]
     assert ids.tolist() == encoder.tokenize([TEXTS[0]])["input_ids"][0].tolist()
+
+
+# ---------------------------------------------------------------------------------------
+# No mutation, shared weights
+
+
+def _describe(value):
+    """A comparable picture of one attribute: containers by their members' identities."""
+    if isinstance(value, dict):
+        return tuple((repr(k), id(v)) for k, v in value.items())
+    if isinstance(value, (set, frozenset)):
+        return tuple(sorted(repr(v) for v in value))
+    if isinstance(value, (list, tuple)):
+        return tuple(id(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return id(value)
+
+
+def _snapshot(model: nn.Module):
+    """Every module's attributes (children, weights, hook tables, flags, methods by
+    identity), the config, and every tensor's bytes."""
+    tree = [(name, type(module).__name__, id(module),
+             tuple((key, _describe(value)) for key, value in vars(module).items()))
+            for name, module in model.named_modules(remove_duplicate=False)]
+    state = {name: (t.dtype, t.detach().cpu().clone()) for name, t in model.state_dict().items()}
+    return tree, state, base_of(model).config.to_json_string()
+
+
+def _assert_unchanged(model: nn.Module, before) -> None:
+    tree, state, config = _snapshot(model)
+    assert tree == before[0], "the module tree changed"
+    assert config == before[2], "the config changed"
+    assert state.keys() == before[1].keys()
+    for name, (dtype, tensor) in state.items():
+        assert dtype == before[1][name][0] and torch.equal(tensor, before[1][name][1]), name
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_building_and_running_the_parts_never_changes_the_model(arch):
+    model, batch = tiny_model(arch, num_layers=4), _batch()
+    before = _snapshot(model)
+    with torch.inference_mode():
+        for k in (1, 2, 4):
+            head, bottom = TopKHead(model, k), BottomRunner(model, k)
+            head(bottom(batch), batch["attention_mask"])
+    _assert_unchanged(model, before)
+
+    # The parts hold the model's own blocks and weights; the head no vocabulary matrix.
+    head, bottom = TopKHead(model, 2), BottomRunner(model, 2)
+    params = {id(p) for p in model.parameters()}
+    assert {id(p) for p in head.parameters()} < params
+    assert {id(p) for p in bottom.parameters()} < params
+    table = model.get_input_embeddings().weight
+    assert all(p is not table for p in head.parameters())
+    assert any(p is table for p in bottom.parameters())
+    blocks = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    assert list(_stack(head)) == list(max(blocks, key=len))[2:]
+    assert list(_stack(bottom)) == list(max(blocks, key=len))[:2]
+
+
+def _stack(part: nn.Module) -> nn.ModuleList:
+    return max((m for m in part.modules() if isinstance(m, nn.ModuleList)), key=len)
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_training_through_a_head_changes_only_the_adapters_gradients(kind):
+    encoder = Encoder(model=tiny_model("llama", num_layers=4), tokenizer=tiny_tokenizer())
+    attach(encoder, AdapterConfig(kind=kind, top_k=2))  # in train mode
+    _perturb(encoder.model)
+    model, batch = encoder.model, _batch()
+    with torch.no_grad():
+        states = BottomRunner(model, 2)(batch)
+    before = _snapshot(model)
+    head = TopKHead(model, 2)
+    assert head.training and all(block.training for block in _stack(head))
+    head(states, batch["attention_mask"]).pow(2).mean().backward()
+    _assert_unchanged(model, before)  # .grad is no attribute of a module
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == trainable and trainable
+    assert all(p.grad.abs().sum() > 0 for p in model.parameters() if p.grad is not None)
+
+
+# ---------------------------------------------------------------------------------------
+# Several adapters on one base, several threads
+
+
+def test_threads_serving_two_adapters_and_the_base_match_sequential_runs():
+    base = tiny_model("bert", num_layers=4)
+    adapted = []
+    for seed, kind in enumerate(["lora", "full"]):
+        encoder = Encoder(model=copy.deepcopy(base), tokenizer=tiny_tokenizer())
+        attach(encoder, AdapterConfig(kind=kind, top_k=2))
+        _perturb(encoder.model, seed)
+        adapted.append(encoder.model.eval())
+    bottom = BottomRunner(base, 2)  # one, shared by every adapter
+    heads = [TopKHead(model, 2) for model in adapted]
+    words = " ".join(TEXTS).split()
+    batches = [_batch([" ".join(words[i : i + n]) for n in (3, 9, 5)]) for i in range(6)]
+
+    def serve(job: int, i: int) -> torch.Tensor:
+        batch = batches[i % len(batches)]
+        if job == len(heads):  # plain requests to the base, meanwhile
+            return base(**batch).last_hidden_state
+        return heads[job](bottom(batch), batch["attention_mask"])
+
+    rounds = 30
+    with torch.inference_mode():
+        expected = {(job, i): serve(job, i) for job in range(3) for i in range(len(batches))}
+        for job, model in enumerate(adapted):  # the split equals each adapted model's forward
+            batch = batches[0]
+            valid = batch["attention_mask"].bool()
+            torch.testing.assert_close(expected[(job, 0)][valid],
+                                       model(**batch).last_hidden_state[valid])
+    assert not torch.allclose(expected[(0, 0)], expected[(1, 0)], atol=1e-3)
+
+    results: dict[tuple[int, int], torch.Tensor] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def worker(job: int) -> None:
+        try:
+            start.wait()
+            with torch.inference_mode():
+                for i in range(rounds):
+                    results[(job, i)] = serve(job, i)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(job,)) for job in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert len(results) == 3 * rounds
+    for (job, i), out in results.items():
+        assert torch.equal(out, expected[(job, i % len(batches))]), (job, i)
+
+
+# ---------------------------------------------------------------------------------------
+# bitsandbytes
+
+
+@pytest.mark.bnb
+def test_split_forward_of_an_8bit_base_with_lora(saved_models):
+    pytest.importorskip("bitsandbytes")
+    cfg = ModelConfig(name_or_path=str(saved_models["bert"]), quantization="8bit")
+    encoder = load_encoder(cfg, device="cpu")
+    attach(encoder, AdapterConfig(kind="lora", top_k=2))
+    _perturb(encoder.model)
+    model, batch = encoder.model.eval(), _batch()
+    before = _snapshot(model)
+    with torch.no_grad():
+        states = BottomRunner(model, 2)(batch)
+        split = TopKHead(model, 2)(states, batch["attention_mask"])
+    _assert_unchanged(model, before)
+    with torch.no_grad():
+        full = model(**batch).last_hidden_state
+    valid = batch["attention_mask"].bool()
+    torch.testing.assert_close(split[valid], full[valid], rtol=1e-5, atol=1e-5)
+    TopKHead(model, 2)(states, batch["attention_mask"]).pow(2).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)

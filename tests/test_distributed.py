@@ -7,6 +7,10 @@ gradients; run as one plain process it embeds all 8 pairs. If the negatives real
 the global batch and the gather's backward is right, the loss and every trainable
 gradient are the same in both runs (LoRA and full kinds, plain and symmetric loss).
 
+The ``-cached`` variants train from cached bottom states through a ``TopKHead`` that
+Accelerate prepared in the model's place: its gradients must be all-reduced just the
+same, and equal those of the normal forward.
+
 The last test runs the real command, ``torchrun --nproc_per_node 2 -m lastlayer train``,
 on a tiny bert saved to disk, with fresh and with cached views, against ``lastlayer
 train`` in one process with twice the per-process batch (the same global batch): the
@@ -28,7 +32,7 @@ pytestmark = pytest.mark.distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "dist_worker.py"
-VARIANTS = ["lora", "lora-sym", "full", "full-sym"]
+VARIANTS = ["lora", "lora-sym", "full", "full-sym", "lora-cached", "full-sym-cached"]
 TIMEOUT_S = 180
 RTOL, ATOL = 1e-4, 1e-6
 # Launcher variables a surrounding torchrun would leave behind; the children set their own.
@@ -127,6 +131,16 @@ def test_padding_each_half_separately_changes_nothing(runs):
     # halves = [A rows 0-3, A rows 4-7, B rows 0-3, B rows 4-7]; whole = [A, B]
     assert any(h != whole[i // 2] for i, h in enumerate(halves)), "padding never differs"
     assert ref["pad_diff"] < 1e-5
+
+
+@pytest.mark.parametrize("cached, fresh",
+                         [("lora-cached", "lora"), ("full-sym-cached", "full-sym")])
+def test_cached_states_train_like_the_full_forward(runs, cached, fresh):
+    for results in runs:  # 2 processes, then 1
+        assert results[cached]["loss"] == pytest.approx(results[fresh]["loss"], rel=RTOL, abs=ATOL)
+        assert results[cached]["grads"].keys() == results[fresh]["grads"].keys()
+        for name, grad in results[fresh]["grads"].items():
+            torch.testing.assert_close(results[cached]["grads"][name], grad, rtol=RTOL, atol=ATOL)
 
 
 # ---------------------------------------------------------------------------------------

@@ -154,8 +154,10 @@ def test_prepare_on_a_loaded_encoder_and_documents_in_memory(saved_models, corpu
     assert result.metrics is None and (result.output_dir / "eval.json").read_text() == "null\n"
 
 
-def test_resume_continues_exactly(saved_models, corpus, tmp_path):
-    common = ("eval.data=null", "train.max_steps=4", "train.checkpoint_every=2")
+@pytest.mark.parametrize("views", ["fresh", "cached"])
+def test_resume_continues_exactly(saved_models, corpus, tmp_path, views):
+    common = ("eval.data=null", "train.max_steps=4", "train.checkpoint_every=2",
+              f"train.cached_pairs={16 if views == 'cached' else 0}")
     straight = tmp_path / "straight"
     run(recipe_for(saved_models["bert"], corpus, straight, *common))
 

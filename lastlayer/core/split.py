@@ -1,24 +1,45 @@
-"""Run only the top-k blocks, from cached inputs of block L−k (the "split forward").
+"""Run a model in two parts split at block L−k, without ever changing the model.
 
-With a top-k adapter, everything below block L−k is frozen: for a given tokenized batch
-its output never changes. So the input of block L−k can be computed once (by the base
-model, e.g. while measuring the base) and the adapted model then only runs its top k
-blocks. The split works on the model's own forward: the block list is swapped for its
-top-k slice and the embedding module's output is replaced by the cached states, so masks,
-rotary positions and final norms are built by the model exactly as usual. On valid
-(non-padding) tokens the result equals the full forward (tested per architecture).
+With a top-k adapter everything below block L−k is frozen and shared with the base: for a
+given tokenized batch the input of block L−k never changes. So it can be computed once by
+the base (:class:`BottomRunner`) and the adapted model then runs only its top k blocks
+(:class:`TopKHead`), e.g. from a cache while training, or for many adapters on one base.
+
+Both parts are *views* of the model, built once: a shallow copy of the transformers model
+(and of each module on the way down to its block list) in which the block list holds only
+the wanted blocks, the same block objects, so no weight is copied. The head's embedding
+module is a pass-through that hands the model's ``inputs_embeds`` on unchanged, so
+``model(inputs_embeds=states, attention_mask=mask)`` starts at block L−k and the model's
+own forward builds masks, rotary positions and the final norm exactly as usual; the
+bottom's final norm is an identity and its pooler is dropped, so it returns the input of
+block L−k. The copies own their child, parameter, buffer and hook dictionaries and a config
+copy that describes only their blocks, so building and running them never writes to the
+model: no ``setattr`` on its modules, no hooks. Any number of threads can therefore run
+heads of different adapters and one bottom runner on the shared base at the same time.
+
+The one state a view shares with the model is each module's train / eval flag: calling
+``head.train()`` switches the shared blocks too, as ``model.train()`` would.
+On valid (non-padding) tokens the split forward equals the full forward (tested per
+architecture, and bit for bit on CPU for the tiny models of the test suite).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import copy
+import functools
+import types
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from lastlayer.core.encoder import Encoder
-from lastlayer.core.layers import LayerStack, find_layer_stack, top_k_layer_indices
+from lastlayer.core.layers import LayerStack, LayerStackError, find_layer_stack, top_k_layer_indices
+
+FINAL_NORM_NAMES: tuple[str, ...] = ("norm", "final_norm", "ln_f", "final_layer_norm", "norm_f")
+"""Names of the norm a model applies after its last block (Llama ``norm``, ModernBERT
+``final_norm``, GPT-style ``ln_f``, T5 ``final_layer_norm``), on the model or next to the
+block list."""
 
 
 def base_of(model: nn.Module) -> nn.Module:
@@ -26,49 +47,202 @@ def base_of(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def embedding_module(model: nn.Module) -> nn.Module:
-    """The module whose output is the first block's input.
+# ---------------------------------------------------------------------------------------
+# Shallow copies that own everything a forward or a caller might write to.
 
-    BERT-family models have an ``embeddings`` module (token + position + norm); decoders
-    feed the token embedding straight to the blocks (positions are rotary, inside them).
+
+def _shallow_copy(module: nn.Module) -> nn.Module:
+    """A new module object of the same class sharing ``module``'s children, weights and hooks.
+
+    ``copy.copy`` of an ``nn.Module`` would share its ``_modules`` / ``_parameters`` /
+    hook dictionaries, so replacing a child of the copy would replace it in the original:
+    every dict, set and list attribute is copied (one level). Methods bound to the original
+    (Accelerate's device hooks and autocast wrappers set ``module.forward``) are rebound to
+    the copy, so calling the copy runs the copy.
     """
-    base = base_of(model)
-    embeddings = getattr(base, "embeddings", None)
-    return embeddings if isinstance(embeddings, nn.Module) else base.get_input_embeddings()
+    clone = type(module).__new__(type(module))
+    state = {}
+    for key, value in module.__dict__.items():
+        if isinstance(value, (dict, set, list)):
+            value = copy.copy(value)
+        elif isinstance(value, types.MethodType) and value.__self__ is module:
+            value = types.MethodType(value.__func__, clone)
+        elif (isinstance(value, functools.partial) and value.args
+              and value.args[0] is module):
+            value = functools.update_wrapper(
+                functools.partial(value.func, clone, *value.args[1:], **value.keywords), value)
+        state[key] = value
+    state["_compiled_call_impl"] = None  # a compiled forward would be the original's
+    clone.__dict__.update(state)
+    return clone
 
 
-@contextmanager
-def top_blocks_only(model: nn.Module, k: int, states: Tensor) -> Iterator[None]:
-    """Within the block, ``model(**batch)`` runs only the top ``k`` blocks on ``states``.
+def _config_for(config, blocks: range, num_layers: int):
+    """A copy of ``config`` describing a model made of ``blocks`` only, that returns no extras.
+
+    Per-layer settings (``layer_types``: sliding or full attention, ...) are looked up by
+    position in the block list, so they are cut to the same blocks; no cache, hidden
+    states or attentions are collected (collecting them would install hooks on the
+    shared blocks).
+    """
+    config = copy.copy(config)
+    for name, value in list(vars(config).items()):
+        if name.endswith("layer_types") and isinstance(value, (list, tuple)) \
+                and len(value) == num_layers:
+            setattr(config, name, type(value)(value[blocks.start : blocks.stop]))
+    config.num_hidden_layers = len(blocks)
+    config.use_cache = False
+    config.output_hidden_states = False
+    config.output_attentions = False
+    return config
+
+
+def _view(base: nn.Module, blocks: range, replace: dict[str, nn.Module | None]) -> nn.Module:
+    """A shallow copy of ``base`` whose block list holds ``blocks`` and whose modules at the
+    dotted names in ``replace`` are swapped; every module on the way to a swapped one is
+    copied too, every other module is the model's own."""
+    stack = find_layer_stack(base)
+    originals = list(base.get_submodule(stack.prefix))
+    replace = {**replace, stack.prefix: nn.ModuleList(originals[blocks.start : blocks.stop])}
+    copies = {"": _shallow_copy(base)}
+
+    def copied(name: str) -> nn.Module:
+        if name not in copies:
+            parent_name, _, attr = name.rpartition(".")
+            parent = copied(parent_name)
+            copies[name] = parent._modules[attr] = _shallow_copy(parent._modules[attr])
+        return copies[name]
+
+    for name, module in replace.items():
+        parent_name, _, attr = name.rpartition(".")
+        copied(parent_name)._modules[attr] = module
+        if module is not None:  # new modules take the model's mode; .train() would
+            module.training = base.training  # also set the shared blocks in a ModuleList
+    view = copies[""]
+    view.__dict__["config"] = _config_for(base.config, blocks, stack.num_layers)
+    view.__dict__["_output_capturing_hooks_installed"] = True  # never hook shared modules
+    return view
+
+
+def _final_norms(base: nn.Module, stack: LayerStack) -> list[str]:
+    """Dotted names of the norms applied after the last block (on the model or its stack's
+    container), e.g. ``["norm"]`` for Llama, ``[]`` for BERT."""
+    container = stack.prefix.rpartition(".")[0]
+    found = []
+    for parent_name in dict.fromkeys(["", container]):
+        parent = base.get_submodule(parent_name)
+        for name in FINAL_NORM_NAMES:
+            if isinstance(parent._modules.get(name), nn.Module):
+                found.append(f"{parent_name}.{name}".lstrip("."))
+    return found
+
+
+def _embedding_names(base: nn.Module) -> list[str]:
+    """Where the model's embedding modules sit: ``embeddings`` (BERT family: tokens +
+    positions + norm) or the input embeddings (decoders, which skip them given
+    ``inputs_embeds``; dropped from the head so it holds no vocabulary matrix)."""
+    if isinstance(base._modules.get("embeddings"), nn.Module):
+        return ["embeddings"]
+    try:
+        table = base.get_input_embeddings()
+    except (AttributeError, NotImplementedError):  # not a transformers model: keep them
+        return []
+    return [name for name, module in base.named_modules() if module is table][:1]
+
+
+class StatesIn(nn.Module):
+    """Stands in for a model's embedding module in a head: returns ``inputs_embeds`` as is."""
+
+    def forward(self, *args, **kwargs) -> Tensor:
+        states = kwargs.get("inputs_embeds")
+        if states is None:  # DistilBERT passes (input_ids, inputs_embeds, ...) positionally
+            floats = [a for a in args if isinstance(a, Tensor) and a.is_floating_point()]
+            if len(floats) != 1:
+                raise LayerStackError(
+                    "lastlayer cannot run only the top blocks of this model: its forward "
+                    "calls the embedding module without passing inputs_embeds on."
+                )
+            states = floats[0]
+        return states
+
+
+# ---------------------------------------------------------------------------------------
+# The two parts.
+
+
+class TopKHead(nn.Module):
+    """Blocks L−k … L−1 of a model plus its final norm, run from block L−k's inputs.
+
+    Built once per adapted model and ``k``; shares every parameter with the model (the
+    adapter's included, so gradients reach them) and never modifies it. It holds the block
+    objects the model has when it is built, so build it after attaching or loading the
+    adapter. Pooling stays in :meth:`~lastlayer.core.encoder.Encoder.pool`.
+
+    Args:
+        model: A transformers model, or a ``PeftModel`` around one whose adapter layers
+            sit inside the top ``k`` blocks.
+        k: How many top blocks to run (1 … L).
+    """
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        super().__init__()
+        base = base_of(model)
+        stack = find_layer_stack(base)
+        top_k_layer_indices(stack.num_layers, k)  # LayerStackError unless 1 <= k <= L
+        replace: dict[str, nn.Module | None] = {name: StatesIn() for name in _embedding_names(base)}
+        if "pooler" in base._modules:
+            replace["pooler"] = None
+        self.k, self.num_layers = k, stack.num_layers
+        self.model = _view(base, range(stack.num_layers - k, stack.num_layers), replace)
+        self.training = base.training
+        _mirror_quantization(self, base)
+
+    def forward(self, states: Tensor, attention_mask: Tensor) -> Tensor:
+        """``(B, T, d)`` inputs of block L−k + ``(B, T)`` mask -> ``(B, T, d)`` last states."""
+        return self.model(inputs_embeds=states, attention_mask=attention_mask)[0]
+
+
+class BottomRunner(nn.Module):
+    """Blocks 0 … L−k−1 of a model: a tokenized batch -> the inputs of block L−k.
+
+    Computes nothing above them (no final norm, no pooler, no top block) and never
+    modifies the model; with a top-k adapter the bottom is the base's, so one runner on
+    the base serves every adapter on it.
 
     Args:
         model: A transformers model or a ``PeftModel`` around one.
-        k: How many top blocks to run.
-        states: ``(B, T, d)`` inputs of block ``L − k`` for exactly the batch that will be
-            passed (same padding), e.g. from :func:`bottom_states`.
+        k: Return the inputs of block L−k (1 … L; k = L gives the embeddings' output).
     """
-    base = base_of(model)
-    stack = find_layer_stack(base)
-    parent_name, _, attr = stack.prefix.rpartition(".")
-    parent = base.get_submodule(parent_name) if parent_name else base
-    blocks = getattr(parent, attr)
-    setattr(parent, attr, nn.ModuleList(list(blocks)[stack.num_layers - k :]))
-    handle = embedding_module(base).register_forward_hook(lambda module, args, output: states)
-    try:
-        yield
-    finally:
-        handle.remove()
-        setattr(parent, attr, blocks)
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        super().__init__()
+        base = base_of(model)
+        stack = find_layer_stack(base)
+        top_k_layer_indices(stack.num_layers, k)  # LayerStackError unless 1 <= k <= L
+        replace: dict[str, nn.Module | None] = {
+            name: nn.Identity() for name in _final_norms(base, stack)}
+        if "pooler" in base._modules:
+            replace["pooler"] = None
+        self.k, self.num_layers = k, stack.num_layers
+        self.model = _view(base, range(0, stack.num_layers - k), replace)
+        self.training = base.training
+        _mirror_quantization(self, base)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Model inputs (``input_ids``, ``attention_mask``, ...) -> ``(B, T, d)`` states."""
+        return self.model(**batch)[0]
 
 
-def bottom_index(model: nn.Module, k: int) -> int:
-    """Index into ``hidden_states`` of block L−k's input (= output of block L−k−1).
+def _mirror_quantization(view: nn.Module, base: nn.Module) -> None:
+    """Let Accelerate's ``prepare`` treat a view as it treats the model itself when that is
+    bitsandbytes-quantized or spread over devices (where it leaves device placement alone)."""
+    for name in ("is_loaded_in_8bit", "is_loaded_in_4bit", "hf_device_map"):
+        if name in vars(base):
+            setattr(view, name, getattr(base, name))
 
-    Raises:
-        LayerStackError: ``k`` is not in 1..L (a negative index would pick a wrong layer).
-    """
-    stack: LayerStack = find_layer_stack(base_of(model))
-    return top_k_layer_indices(stack.num_layers, k)[0]
+
+# ---------------------------------------------------------------------------------------
+# Embedding many texts with a cache of block L−k's inputs.
 
 
 def encode_with_cache(
@@ -76,17 +250,19 @@ def encode_with_cache(
 ) -> tuple[Tensor, list[Tensor]]:
     """Embed ``texts`` with the full model and keep block L−k's inputs, one tensor per batch.
 
+    Runs the bottom and then the top k blocks, which is the full forward split in two.
+
     Returns:
         ``(embeddings (N, d), cache)``; pass both the texts and the cache, unchanged, to
         :func:`encode_from_cache`.
     """
-    index = bottom_index(encoder.model, k)
+    # Eval mode throughout, as encode() sets it (and restores the model's mode afterwards).
+    bottom, head = BottomRunner(encoder.model, k).eval(), TopKHead(encoder.model, k).eval()
     cache: list[Tensor] = []
 
     def embed(batch: dict[str, Tensor]) -> Tensor:
-        out = encoder.model(**batch, output_hidden_states=True)
-        cache.append(out.hidden_states[index])
-        return encoder.pool(out.last_hidden_state, batch["attention_mask"])
+        cache.append(bottom(batch))
+        return encoder.pool(head(cache[-1], batch["attention_mask"]), batch["attention_mask"])
 
     return encoder.encode(texts, batch_size, desc=desc, embed=embed), cache
 
@@ -100,37 +276,11 @@ def encode_from_cache(
     ``texts``, ``batch_size`` and the tokenizer settings must be those used to build the
     cache, so every batch has the same composition and padding.
     """
-    batches = iter(cache)
+    head, batches = TopKHead(encoder.model, k).eval(), iter(cache)
 
     def embed(batch: dict[str, Tensor]) -> Tensor:
-        with top_blocks_only(encoder.model, k, next(batches)):
-            states = encoder.model(**batch).last_hidden_state
-        return encoder.pool(states, batch["attention_mask"])
+        mask = batch["attention_mask"]
+        return encoder.pool(head(next(batches), mask), mask)
 
     with torch.inference_mode():
         return encoder.encode(texts, batch_size, desc=desc, embed=embed)
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the wanted states are captured."""
-
-
-def bottom_states(model: nn.Module, batch: dict[str, Tensor], k: int) -> Tensor:
-    """Inputs of block L−k for ``batch``: (B, T, d), computing nothing above them."""
-    base = base_of(model)
-    stack = find_layer_stack(base)
-    block = base.get_submodule(stack.block_name(stack.num_layers - k))
-    captured: list[Tensor] = []
-
-    def capture(module, args, kwargs):
-        captured.append(args[0] if args else kwargs["hidden_states"])
-        raise _StopForward
-
-    handle = block.register_forward_pre_hook(capture, with_kwargs=True)
-    try:
-        model(**batch)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return captured[0]

@@ -1,6 +1,8 @@
 """Cached bottom-layer states of training views: computed once, stored unpadded.
 
-Training from cached pairs runs only the top-k blocks each step (``train.cached_pairs``).
+Training from cached pairs runs only the top-k blocks each step (``train.cached_pairs``):
+a :class:`~lastlayer.core.split.BottomRunner` computes the states once, a
+:class:`~lastlayer.core.split.TopKHead` runs the top blocks on them with gradients.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lastlayer.core.encoder import Encoder
-from lastlayer.core.split import bottom_states, top_blocks_only
+from lastlayer.core.split import BottomRunner
 
 # ---------------------------------------------------------------------------------------
 # Training from cached bottom states: pre-sampled pairs, several epochs, top-k blocks only.
@@ -104,11 +106,12 @@ def cache_views(
     views: CachedViews | None = None
     was_training = encoder.model.training
     encoder.model.eval()
+    bottom = BottomRunner(encoder.model, k)  # in eval mode, as the model now is
     try:
         with torch.inference_mode():
             for rows, batch in tqdm(list(zip(chunks, batches, strict=True)), desc=desc,
                                     unit="batch"):
-                hidden = bottom_states(encoder.model, batch, k).to("cpu", dtype)
+                hidden = bottom(batch).to("cpu", dtype)
                 if views is None:
                     views = CachedViews.allocate(lengths, hidden.shape[-1], dtype, folder)
                 for j, i in enumerate(rows):
@@ -133,13 +136,12 @@ def pad_cached(views: CachedViews, rows: Sequence[int], pad_id: int) -> dict[str
     return {"input_ids": ids, "attention_mask": mask, "states": states}
 
 
-def embed_top_k(encoder: Encoder, model: nn.Module, batch: dict[str, Tensor], k: int) -> Tensor:
-    """Embed a re-padded cached batch running only the top ``k`` blocks (with gradients)."""
-    inputs = {key: batch[key] for key in ("input_ids", "attention_mask")}
-    with top_blocks_only(_unwrap(model), k, batch["states"]):
-        return encoder.embed(inputs, model)
+def embed_top_k(encoder: Encoder, head: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Embed a re-padded cached batch with a top-k head (with gradients): (B, d).
 
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper (same modules, same parameters)."""
-    return getattr(model, "module", model)
+    Args:
+        head: A :class:`~lastlayer.core.split.TopKHead` over the model's top blocks, or
+            the same head prepared by Accelerate (DDP-wrapped with several processes).
+    """
+    mask = batch["attention_mask"]
+    return encoder.pool(head(batch["states"], mask), mask)

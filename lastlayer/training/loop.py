@@ -50,7 +50,7 @@ from lastlayer.core.adapters import (
     trainable_parameters,
 )
 from lastlayer.core.encoder import Encoder, load_encoder
-from lastlayer.core.split import encode_from_cache, encode_with_cache
+from lastlayer.core.split import TopKHead, encode_from_cache, encode_with_cache
 from lastlayer.corpus import DataError, read_texts
 from lastlayer.evaluation.datasets import EvalSet, load_eval_set
 from lastlayer.evaluation.metrics import KnnResult
@@ -182,7 +182,12 @@ def train_adapter(
         sampler = length_grouped_sampler(pairs, cfg.batch_size, recipe.seed)
     loader = DataLoader(pairs, batch_size=cfg.batch_size, collate_fn=collate, sampler=sampler,
                         drop_last=True, generator=torch.Generator().manual_seed(recipe.seed))
-    model, optimizer, loader = accelerator.prepare(encoder.model, optimizer, loader)
+    # Cached views run only the top blocks: through a head that holds the model's own
+    # parameters (the adapter's included), prepared in the model's place so that several
+    # processes all-reduce its gradients.
+    cached = isinstance(pairs, CachedPairStream)
+    trained = TopKHead(encoder.model, blocks) if cached else encoder.model
+    model, optimizer, loader = accelerator.prepare(trained, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler)
     accelerator.register_save_state_pre_hook(keep_trainable_weights_only)
 
@@ -195,8 +200,8 @@ def train_adapter(
     model.train()
     for batch in loader:
         with accelerator.accumulate(model):
-            a = embed_view(encoder, model, batch["a"], blocks)  # (B, d) view 1
-            b = embed_view(encoder, model, batch["b"], blocks)  # (B, d) view 2
+            a = embed_view(encoder, model, batch["a"])  # (B, d) view 1
+            b = embed_view(encoder, model, batch["b"])  # (B, d) view 2
             loss, acc = info_nce(a, b, objective.temperature, objective.symmetric)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.max_grad_norm:
@@ -221,7 +226,8 @@ def train_adapter(
         if step >= cfg.max_steps:
             break
     bar.close()
-    encoder.model = accelerator.unwrap_model(model)
+    if not cached:
+        encoder.model = accelerator.unwrap_model(model)
     return TrainResult(step, history, pairs.stats, start)
 
 

@@ -169,8 +169,9 @@ def length_grouped_sampler(pairs: CachedPairStream, batch_size: int, seed: int):
                                 generator=torch.Generator().manual_seed(seed))
 
 
-def embed_view(encoder: Encoder, model, inputs: dict[str, torch.Tensor], top_k: int):
-    """Embed one view: a normal forward, or only the top-k blocks when states are cached."""
+def embed_view(encoder: Encoder, model, inputs: dict[str, torch.Tensor]):
+    """Embed one view: a normal forward, or, when states are cached, a forward of ``model``
+    as the :class:`~lastlayer.core.split.TopKHead` over the blocks above them."""
     if "states" in inputs:
-        return embed_top_k(encoder, model, inputs, top_k)
+        return embed_top_k(encoder, model, inputs)
     return encoder.embed(inputs, model)

@@ -63,14 +63,12 @@ from lastlayer.core.adapters import attach
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.split import encode_from_cache, encode_with_cache
 from lastlayer.corpus import read_texts
-from lastlayer.evaluation.datasets import read_beir
+from lastlayer.evaluation.datasets import EvalSet, load_eval_set, read_beir
 from lastlayer.evaluation.metrics import KnnResult, knn_accuracy, paired_delta
 from lastlayer.evaluation.suite import retrieval_task
 from lastlayer.training.cache import CachedViews
 from lastlayer.training.loop import (
-    EvalSet,
     eval_report,
-    load_eval_set,
     make_accelerator,
     save_artifact,
     train_adapter,

@@ -217,7 +217,7 @@ def load_data(spec: dict[str, Any]):
     """``(held_out EvalSet, training documents)``: held-out docs are never trained on."""
     from lastlayer.config import EvalConfig
     from lastlayer.corpus import read_texts
-    from lastlayer.training.loop import load_eval_set
+    from lastlayer.evaluation.datasets import load_eval_set
 
     held_out = load_eval_set(EvalConfig(data=spec["data"], max_docs=spec["eval_docs"]),
                              spec["seed"])

@@ -17,12 +17,12 @@ import json
 import os
 from pathlib import Path
 
-import lastlayer.core.adapters as adapters_mod
 import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 from torch import nn
 
+import lastlayer.core.adapters as adapters_mod
 from lastlayer.config import AdapterConfig, ConfigError, ModelConfig
 from lastlayer.core.adapters import (
     adapter_targets,

@@ -179,7 +179,8 @@ PAPER_RECIPES = sorted((ROOT / "recipes").rglob("mpnet-base_*.yaml"))
 def test_paper_recipes_follow_the_papers_protocol(path, monkeypatch):
     """DESIGN §2: mpnet-base, mean pooling, 2-sentence crops of 100-250 chars, tau 0.05,
     batch 64, lr 2e-4 for crops (2e-5 otherwise), 10% warm-up, exactly one epoch."""
-    from lastlayer.training.loop import load_eval_set, training_documents
+    from lastlayer.evaluation.datasets import load_eval_set
+    from lastlayer.training.loop import training_documents
 
     monkeypatch.chdir(ROOT)  # recipes name their data relative to the repository
     recipe = load_recipe(path)

@@ -49,7 +49,8 @@ def test_medical_abstracts_real_file():
 
 
 def test_module_imports_neither_torch_nor_datasets():
-    code = "import sys, lastlayer.corpus, lastlayer.evaluation.datasets; print('torch' in sys.modules, 'datasets' in sys.modules)"
+    code = ("import sys, lastlayer.corpus, lastlayer.evaluation.datasets; "
+            "print('torch' in sys.modules, 'datasets' in sys.modules)")
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     ).stdout

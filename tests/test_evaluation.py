@@ -16,9 +16,9 @@ from scipy.sparse import csr_matrix
 from sklearn.metrics import ndcg_score
 from tiny import tiny_model, tiny_tokenizer
 
-from lastlayer.evaluation import suite
 from lastlayer.core.encoder import Encoder
 from lastlayer.corpus import DataError
+from lastlayer.evaluation import suite
 from lastlayer.evaluation.datasets import BeirData, dataset_kind, read_beir, read_splits
 from lastlayer.evaluation.metrics import (
     METRICS,

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lastlayer.core.encoder as model_mod
 import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
+import lastlayer.core.encoder as model_mod
 from lastlayer.config import ModelConfig
 from lastlayer.core.encoder import (
     Encoder,

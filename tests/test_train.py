@@ -7,20 +7,20 @@ import json
 import logging
 from pathlib import Path
 
-import lastlayer.training.loop as train_module
 import pytest
 import torch
 from accelerate.state import AcceleratorState
 from conftest import MEDICAL
 from safetensors.torch import load_file
 
+import lastlayer.training.loop as train_module
 from lastlayer.config import ConfigError, load_recipe
 from lastlayer.core.adapters import load_target
+from lastlayer.evaluation.datasets import load_eval_set
 from lastlayer.evaluation.metrics import knn_accuracy
 from lastlayer.training.loop import (
     cpu_has_fast_bf16,
     latest_checkpoint,
-    load_eval_set,
     make_accelerator,
     run,
 )

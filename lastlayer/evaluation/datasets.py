@@ -1,4 +1,5 @@
-"""Evaluation data sets: BEIR retrieval folders and a labelled file's own train/test split.
+"""Evaluation data sets: the held-out labelled sample, BEIR retrieval folders, and a
+labelled file's own train/test split.
 
 What ``lastlayer eval`` reads besides plain labelled files (``lastlayer.corpus``).
 """
@@ -12,15 +13,46 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from lastlayer.config import EvalConfig
 from lastlayer.corpus import (
     DataError,
     _format_of,
     _jsonl_records,
     _open_text,
     _read,
+    read_labelled,
 )
 
 logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------- the held-out sample
+
+
+@dataclass
+class EvalSet:
+    """Labelled documents held out of training, on which base and adapter are compared."""
+
+    texts: list[str]
+    labels: list[str]
+    source: str
+
+
+def load_eval_set(cfg: EvalConfig, seed: int) -> EvalSet | None:
+    """A seeded random sample of ``cfg.max_docs`` labelled documents, or None without data.
+
+    Training holds this sample out and reports kNN on it; ``lastlayer probe`` and
+    ``lastlayer eval`` draw the same sample from the same data, ``max_docs`` and seed.
+    """
+    if cfg.data is None:
+        return None
+    texts, labels = read_labelled(cfg.data, cfg.text_field, cfg.label_field)
+    if cfg.max_docs is not None and cfg.max_docs < len(texts):
+        keep = np.random.default_rng(seed).choice(len(texts), size=cfg.max_docs, replace=False)
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    return EvalSet(texts, labels, cfg.data)
 
 
 # ------------------------------------------------------------------ evaluation data sets

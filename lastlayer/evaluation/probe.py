@@ -206,7 +206,7 @@ def _sample(data: str | Path, text_field: str, label_field: str, max_docs: int |
             k: int, metric: str, seed: int):
     """The same seeded sample that training holds out for its kNN evaluation."""
     from lastlayer.config import EvalConfig
-    from lastlayer.training.loop import load_eval_set
+    from lastlayer.evaluation.datasets import load_eval_set
 
     cfg = EvalConfig(data=str(data), text_field=text_field, label_field=label_field,
                      max_docs=max_docs, k=k, metric=metric)

@@ -23,7 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -40,7 +39,8 @@ from lastlayer.core.adapters import (
 )
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.split import encode_from_cache, encode_with_cache
-from lastlayer.corpus import DataError, read_labelled, read_texts
+from lastlayer.corpus import DataError, read_texts
+from lastlayer.evaluation.datasets import EvalSet, load_eval_set
 from lastlayer.evaluation.metrics import KnnResult, knn_accuracy, paired_delta
 from lastlayer.training.loss import info_nce
 from lastlayer.training.objectives import disable_dropout, enable_dropout
@@ -60,27 +60,8 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------
-# Data: which documents are trained on, which are held out for kNN, how views are made.
-
-
-@dataclass
-class EvalSet:
-    """Labelled documents held out of training, on which base and adapter are compared."""
-
-    texts: list[str]
-    labels: list[str]
-    source: str
-
-
-def load_eval_set(cfg: EvalConfig, seed: int) -> EvalSet | None:
-    """A seeded random sample of ``cfg.max_docs`` labelled documents, or None without data."""
-    if cfg.data is None:
-        return None
-    texts, labels = read_labelled(cfg.data, cfg.text_field, cfg.label_field)
-    if cfg.max_docs is not None and cfg.max_docs < len(texts):
-        keep = np.random.default_rng(seed).choice(len(texts), size=cfg.max_docs, replace=False)
-        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-    return EvalSet(texts, labels, cfg.data)
+# Data: which documents are trained on; the held-out kNN sample is
+# lastlayer.evaluation.datasets.load_eval_set (probe and eval draw the same one).
 
 
 def training_documents(recipe: Recipe, held_out: EvalSet | None) -> list[str]:

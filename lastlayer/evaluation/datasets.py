@@ -50,10 +50,20 @@ def load_eval_set(cfg: EvalConfig, seed: int) -> EvalSet | None:
     if cfg.data is None:
         return None
     texts, labels = read_labelled(cfg.data, cfg.text_field, cfg.label_field)
-    if cfg.max_docs is not None and cfg.max_docs < len(texts):
-        keep = np.random.default_rng(seed).choice(len(texts), size=cfg.max_docs, replace=False)
+    keep = sample_rows(len(texts), cfg.max_docs, seed)
+    if keep is not None:
         texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
     return EvalSet(texts, labels, cfg.data)
+
+
+def sample_rows(n: int, max_docs: int | None, seed: int) -> np.ndarray | None:
+    """Rows of the seeded ``max_docs`` sample of ``n`` documents (None: keep them all).
+
+    The one sampling rule of training's held-out set, ``lastlayer eval`` and ``probe``.
+    """
+    if max_docs is None or max_docs >= n:
+        return None
+    return np.random.default_rng(seed).choice(n, size=max_docs, replace=False)
 
 
 # ------------------------------------------------------------------ evaluation data sets

@@ -2,7 +2,7 @@
 
 The card's YAML header is rendered by ``huggingface_hub.ModelCardData`` so the Hub reads
 it (base model, library, tags); the body says what was trained, how, how well, and how to
-load it. Pushing and pulling artifacts comes in a later issue.
+load it.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ Three families of metrics, each computed offline with scikit-learn / numpy:
   ``knn_accuracy`` in training's before/after report and in ``lastlayer eval``),
   :func:`knn_split_accuracy` is the paper's protocol (fit on a train part, classify a test
   part: the data set's own train/test split, ``knn_accuracy_train_test``, or a 90/10
-  random split with seed 42, ``knn_accuracy_split_90_10``). On unit-normalised embeddings euclidean and cosine
-  neighbours are the same.
+  random split with seed 42, ``knn_accuracy_split_90_10``). On unit-normalised embeddings
+  euclidean and cosine neighbours are the same.
 - **Clustering**: k-means with as many clusters as labels; V-measure and adjusted Rand index.
 - **Retrieval** on a BEIR folder: cosine ranking of the whole corpus for every judged
   query; nDCG@10 (graded relevance, linear gain, as trec_eval / BEIR) and Recall@100.

@@ -41,8 +41,8 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any] | None) -> str:
     lines += [
         "## Use", "",
         "```python",
-        "from lastlayer.model import load_encoder",
-        "from lastlayer.adapters import load_adapter",
+        "from lastlayer.core.encoder import load_encoder",
+        "from lastlayer.core.adapters import load_adapter",
         "from lastlayer.config import ModelConfig",
         f"encoder = load_encoder(ModelConfig(name_or_path={meta['base_model']!r}, "
         f"pooling={meta['pooling']!r}, max_length={meta['max_length']}))",

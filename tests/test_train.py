@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 import logging
 from pathlib import Path
@@ -79,6 +80,11 @@ def test_run_writes_a_complete_artifact(saved_models, corpus, tmp_path, capsys):
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "base_model: tiny-bert" in card
     assert "model-index:" in card and "knn_accuracy" in card
+    imports = [line[len("from "):].split(" import ") for line in card.splitlines()
+               if line.startswith("from lastlayer")]
+    assert len(imports) == 3
+    for module, name in imports:  # the card's "Use" snippet runs as written
+        assert hasattr(importlib.import_module(module), name), (module, name)
 
     # The adapted kNN (computed from cached bottom states) equals a fresh full pass of the
     # saved artifact loaded back through its lastlayer.json.

@@ -331,7 +331,7 @@ def make_accelerator(recipe: Recipe):
         log.warning(
             "train.mixed_precision=bf16 on a CPU without native bf16 matmuls (no AVX512-BF16 "
             "or AMX): torch falls back to slow kernels and a training step can be 10-20x "
-            "slower than fp32 (README, 'Speed and memory'). Set train.mixed_precision=no here."
+            "slower than fp32 (docs/speed.md). Set train.mixed_precision=no here."
         )
     return Accelerator(
         cpu=cfg.cpu, mixed_precision=cfg.mixed_precision,

@@ -17,14 +17,15 @@ from lastlayer.extras import MissingExtraError, require
 
 
 def missing(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
-    """Make ``import module`` fail as if the package were not installed."""
+    """Make ``import module`` fail as if the package were not installed (name submodules
+    too: one imported earlier in the session would still be found in ``sys.modules``)."""
     for module in modules:
         monkeypatch.setitem(sys.modules, module, None)
 
 
 def test_require_returns_the_module_or_names_the_extra(monkeypatch):
     assert require("json", "plot", "x") is sys.modules["json"]
-    missing(monkeypatch, "matplotlib")
+    missing(monkeypatch, "matplotlib", "matplotlib.pyplot")  # as if never installed
     with pytest.raises(MissingExtraError) as err:
         require("matplotlib.pyplot", "plot", "lastlayer probe (drawing probe.png)")
     assert str(err.value) == ("lastlayer probe (drawing probe.png) needs matplotlib, which is "
@@ -41,11 +42,10 @@ def test_probe_without_matplotlib_exits_2_before_loading_anything(monkeypatch, c
         plot_probe({"layers": []}, "probe.png")
 
 
-@pytest.mark.parametrize("module", ["pyarrow", "pyarrow.parquet"])
-def test_parquet_without_pyarrow_names_the_datasets_extra(monkeypatch, tmp_path, module):
+def test_parquet_without_pyarrow_names_the_datasets_extra(monkeypatch, tmp_path):
     path = tmp_path / "corpus.parquet"
     path.write_bytes(b"PAR1")  # never opened: the import fails first
-    missing(monkeypatch, module)
+    missing(monkeypatch, "pyarrow", "pyarrow.parquet")
     with pytest.raises(MissingExtraError, match=r"corpus\.parquet \(parquet\) needs pyarrow.*"
                        r"lastlayer\[datasets\]"):
         read_labelled(path)

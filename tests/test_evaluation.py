@@ -391,7 +391,8 @@ def test_evaluate_beir_scores_only_judged_queries(tmp_path, caplog):
 
 def test_format_table_and_json():
     results = {"data/med.jsonl.gz": {"knn_accuracy": 0.61234, "knn_accuracy_split_90_10": 0.6,
-                                     "v_measure": 0.3, "ari": 0.2, "protocol": "LOO over 9"},
+                                     "v_measure": 0.3, "ari": 0.2,
+                                     "protocol": "knn_accuracy: LOO; v_measure, ari: k-means"},
                "data/own.jsonl": {"knn_accuracy": 0.5, "knn_accuracy_train_test": 0.25,
                                   "protocol": "own split"},
                "shared/scifact": {"ndcg@10": 0.645, "recall@100": 0.925}}
@@ -405,7 +406,8 @@ def test_format_table_and_json():
     assert table[2].split() == ["data/own.jsonl", "0.5000", "-", "0.2500", "-", "-", "-", "-"]
     assert table[3].split() == ["shared/scifact", "-", "-", "-", "-", "-", "0.6450", "0.9250"]
     assert len({len(line) for line in table}) == 1  # aligned
-    assert protocols == ["", "data/med.jsonl.gz: LOO over 9", "data/own.jsonl: own split"]
+    assert protocols == ["", "data/med.jsonl.gz:", "  knn_accuracy: LOO",
+                         "  v_measure, ari: k-means", "data/own.jsonl:", "  own split"]
     assert results_json(results) == results
     assert results_json({"x": {"ndcg@10": 0.5}}) == {"ndcg@10": 0.5}
     assert set(METRICS) == set(table[0].split()[1:])

@@ -280,6 +280,8 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
         return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
 
     table = [line(header), *(line(row) for row in rows)]
-    protocols = [f"{path}: {metrics['protocol']}" for path, metrics in results.items()
-                 if "protocol" in metrics]
-    return "\n".join(table + ([""] + protocols if protocols else []))
+    protocols = [""]  # under the table: each data set, then one line per protocol part
+    for path, metrics in results.items():
+        if "protocol" in metrics:
+            protocols += [f"{path}:", *(f"  {part}" for part in metrics["protocol"].split("; "))]
+    return "\n".join(table + (protocols if len(protocols) > 1 else []))

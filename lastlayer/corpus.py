@@ -5,7 +5,7 @@ Supported inputs (chosen by suffix):
 - ``.txt`` / ``.txt.gz``: one document per non-empty line (no fields, no labels).
 - ``.jsonl`` / ``.jsonl.gz``: one JSON object per line; field names are configurable.
 - ``.csv`` / ``.csv.gz``: a header row, then one record per row (stdlib :mod:`csv`).
-- ``.parquet``: read column-wise with ``pyarrow`` (installed with ``datasets``).
+- ``.parquet``: read column-wise with ``pyarrow`` (extra ``datasets``).
 - a folder written by ``datasets.Dataset.save_to_disk``.
 
 Retrieval sets (BEIR) and a file's own train/test split are read by
@@ -27,6 +27,8 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from lastlayer.extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -275,10 +277,7 @@ def _csv_records(path: Path, fields: list[str]) -> Iterator[tuple[str, dict]]:
 
 def _arrow_records(path: Path, fmt: str, fields: list[str]) -> Iterator[tuple[str, dict]]:
     if fmt == "parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as e:  # pragma: no cover - pyarrow comes with datasets
-            raise DataError(f"{path}: reading parquet needs pyarrow: pip install datasets") from e
+        pq = require("pyarrow.parquet", "datasets", f"Reading {path} (parquet)")
         try:
             pf = pq.ParquetFile(path)
         except Exception as e:  # pyarrow raises ArrowInvalid and friends
@@ -287,10 +286,7 @@ def _arrow_records(path: Path, fmt: str, fields: list[str]) -> Iterator[tuple[st
         _check_fields(path, fields, present)
         batches = (b.to_pydict() for b in pf.iter_batches(batch_size=_BATCH_ROWS, columns=fields))
     else:
-        try:
-            import datasets
-        except ImportError as e:  # pragma: no cover
-            raise DataError(f"{path}: reading a saved dataset needs: pip install datasets") from e
+        datasets = require("datasets", "datasets", f"Reading {path} (a save_to_disk folder)")
         try:
             ds = datasets.load_from_disk(str(path))
         except Exception as e:

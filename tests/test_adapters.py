@@ -452,7 +452,7 @@ def test_quantized_lora_trains_after_eval_forward(saved_models, quantization: st
         if isinstance(m, nn.Linear) and _block_index(enc.model, n) is not None
     ]
     assert block_linears and all(isinstance(m, layer_type) for m in block_linears)
-    if quantization == "4bit":  # the CPU repacking fast path is off (DESIGN §6)
+    if quantization == "4bit":  # the CPU repacking fast path is off (disable_cpu_4bit_repacking)
         assert all(m.support_avx512bf16_for_cpu is False for m in block_linears)
 
     # The 4-bit trap: an eval / no-grad forward FIRST, then training.

@@ -16,10 +16,17 @@ from scipy.sparse import csr_matrix
 from sklearn.metrics import ndcg_score
 from tiny import tiny_model, tiny_tokenizer
 
+from lastlayer.config import EvalConfig
 from lastlayer.core.encoder import Encoder
 from lastlayer.corpus import DataError
 from lastlayer.evaluation import suite
-from lastlayer.evaluation.datasets import BeirData, dataset_kind, read_beir, read_splits
+from lastlayer.evaluation.datasets import (
+    BeirData,
+    dataset_kind,
+    load_eval_set,
+    read_beir,
+    read_splits,
+)
 from lastlayer.evaluation.metrics import (
     METRICS,
     clustering_scores,
@@ -287,16 +294,27 @@ def test_evaluate_labelled_uses_the_data_sets_own_split(tmp_path, monkeypatch):
     monkeypatch.setattr(suite, "knn_split_accuracy", knn_spy)
     got = evaluate_encoder(encoder, data, k=3)
     assert sizes == [(16, 8)]  # i % 3 == 0 is test: 4 + 4; "extra" is in neither
-    assert list(got) == ["knn_accuracy", "v_measure", "ari"]
-    assert got["knn_accuracy"] == 1.0
+    assert list(got) == ["knn_accuracy", "knn_accuracy_train_test", "v_measure", "ari",
+                         "protocol"]
+    assert got["knn_accuracy"] == 1.0 and got["knn_accuracy_train_test"] == 1.0
     assert got["v_measure"] == pytest.approx(1.0) and got["ari"] == pytest.approx(1.0)
     assert encoder.calls == [[r["text"] for r in records]]
+    assert got["protocol"] == (
+        "knn_accuracy: k=3, euclidean, leave-one-out over all 25 documents; "
+        "knn_accuracy_train_test: k=3, euclidean, fit on 16, scored on 8 (the data set's own "
+        "train/test split); v_measure, ari: k-means, one cluster per label (2), n_init=10, "
+        "seed 42, over the same 25 documents")
 
-    # Flip the labels of the train documents: a train->test kNN must now be all wrong.
+    # Flip the labels of the train documents: a train->test kNN must now be all wrong, while
+    # leave-one-out over all 25 documents counts each one against its flipped neighbours.
     flipped = [dict(r, label={"up": "right", "right": "up"}[r["label"]])
                if r["split"] == "train" else r for r in records]
     data = write_jsonl(tmp_path / "flipped.jsonl", flipped)
-    assert evaluate_encoder(encoder, data, k=3, clustering=False) == {"knn_accuracy": 0.0}
+    got = evaluate_encoder(encoder, data, k=3, clustering=False)
+    x = np.array([vectors[r["text"]] for r in flipped])
+    loo = knn_accuracy(x, [r["label"] for r in flipped], k=3).accuracy
+    assert got["knn_accuracy_train_test"] == 0.0
+    assert got["knn_accuracy"] == pytest.approx(loo) and 0.0 < loo < 1.0
 
 
 def test_evaluate_labelled_random_split_is_the_papers(tmp_path):
@@ -309,7 +327,13 @@ def test_evaluate_labelled_random_split_is_the_papers(tmp_path):
     x, y = np.array([vectors[r["text"]] for r in records]), [r["label"] for r in records]
     expected = knn_split_accuracy(x[train], [y[i] for i in train], x[test],
                                   [y[i] for i in test], k=5, metric="cosine")
-    assert got == {"knn_accuracy": pytest.approx(expected.accuracy)}
+    loo = knn_accuracy(x, y, k=5, metric="cosine")
+    assert expected.accuracy != loo.accuracy, "the two protocols must be told apart here"
+    assert got == {"knn_accuracy": pytest.approx(loo.accuracy),
+                   "knn_accuracy_split_90_10": pytest.approx(expected.accuracy),
+                   "protocol": "knn_accuracy: k=5, cosine, leave-one-out over all 40 documents; "
+                   "knn_accuracy_split_90_10: k=5, cosine, fit on 36, scored on 4 (a 90%/10% "
+                   "random split, seed 42)"}
     # A split field with only one value is no train/test split: the random split is used.
     one_split = [dict(r, split="test") for r in records]
     assert evaluate_encoder(LookupEncoder(vectors), write_jsonl(tmp_path / "t.jsonl", one_split),
@@ -320,10 +344,16 @@ def test_evaluate_labelled_max_docs_and_errors(tmp_path):
     records, vectors = _labelled(30, split=False)
     data = write_jsonl(tmp_path / "m.jsonl", records)
     encoder = LookupEncoder(vectors)
-    evaluate_encoder(encoder, data, max_docs=20, clustering=False)
+    got = evaluate_encoder(encoder, data, max_docs=20, clustering=False, split_seed=3)
     assert len(encoder.calls[0]) == 20
-    with pytest.raises(DataError, match="at least 10 training"):
+    # The sample is training's held-out sample (load_eval_set) for the same data and seed.
+    held_out = load_eval_set(EvalConfig(data=str(data), max_docs=20), seed=3)
+    assert encoder.calls[0] == held_out.texts
+    assert "leave-one-out over a seeded sample (seed 3) of 20 of 60 documents" in got["protocol"]
+    with pytest.raises(DataError, match="needs more than 10 documents; 10 were read"):
         evaluate_encoder(encoder, data, max_docs=10)
+    with pytest.raises(DataError, match="at least 10 training"):
+        evaluate_encoder(encoder, data, max_docs=11)
     one_label = write_jsonl(tmp_path / "one.jsonl", [dict(r, label="x") for r in records])
     with pytest.raises(DataError, match="at least 2 labels"):
         evaluate_encoder(encoder, one_label)
@@ -345,7 +375,9 @@ def test_evaluate_beir_scores_only_judged_queries(tmp_path, caplog):
         got = evaluate_encoder(encoder, folder)
     assert "1 judged quer(ies) without a relevant document" in caplog.text
     ndcg_first = 2 / (2 + 1 / math.log2(3))  # d0 at rank 1, d11 at rank 12 (outside @10)
-    assert got == {"ndcg@10": pytest.approx((ndcg_first + 1) / 2), "recall@100": 1.0}
+    assert got == {"ndcg@10": pytest.approx((ndcg_first + 1) / 2), "recall@100": 1.0,
+                   "protocol": "ndcg@10, recall@100: cosine ranking of all 120 documents for 2 "
+                   "judged queries of qrels/test.tsv"}
     assert encoder.calls[1] == ["q first", "q last"]  # the unjudged queries are not embedded
 
     # max_docs keeps every judged document, plus seeded random others.
@@ -354,17 +386,28 @@ def test_evaluate_beir_scores_only_judged_queries(tmp_path, caplog):
     embedded = encoder.calls[0]
     assert len(embedded) == 10 and {"doc 0", "doc 11", "doc 119"} <= set(embedded)
     assert small["recall@100"] == 1.0
+    assert "a corpus sample of 10 documents keeping every judged one (seed 42)" in small["protocol"]
 
 
 def test_format_table_and_json():
-    results = {"data/med.jsonl.gz": {"knn_accuracy": 0.61234, "v_measure": 0.3, "ari": 0.2},
+    results = {"data/med.jsonl.gz": {"knn_accuracy": 0.61234, "knn_accuracy_split_90_10": 0.6,
+                                     "v_measure": 0.3, "ari": 0.2,
+                                     "protocol": "knn_accuracy: LOO; v_measure, ari: k-means"},
+               "data/own.jsonl": {"knn_accuracy": 0.5, "knn_accuracy_train_test": 0.25,
+                                  "protocol": "own split"},
                "shared/scifact": {"ndcg@10": 0.645, "recall@100": 0.925}}
-    table = format_table(results).splitlines()
-    assert table[0].split() == ["data", "knn_accuracy", "v_measure", "ari", "ndcg@10",
+    lines = format_table(results).splitlines()
+    table, protocols = lines[:4], lines[4:]
+    assert table[0].split() == ["data", "knn_accuracy", "knn_accuracy_split_90_10",
+                                "knn_accuracy_train_test", "v_measure", "ari", "ndcg@10",
                                 "recall@100"]
-    assert table[1].split() == ["data/med.jsonl.gz", "0.6123", "0.3000", "0.2000", "-", "-"]
-    assert table[2].split() == ["shared/scifact", "-", "-", "-", "0.6450", "0.9250"]
+    assert table[1].split() == ["data/med.jsonl.gz", "0.6123", "0.6000", "-", "0.3000",
+                                "0.2000", "-", "-"]
+    assert table[2].split() == ["data/own.jsonl", "0.5000", "-", "0.2500", "-", "-", "-", "-"]
+    assert table[3].split() == ["shared/scifact", "-", "-", "-", "-", "-", "0.6450", "0.9250"]
     assert len({len(line) for line in table}) == 1  # aligned
+    assert protocols == ["", "data/med.jsonl.gz:", "  knn_accuracy: LOO",
+                         "  v_measure, ari: k-means", "data/own.jsonl:", "  own split"]
     assert results_json(results) == results
     assert results_json({"x": {"ndcg@10": 0.5}}) == {"ndcg@10": 0.5}
     assert set(METRICS) == set(table[0].split()[1:])
@@ -382,8 +425,9 @@ def test_evaluate_tiny_bert_end_to_end(tmp_path):
     beir = _beir_folder(tmp_path / "beir", corpus, queries, QRELS_HEADER + "a\t1\t1\nb\t2\t2\n")
     results = evaluate_paths(encoder, [labelled, beir], k=3, progress=False)
     assert list(results) == [str(labelled), str(beir)]
-    assert list(results[str(labelled)]) == ["knn_accuracy", "v_measure", "ari"]
-    assert list(results[str(beir)]) == ["ndcg@10", "recall@100"]
+    assert list(results[str(labelled)]) == ["knn_accuracy", "knn_accuracy_train_test",
+                                            "v_measure", "ari", "protocol"]
+    assert list(results[str(beir)]) == ["ndcg@10", "recall@100", "protocol"]
     assert 0.0 <= results[str(labelled)]["knn_accuracy"] <= 1.0
     assert 0.0 < results[str(beir)]["ndcg@10"] <= 1.0
     assert results[str(beir)]["recall@100"] == 1.0  # 12 documents: all are retrieved
@@ -402,8 +446,11 @@ def test_eval_cli_json_and_errors(saved_models, tmp_path, capsys):
         data.write_text("".join(next(src) for _ in range(40)), encoding="utf-8")
     assert main(["eval", str(saved_models["bert"]), "--data", str(data), "--json", "--k", "3"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"knn_accuracy", "v_measure", "ari"}
+    assert set(result) == {"knn_accuracy", "knn_accuracy_split_90_10", "v_measure", "ari",
+                           "protocol"}
     assert 0.0 <= result["knn_accuracy"] <= 1.0
+    assert result["protocol"].startswith("knn_accuracy: k=3, euclidean, leave-one-out over all "
+                                         "40 documents")
     assert main(["eval", str(saved_models["bert"]), "--data", str(tmp_path / "missing.jsonl")]) == 2
     assert main(["eval", "nobody/nothing-here", "--data", str(data)]) == 2
     assert "cannot load model" in capsys.readouterr().err

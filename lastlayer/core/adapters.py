@@ -4,8 +4,8 @@ Both kinds are real PEFT tuners, so every artifact loads with
 ``peft.PeftModel.from_pretrained(base, folder)``:
 
 - ``lora``: ``LoraConfig`` whose ``target_modules`` are the explicit names of the linear
-  layers inside the top-k blocks (PEFT's ``layers_to_transform`` fails silently for some
-  naming schemes, DESIGN §6, so lastlayer names the modules itself).
+  layers inside the top-k blocks (PEFT's ``layers_to_transform`` silently matches no
+  layer, or the wrong ones, on some naming schemes, so lastlayer names the modules itself).
 - ``full``: PEFT's layer-selection tuner (``LNTuningConfig``) pointed at whole top-k blocks:
   it keeps a trainable copy of each block and saves it, which is exactly "unfreeze the
   top-k blocks" in PEFT's format, with adapter switching for free.

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lastlayer.config import ModelConfig
+from lastlayer.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,7 @@ def quantization_config(kind: str | None, compute_dtype: torch.dtype):
     """A ``BitsAndBytesConfig`` for ``8bit`` / ``4bit`` (nf4), or None."""
     if kind is None:
         return None
+    require("bitsandbytes", "quant", f"model.quantization={kind}")
     from transformers import BitsAndBytesConfig
 
     if kind == "8bit":
@@ -297,12 +299,10 @@ def disable_cpu_4bit_repacking(model: nn.Module) -> int:
     On CPU, bitsandbytes repacks 4-bit weights for AVX512-bf16 kernels during the first
     no-grad forward, for good; every later training forward then fails ("a view of a leaf
     Variable that requires grad is being used in an in-place operation"). Turning that fast
-    path off on every ``Linear4bit`` avoids it (DESIGN §6). Returns the layers changed.
+    path off on every ``Linear4bit`` avoids it. Call it on quantized models only (it imports
+    bitsandbytes, extra ``quant``). Returns the layers changed.
     """
-    try:
-        import bitsandbytes as bnb
-    except ImportError:  # pragma: no cover - bitsandbytes is a required dependency
-        return 0
+    bnb = require("bitsandbytes", "quant", "A quantized base (model.quantization)")
     changed = 0
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
@@ -334,7 +334,8 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None) -> 
     model = AutoModel.from_pretrained(resolved.path, dtype=dtype, **kwargs)
     if quant is None:
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    disable_cpu_4bit_repacking(model)
+    if quant is not None:
+        disable_cpu_4bit_repacking(model)
     model.eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, **_tokenizer_kwargs(kwargs))
     if tokenizer.pad_token is None:  # decoders: pad with EOS, the mask hides it anyway

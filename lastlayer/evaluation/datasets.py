@@ -1,5 +1,5 @@
-"""Evaluation data sets: the held-out labelled sample, BEIR retrieval folders and a labelled
-file's own train/test split.
+"""Evaluation data sets: the held-out labelled sample, BEIR retrieval folders, and a
+labelled file's own train/test split.
 
 The held-out sample (:func:`load_eval_set`) is what training compares base and adapter on
 and what ``lastlayer probe`` scores layers on; the rest is what ``lastlayer eval`` reads
@@ -14,8 +14,10 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
+
+from lastlayer.config import EvalConfig
 from lastlayer.corpus import (
     DataError,
     _format_of,
@@ -24,14 +26,12 @@ from lastlayer.corpus import (
     _read,
     read_labelled,
 )
-
-if TYPE_CHECKING:
-    from lastlayer.config import EvalConfig
+from lastlayer.extras import require
 
 logger = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------- the held-out sample
+# ------------------------------------------------------------------- the held-out sample
 
 
 @dataclass
@@ -46,18 +46,26 @@ class EvalSet:
 def load_eval_set(cfg: EvalConfig, seed: int) -> EvalSet | None:
     """A seeded random sample of ``cfg.max_docs`` labelled documents, or None without data.
 
-    Training excludes these documents from its corpus, so the same ``(cfg, seed)`` always
-    names the same held-out documents (``lastlayer probe`` scores layers on them too).
+    Training holds this sample out and reports kNN on it; ``lastlayer probe`` and
+    ``lastlayer eval`` draw the same sample from the same data, ``max_docs`` and seed.
     """
-    import numpy as np  # lazily: the CLI's fast commands import this module's neighbours
-
     if cfg.data is None:
         return None
     texts, labels = read_labelled(cfg.data, cfg.text_field, cfg.label_field)
-    if cfg.max_docs is not None and cfg.max_docs < len(texts):
-        keep = np.random.default_rng(seed).choice(len(texts), size=cfg.max_docs, replace=False)
+    keep = sample_rows(len(texts), cfg.max_docs, seed)
+    if keep is not None:
         texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
     return EvalSet(texts, labels, cfg.data)
+
+
+def sample_rows(n: int, max_docs: int | None, seed: int) -> np.ndarray | None:
+    """Rows of the seeded ``max_docs`` sample of ``n`` documents (None: keep them all).
+
+    The one sampling rule of training's held-out set, ``lastlayer eval`` and ``probe``.
+    """
+    if max_docs is None or max_docs >= n:
+        return None
+    return np.random.default_rng(seed).choice(n, size=max_docs, replace=False)
 
 
 # ------------------------------------------------------------------ evaluation data sets
@@ -213,11 +221,9 @@ def _field_names(path: Path) -> list[str]:
             return list(record)
         return []
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
+        pq = require("pyarrow.parquet", "datasets", f"Reading {path} (parquet)")
         return list(pq.ParquetFile(path).schema_arrow.names)
-    import datasets
-
+    datasets = require("datasets", "datasets", f"Reading {path} (a save_to_disk folder)")
     return list(datasets.load_from_disk(str(path)).column_names)
 
 

@@ -17,8 +17,9 @@ def plot_probe(result: dict[str, Any], path: str | Path) -> Path:
     trained blocks are shaded, the suggested top-k is marked, and the majority-class rate is
     drawn as the floor that a useless embedding reaches.
     """
-    import matplotlib
+    from lastlayer.extras import require
 
+    matplotlib = require("matplotlib", "plot", "lastlayer probe (drawing probe.png)")
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 

@@ -14,12 +14,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lastlayer.corpus import DataError, read_labelled
-from lastlayer.evaluation.datasets import BeirData, dataset_kind, read_beir, read_splits
+from lastlayer.evaluation.datasets import (
+    BeirData,
+    dataset_kind,
+    read_beir,
+    read_splits,
+    sample_rows,
+)
 from lastlayer.evaluation.metrics import (
+    KMEANS_N_INIT,
     KNN_METRICS,
     METRICS,
+    NDCG_AT,
+    RECALL_AT,
     TEST_FRACTION,
     clustering_scores,
+    knn_accuracy,
     knn_split_accuracy,
     random_split,
     retrieval_scores,
@@ -48,17 +58,23 @@ def evaluate_encoder(
     max_docs: int | None = None,
     clustering: bool = True,
     progress: bool = True,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Embed one evaluation data set with ``encoder`` and compute the metrics that apply.
 
     A folder in the BEIR layout (see :func:`lastlayer.evaluation.datasets.read_beir`) gives
     ``ndcg@10`` and ``recall@100``; anything else is read as a labelled file
-    (:func:`lastlayer.corpus.read_labelled`) and gives ``knn_accuracy`` and, with
-    ``clustering``, ``v_measure`` and ``ari``.
+    (:func:`lastlayer.corpus.read_labelled`) and gives two kNN accuracies and, with
+    ``clustering``, ``v_measure`` and ``ari``:
 
-    kNN uses the data set's own split when its ``split_field`` holds both ``train`` and
-    ``test`` (other values are left out of kNN), else a 90/10 random split seeded with
-    ``split_seed``. Clustering uses every document read.
+    - ``knn_accuracy``: leave-one-out over every document read (each is classified by its
+      k nearest others), the protocol of training's report: on training's held-out sample
+      (same data, ``max_docs`` and seed) it is the number in the artifact's ``eval.json``.
+    - ``knn_accuracy_train_test`` when the ``split_field`` holds both ``train`` and ``test``
+      (fit on train, score test; other values are left out), else
+      ``knn_accuracy_split_90_10`` (a 90/10 random split seeded with ``split_seed``).
+
+    Clustering uses every document read. The ``protocol`` entry says how each number was
+    measured (k, distance, documents, splits, seeds).
 
     Args:
         encoder: Embeds texts (``lastlayer.core.adapters.load_target`` gives one).
@@ -66,7 +82,8 @@ def evaluate_encoder(
         k: kNN neighbours.
         metric: kNN distance, ``euclidean`` (the paper's) or ``cosine``. Retrieval always
             ranks by cosine.
-        split_seed: Seed of the random split, of the ``max_docs`` sample and of k-means.
+        split_seed: Seed of the ``max_docs`` sample (the rule of training's held-out set),
+            of the random split and of k-means.
         text_field, label_field: Field names of a labelled file.
         split_field: Field holding ``train`` / ``test`` (None: always split at random).
         qrels_split: Which ``qrels/<split>.tsv`` of a BEIR folder to score.
@@ -78,7 +95,7 @@ def evaluate_encoder(
         progress: Show progress bars while embedding.
 
     Returns:
-        Metric name -> value, in the order of :data:`METRICS`.
+        Metric name -> value, in the order of :data:`METRICS`, then ``protocol`` (a string).
 
     Raises:
         DataError: The data cannot be read, or holds too few documents or labels.
@@ -96,40 +113,59 @@ def evaluate_encoder(
                               progress, name)
     texts, labels = read_labelled(data, text_field, label_field)
     splits = read_splits(data, text_field, split_field) if split_field else None
-    if max_docs is not None and max_docs < len(texts):
-        keep = np.random.default_rng(split_seed).choice(len(texts), size=max_docs, replace=False)
+    total = len(texts)
+    keep = sample_rows(total, max_docs, split_seed)
+    if keep is not None:
         texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
         splits = [splits[i] for i in keep] if splits is not None else None
     if len(set(labels)) < 2:
         raise DataError(f"{data}: kNN and clustering need at least 2 labels in "
                         f"'{label_field}', found {sorted(set(labels))}.")
-    train, test, how = _knn_split(splits, len(texts), split_seed)
+    if len(texts) <= k:
+        raise DataError(f"{data}: leave-one-out kNN with k={k} needs more than {k} "
+                        f"documents; {len(texts)} were read.")
+    train, test, split_key, how = _knn_split(splits, len(texts), split_seed)
     if len(train) < k or not len(test):
         raise DataError(f"{data}: kNN with k={k} needs at least {k} training and 1 test "
                         f"document; {how} gives {len(train)} and {len(test)}.")
     vectors = encoder.encode(texts, batch_size=batch_size, progress=progress,
                              desc=f"embed {name}").numpy()
     y = np.asarray(labels)
-    result = knn_split_accuracy(vectors[train], y[train].tolist(), vectors[test],
-                                y[test].tolist(), k, metric)
-    log.info("%s: kNN (k=%d, %s) on %s: %d train / %d test documents", data, k, metric, how,
-             len(train), len(test))
-    metrics = {"knn_accuracy": result.accuracy}
+    split_result = knn_split_accuracy(vectors[train], y[train].tolist(), vectors[test],
+                                      y[test].tolist(), k, metric)
+    sample = (f"a seeded sample (seed {split_seed}) of {len(texts)} of {total} documents"
+              if keep is not None else f"all {total} documents")
+    protocol = [
+        f"knn_accuracy: k={k}, {metric}, leave-one-out over {sample}",
+        f"{split_key}: k={k}, {metric}, fit on {len(train)}, scored on {len(test)} "
+        f"({how})",
+    ]
+    metrics: dict[str, Any] = {
+        "knn_accuracy": knn_accuracy(vectors, labels, k, metric).accuracy,
+        split_key: split_result.accuracy,
+    }
     if clustering:
         metrics.update(clustering_scores(vectors, labels, seed=split_seed))
+        protocol.append(f"v_measure, ari: k-means, one cluster per label "
+                        f"({len(set(labels))}), n_init={KMEANS_N_INIT}, seed {split_seed}, "
+                        f"over the same {len(texts)} documents")
+    metrics["protocol"] = "; ".join(protocol)
+    log.info("%s: %s", data, metrics["protocol"])
     return metrics
 
 
 def _knn_split(
     splits: list[str] | None, n: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """(train, test, description): the data set's own split if it has one, else 90/10."""
+) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """(train, test, metric name, description): the data set's own split if it has one,
+    else a seeded 90/10 random split."""
     if splits is not None and {"train", "test"} <= set(splits):
         names = np.asarray(splits)
         return (np.flatnonzero(names == "train"), np.flatnonzero(names == "test"),
-                "the data set's train/test split")
+                "knn_accuracy_train_test", "the data set's own train/test split")
     train, test = random_split(n, TEST_FRACTION, seed)
-    return train, test, f"a {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} random split (seed {seed})"
+    return (train, test, "knn_accuracy_split_90_10",
+            f"a {1 - TEST_FRACTION:.0%}/{TEST_FRACTION:.0%} random split, seed {seed}")
 
 
 @dataclass
@@ -139,6 +175,7 @@ class RetrievalTask:
     docs: list[str]
     queries: list[str]
     relevance: Any  # (queries, docs) scipy sparse matrix of graded relevance
+    sampled: bool = False  # the corpus is a max_docs sample, not the whole corpus
 
     def score(self, doc_embeddings: np.ndarray, query_embeddings: np.ndarray) -> dict[str, float]:
         """nDCG@10 and Recall@100 of these embeddings (see :func:`retrieval_scores`)."""
@@ -178,19 +215,24 @@ def retrieval_task(
     log.info("%s: %d queries against %d documents (qrels/%s.tsv)", folder, len(query_ids),
              len(doc_rows), qrels_split)
     return RetrievalTask([beir.docs[j] for j in doc_rows],
-                         [beir.queries[i] for i in query_rows], relevance)
+                         [beir.queries[i] for i in query_rows], relevance,
+                         sampled=len(doc_rows) < len(beir.doc_ids))
 
 
 def _evaluate_beir(
     encoder: Encoder, folder: str | Path, qrels_split: str, batch_size: int,
     max_docs: int | None, seed: int, progress: bool, name: str,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     task = retrieval_task(folder, qrels_split, max_docs, seed)
     docs = encoder.encode(task.docs, batch_size=batch_size, progress=progress,
                           desc=f"embed {name} corpus").numpy()
     queries = encoder.encode(task.queries, batch_size=batch_size, progress=progress,
                              desc=f"embed {name} queries").numpy()
-    return task.score(docs, queries)
+    corpus = (f"a corpus sample of {len(task.docs)} documents keeping every judged one "
+              f"(seed {seed})" if task.sampled else f"all {len(task.docs)} documents")
+    protocol = (f"ndcg@{NDCG_AT}, recall@{RECALL_AT}: cosine ranking of {corpus} for "
+                f"{len(task.queries)} judged queries of qrels/{qrels_split}.tsv")
+    return {**task.score(docs, queries), "protocol": protocol}
 
 
 def _corpus_sample(beir: BeirData, query_ids: list[str], size: int, seed: int) -> np.ndarray:
@@ -209,23 +251,24 @@ def _corpus_sample(beir: BeirData, query_ids: list[str], size: int, seed: int) -
 
 def evaluate_paths(
     encoder: Encoder, paths: list[str | Path], **kwargs: Any
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """:func:`evaluate_encoder` on several data sets: ``{str(path): metrics}`` in order."""
     return {str(path): evaluate_encoder(encoder, path, **kwargs) for path in paths}
 
 
-def results_json(results: dict[str, dict[str, float]]) -> dict[str, Any]:
+def results_json(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The ``--json`` object: the metrics of a single data set, else keyed by data path."""
     return next(iter(results.values())) if len(results) == 1 else results
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    """A plain-text table: one row per data set, one column per metric that any of them has.
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table: one row per data set, one column per metric that any of them has;
+    below it, how each data set was measured (its ``protocol``).
 
     Args:
         results: Data path -> metric name -> value (what :func:`evaluate_paths` returns).
     """
-    present = {m for metrics in results.values() for m in metrics}
+    present = {m for metrics in results.values() for m in metrics if m != "protocol"}
     columns = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
     header = ["data", *columns]
     rows = [[path, *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in columns)]
@@ -236,4 +279,9 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
         first = cells[0].ljust(widths[0])
         return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
 
-    return "\n".join([line(header), *(line(row) for row in rows)])
+    table = [line(header), *(line(row) for row in rows)]
+    protocols = [""]  # under the table: each data set, then one line per protocol part
+    for path, metrics in results.items():
+        if "protocol" in metrics:
+            protocols += [f"{path}:", *(f"  {part}" for part in metrics["protocol"].split("; "))]
+    return "\n".join(table + (protocols if len(protocols) > 1 else []))

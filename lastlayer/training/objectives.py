@@ -92,7 +92,7 @@ def disable_dropout(model: nn.Module) -> int:
     extra noise on top. Without it, PyTorch's fused SDPA kernel can run in training (on CPU
     it takes no dropout), so the attention probabilities, ``(batch, heads, T, T)`` per
     block, are no longer kept for the backward: on MiniLM's top-2 blocks that is about 40 %
-    of the saved activations and ~20 % of a step (README, 'Speed and memory'). Call it
+    of the saved activations and ~20 % of a step (docs/speed.md). Call it
     before attaching the adapter, so the adapter's own ``adapter.dropout`` is untouched.
 
     Changed, where non-zero: ``nn.Dropout`` (and other ``_DropoutNd``) modules, and the

@@ -1,7 +1,32 @@
 """lastlayer: self-supervised top-k adapters that make text embeddings better in your domain.
 
-The package imports nothing heavy at import time; see ``lastlayer.training.loop.run`` for the
-whole pipeline and ``lastlayer.cli`` for the command line.
+The public API (everything else is reachable through its sub-packages, see the README):
+
+- ``load_recipe(path, overrides)``: a validated training recipe (``lastlayer.config``);
+- ``train(recipe)``: train, evaluate and save the adapter it describes
+  (``lastlayer.training.loop.run``; returns the trained encoder, metrics and folder).
+
+Importing the package imports nothing heavy: ``train`` loads torch on first use.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lastlayer.config import load_recipe
+
+if TYPE_CHECKING:
+    from lastlayer.training.loop import run as train
+
+from lastlayer._version import __version__
+
+__all__ = ["__version__", "load_recipe", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    """The heavy parts of the public API, imported when first used."""
+    if name == "train":
+        from lastlayer.training.loop import run
+
+        return run
+    raise AttributeError(f"module 'lastlayer' has no attribute {name!r}")

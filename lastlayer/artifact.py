@@ -147,7 +147,7 @@ class Training:
 
 
 def _version() -> str:
-    from lastlayer import __version__  # at call time: the package may still be importing
+    from lastlayer._version import __version__
 
     return __version__
 

@@ -15,7 +15,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from lastlayer import __version__, artifact
+from lastlayer import artifact
+from lastlayer._version import __version__
 from lastlayer.config import ConfigError, load_recipe
 
 EXAMPLES = {

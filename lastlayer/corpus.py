@@ -98,6 +98,76 @@ def read_labelled(
     return texts, labels
 
 
+def read_with_ids(
+    path: str | Path, text_field: str = "text", id_field: str = "id",
+    id_required: bool = False, keys: tuple[str, str] = ("text_field", "id_field"),
+) -> tuple[list[int | str], list[str]]:
+    """Read the documents of a corpus file with an id each (for embedding a corpus).
+
+    The id is the record's ``id_field`` when the file has that field, else the record's
+    row number: its 0-based position among the file's records, counting the skipped ones
+    (for ``.txt``, the 0-based line number), so that ids always point back at the input.
+
+    Args:
+        path: Corpus file or ``save_to_disk`` folder (formats as :func:`read_texts`).
+        text_field: Field holding the text (ignored for ``.txt``).
+        id_field: Field holding the id, used when the file has it.
+        id_required: The file must have ``id_field`` (it was asked for by name).
+        keys: The names of the settings that choose the two fields, for the messages.
+
+    Returns:
+        ``(ids, texts)`` in file order, records with empty text skipped (and counted in a
+        warning). Ids are ints when every id is an int, else strings.
+
+    Raises:
+        DataError: As :func:`read_texts`, plus an id field that some records have and
+            others lack (or that is empty), and a required id field that is missing.
+    """
+    path = Path(path)
+    _check_exists(path)
+    fmt = _format_of(path)
+    if fmt == "txt" and id_required:
+        raise DataError(f"{path}: a .txt file has no fields, so no '{id_field}' field: its "
+                        f"ids are line numbers. Leave {keys[1]} unset, or use a .jsonl, .csv "
+                        "or .parquet file.")
+    ids: list[Any] = []
+    texts: list[str] = []
+    has_ids: bool | None = None
+    skipped = 0
+    records = _records(path, fmt, [text_field], [id_field], keys=(keys[0], keys[1]))
+    for row, (where, record) in enumerate(records):
+        found = fmt != "txt" and record.get(id_field) not in (None, "")
+        if has_ids is None:
+            has_ids = found
+            if id_required and not found:
+                present = ", ".join(map(str, record)) if fmt != "txt" else "none"
+                raise DataError(f"{path} {where}: no field '{id_field}' (or an empty one; "
+                                f"fields present: {present}). Set {keys[1]} to the field "
+                                "that holds the ids, or leave it unset to number the rows.")
+        elif found != has_ids:
+            raise DataError(
+                f"{path} {where}: " + (f"field '{id_field}' is missing or empty, but earlier "
+                "records have it" if has_ids else f"has a '{id_field}' field, but the first "
+                "record has none") + ". Give every record an id, or none (then ids are row "
+                "numbers)."
+            )
+        text = _text_of(path, where, record if fmt == "txt" else record[text_field],
+                        text_field, keys[0])
+        if not text:
+            skipped += 1
+            continue
+        ids.append(record[id_field] if has_ids else row)
+        texts.append(text)
+    if skipped:
+        logger.warning("%s: skipped %d record(s) with empty text", path, skipped)
+    if not texts:
+        raise DataError(f"{path}: no documents found. Check the file, or set {keys[0]} to the "
+                        "field that holds the text.")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        ids = [str(i) for i in ids]
+    return ids, texts
+
+
 # --------------------------------------------------------------------------- internals
 
 
@@ -109,11 +179,7 @@ def _read(
         isinstance(max_docs, bool) or not isinstance(max_docs, int) or max_docs < 1
     ):
         raise DataError(f"{path}: max_docs must be a positive integer or None, got {max_docs!r}")
-    if not path.exists():
-        raise DataError(
-            f"{path}: no such file or folder. Check the path (relative paths are "
-            f"resolved from {Path.cwd()})."
-        )
+    _check_exists(path)
     fmt = _format_of(path)
     if fmt == "txt" and label_field is not None:
         raise DataError(
@@ -128,16 +194,7 @@ def _read(
     labels: list[str] = []
     skipped = 0
     for where, record in _records(path, fmt, wanted):
-        text = record[text_field] if fmt != "txt" else record
-        if text is None:
-            text = ""
-        if not isinstance(text, str):
-            raise DataError(
-                f"{path} {where}: field '{text_field}' holds a "
-                f"{type(text).__name__}, not a string. Set data.text_field to the "
-                f"field that holds the document text."
-            )
-        text = text.strip()
+        text = _text_of(path, where, record if fmt == "txt" else record[text_field], text_field)
         if not text:
             skipped += 1
             continue
@@ -163,6 +220,27 @@ def _read(
             f"data.text_field to the field that holds the text."
         )
     return texts, (labels if label_field is not None else None)
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise DataError(
+            f"{path}: no such file or folder. Check the path (relative paths are "
+            f"resolved from {Path.cwd()})."
+        )
+
+
+def _text_of(path: Path, where: str, text: Any, text_field: str,
+             key: str = "data.text_field") -> str:
+    """A record's text, stripped ("" for a missing one); a non-string is an error."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise DataError(
+            f"{path} {where}: field '{text_field}' holds a {type(text).__name__}, not a "
+            f"string. Set {key} to the field that holds the document text."
+        )
+    return text.strip()
 
 
 def _format_of(path: Path) -> str:
@@ -207,17 +285,28 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8-sig", newline="")
 
 
-def _records(path: Path, fmt: str, fields: list[str]) -> Iterator[tuple[str, Any]]:
-    """Yield ``(location, record)``; records are dicts (a plain string for ``.txt``)."""
+_KEYS = ("data.text_field", "eval.label_field")  # the settings naming fields[0], fields[1:]
+
+
+def _records(
+    path: Path, fmt: str, fields: list[str], optional: list[str] | None = None,
+    keys: tuple[str, str] = _KEYS,
+) -> Iterator[tuple[str, Any]]:
+    """Yield ``(location, record)``; records are dicts (a plain string for ``.txt``).
+
+    Every record has the ``fields``; it has an ``optional`` field when the file does (jsonl
+    and csv records hold all their fields anyway). ``keys`` name the settings that choose
+    the first field and the others, for the messages.
+    """
     try:
         if fmt == "txt":
             yield from _txt_records(path)
         elif fmt == "jsonl":
-            yield from _jsonl_records(path, fields)
+            yield from _jsonl_records(path, fields, keys)
         elif fmt == "csv":
-            yield from _csv_records(path, fields)
+            yield from _csv_records(path, fields, keys)
         else:
-            yield from _arrow_records(path, fmt, fields)
+            yield from _arrow_records(path, fmt, fields, optional or [], keys)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 text ({e}). Re-save the file as UTF-8.") from e
     except (gzip.BadGzipFile, EOFError) as e:
@@ -232,7 +321,9 @@ def _txt_records(path: Path) -> Iterator[tuple[str, str]]:
             yield f"line {lineno}", line
 
 
-def _jsonl_records(path: Path, fields: list[str]) -> Iterator[tuple[str, dict]]:
+def _jsonl_records(
+    path: Path, fields: list[str], keys: tuple[str, str] = _KEYS
+) -> Iterator[tuple[str, dict]]:
     with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -252,11 +343,13 @@ def _jsonl_records(path: Path, fields: list[str]) -> Iterator[tuple[str, dict]]:
                 )
             for field in fields:
                 if field not in record:
-                    raise _missing_field_for(path, where, field, fields, list(record))
+                    raise _missing_field_for(path, where, field, fields, list(record), keys)
             yield where, record
 
 
-def _csv_records(path: Path, fields: list[str]) -> Iterator[tuple[str, dict]]:
+def _csv_records(
+    path: Path, fields: list[str], keys: tuple[str, str] = _KEYS
+) -> Iterator[tuple[str, dict]]:
     # Documents are long: lift the stdlib's 128 KiB per-field limit.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     with _open_text(path) as f:
@@ -269,13 +362,15 @@ def _csv_records(path: Path, fields: list[str]) -> Iterator[tuple[str, dict]]:
             )
         for field in fields:
             if field not in header:
-                raise _missing_field_for(path, "header", field, fields, list(header))
+                raise _missing_field_for(path, "header", field, fields, list(header), keys)
         for record in reader:
             # reader.line_num is the physical line where this record ended (quoted newlines).
             yield f"line {reader.line_num}", record
 
 
-def _arrow_records(path: Path, fmt: str, fields: list[str]) -> Iterator[tuple[str, dict]]:
+def _arrow_records(
+    path: Path, fmt: str, fields: list[str], optional: list[str], keys: tuple[str, str] = _KEYS
+) -> Iterator[tuple[str, dict]]:
     if fmt == "parquet":
         pq = require("pyarrow.parquet", "datasets", f"Reading {path} (parquet)")
         try:
@@ -283,8 +378,9 @@ def _arrow_records(path: Path, fmt: str, fields: list[str]) -> Iterator[tuple[st
         except Exception as e:  # pyarrow raises ArrowInvalid and friends
             raise DataError(f"{path}: not a readable parquet file ({e}).") from e
         present = pf.schema_arrow.names
-        _check_fields(path, fields, present)
-        batches = (b.to_pydict() for b in pf.iter_batches(batch_size=_BATCH_ROWS, columns=fields))
+        _check_fields(path, fields, present, keys)
+        columns = fields + [f for f in optional if f in present and f not in fields]
+        batches = (b.to_pydict() for b in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns))
     else:
         datasets = require("datasets", "datasets", f"Reading {path} (a save_to_disk folder)")
         try:
@@ -297,29 +393,33 @@ def _arrow_records(path: Path, fmt: str, fields: list[str]) -> Iterator[tuple[st
                 f"Point the path at one split."
             )
         present = list(ds.column_names)
-        _check_fields(path, fields, present)
-        batches = ds.select_columns(fields).iter(batch_size=_BATCH_ROWS)
+        _check_fields(path, fields, present, keys)
+        columns = fields + [f for f in optional if f in present and f not in fields]
+        batches = ds.select_columns(columns).iter(batch_size=_BATCH_ROWS)
 
     row = 0
     for batch in batches:
-        n = len(batch[fields[0]])
+        n = len(batch[columns[0]])
         for i in range(n):
             row += 1
-            yield f"row {row}", {field: batch[field][i] for field in fields}
+            yield f"row {row}", {field: batch[field][i] for field in columns}
 
 
-def _check_fields(path: Path, fields: list[str], present: list[str]) -> None:
+def _check_fields(
+    path: Path, fields: list[str], present: list[str], keys: tuple[str, str] = _KEYS
+) -> None:
     for field in fields:
         if field not in present:
-            raise _missing_field_for(path, "columns", field, fields, present)
+            raise _missing_field_for(path, "columns", field, fields, present, keys)
 
 
 def _missing_field_for(
-    path: Path, where: str, field: str, fields: list[str], present: list[str]
+    path: Path, where: str, field: str, fields: list[str], present: list[str],
+    keys: tuple[str, str] = _KEYS,
 ) -> DataError:
     # fields is [text_field] or [text_field, label_field]: the position says which recipe
     # key sets it, whatever the field is called.
-    key = "data.text_field" if field == fields[0] else "eval.label_field"
+    key = keys[0] if field == fields[0] else keys[1]
     return DataError(
         f"{path} {where}: no field '{field}' (fields present: "
         f"{', '.join(map(str, present)) or 'none'}). Set {key} to one of them."

@@ -1,0 +1,1 @@
+"""Inference: embed text with one base model and its domain adapters."""

@@ -1,4 +1,4 @@
-"""The ``lastlayer`` command line: train, validate, ls, env.
+"""The ``lastlayer`` command line: train, validate, ls, env, eval, probe, embed.
 
 Only ``train`` imports torch; ``--help``, ``validate``, ``ls`` and ``env`` start at once.
 Configuration and data errors exit with status 2 and a one-line message, not a traceback.
@@ -37,6 +37,15 @@ EXAMPLES = {
   lastlayer eval adapters/medical/smollm2-135m_full-top4_crop --data labelled.jsonl.gz
   lastlayer eval sentence-transformers/all-MiniLM-L6-v2 --data beir/scifact --max-length 256
   lastlayer eval TARGET --data a.jsonl.gz --data beir/scifact --json""",
+    "embed": """examples:
+  lastlayer embed --model sentence-transformers/all-MiniLM-L6-v2 --input docs.jsonl \\
+      --output base.npy
+  lastlayer embed --model BASE --adapter med=adapters/medical/ART --adapter-for-all med \\
+      --input docs.jsonl --output med.parquet
+  lastlayer embed --model BASE --adapter med=A1 --adapter news=A2 --route \\
+      --input docs.csv --output routed.jsonl        # the adapter column says which
+  torchrun --nproc_per_node 4 -m lastlayer embed ...   # each process takes every 4th shard
+  (an interrupted run resumes: run the same command again)""",
     "probe": """examples:
   lastlayer probe adapters/medical/smollm2-135m_full-top4_crop     # data etc. from its recipe
   lastlayer probe sentence-transformers/all-MiniLM-L6-v2 --data labelled.jsonl.gz
@@ -108,6 +117,37 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--text-field", default="text")
     probe.add_argument("--label-field", default="label")
     probe.add_argument("--out", help="output folder (default: the adapter folder, or runs/probe)")
+
+    emb = add("embed", "Embed a corpus file with a base model, one adapter or routed adapters, "
+              "into .npy, .parquet or .jsonl; in shards, so an interrupted run resumes.")
+    emb.add_argument("--model", required=True, help="base model: Hub id or local folder")
+    emb.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                     help="an adapter artifact to load under NAME; repeat for several")
+    use = emb.add_mutually_exclusive_group()
+    use.add_argument("--adapter-for-all", metavar="NAME",
+                     help="encode every text with adapter NAME (default: the base model)")
+    use.add_argument("--route", action="store_true",
+                     help="route each text to the adapter that suits it (or the base); the "
+                     "adapter column records which")
+    emb.add_argument("--input", required=True, help="corpus: .txt/.jsonl/.csv(.gz), .parquet "
+                     "or a save_to_disk folder")
+    emb.add_argument("--output", required=True, help="output file: .npy (vectors only, input "
+                     "order), .parquet or .jsonl (id, adapter, vector)")
+    emb.add_argument("--text-field", default="text", help="field holding the text (default: "
+                     "text)")
+    emb.add_argument("--id-field", help="field holding each record's id (default: id when the "
+                     "records have it, else the 0-based row number)")
+    emb.add_argument("--batch-size", type=int, default=32)
+    emb.add_argument("--shard-size", type=int, default=1024, help="texts per shard, the unit "
+                     "of resuming and of each process' share (default 1024)")
+    emb.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                     help="weights dtype (default: the encoder's choice)")
+    emb.add_argument("--quantization", choices=["8bit", "4bit"],
+                     help="bitsandbytes-quantized base (extra quant)")
+    emb.add_argument("--cpu", action="store_true", help="run on CPU even where there is a GPU")
+    emb.add_argument("--overwrite", action="store_true",
+                     help="replace an existing output, and discard another job's parts")
+    emb.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -120,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["validate", *files, *extra]
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "validate": cmd_validate, "ls": cmd_ls, "env": cmd_env,
-                "probe": cmd_probe, "eval": cmd_eval}
+                "probe": cmd_probe, "eval": cmd_eval, "embed": cmd_embed}
     try:
         return handlers[args.command](args)
     except Exception as err:
@@ -290,4 +330,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
             label_field=setting("label_field", "label"), progress=not args.json,
         )
     print(json.dumps(results_json(results), indent=2) if args.json else format_table(results))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """``lastlayer embed``: a corpus file -> vectors (see ``lastlayer.inference.embed``)."""
+    from lastlayer.inference.embed import embed_file, parse_adapters
+
+    adapters = parse_adapters(args.adapter)
+
+    def load(device):
+        from lastlayer.inference import Embedder
+
+        embedder = Embedder(args.model, device=device, dtype=args.dtype,
+                            quantization=args.quantization)
+        for name, path in adapters.items():
+            embedder.load(path, name=name)
+        return embedder
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lastlayer").setLevel(logging.INFO)
+    embed_file(  # the main process logs where it wrote the output
+        args.input, args.output, load, adapters=adapters, adapter=args.adapter_for_all,
+        route=args.route, text_field=args.text_field, id_field=args.id_field,
+        shard_size=args.shard_size, batch_size=args.batch_size, overwrite=args.overwrite,
+        cpu=args.cpu, progress=not args.no_progress,
+        settings={"model": args.model, "dtype": args.dtype, "quantization": args.quantization},
+    )
     return 0

@@ -64,7 +64,7 @@ class PlainEmbedder:
             out[rows] = vectors.numpy()
         return out
 
-    def route(self, texts) -> list[str | None]:
+    def route(self, texts, batch_size: int = 32, progress=None) -> list[str | None]:
         """Text length modulo (adapters + 1): 0 -> the base, i -> the i-th adapter."""
         names = [None, *sorted(self.adapters)]
         return [names[len(text) % len(names)] for text in texts]

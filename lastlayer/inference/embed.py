@@ -20,7 +20,8 @@ all processes see). A shard is always encoded in one call, whichever process run
 its batches, and hence its vectors, do not depend on the number of processes.
 
 The encoder is anything with ``encode(texts, adapter=..., batch_size=..., progress=...)``
-and ``route(texts)``, as :class:`lastlayer.inference.Embedder` has.
+and ``route(texts, batch_size=..., progress=...)``, as :class:`lastlayer.inference.Embedder`
+has.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class TextEncoder(Protocol):
         name (or None) per text."""
         ...
 
-    def route(self, texts: list[str]) -> list[str | None]:
+    def route(self, texts: list[str], batch_size: int = 32,
+              progress: bool | None = None) -> list[str | None]:
         """The adapter name (None: the base) that suits each text."""
         ...
 
@@ -389,7 +391,7 @@ def _encode(job: EmbedJob, encoder: TextEncoder,
             texts: list[str]) -> tuple[np.ndarray, list[str | None]]:
     """One shard's vectors (one encode call) and the adapter of each row."""
     if job.route:
-        names = list(encoder.route(texts))
+        names = list(encoder.route(texts, batch_size=job.batch_size, progress=False))
         if len(names) != len(texts):
             raise RuntimeError(f"route returned {len(names)} names for {len(texts)} texts")
         adapter: Any = names

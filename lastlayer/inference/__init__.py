@@ -1,1 +1,15 @@
-"""Inference: embed text with one base model and its domain adapters."""
+"""Embedding with trained adapters: one base model in memory, many domain adapters.
+
+:class:`Embedder` loads a base once and any number of LoRA and full artifacts on it, and
+embeds texts with one adapter, one adapter per row, every adapter at once, or routed
+automatically. This package uses ``core`` and ``artifact`` only, never ``training``.
+"""
+
+from lastlayer.inference.embedder import (
+    AdapterInfo,
+    BaseMismatchError,
+    Embedder,
+    UnknownAdapterError,
+)
+
+__all__ = ["AdapterInfo", "BaseMismatchError", "Embedder", "UnknownAdapterError"]

@@ -8,6 +8,7 @@ adapter, or a shard encoded twice shows.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import subprocess
@@ -72,6 +73,8 @@ def artifacts(saved_models, tmp_path_factory) -> dict[str, Path]:
                 if param.requires_grad:
                     param.add_(0.2 * torch.randn(param.shape, generator=generator))
         meta = artifact_meta(str(base), kind="lora", top_k=2, num_layers=4, max_length=32)
+        meta = dataclasses.replace(  # the real base's fingerprint, or the Embedder refuses it
+            meta, base=dataclasses.replace(meta.base, fingerprint=encoder.fingerprint))
         out[name] = save_adapter(encoder.model, tmp_path_factory.mktemp("art") / name,
                                  files={"lastlayer.json": meta.to_json()})
     return out
@@ -433,3 +436,61 @@ def test_two_processes_write_what_one_writes(saved_models, artifacts, corpus, te
              for rank in (0, 1)}
     assert calls[0] == [texts[0:8], texts[16:24]]
     assert calls[1] == [texts[8:16], texts[24:]]
+
+
+# ---------------------------------------------------------------------------------------
+# The real Embedder (shared trunk) through the real command.
+
+
+def _real_cli(saved_models, artifacts, corpus, out, *extra) -> list[str]:
+    return ["embed", "--model", str(saved_models["bert"]), "--adapter",
+            f"a={artifacts['a']}", "--adapter-for-all", "a", "--input", str(corpus),
+            "--output", str(out), "--shard-size", str(SHARD), "--no-progress", "--cpu", *extra]
+
+
+def test_real_cli_with_the_embedder(saved_models, artifacts, corpus, alone, tmp_path):
+    from lastlayer.inference import Embedder
+
+    assert lastlayer.inference.Embedder is Embedder and Embedder is not PlainEmbedder
+    out = tmp_path / "v.parquet"
+    assert main(_real_cli(saved_models, artifacts, corpus, out)) == 0
+    ids, adapters, vectors = read_output(out)
+    assert ids == [f"doc-{i}" for i in range(DOCS)] and adapters == ["a"] * DOCS
+    # The shared trunk + private top blocks give plain PEFT's vectors.
+    np.testing.assert_allclose(vectors, alone["a"], rtol=0, atol=1e-5)
+
+
+def test_real_cli_refuses_to_route_without_signatures(saved_models, artifacts, corpus,
+                                                       tmp_path, capsys):
+    argv = _real_cli(saved_models, artifacts, corpus, tmp_path / "v.jsonl")
+    argv[argv.index("--adapter-for-all"):argv.index("--adapter-for-all") + 2] = ["--route"]
+    assert main(argv) == 2
+    assert "none of the adapters (a) holds a routing signature" in capsys.readouterr().err
+    assert not (tmp_path / "v.jsonl.parts").exists()
+
+
+@pytest.mark.distributed
+def test_two_processes_of_the_real_command_write_what_one_writes(
+        saved_models, artifacts, corpus, alone, tmp_path):
+    from test_distributed import _env, _free_port
+
+    outputs, procs = {}, {}
+    for n in (2, 1):
+        outputs[n] = tmp_path / f"p{n}.npy"
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                  "--master_addr", "127.0.0.1", "--master_port", str(_free_port())] if n > 1 \
+            else [sys.executable]
+        cmd = [*launch, "-m", "lastlayer", *_real_cli(saved_models, artifacts, corpus,
+                                                      outputs[n])]
+        procs[n] = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+    for n, proc in procs.items():
+        try:
+            log, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            log, _ = proc.communicate()
+        assert proc.returncode == 0 and outputs[n].is_file(), f"{n} process(es):\n{log}"
+    two, one = np.load(outputs[2]), np.load(outputs[1])
+    np.testing.assert_allclose(one, alone["a"], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(two, one)

@@ -559,5 +559,29 @@ def embed_file(
     if cpu and device is None:
         device = "cpu"
     encoder = load(device)
+    if route:
+        check_routable(encoder)
     run_embedding(job, encoder, state, progress=progress)
     return job
+
+
+def check_routable(encoder: Any) -> None:
+    """Routing can pick the loaded adapters: they hold routing signatures.
+
+    Looks at ``encoder.adapters`` (``{name: info}`` whose ``routable`` says so, as
+    :attr:`lastlayer.inference.Embedder.adapters`); an encoder without it is not checked.
+
+    Raises:
+        EmbedError: No adapter has a signature (a warning names those without one).
+    """
+    infos = getattr(encoder, "adapters", None)
+    if not isinstance(infos, Mapping):
+        return
+    unroutable = [name for name, info in infos.items() if not getattr(info, "routable", True)]
+    if infos and len(unroutable) == len(infos):
+        raise EmbedError(f"--route: none of the adapters ({', '.join(unroutable)}) holds a "
+                         "routing signature (artifacts trained with an older lastlayer have "
+                         "none). Choose one with --adapter-for-all NAME instead.")
+    if unroutable:
+        log.warning("--route never picks %s: no routing signature in the artifact.",
+                    ", ".join(unroutable))

@@ -211,6 +211,32 @@ def test_id_field_by_name_must_exist_and_be_on_every_record(tmp_path):
         plan_embedding(txt, tmp_path / "o.npy", id_field="id")
 
 
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_parquet_and_save_to_disk_inputs_keep_their_ids(texts, tmp_path, with_ids):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lastlayer.corpus import read_with_ids
+
+    columns = {"text": [texts[0], None, *texts[1:4]], "label": list("xyzzy")}
+    if with_ids:
+        columns["id"] = [7, 8, 9, 10, 11]
+    pq.write_table(pa.table(columns), tmp_path / "d.parquet")
+    datasets.Dataset.from_dict(columns).save_to_disk(str(tmp_path / "saved"))
+    want = [7, 9, 10, 11] if with_ids else [0, 2, 3, 4]  # the null text is skipped
+    for path in (tmp_path / "d.parquet", tmp_path / "saved"):
+        assert read_with_ids(path) == (want, texts[:4])
+
+
+def test_ids_of_mixed_types_become_strings(tmp_path):
+    from lastlayer.corpus import read_with_ids
+
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": 1, "text": "one"},
+                                              {"id": "b", "text": "two"}])
+    assert read_with_ids(path) == (["1", "b"], ["one", "two"])
+
+
 # ---------------------------------------------------------------------------------------
 # Resuming
 
@@ -235,6 +261,14 @@ def test_an_interrupted_run_resumes_where_it_stopped(embedder, corpus, texts, tm
     assert embedder.calls == [texts[16:24], texts[24:]], "finished shards were encoded again"
     assert out.read_bytes() == ref.read_bytes()
     assert not parts.exists()
+
+
+def test_a_run_resumes_with_another_batch_size(embedder, corpus, texts, alone, tmp_path):
+    out = tmp_path / "out.npy"
+    _interrupt(embedder, corpus, out, on_call=2, adapter="b")
+    embed(embedder, corpus, out, adapter="b", batch_size=3)  # e.g. after running out of memory
+    assert embedder.calls == [texts[8:16], texts[16:24], texts[24:]]
+    np.testing.assert_allclose(np.load(out), alone["b"], rtol=0, atol=1e-5)
 
 
 def test_damaged_shards_are_redone(embedder, corpus, texts, tmp_path):

@@ -17,6 +17,7 @@ once while others ``load`` or ``unload`` adapters.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import threading
 from collections.abc import Sequence
@@ -135,7 +136,8 @@ class Embedder:
         ConfigError: Invalid settings, or ``base`` is an adapter folder.
     """
 
-    def __init__(self, base: str | os.PathLike | ModelConfig, device: str | torch.device | None = None,
+    def __init__(self, base: str | os.PathLike | ModelConfig,
+                 device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, quantization: str | None = None, *,
                  max_length: int | None = None, pooling: str | None = None,
                  normalize: bool | None = None) -> None:
@@ -464,7 +466,7 @@ class Embedder:
                 if routing:
                     names, deferred = self._batch_routed(
                         texts, idx, loaded, signatures, normalize, route["route_into"])
-                    for i, name in zip(idx, names):
+                    for i, name in zip(idx, names, strict=True):
                         routed[i] = name
                     later += deferred
                 else:
@@ -473,7 +475,7 @@ class Embedder:
             rows = np.zeros((len(later), self.dim), dtype=np.float32)
             self._run([texts[i] for i, _ in later], [[(name, rows)] for _, name in later],
                       loaded, batch_size, normalize, False)
-            for row, (i, _) in zip(rows, later):
+            for row, (i, _) in zip(rows, later, strict=True):
                 route["route_into"][i] = row
         return routed if routing else None
 
@@ -498,7 +500,7 @@ class Embedder:
         for limit, rows in by_length.items():
             encoded = self.tokenizer([texts[items[r][0]] for r in rows], truncation=True,
                                      max_length=limit)["input_ids"]
-            for row, tokens in zip(rows, encoded):
+            for row, tokens in zip(rows, encoded, strict=True):
                 ids[row] = tokens
         width = max(len(tokens) for tokens in ids)
         pad = self.tokenizer.pad_token_id
@@ -521,7 +523,7 @@ class Embedder:
         states = self._part("bottom", self.num_layers - layers[0])(batch)
         rows = list(range(len(depth)))
         found = {layers[0]: (rows, states, mask)}
-        for below, layer in zip(layers, layers[1:]):
+        for below, layer in itertools.pairwise(layers):
             going = [r for r in rows if depth[r] >= layer]
             if len(going) != len(rows):
                 positions = {r: p for p, r in enumerate(rows)}
@@ -565,7 +567,7 @@ class Embedder:
             if own_normalize if normalize is None else normalize:
                 vectors = nn.functional.normalize(vectors, dim=-1)
             vectors = vectors.cpu().numpy()
-            for vector, (_, i, out) in zip(vectors, members):
+            for vector, (_, i, out) in zip(vectors, members, strict=True):
                 out[i] = vector
 
     def _batch(self, texts: list[str], idx: list[int], requests, loaded, normalize) -> None:
@@ -613,7 +615,7 @@ class Embedder:
         deferred: list[tuple[int, str]] = []
         if out is not None:
             jobs: dict[str | None, list[tuple[int, int, np.ndarray]]] = {}
-            for row, (i, name) in enumerate(zip(idx, names)):
+            for row, (i, name) in enumerate(zip(idx, names, strict=True)):
                 if name is not None and self._settings(name, loaded)[2] != limit:
                     deferred.append((i, name))
                 else:

@@ -350,7 +350,7 @@ class Embedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if adapter == AUTO:
             self._run(texts, [[] for _ in texts], loaded, batch_size, normalize, progress,
-                      route_into=out)
+                      routing=True, out=out)
             return out
         keys = self._keys(adapter, len(texts), loaded)
         self._run(texts, [[(key, out)] for key in keys], loaded, batch_size, normalize,
@@ -395,7 +395,7 @@ class Embedder:
         """
         texts = self._texts(texts)
         return self._run(texts, [[] for _ in texts], self._snapshot(), batch_size, None,
-                         progress, route_into=None)
+                         progress, routing=True)
 
     # -----------------------------------------------------------------------------------
     # The batch engine.
@@ -443,15 +443,15 @@ class Embedder:
 
     def _run(self, texts: list[str], requests: list[list[tuple[str | None, np.ndarray]]],
              loaded: dict[str, _Loaded], batch_size: int, normalize: bool | None,
-             progress: bool | None, **route) -> list[str | None] | None:
+             progress: bool | None, routing: bool = False, out: np.ndarray | None = None
+             ) -> list[str | None] | None:
         """Embed ``texts``: ``requests[i]`` lists ``(adapter, out)``, and row ``i`` of each
         ``out`` receives text ``i`` under that adapter.
 
-        With ``route_into`` (an array, or None for routing only) the requests come from
-        routing instead: each text under the adapter its signature picks. Returns the
-        routed names then.
+        With ``routing`` the requests come from the loaded adapters' routing signatures
+        instead: row ``i`` of ``out`` (if given) receives text ``i`` under the adapter
+        routing picks for it. Returns the routed names then.
         """
-        routing = "route_into" in route
         signatures = self._signatures(loaded) if routing else {}
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -465,7 +465,7 @@ class Embedder:
                 idx = order[start : start + batch_size]
                 if routing:
                     names, deferred = self._batch_routed(
-                        texts, idx, loaded, signatures, normalize, route["route_into"])
+                        texts, idx, loaded, signatures, normalize, out)
                     for i, name in zip(idx, names, strict=True):
                         routed[i] = name
                     later += deferred
@@ -476,7 +476,7 @@ class Embedder:
             self._run([texts[i] for i, _ in later], [[(name, rows)] for _, name in later],
                       loaded, batch_size, normalize, False)
             for row, (i, _) in zip(rows, later, strict=True):
-                route["route_into"][i] = row
+                out[i] = row
         return routed if routing else None
 
     def _signatures(self, loaded: dict[str, _Loaded]) -> dict[str, Any]:

@@ -17,6 +17,12 @@ copy that describes only their blocks, so building and running them never writes
 model: no ``setattr`` on its modules, no hooks. Any number of threads can therefore run
 heads of different adapters and one bottom runner on the shared base at the same time.
 
+The same machinery serves many adapters on one base: :class:`MiddleRunner` runs the base
+blocks between two split points (so adapters of different k share one bottom pass), and
+``TopKHead(model, k, blocks=...)`` runs an adapter's private copies of the top blocks
+(e.g. :func:`structural_copy`, new module objects over the same weights, into which PEFT
+injects the adapter) with the model's masks, positions and final norm.
+
 The one state a view shares with the model is each module's train / eval flag: calling
 ``head.train()`` switches the shared blocks too, as ``model.train()`` would.
 On valid (non-padding) tokens the split forward equals the full forward (tested per

@@ -17,6 +17,7 @@ once while others ``load`` or ``unload`` adapters.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import threading
 from collections.abc import Sequence
@@ -135,7 +136,8 @@ class Embedder:
         ConfigError: Invalid settings, or ``base`` is an adapter folder.
     """
 
-    def __init__(self, base: str | os.PathLike | ModelConfig, device: str | torch.device | None = None,
+    def __init__(self, base: str | os.PathLike | ModelConfig,
+                 device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, quantization: str | None = None, *,
                  max_length: int | None = None, pooling: str | None = None,
                  normalize: bool | None = None) -> None:
@@ -348,7 +350,7 @@ class Embedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if adapter == AUTO:
             self._run(texts, [[] for _ in texts], loaded, batch_size, normalize, progress,
-                      route_into=out)
+                      routing=True, out=out)
             return out
         keys = self._keys(adapter, len(texts), loaded)
         self._run(texts, [[(key, out)] for key in keys], loaded, batch_size, normalize,
@@ -393,7 +395,7 @@ class Embedder:
         """
         texts = self._texts(texts)
         return self._run(texts, [[] for _ in texts], self._snapshot(), batch_size, None,
-                         progress, route_into=None)
+                         progress, routing=True)
 
     # -----------------------------------------------------------------------------------
     # The batch engine.
@@ -441,15 +443,15 @@ class Embedder:
 
     def _run(self, texts: list[str], requests: list[list[tuple[str | None, np.ndarray]]],
              loaded: dict[str, _Loaded], batch_size: int, normalize: bool | None,
-             progress: bool | None, **route) -> list[str | None] | None:
+             progress: bool | None, routing: bool = False, out: np.ndarray | None = None
+             ) -> list[str | None] | None:
         """Embed ``texts``: ``requests[i]`` lists ``(adapter, out)``, and row ``i`` of each
         ``out`` receives text ``i`` under that adapter.
 
-        With ``route_into`` (an array, or None for routing only) the requests come from
-        routing instead: each text under the adapter its signature picks. Returns the
-        routed names then.
+        With ``routing`` the requests come from the loaded adapters' routing signatures
+        instead: row ``i`` of ``out`` (if given) receives text ``i`` under the adapter
+        routing picks for it. Returns the routed names then.
         """
-        routing = "route_into" in route
         signatures = self._signatures(loaded) if routing else {}
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -463,8 +465,8 @@ class Embedder:
                 idx = order[start : start + batch_size]
                 if routing:
                     names, deferred = self._batch_routed(
-                        texts, idx, loaded, signatures, normalize, route["route_into"])
-                    for i, name in zip(idx, names):
+                        texts, idx, loaded, signatures, normalize, out)
+                    for i, name in zip(idx, names, strict=True):
                         routed[i] = name
                     later += deferred
                 else:
@@ -473,8 +475,8 @@ class Embedder:
             rows = np.zeros((len(later), self.dim), dtype=np.float32)
             self._run([texts[i] for i, _ in later], [[(name, rows)] for _, name in later],
                       loaded, batch_size, normalize, False)
-            for row, (i, _) in zip(rows, later):
-                route["route_into"][i] = row
+            for row, (i, _) in zip(rows, later, strict=True):
+                out[i] = row
         return routed if routing else None
 
     def _signatures(self, loaded: dict[str, _Loaded]) -> dict[str, Any]:
@@ -498,7 +500,7 @@ class Embedder:
         for limit, rows in by_length.items():
             encoded = self.tokenizer([texts[items[r][0]] for r in rows], truncation=True,
                                      max_length=limit)["input_ids"]
-            for row, tokens in zip(rows, encoded):
+            for row, tokens in zip(rows, encoded, strict=True):
                 ids[row] = tokens
         width = max(len(tokens) for tokens in ids)
         pad = self.tokenizer.pad_token_id
@@ -521,7 +523,7 @@ class Embedder:
         states = self._part("bottom", self.num_layers - layers[0])(batch)
         rows = list(range(len(depth)))
         found = {layers[0]: (rows, states, mask)}
-        for below, layer in zip(layers, layers[1:]):
+        for below, layer in itertools.pairwise(layers):
             going = [r for r in rows if depth[r] >= layer]
             if len(going) != len(rows):
                 positions = {r: p for p, r in enumerate(rows)}
@@ -565,7 +567,7 @@ class Embedder:
             if own_normalize if normalize is None else normalize:
                 vectors = nn.functional.normalize(vectors, dim=-1)
             vectors = vectors.cpu().numpy()
-            for vector, (_, i, out) in zip(vectors, members):
+            for vector, (_, i, out) in zip(vectors, members, strict=True):
                 out[i] = vector
 
     def _batch(self, texts: list[str], idx: list[int], requests, loaded, normalize) -> None:
@@ -613,7 +615,7 @@ class Embedder:
         deferred: list[tuple[int, str]] = []
         if out is not None:
             jobs: dict[str | None, list[tuple[int, int, np.ndarray]]] = {}
-            for row, (i, name) in enumerate(zip(idx, names)):
+            for row, (i, name) in enumerate(zip(idx, names, strict=True)):
                 if name is not None and self._settings(name, loaded)[2] != limit:
                     deferred.append((i, name))
                 else:

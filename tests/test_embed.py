@@ -117,12 +117,12 @@ def read_output(path: Path) -> tuple[list | None, list | None, np.ndarray]:
     return [r["id"] for r in rows], [r["adapter"] for r in rows], vectors
 
 
-def embed(embedder, corpus, output, **kwargs) -> Path:
+def embed(embedder, corpus, output, progress: bool = False, **kwargs) -> Path:
     kwargs.setdefault("shard_size", SHARD)
     used = kwargs.get("adapter") or kwargs.get("route")  # else: the base model, no adapters
     job = plan_embedding(corpus, output, adapter_names=list(embedder.adapters) if used else [],
                          **kwargs)
-    return run_embedding(job, embedder, progress=False)
+    return run_embedding(job, embedder, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(embedder, corpus, texts, tm
     assert sorted(p.name for p in parts.iterdir()) == [
         "job.json", "shard-000000.npz", "shard-000001.npz"]
 
-    embed(embedder, corpus, out, adapter="a")
+    embed(embedder, corpus, out, adapter="a", progress=True)
     assert embedder.calls == [texts[16:24], texts[24:]], "finished shards were encoded again"
     assert out.read_bytes() == ref.read_bytes()
     assert not parts.exists()

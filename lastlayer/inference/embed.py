@@ -302,7 +302,7 @@ def run_embedding(job: EmbedJob, encoder: TextEncoder, state: ProcessState | Non
         job: From :func:`plan_embedding`.
         encoder: See :class:`TextEncoder`.
         state: This process' share (default: :func:`process_state`).
-        progress: Show a progress bar (main process only), in texts.
+        progress: Show a progress bar (main process only), in texts left to embed.
 
     Returns:
         The output file (complete on return, in every process).
@@ -325,9 +325,11 @@ def run_embedding(job: EmbedJob, encoder: TextEncoder, state: ProcessState | Non
             rows = job.rows(shard)
             if _read_shard(job.shard_path(shard), len(rows)) is not None:
                 done += 1
-            else:
-                vectors, names = _encode(job, encoder, [job.texts[i] for i in rows])
-                _write_shard(job.shard_path(shard), vectors, names)
+                bar.total -= len(rows)  # the bar counts the work left: an honest rate and ETA
+                bar.refresh()
+                continue
+            vectors, names = _encode(job, encoder, [job.texts[i] for i in rows])
+            _write_shard(job.shard_path(shard), vectors, names)
             bar.update(len(rows))
     if done:
         log.info("Resumed: %d of this process' %d shard(s) were already done.", done, len(mine))

@@ -33,6 +33,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +49,8 @@ FORMATS = (".npy", ".parquet", ".jsonl")
 """Output suffixes: vectors only (input order), or id / adapter / vector rows."""
 SHARD_SIZE = 1024
 """Texts per shard by default: a few seconds of work to lose on a GPU, few files on disk."""
+BARRIER_TIMEOUT = timedelta(days=7)
+"""How long a process that has finished its shards waits for the others."""
 PARTS_SUFFIX = ".parts"
 JOB_FILE = "job.json"
 _JOB_VERSION = 1
@@ -283,6 +286,10 @@ def process_state(cpu: bool = False) -> ProcessState:
     A launched run gets ``accelerate.PartialState`` (gloo on CPU: ``cpu`` or no GPU, one GPU
     per process otherwise; its ``device`` is this process' device). A plain run sets up
     nothing.
+
+    The processes meet only before and after the whole encoding; the process group's
+    default 30-minute timeout would end a long run whose processes finish further apart
+    than that, so its timeout is :data:`BARRIER_TIMEOUT`.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _OneProcess()
@@ -291,7 +298,7 @@ def process_state(cpu: bool = False) -> ProcessState:
 
     use_cpu = cpu or not torch.cuda.is_available() or (
         os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
-    return PartialState(cpu=use_cpu)
+    return PartialState(cpu=use_cpu, timeout=BARRIER_TIMEOUT)
 
 
 def run_embedding(job: EmbedJob, encoder: TextEncoder, state: ProcessState | None = None,

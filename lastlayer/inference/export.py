@@ -40,6 +40,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from lastlayer import artifact
 from lastlayer.artifact import ArtifactError, ArtifactMeta
 from lastlayer.core.adapters import load_adapter, model_config_of
@@ -220,19 +222,40 @@ def probe_texts(max_length: int) -> list[str]:
 def merge(encoder: Encoder) -> None:
     """Merge the encoder's adapter into its base weights and drop the PEFT wrapper.
 
-    LoRA: each wrapped linear becomes ``W + scale * B @ A``. Full kind (PEFT's LN tuning
-    over whole blocks): ``merge`` swaps the trained copy of each top-k block in for the
-    original and ``unload`` keeps it, so the base then holds the trained blocks.
+    LoRA: PEFT's ``merge_and_unload`` turns each wrapped linear into ``W + scale * B @ A``.
+    Full kind: the trained copy of each top-k block takes the original's place (PEFT's own
+    ``merge_and_unload`` handles only norm layers here: on a whole block it fails looking
+    for the block's ``weight``).
 
     Raises:
-        RuntimeError: PEFT left adapter weights behind (nothing would embed as trained).
+        RuntimeError: Adapter weights were left behind (nothing would embed as trained).
     """
-    encoder.model = encoder.model.merge_and_unload()
-    left = [n for n in encoder.model.state_dict() if "lora_" in n or "ln_tuning_layers" in n]
+    peft_model = encoder.model
+    if getattr(peft_model.active_peft_config, "peft_type", None) == "LN_TUNING":
+        encoder.model = swap_in_trained_blocks(peft_model)
+    else:
+        encoder.model = peft_model.merge_and_unload()
+    left = [n for n in encoder.model.state_dict() if "lora_" in n or "ln_tuning_layers" in n
+            or ".base_layer." in n]
     if left:
         raise RuntimeError(f"merging the adapter left PEFT weights in the model: {left[:3]}")
     encoder.model.eval()
     drop_gguf_marker(encoder.model)
+
+
+def swap_in_trained_blocks(peft_model) -> nn.Module:
+    """The base model of a full-kind ``PeftModel`` with its trained blocks in place."""
+    from peft.tuners.ln_tuning.layer import LNTuningLayer
+
+    adapter = peft_model.active_adapter
+    model = peft_model.get_base_model()
+    wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, LNTuningLayer)]
+    for name, layer in wrapped:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer.ln_tuning_layers[adapter])
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    return model
 
 
 def drop_gguf_marker(model) -> None:

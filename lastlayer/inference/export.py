@@ -202,6 +202,7 @@ def export_sentence_transformers(
 
     def write(tmp: Path) -> None:
         save_folder(tmp, encoder, meta)
+        encoder.model = None  # saved: free it before the check loads the folder's copy
         if verify:
             checked.update(check_folder(tmp, probes, reference, meta.base.dtype))
         marker = export_record(meta, fingerprint, checked or None)

@@ -12,8 +12,8 @@ PEFT installed:
 - ``modules.json`` (Transformer -> Pooling [-> Normalize]), ``sentence_bert_config.json``
   (``max_seq_length`` = the artifact's ``max_length``), ``1_Pooling/config.json`` (mean,
   cls or lasttoken), ``2_Normalize`` when the artifact normalises, and
-  ``config_sentence_transformers.json``, in the long-standing layout every
-  sentence-transformers release since 2.x reads;
+  ``config_sentence_transformers.json``, in the layout of the Hub's original
+  sentence-transformers models (e.g. all-MiniLM-L6-v2), which newer releases still read;
 - a model card ``README.md`` and ``lastlayer_export.json`` (where it came from, how it
   was checked).
 
@@ -322,8 +322,9 @@ def sentence_transformers_files(meta: ArtifactMeta, hidden: int) -> dict[str, An
     """The sentence-transformers configuration files (path in the folder -> JSON data).
 
     The module types and pooling keys are the long-standing ones (``sentence_transformers
-    .models.*``, ``pooling_mode_*_tokens``) that every release since 2.x reads, as on the
-    Hub's own sentence-transformers models.
+    .models.*``, ``pooling_mode_*_tokens``) of the Hub's original sentence-transformers
+    models, which newer releases still read (checked with 6.2), not a newer release's own
+    names that older releases would not know.
     """
     emb = meta.embedding
     names = [("", "Transformer"), ("1_Pooling", "Pooling")]

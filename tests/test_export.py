@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import MEDICAL, ROOT
 from safetensors.torch import load_file, save_file
+from tiny import tiny_model, tiny_tokenizer
 
 import lastlayer.inference.export as export_module
 from lastlayer.artifact import ArtifactError
@@ -241,6 +242,20 @@ def test_cli_base_option_loads_the_base_from_a_folder(artifacts, saved_models, t
     assert not (tmp_path / "a").exists()
     assert main(["export", adapter, str(tmp_path / "a"), "--base",
                  str(saved_models["llama"])]) == 0
+
+
+def test_another_base_is_exported_with_a_warning(artifacts, tmp_path, caplog):
+    # Other weights than the adapter was trained on: the export still gives lastlayer's
+    # vectors on that base, but says the base differs (weights fingerprint).
+    adapter = artifacts[("bert", "lora", "mean", True)]
+    export_sentence_transformers(adapter, tmp_path / "same", verify=False)
+    assert "is not the one it was trained on" not in caplog.text
+    other = tmp_path / "tiny-bert-seed1"
+    tiny_model("bert", num_layers=4, seed=1).save_pretrained(other)
+    tiny_tokenizer().save_pretrained(other)
+    result = export_sentence_transformers(adapter, tmp_path / "other", base=other)
+    assert result.min_cosine > 0.99999
+    assert "is not the one it was trained on" in caplog.text
 
 
 def test_unknown_format_is_refused_by_the_parser(artifacts, tmp_path, capsys):

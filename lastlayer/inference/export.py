@@ -143,8 +143,8 @@ def check_exportable(adapter: str | Path) -> ArtifactMeta:
     if not artifact.is_artifact(adapter):
         raise ExportError(
             f"{adapter} is not a lastlayer artifact folder (no {artifact.METADATA}): export "
-            "merges an adapter into its base. A base model needs no export: "
-            "SentenceTransformer loads it as it is."
+            "merges an adapter into its base; pass an adapter folder, e.g. "
+            "adapters/<domain>/<name>."
         )
     meta = artifact.read(adapter)
     if meta.base.quantization:
@@ -197,6 +197,13 @@ def export_sentence_transformers(
     # lastlayer's own encoding, before merging changes the base weights in place.
     reference = encoder.encode(probes, batch_size=4, progress=False).numpy()
     fingerprint = encoder.fingerprint
+    if fingerprint != meta.base.fingerprint:
+        log.warning(
+            "The base loaded for %s (weights fingerprint %s) is not the one it was trained on "
+            "(%s): the export gives lastlayer's vectors on this base, which may not be what "
+            "the adapter was trained and evaluated with.", adapter, fingerprint,
+            meta.base.fingerprint,
+        )
     merge(encoder)
     checked: dict[str, Any] = {}
 

@@ -2,7 +2,9 @@
 
 :class:`Embedder` loads a base once and any number of LoRA and full artifacts on it, and
 embeds texts with one adapter, one adapter per row, every adapter at once, or routed
-automatically. This package uses ``core`` and ``artifact`` only, never ``training``.
+automatically. ``lastlayer.inference.embed`` embeds whole corpus files (``lastlayer
+embed``); ``lastlayer.inference.export`` writes adapters for other tools. This package
+builds on ``core``, never on ``training``.
 """
 
 from lastlayer.inference.embedder import (

@@ -4,9 +4,12 @@ The public API (everything else is reachable through its sub-packages, see the R
 
 - ``load_recipe(path, overrides)``: a validated training recipe (``lastlayer.config``);
 - ``train(recipe)``: train, evaluate and save the adapter it describes
-  (``lastlayer.training.loop.run``; returns the trained encoder, metrics and folder).
+  (``lastlayer.training.loop.run``; returns the trained encoder, metrics and folder);
+- ``Embedder(base)``: one base model in memory and any number of trained adapters on it,
+  chosen per call, per row, or by routing (``lastlayer.inference``).
 
-Importing the package imports nothing heavy: ``train`` loads torch on first use.
+Importing the package imports nothing heavy: ``train`` and ``Embedder`` load torch on
+first use.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 from lastlayer.config import load_recipe
 
 if TYPE_CHECKING:
+    from lastlayer.inference import Embedder
     from lastlayer.training.loop import run as train
 
 from lastlayer._version import __version__
 
-__all__ = ["__version__", "load_recipe", "train"]
+__all__ = ["Embedder", "__version__", "load_recipe", "train"]
 
 
 def __getattr__(name: str) -> Any:
@@ -29,4 +33,8 @@ def __getattr__(name: str) -> Any:
         from lastlayer.training.loop import run
 
         return run
+    if name == "Embedder":
+        from lastlayer.inference import Embedder
+
+        return Embedder
     raise AttributeError(f"module 'lastlayer' has no attribute {name!r}")

@@ -18,10 +18,12 @@ from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.layers import LayerStackError
 from lastlayer.core.split import (
     BottomRunner,
+    MiddleRunner,
     TopKHead,
     base_of,
     encode_from_cache,
     encode_with_cache,
+    structural_copy,
 )
 
 TEXTS = [
@@ -62,6 +64,37 @@ def test_split_forward_equals_full_forward(arch: str, k: int):
     assert torch.equal(states, full.hidden_states[4 - k])
     valid = batch["attention_mask"].bool()
     torch.testing.assert_close(split[valid], full.last_hidden_state[valid], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_split_in_three_parts_and_over_private_blocks(arch: str):
+    """bottom (block 0) -> middle (blocks 1, 2) -> head (block 3) is the full forward, and a
+    head over structural copies of the top blocks is the model's own head; nothing changes."""
+    model, batch = tiny_model(arch, num_layers=4), _batch()
+    mask, valid = batch["attention_mask"], batch["attention_mask"].bool()
+    with torch.inference_mode():  # (the model's own forward may install hooks on it)
+        full = model(**batch, output_hidden_states=True)
+    before = _snapshot(model)
+    stack = _stack(model)
+    copies = [structural_copy(block) for block in stack[2:]]
+    with torch.inference_mode():
+        middle = MiddleRunner(model, 1, 3)(BottomRunner(model, 3)(batch), mask)
+        three = TopKHead(model, 1)(middle, mask)
+        own = TopKHead(model, 2)(full.hidden_states[2], mask)
+        private = TopKHead(model, 2, blocks=copies)(full.hidden_states[2], mask)
+    assert torch.equal(middle[valid], full.hidden_states[3][valid])
+    torch.testing.assert_close(three[valid], full.last_hidden_state[valid], rtol=1e-5, atol=1e-5)
+    assert torch.equal(private, own)
+    _assert_unchanged(model, before)
+    # copies: new module objects all the way down, the model's very tensors
+    originals = {id(m) for m in model.modules()}
+    for copy_, block in zip(copies, stack[2:], strict=True):
+        assert not {id(m) for m in copy_.modules()} & originals
+        assert [id(p) for p in copy_.parameters()] == [id(p) for p in block.parameters()]
+    with pytest.raises(LayerStackError, match=r"needs 2 blocks, got 1"):
+        TopKHead(model, 2, blocks=copies[:1])
+    with pytest.raises(LayerStackError, match=r"cannot run blocks 3 … 4: the model has 4"):
+        MiddleRunner(model, 3, 5)
 
 
 def test_per_layer_settings_follow_the_blocks():

@@ -17,6 +17,12 @@ copy that describes only their blocks, so building and running them never writes
 model: no ``setattr`` on its modules, no hooks. Any number of threads can therefore run
 heads of different adapters and one bottom runner on the shared base at the same time.
 
+The same machinery serves many adapters on one base: :class:`MiddleRunner` runs the base
+blocks between two split points (so adapters of different k share one bottom pass), and
+``TopKHead(model, k, blocks=...)`` runs an adapter's private copies of the top blocks
+(e.g. :func:`structural_copy`, new module objects over the same weights, into which PEFT
+injects the adapter) with the model's masks, positions and final norm.
+
 The one state a view shares with the model is each module's train / eval flag: calling
 ``head.train()`` switches the shared blocks too, as ``model.train()`` would.
 On valid (non-padding) tokens the split forward equals the full forward (tested per
@@ -77,6 +83,25 @@ def _shallow_copy(module: nn.Module) -> nn.Module:
     return clone
 
 
+def structural_copy(module: nn.Module, memo: dict[int, nn.Module] | None = None) -> nn.Module:
+    """A copy of the whole module tree under ``module`` that shares every weight tensor.
+
+    Every module object is new and owns its child, parameter, buffer and hook dictionaries
+    (:func:`_shallow_copy` at each level), but holds the very same parameters and buffers,
+    so it costs no weight memory. Replacing a child anywhere in the copy (as PEFT does when
+    it wraps a linear layer) leaves ``module`` untouched; writing into a shared tensor in
+    place (merging LoRA weights) would not, so merge into a ``copy.deepcopy`` instead.
+    A module that appears twice in the tree is copied once.
+    """
+    memo = {} if memo is None else memo
+    if id(module) not in memo:
+        clone = memo[id(module)] = _shallow_copy(module)
+        for name, child in clone._modules.items():
+            if child is not None:
+                clone._modules[name] = structural_copy(child, memo)
+    return memo[id(module)]
+
+
 def _config_for(config, blocks: range, num_layers: int):
     """A copy of ``config`` describing a model made of ``blocks`` only, that returns no extras.
 
@@ -97,13 +122,16 @@ def _config_for(config, blocks: range, num_layers: int):
     return config
 
 
-def _view(base: nn.Module, blocks: range, replace: dict[str, nn.Module | None]) -> nn.Module:
+def _view(base: nn.Module, blocks: range, replace: dict[str, nn.Module | None],
+          modules: Sequence[nn.Module] | None = None) -> nn.Module:
     """A shallow copy of ``base`` whose block list holds ``blocks`` and whose modules at the
     dotted names in ``replace`` are swapped; every module on the way to a swapped one is
-    copied too, every other module is the model's own."""
+    copied too, every other module is the model's own. ``modules`` replaces the model's
+    own block objects at those positions (e.g. an adapter's private copies of them)."""
     stack = find_layer_stack(base)
-    originals = list(base.get_submodule(stack.prefix))
-    replace = {**replace, stack.prefix: nn.ModuleList(originals[blocks.start : blocks.stop])}
+    if modules is None:
+        modules = list(base.get_submodule(stack.prefix))[blocks.start : blocks.stop]
+    replace = {**replace, stack.prefix: nn.ModuleList(modules)}
     copies = {"": _shallow_copy(base)}
 
     def copied(name: str) -> nn.Module:
@@ -182,18 +210,25 @@ class TopKHead(nn.Module):
         model: A transformers model, or a ``PeftModel`` around one whose adapter layers
             sit inside the top ``k`` blocks.
         k: How many top blocks to run (1 … L).
+        blocks: ``k`` modules to run instead of the model's own top ``k`` blocks, e.g. an
+            adapter's private (merged, or adapter-wrapped) copies of them: the model's
+            masks, positions and final norm still apply, and the model is not changed.
     """
 
-    def __init__(self, model: nn.Module, k: int) -> None:
+    def __init__(self, model: nn.Module, k: int,
+                 blocks: Sequence[nn.Module] | None = None) -> None:
         super().__init__()
         base = base_of(model)
         stack = find_layer_stack(base)
         top_k_layer_indices(stack.num_layers, k)  # LayerStackError unless 1 <= k <= L
+        if blocks is not None and len(blocks) != k:
+            raise LayerStackError(f"TopKHead(k={k}) needs {k} blocks, got {len(blocks)}.")
         replace: dict[str, nn.Module | None] = {name: StatesIn() for name in _embedding_names(base)}
         if "pooler" in base._modules:
             replace["pooler"] = None
         self.k, self.num_layers = k, stack.num_layers
-        self.model = _view(base, range(stack.num_layers - k, stack.num_layers), replace)
+        self.model = _view(base, range(stack.num_layers - k, stack.num_layers), replace,
+                           None if blocks is None else list(blocks))
         self.training = base.training
         _mirror_quantization(self, base)
 
@@ -231,6 +266,40 @@ class BottomRunner(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """Model inputs (``input_ids``, ``attention_mask``, ...) -> ``(B, T, d)`` states."""
         return self.model(**batch)[0]
+
+
+class MiddleRunner(nn.Module):
+    """Blocks ``start`` … ``stop``−1 of a model: the inputs of block ``start`` -> the inputs
+    of block ``stop``.
+
+    The piece between two split points, for running one bottom pass shared by adapters of
+    different ``k``: no embedding, no final norm, no pooler; never modifies the model.
+
+    Args:
+        model: A transformers model or a ``PeftModel`` around one.
+        start: The first block to run (0 … L−1).
+        stop: One past the last block to run (``start`` < ``stop`` ≤ L).
+    """
+
+    def __init__(self, model: nn.Module, start: int, stop: int) -> None:
+        super().__init__()
+        base = base_of(model)
+        stack = find_layer_stack(base)
+        if not 0 <= start < stop <= stack.num_layers:
+            raise LayerStackError(f"cannot run blocks {start} … {stop - 1}: the model has "
+                                  f"{stack.num_layers} blocks (0 … {stack.num_layers - 1}).")
+        replace: dict[str, nn.Module | None] = {name: StatesIn() for name in _embedding_names(base)}
+        replace.update({name: nn.Identity() for name in _final_norms(base, stack)})
+        if "pooler" in base._modules:
+            replace["pooler"] = None
+        self.start, self.stop, self.num_layers = start, stop, stack.num_layers
+        self.model = _view(base, range(start, stop), replace)
+        self.training = base.training
+        _mirror_quantization(self, base)
+
+    def forward(self, states: Tensor, attention_mask: Tensor) -> Tensor:
+        """``(B, T, d)`` inputs of block ``start`` + ``(B, T)`` mask -> inputs of ``stop``."""
+        return self.model(inputs_embeds=states, attention_mask=attention_mask)[0]
 
 
 def _mirror_quantization(view: nn.Module, base: nn.Module) -> None:

@@ -2,9 +2,10 @@
 
 :class:`Embedder` loads a base once and any number of LoRA and full artifacts on it, and
 embeds texts with one adapter, one adapter per row, every adapter at once, or routed
-automatically. ``lastlayer.inference.embed`` embeds whole corpus files (``lastlayer
-embed``); ``lastlayer.inference.export`` writes adapters for other tools. This package
-builds on ``core``, never on ``training``.
+automatically; :mod:`lastlayer.inference.embed` embeds whole corpus files (``lastlayer
+embed``: resumable, on many processes); :mod:`lastlayer.inference.export` writes an adapter
+merged into its base as a sentence-transformers folder. This package builds on ``core``
+(and the base modules: config, corpus, artifact, extras), never on ``training``.
 """
 
 from lastlayer.inference.embedder import (

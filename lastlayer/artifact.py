@@ -438,27 +438,29 @@ def check_output_dir(path: str | Path, overwrite: bool = False) -> None:
 
 
 def write_atomically(
-    out_dir: str | Path, write: Callable[[Path], None], overwrite: bool = False
+    out_dir: str | Path, write: Callable[[Path], None], overwrite: bool = False,
+    check: Callable[[Path, bool], None] = check_output_dir,
 ) -> Path:
     """Call ``write(tmp)`` on a fresh temporary folder, then move it to ``out_dir``.
 
-    ``out_dir`` is checked by :func:`check_output_dir` before anything is written and
-    again just before the swap (something may have appeared there meanwhile). A crash
-    mid-write leaves any previous artifact at ``out_dir`` untouched; the swap itself is two
-    renames on one file system.
+    ``out_dir`` is checked by ``check(out_dir, overwrite)`` (default
+    :func:`check_output_dir`, for artifacts) before anything is written and again just
+    before the swap (something may have appeared there meanwhile). A crash mid-write leaves
+    any previous folder at ``out_dir`` untouched; the swap itself is two renames on one
+    file system.
 
     Raises:
         ArtifactError: ``out_dir`` may not be replaced.
     """
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, overwrite)
+    check(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
         write(tmp)
-        check_output_dir(out_dir, overwrite)
+        check(out_dir, overwrite)
         if out_dir.exists():
             os.replace(out_dir, old)
         try:

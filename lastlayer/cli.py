@@ -1,6 +1,7 @@
-"""The ``lastlayer`` command line: train, validate, ls, env.
+"""The ``lastlayer`` command line: train, validate, ls, env, eval, probe, export.
 
-Only ``train`` imports torch; ``--help``, ``validate``, ``ls`` and ``env`` start at once.
+The commands that load a model import torch when they run; ``--help``, ``validate``, ``ls``
+and ``env`` start at once.
 Configuration and data errors exit with status 2 and a one-line message, not a traceback.
 """
 
@@ -41,6 +42,13 @@ EXAMPLES = {
   lastlayer probe adapters/medical/smollm2-135m_full-top4_crop     # data etc. from its recipe
   lastlayer probe sentence-transformers/all-MiniLM-L6-v2 --data labelled.jsonl.gz
   lastlayer probe TARGET --data FILE --max-docs 500 --out runs/probe""",
+    "export": """examples:
+  lastlayer export adapters/medical/minilm-l6_lora-top2_crop exported/minilm-medical
+  lastlayer export ADAPTER --format sentence-transformers OUT
+  lastlayer export ADAPTER OUT --overwrite                  # replace an earlier export
+  lastlayer export ADAPTER OUT --base /models/tiny-bert     # the base is a local folder
+
+then: SentenceTransformer("exported/minilm-medical").encode(texts)""",
 }
 
 
@@ -108,6 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--text-field", default="text")
     probe.add_argument("--label-field", default="label")
     probe.add_argument("--out", help="output folder (default: the adapter folder, or runs/probe)")
+
+    export = add("export", "Merge an adapter into its base and write a folder that "
+                 "sentence-transformers loads, giving lastlayer's vectors.")
+    export.add_argument("adapter", help="adapter (artifact) folder")
+    export.add_argument("out", help="output folder (must not exist, or be empty)")
+    export.add_argument("--format", default="sentence-transformers",
+                        choices=["sentence-transformers"], help="what to write (default: "
+                        "sentence-transformers)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export "
+                        "at OUT (never any other folder)")
+    export.add_argument("--base", help="load the base from this local folder instead of what "
+                        "the adapter names (same weights)")
+    export.add_argument("--no-verify", action="store_true", help="skip loading the export "
+                        "with sentence-transformers to compare its vectors with lastlayer's")
     return parser
 
 
@@ -120,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["validate", *files, *extra]
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "validate": cmd_validate, "ls": cmd_ls, "env": cmd_env,
-                "probe": cmd_probe, "eval": cmd_eval}
+                "probe": cmd_probe, "eval": cmd_eval, "export": cmd_export}
     try:
         return handlers[args.command](args)
     except Exception as err:
@@ -290,4 +312,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
             label_field=setting("label_field", "label"), progress=not args.json,
         )
     print(json.dumps(results_json(results), indent=2) if args.json else format_table(results))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``lastlayer export``: the adapter merged into its base, as a sentence-transformers folder."""
+    from lastlayer.inference.export import check_export_dir, check_exportable
+
+    check_exportable(args.adapter)  # refusals first, before the base is loaded
+    check_export_dir(args.out, args.overwrite)
+    from lastlayer.inference.export import export_sentence_transformers
+
+    result = export_sentence_transformers(args.adapter, args.out, overwrite=args.overwrite,
+                                          verify=not args.no_verify, base=args.base)
+    if result.min_cosine is not None:
+        check = (f"checked: sentence-transformers gives lastlayer's vectors (least cosine "
+                 f"{result.min_cosine:.7f} over {result.texts} texts)")
+    else:
+        check = "not checked (--no-verify, or sentence-transformers is not installed)"
+    print(f"Wrote {result.path} ({args.format}; {check}).")
+    if result.dequantized_gguf:
+        print("The base was a GGUF file: the saved weights are its dequantized copy.")
+    print(f'Load it with: SentenceTransformer("{result.path}")')
     return 0

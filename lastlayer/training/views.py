@@ -171,13 +171,7 @@ def crop_views(
     Returns:
         ``(view_a, view_b)``, both substrings of ``doc``.
     """
-    _check_doc(doc)
-    if sentences_per_crop < 1:
-        raise ValueError(f"sentences_per_crop must be >= 1, got {sentences_per_crop}")
-    units = _unit_spans(doc, min_chars, max_chars)
-    if stats is not None:
-        stats.documents += 1
-    n_starts = len(units) - sentences_per_crop + 1
+    units, n_starts = _crop_starts(doc, sentences_per_crop, min_chars, max_chars, stats)
     if n_starts < 2:
         if stats is not None:
             stats.token_span_fallbacks += 1
@@ -260,13 +254,7 @@ def dropout_views(
     Returns:
         ``(view, view)``.
     """
-    _check_doc(doc)
-    if sentences_per_crop < 1:
-        raise ValueError(f"sentences_per_crop must be >= 1, got {sentences_per_crop}")
-    units = _unit_spans(doc, min_chars, max_chars)
-    if stats is not None:
-        stats.documents += 1
-    n_starts = len(units) - sentences_per_crop + 1
+    units, n_starts = _crop_starts(doc, sentences_per_crop, min_chars, max_chars, stats)
     if n_starts >= 1:
         if stats is not None:
             stats.sentence_crops += 1
@@ -276,6 +264,19 @@ def dropout_views(
             stats.whole_doc_fallbacks += 1
         view = _head(doc, max_chars * sentences_per_crop)
     return view, view
+
+
+def _crop_starts(
+    doc: str, sentences_per_crop: int, min_chars: int, max_chars: int, stats: ViewStats | None
+) -> tuple[list[Span], int]:
+    """A document's sentence units and how many crops of ``sentences_per_crop`` fit in them."""
+    _check_doc(doc)
+    if sentences_per_crop < 1:
+        raise ValueError(f"sentences_per_crop must be >= 1, got {sentences_per_crop}")
+    units = _unit_spans(doc, min_chars, max_chars)
+    if stats is not None:
+        stats.documents += 1
+    return units, len(units) - sentences_per_crop + 1
 
 
 def _join(doc: str, units: list[Span], i: int, n: int) -> str:

@@ -1,0 +1,482 @@
+"""Export an adapter as a sentence-transformers model folder: the way into the ecosystem.
+
+``export_sentence_transformers(adapter, out)`` loads the artifact's base exactly as lastlayer
+does (``model_config_of`` + ``load_encoder``: Hub, packaged offline copy or GGUF), merges
+the adapter into the base weights (LoRA: ``W + BA``; full kind: the trained copies of the
+top-k blocks replace the originals) and writes a folder that
+``sentence_transformers.SentenceTransformer(out)`` loads, offline, with no lastlayer or
+PEFT installed:
+
+- the merged model (``config.json``, ``model.safetensors``) and the tokenizer at the root,
+  so ``transformers.AutoModel.from_pretrained(out)`` loads it as well;
+- ``modules.json`` (Transformer -> Pooling [-> Normalize]), ``sentence_bert_config.json``
+  (``max_seq_length`` = the artifact's ``max_length``), ``1_Pooling/config.json`` (mean,
+  cls or lasttoken), ``2_Normalize`` when the artifact normalises, and
+  ``config_sentence_transformers.json``, in the layout of the Hub's original
+  sentence-transformers models (e.g. all-MiniLM-L6-v2), which newer releases still read;
+- a model card ``README.md`` and ``lastlayer_export.json`` (where it came from, how it
+  was checked).
+
+The exported model embeds like lastlayer: the same tokenizer object (decoders pad with EOS
+on the right), truncation at ``max_length``, the same pooling over the attention mask and
+the same normalisation. When sentence-transformers is installed the export checks it
+before the folder is moved into place: it loads the folder with ``SentenceTransformer``
+and compares its vectors with lastlayer's own encoding of the artifact on probe texts
+(one longer than ``max_length``), and refuses to finish below :data:`MIN_COSINE`.
+
+Refused: an artifact trained on a bitsandbytes 8-bit / 4-bit base (merging into quantized
+weights is lossy, and a dequantized copy would not reproduce the vectors the adapter was
+trained and evaluated with), and an output folder that is not empty and not an earlier
+export. A GGUF base is saved as the dequantized weights lastlayer trained on (the card
+says so).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lastlayer import artifact
+from lastlayer.artifact import ArtifactError, ArtifactMeta
+from lastlayer.core.adapters import load_adapter, model_config_of
+from lastlayer.core.encoder import Encoder, load_encoder
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("sentence-transformers",)
+"""The formats ``lastlayer export --format`` writes."""
+
+MARKER = "lastlayer_export.json"
+"""The file that marks a folder as a lastlayer export (so ``--overwrite`` may replace it)."""
+
+MIN_COSINE = {"float32": 0.99999, "bfloat16": 0.999, "float16": 0.999}
+"""The least per-text cosine accepted between the export and lastlayer, by base dtype.
+
+Half-precision bases round their pooled vectors differently in the two implementations
+(sentence-transformers pools in float32 and rounds back to the model dtype; lastlayer
+pools in the model dtype and returns float32), hence the looser bound."""
+
+ST_POOLING = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
+"""lastlayer pooling -> sentence-transformers pooling mode (both over the attention mask)."""
+
+PROBE_TEXTS = (
+    "Chest pain radiating to the left arm in a 58-year-old smoker.",
+    "The film is slow, but the last twenty minutes are worth it.",
+    "Embeddings",
+    "Markets fell sharply after the central bank raised interest rates again on Tuesday.",
+    "Patients with type 2 diabetes were randomised to metformin or placebo for 12 weeks; "
+    "HbA1c, fasting glucose and body weight were measured at baseline and at follow-up.",
+)
+"""Texts the export is checked on (plus one longer than ``max_length``, built per artifact)."""
+
+
+class ExportError(ArtifactError):
+    """The adapter cannot be exported (or not there); the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_sentence_transformers` wrote and how it was checked.
+
+    Attributes:
+        path: The exported folder.
+        min_cosine: The least cosine between the export's vectors (loaded with
+            sentence-transformers) and lastlayer's on the probe texts; None when the check
+            was skipped.
+        texts: How many probe texts were compared (0 when skipped).
+        dequantized_gguf: The base was a GGUF file: the saved weights are its dequantized copy.
+    """
+
+    path: Path
+    min_cosine: float | None
+    texts: int
+    dequantized_gguf: bool
+
+
+# ---------------------------------------------------------------------------------------
+# Refusals: checked before any model is loaded.
+
+
+def check_export_dir(path: str | Path, overwrite: bool = False) -> None:
+    """Refuse to write an export where it would replace something it should not.
+
+    Allowed: a path that does not exist, an empty folder, or (with ``overwrite``) an
+    earlier export (it holds :data:`MARKER`). Never replaced: a file, an artifact, or any
+    other folder with files.
+
+    Raises:
+        ExportError: The message says why and what to change.
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise ExportError(f"{path} is a file; lastlayer export never replaces it. Choose "
+                          "another output folder.")
+    if artifact.is_artifact(path):
+        raise ExportError(f"{path} is a lastlayer artifact; export never replaces it, even "
+                          "with --overwrite. Choose another output folder.")
+    if (path / MARKER).is_file():
+        if not overwrite:
+            raise ExportError(f"{path} already holds an export; pass --overwrite to replace "
+                              "it, or choose another output folder.")
+        return
+    if any(path.iterdir()):
+        raise ExportError(f"{path} is a folder with files but not a lastlayer export (no "
+                          f"{MARKER}); export never replaces it, even with --overwrite. "
+                          "Choose another output folder.")
+
+
+def check_exportable(adapter: str | Path) -> ArtifactMeta:
+    """The validated metadata of an artifact that can be exported.
+
+    Raises:
+        ExportError: ``adapter`` is not an artifact folder, or its base was quantized.
+        ArtifactError: The artifact is damaged (the message names the file).
+    """
+    if not artifact.is_artifact(adapter):
+        raise ExportError(
+            f"{adapter} is not a lastlayer artifact folder (no {artifact.METADATA}): export "
+            "merges an adapter into its base; pass an adapter folder, e.g. "
+            "adapters/<domain>/<name>."
+        )
+    meta = artifact.read(adapter)
+    if meta.base.quantization:
+        raise ExportError(
+            f"{adapter} was trained on a {meta.base.quantization} (bitsandbytes) quantized "
+            "base; merging the adapter into quantized weights is lossy, and a dequantized "
+            "copy would not give the vectors the adapter was trained and evaluated with. "
+            "Use it with lastlayer, or train it on an unquantized base "
+            "(model.quantization=null) to export it."
+        )
+    return meta
+
+
+# ---------------------------------------------------------------------------------------
+# The export.
+
+
+def export_sentence_transformers(
+    adapter: str | Path, out_dir: str | Path, overwrite: bool = False, verify: bool = True,
+    base: str | Path | None = None,
+) -> ExportResult:
+    """Write ``adapter`` merged into its base as a sentence-transformers model folder.
+
+    Args:
+        adapter: A lastlayer artifact folder.
+        out_dir: The folder to write (see :func:`check_export_dir`); written atomically.
+        overwrite: Replace an earlier export at ``out_dir``.
+        verify: When sentence-transformers is installed, load the folder with it and
+            compare with lastlayer's vectors before moving the folder into place.
+        base: Where to load the base from instead of what the artifact names (a local
+            folder, e.g. when the artifact was trained on a folder of another machine); it
+            must hold the same weights.
+
+    Returns:
+        Where it was written and how it was checked.
+
+    Raises:
+        ExportError: Not an artifact, a quantized base, an ``out_dir`` that may not be
+            replaced, or an export whose vectors differ from lastlayer's.
+        ArtifactError: The artifact is damaged.
+        ModelNotFoundError: The artifact's base cannot be found.
+    """
+    meta = check_exportable(adapter)
+    check_export_dir(out_dir, overwrite)
+    config = model_config_of(adapter)
+    if base is not None:
+        config = replace(config, name_or_path=str(base))
+    encoder = load_adapter(load_encoder(config, device="cpu"), adapter)
+    probes = probe_texts(encoder.max_length)
+    # lastlayer's own encoding, before merging changes the base weights in place.
+    reference = encoder.encode(probes, batch_size=4, progress=False).numpy()
+    fingerprint = encoder.fingerprint
+    if fingerprint != meta.base.fingerprint:
+        log.warning(
+            "The base loaded for %s (weights fingerprint %s) is not the one it was trained on "
+            "(%s): the export gives lastlayer's vectors on this base, which may not be what "
+            "the adapter was trained and evaluated with.", adapter, fingerprint,
+            meta.base.fingerprint,
+        )
+    merge(encoder)
+    checked: dict[str, Any] = {}
+
+    def write(tmp: Path) -> None:
+        save_folder(tmp, encoder, meta)
+        encoder.model = None  # saved: free it before the check loads the folder's copy
+        if verify:
+            checked.update(check_folder(tmp, probes, reference, meta.base.dtype))
+        marker = export_record(meta, fingerprint, checked or None)
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+    path = artifact.write_atomically(out_dir, write, overwrite, check=check_export_dir)
+    return ExportResult(path, checked.get("min_cosine"), checked.get("texts", 0),
+                        meta.base.dequantized_gguf)
+
+
+def probe_texts(max_length: int) -> list[str]:
+    """:data:`PROBE_TEXTS` plus one text of ``2 * max_length`` words (cut by truncation)."""
+    words = " ".join(PROBE_TEXTS).split()
+    long = " ".join(words[i % len(words)] for i in range(2 * max_length))
+    return [*PROBE_TEXTS, long]
+
+
+def merge(encoder: Encoder) -> None:
+    """Merge the encoder's adapter into its base weights and drop the PEFT wrapper.
+
+    LoRA: PEFT's ``merge_and_unload`` turns each wrapped linear into ``W + scale * B @ A``.
+    Full kind: the trained copy of each top-k block takes the original's place (PEFT's own
+    ``merge_and_unload`` handles only norm layers here: on a whole block it fails looking
+    for the block's ``weight``).
+
+    Raises:
+        RuntimeError: Adapter weights were left behind (nothing would embed as trained).
+    """
+    peft_model = encoder.model
+    if getattr(peft_model.active_peft_config, "peft_type", None) == "LN_TUNING":
+        encoder.model = swap_in_trained_blocks(peft_model)
+    else:
+        encoder.model = peft_model.merge_and_unload()
+    left = [n for n in encoder.model.state_dict() if "lora_" in n or "ln_tuning_layers" in n
+            or ".base_layer." in n]
+    if left:
+        raise RuntimeError(f"merging the adapter left PEFT weights in the model: {left[:3]}")
+    encoder.model.eval()
+    drop_gguf_marker(encoder.model)
+
+
+def swap_in_trained_blocks(peft_model) -> nn.Module:
+    """The base model of a full-kind ``PeftModel`` with its trained blocks in place."""
+    from peft.tuners.ln_tuning.layer import LNTuningLayer
+
+    adapter = peft_model.active_adapter
+    model = peft_model.get_base_model()
+    wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, LNTuningLayer)]
+    for name, layer in wrapped:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer.ln_tuning_layers[adapter])
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    return model
+
+
+def drop_gguf_marker(model) -> None:
+    """Let a model loaded from a dequantized GGUF file be saved as the plain weights it holds.
+
+    transformers marks a model loaded from a GGUF file as quantized and refuses to save it,
+    even when every weight was dequantized on load (the case lastlayer trains on).
+
+    Raises:
+        ExportError: The GGUF weights were kept packed in GGUF blocks (transformers does so
+            when the ``kernels`` package is installed): they cannot be saved as plain weights.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or getattr(method, "value", method) != "gguf":
+        return
+    if getattr(quantizer, "packed_modules", None):
+        raise ExportError(
+            "the GGUF base was loaded with its weights kept in GGUF blocks (transformers does "
+            "so when the `kernels` package is installed), so there are no plain weights to "
+            "save: export from an environment without `kernels` (pip uninstall kernels)."
+        )
+    quantizer.remove_quantization_config(model)
+
+
+def save_folder(folder: Path, encoder: Encoder, meta: ArtifactMeta) -> None:
+    """Write the merged model, its tokenizer and the sentence-transformers files to ``folder``."""
+    encoder.model.save_pretrained(folder)
+    # Plain transformers users then truncate where lastlayer does (truncation=True).
+    encoder.tokenizer.model_max_length = encoder.max_length
+    encoder.tokenizer.save_pretrained(folder)
+    hidden = hidden_size(encoder)
+    for name, data in sentence_transformers_files(meta, hidden).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    if meta.embedding.normalize:
+        (folder / "2_Normalize").mkdir()  # no files, as sentence-transformers saves it
+    (folder / artifact.CARD).write_text(model_card(meta, hidden), encoding="utf-8")
+    readable_by_all(folder)
+
+
+def readable_by_all(folder: Path) -> None:
+    """Give every file under ``folder`` the read permissions ``folder`` itself was made with.
+
+    transformers writes ``model.safetensors`` readable by its owner only (600), while an
+    export is meant to be served, often by another user (a container, a model server).
+    ``folder`` was created under the user's umask, so its read bits are what the user allows.
+    """
+    read = folder.stat().st_mode & 0o444
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(path.stat().st_mode | read)
+
+
+def hidden_size(encoder: Encoder) -> int:
+    """The width of the token states that are pooled."""
+    config = encoder.model.config
+    size = getattr(config, "hidden_size", None)
+    return int(size) if size else int(encoder.model.get_input_embeddings().embedding_dim)
+
+
+def sentence_transformers_files(meta: ArtifactMeta, hidden: int) -> dict[str, Any]:
+    """The sentence-transformers configuration files (path in the folder -> JSON data).
+
+    The module types and pooling keys are the long-standing ones (``sentence_transformers
+    .models.*``, ``pooling_mode_*_tokens``) of the Hub's original sentence-transformers
+    models, which newer releases still read (checked with 6.2), not a newer release's own
+    names that older releases would not know.
+    """
+    emb = meta.embedding
+    names = [("", "Transformer"), ("1_Pooling", "Pooling")]
+    if emb.normalize:
+        names.append(("2_Normalize", "Normalize"))
+    modules = [
+        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{cls}"}
+        for i, (path, cls) in enumerate(names)
+    ]
+    mode = ST_POOLING[emb.pooling]
+    pooling = {
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": mode == "cls",
+        "pooling_mode_mean_tokens": mode == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": mode == "lasttoken",
+        "include_prompt": True,
+    }
+    return {
+        "modules.json": modules,
+        "sentence_bert_config.json": {"max_seq_length": emb.max_length, "do_lower_case": False},
+        "1_Pooling/config.json": pooling,
+        "config_sentence_transformers.json": {
+            "__version__": _versions(),
+            "model_type": "SentenceTransformer",
+            "prompts": {},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    }
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    from lastlayer._version import __version__
+
+    return {"lastlayer": __version__, "transformers": transformers.__version__,
+            "pytorch": torch.__version__}
+
+
+def export_record(meta: ArtifactMeta, fingerprint: str, checked: dict[str, Any] | None) -> dict:
+    """The content of :data:`MARKER`: the source artifact, the base loaded, the check."""
+    from lastlayer._version import __version__
+
+    return {
+        "format": "sentence-transformers",
+        "lastlayer_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "merged": True,
+        "base_fingerprint_loaded": fingerprint,
+        "verified": checked,
+        "artifact": meta.to_dict(),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The check: the folder as sentence-transformers loads it vs lastlayer's vectors.
+
+
+def check_folder(folder: Path, texts: list[str], reference, dtype: str) -> dict[str, Any]:
+    """Load ``folder`` with sentence-transformers and compare its vectors with ``reference``.
+
+    Returns:
+        ``{"min_cosine", "texts", "sentence_transformers"}``, or ``{}`` when
+        sentence-transformers is not installed (the check is skipped, with a warning).
+
+    Raises:
+        ExportError: A text's cosine is below :data:`MIN_COSINE` for ``dtype``.
+    """
+    try:
+        import sentence_transformers
+    except ImportError:
+        log.warning("sentence-transformers is not installed: the export was not checked "
+                    "(pip install sentence-transformers, then export again to check it).")
+        return {}
+    model = sentence_transformers.SentenceTransformer(
+        str(folder), device="cpu", local_files_only=True
+    )
+    vectors = model.encode(texts, batch_size=4, convert_to_numpy=True, show_progress_bar=False)
+    low = min(cosines(vectors, reference))
+    bound = MIN_COSINE.get(dtype, MIN_COSINE["float32"])
+    if low < bound:
+        raise ExportError(
+            f"the exported model does not reproduce lastlayer's vectors (least cosine "
+            f"{low:.6f} < {bound} over {len(texts)} probe texts, sentence-transformers "
+            f"{sentence_transformers.__version__}); nothing was written. Please report it "
+            "with the artifact's lastlayer.json."
+        )
+    return {"min_cosine": low, "texts": len(texts),
+            "sentence_transformers": sentence_transformers.__version__}
+
+
+def cosines(a, b) -> list[float]:
+    """Row-wise cosine similarities of two (N, d) arrays, in float64."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return ((a * b).sum(axis=1) / np.maximum(norms, 1e-30)).tolist()
+
+
+# ---------------------------------------------------------------------------------------
+# The model card.
+
+
+def model_card(meta: ArtifactMeta, hidden: int) -> str:
+    """The exported folder's ``README.md``: what it is, how it embeds, how to load it."""
+    from huggingface_hub import ModelCardData
+
+    base, emb = meta.base, meta.embedding
+    data = ModelCardData(
+        model_name=f"{meta.name} (merged)", base_model=base.model,
+        library_name="sentence-transformers", pipeline_tag="sentence-similarity",
+        tags=["sentence-transformers", "feature-extraction", "sentence-similarity", "lastlayer",
+              meta.kind],
+    )
+    pooling = {"mean": "mean pooling over the attention mask", "cls": "the first token's state",
+               "last": "the last non-padding token's state"}[emb.pooling]
+    lines = [
+        "---", data.to_yaml(), "---", "",
+        f"# {meta.name} (merged, sentence-transformers)", "",
+        f"The lastlayer {meta.kind} adapter `{meta.name}` (top {meta.top_k} of "
+        f"{meta.layers.num_layers} layers, `{meta.objective['kind']}` objective, trained on "
+        f"`{meta.training.data}`) merged into its base, {base.describe()}.", "",
+        f"Embeddings: {hidden} dimensions, {pooling}"
+        + (", L2-normalised" if emb.normalize else "")
+        + f"; inputs truncated to {emb.max_length} tokens.", "",
+        "## Use", "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        "model = SentenceTransformer('path/to/this/folder')",
+        "vectors = model.encode(['some in-domain text'])",
+        "```", "",
+        "It gives the vectors lastlayer gives for the adapter (cosine > 0.99999 per text in "
+        "float32; `lastlayer_export.json` records the check). The merged model alone loads "
+        "with `transformers.AutoModel.from_pretrained('path/to/this/folder')`.",
+    ]
+    if base.dequantized_gguf:
+        lines += ["", f"The base was the GGUF file `{base.file}`, dequantized on load: the "
+                  "weights saved here are that dequantized copy (in "
+                  f"{base.dtype}), which differs slightly from the original checkpoint of "
+                  f"`{base.model}`. The adapter was trained on exactly these weights."]
+    return "\n".join(lines) + "\n"

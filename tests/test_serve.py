@@ -1,0 +1,301 @@
+"""``lastlayer serve``: the real server in a subprocess on loopback, called with httpx and the
+official openai client; vectors equal the in-process Embedder's; batching across adapters;
+every error in the OpenAI envelope; adapter updates confined to the adapters folder; SIGTERM
+drains."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from test_inference import MAX_LENGTH, TEXTS, make_artifact
+
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+from lastlayer.inference import Embedder  # noqa: E402
+
+pytestmark = pytest.mark.serve
+
+KEY = "test-key-not-secret"
+LONG = "word " * 200  # far beyond MAX_LENGTH tokens: truncated as the model is
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(args: list[str], tmp: Path) -> tuple[subprocess.Popen, str]:
+    """``python -m lastlayer serve ARGS`` on a free loopback port; waits for /health."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "LASTLAYER_KEY": KEY}
+    log = open(tmp / f"server-{port}.log", "w")  # noqa: SIM115 (kept open for the process)
+    proc = subprocess.Popen([sys.executable, "-m", "lastlayer", "serve", *args, "--port",
+                             str(port), "--log-level", "warning"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: "
+                                 f"{(tmp / f'server-{port}.log').read_text()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def setup(saved_models, tmp_path_factory):
+    """Two artifacts a, b given by path; a third, c, in the adapters folder; the reference
+    Embedder with the same three."""
+    root = tmp_path_factory.mktemp("serve")
+    model = saved_models["bert"]
+    arts = {"a": make_artifact(model, root / "a", "lora", 2, 1, "bert"),
+            "b": make_artifact(model, root / "b", "full", 1, 2, "bert")}
+    folder = root / "adapters"
+    arts["c"] = make_artifact(model, folder / "c", "lora", 1, 3, "bert")
+    (folder / "escape").symlink_to(arts["a"], target_is_directory=True)  # points outside
+    embedder = Embedder(model, device="cpu", max_length=MAX_LENGTH)
+    for name, path in arts.items():
+        embedder.load(path, name)
+    return {"root": root, "model": model, "arts": arts, "folder": folder, "embedder": embedder}
+
+
+@pytest.fixture(scope="module")
+def server(setup):
+    arts = setup["arts"]
+    proc, url = start_server(
+        ["--model", str(setup["model"]), "--max-length", str(MAX_LENGTH),
+         "--adapter", f"a={arts['a']}", "--adapter", f"b={arts['b']}",
+         "--adapters", str(setup["folder"]), "--allow-adapter-updates",
+         "--api-key-env", "LASTLAYER_KEY", "--max-inputs", "16", "--max-body-bytes", "20000",
+         "--device", "cpu"], setup["root"])
+    yield url
+    stop(proc)
+    assert proc.returncode == 0
+
+
+def post(url: str, body, key: str | None = KEY, **kwargs) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{url}/v1/embeddings", json=body, headers=headers, timeout=60, **kwargs)
+
+
+def expect(setup, texts, adapter) -> np.ndarray:
+    return setup["embedder"].encode(texts, adapter=adapter)
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None,
+                 text: str = "") -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param
+    assert text.lower() in error["message"].lower()
+
+
+def test_float_and_base64_vectors_equal_the_embedders(server, setup):
+    for model, adapter in (("tiny-bert", None), ("tiny-bert:a", "a"), ("b", "b"), ("c", "c")):
+        r = post(server, {"model": model, "input": TEXTS})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["object"] == "list" and body["model"] == model
+        assert [d["index"] for d in body["data"]] == list(range(len(TEXTS)))
+        assert {d["object"] for d in body["data"]} == {"embedding"}
+        got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, expect(setup, TEXTS, adapter), atol=1e-6)
+        b64 = post(server, {"model": model, "input": TEXTS, "encoding_format": "base64",
+                            "user": "someone"}).json()
+        decoded = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4")
+                            for d in b64["data"]])
+        np.testing.assert_array_equal(decoded, got)
+
+
+def test_usage_counts_real_tokens_after_truncation(server, setup):
+    tokenizer = setup["embedder"].tokenizer
+    texts = ["Aspirin", LONG]
+    body = post(server, {"model": "a", "input": texts}).json()
+    expected = len(tokenizer("Aspirin")["input_ids"]) + MAX_LENGTH  # LONG is cut to the limit
+    assert body["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
+    single = post(server, {"model": "a", "input": "Aspirin"}).json()
+    assert len(single["data"]) == 1
+    assert single["usage"]["prompt_tokens"] == len(tokenizer("Aspirin")["input_ids"])
+    long_vec = np.array(post(server, {"model": "a", "input": LONG}).json()["data"][0]
+                        ["embedding"], dtype=np.float32)
+    np.testing.assert_allclose(long_vec, expect(setup, [LONG], "a")[0], atol=1e-6)
+
+
+def test_official_openai_client_default_base64_and_float(server, setup):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+    default = client.embeddings.create(model="tiny-bert:b", input=TEXTS[:3])
+    floats = client.embeddings.create(model="tiny-bert:b", input=TEXTS[:3],
+                                      encoding_format="float")
+    want = expect(setup, TEXTS[:3], "b")
+    for response in (default, floats):
+        got = np.array([d.embedding for d in response.data], dtype=np.float32)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        assert response.usage.prompt_tokens > 0
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {"tiny-bert", "a", "b", "c"}
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="nope", input="x")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0
+                      ).embeddings.create(model="a", input="x")
+
+
+def test_concurrent_requests_across_adapters_each_get_their_own(server, setup):
+    before = metric(server, "lastlayer_batch_texts_count")
+    models = ["tiny-bert", "a", "b", "c", "tiny-bert:a"]
+    adapters = [None, "a", "b", "c", "a"]
+    jobs = [(models[i % 5], adapters[i % 5], [f"{TEXTS[i % 7]} #{i}", TEXTS[(i + 3) % 7]])
+            for i in range(32)]
+    barrier = threading.Barrier(32)
+
+    def call(job):
+        barrier.wait()
+        return post(server, {"model": job[0], "input": job[2]})
+
+    with ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(call, jobs))
+    for (model, adapter, texts), r in zip(jobs, responses, strict=True):
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == model
+        got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, expect(setup, texts, adapter), atol=1e-6)
+    batches = metric(server, "lastlayer_batch_texts_count") - before
+    assert 1 <= batches < 32  # requests were gathered into shared batches
+
+
+def metric(url: str, name: str, labels: str = "") -> float:
+    text = httpx.get(f"{url}/metrics").text
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_models_health_and_metrics(server):
+    models = httpx.get(f"{server}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()
+    by_id = {m["id"]: m for m in models["data"]}
+    assert by_id["tiny-bert"]["parent"] is None and by_id["tiny-bert"]["root"] == "tiny-bert"
+    assert {by_id[n]["parent"] for n in "abc"} == {"tiny-bert"}
+    assert {m["object"] for m in models["data"]} == {"model"}
+    health = httpx.get(f"{server}/health").json()  # no key needed
+    assert health["status"] == "ok" and set(health["adapters"]) >= {"a", "b"}
+    label = '{model="a",status="200"}'
+    before = metric(server, "lastlayer_requests_total", label)
+    post(server, {"model": "a", "input": "x"})
+    post(server, {"model": "a", "input": ["x", "y"]})
+    assert metric(server, "lastlayer_requests_total", label) == before + 2
+    text = httpx.get(f"{server}/metrics").text
+    for name in ("lastlayer_request_seconds_bucket", "lastlayer_batch_texts_bucket",
+                 "lastlayer_queue_texts"):
+        assert name in text
+
+
+def test_errors_use_the_openai_envelope(server):
+    url = f"{server}/v1/embeddings"
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    assert_error(httpx.post(url, content=b"{not json", headers=auth), 400, None, "JSON")
+    assert_error(post(server, {"model": "a", "input": 3}), 400, "input")
+    assert_error(post(server, {"input": "x"}), 400, "model")
+    assert_error(post(server, {"model": "a", "input": [[1, 2, 3]]}), 400, "input", "token-id")
+    assert_error(post(server, {"model": "a", "input": [5, 6]}), 400, "input", "token-id")
+    assert_error(post(server, {"model": "a", "input": []}), 400, "input", "empty")
+    assert_error(post(server, {"model": "a", "input": ["ok", ""]}), 400, "input", "empty")
+    assert_error(post(server, {"model": "a", "input": "x", "encoding_format": "int8"}), 400,
+                 "encoding_format")
+    assert_error(post(server, {"model": "a", "input": "x", "dimensions": 8}), 400,
+                 "dimensions", "not supported")
+    dim = len(post(server, {"model": "a", "input": "x"}).json()["data"][0]["embedding"])
+    assert post(server, {"model": "a", "input": "x", "dimensions": dim}).status_code == 200
+    for model in ("nope", "tiny-bert:nope", "nope:a"):  # never the base instead
+        assert_error(post(server, {"model": model, "input": "x"}), 404, "model", "does not exist")
+    assert_error(post(server, {"model": "tiny-bert:auto", "input": "x"}), 400, "model",
+                 "routing signature")
+    assert_error(post(server, {"model": "a", "input": ["x"] * 17}), 413, "input", "limit")
+    assert_error(post(server, {"model": "a", "input": "y" * 30000}), 413, None, "bytes")
+    chunked = httpx.post(url, content=iter([b'{"model": "a", "input": "', b"z" * 30000, b'"}']),
+                         headers=auth)  # no Content-Length: the actual size is checked
+    assert_error(chunked, 413, None, "bytes")
+    assert_error(post(server, {"model": "a", "input": "x"}, key=None), 401, None, "API key")
+    wrong = post(server, {"model": "a", "input": "x"}, key="wrong")
+    assert_error(wrong, 401, None, "API key")
+    assert KEY not in wrong.text
+    assert_error(httpx.get(f"{server}/v1/models"), 401, None, "API key")
+    assert_error(httpx.get(f"{server}/v1/nothing", headers=auth), 404)
+
+
+def test_adapter_updates_only_from_the_adapters_folder(server, setup):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    add = f"{server}/v1/adapters"
+    for path in ("../a", str(setup["arts"]["a"]), "escape"):  # traversal, absolute, symlink
+        assert_error(httpx.post(add, json={"name": "x", "path": path}, headers=auth), 403,
+                     "path", "outside")
+    assert_error(httpx.post(add, json={"name": "x", "path": "missing"}, headers=auth), 400,
+                 "path")
+    assert_error(httpx.post(add, json={"name": "c", "path": "c"}, headers=auth), 409, "name")
+    assert_error(httpx.post(add, json={"name": "tiny-bert", "path": "c"}, headers=auth), 400,
+                 "name")
+    r = httpx.post(add, json={"name": "c2", "path": "c"}, headers=auth, timeout=60)
+    assert r.status_code == 200, r.text
+    c = post(server, {"model": "c", "input": TEXTS[:2]}).json()["data"]
+    c2 = post(server, {"model": "c2", "input": TEXTS[:2]}).json()["data"]
+    assert [d["embedding"] for d in c] == [d["embedding"] for d in c2]
+    assert httpx.delete(f"{add}/c2", headers=auth).status_code == 200
+    assert_error(post(server, {"model": "c2", "input": "x"}), 404, "model")
+    assert_error(httpx.delete(f"{add}/c2", headers=auth), 404, "name")
+
+
+def test_updates_off_queue_full_and_sigterm_drains(setup):
+    """A second server without updates, a 1.5 s batch window and a queue of 8 texts: the
+    first request waits in the window, the next one finds the queue full (429); SIGTERM then
+    lets the first finish (200) and the process exits 0."""
+    proc, url = start_server(["--model", str(setup["model"]), "--max-length", str(MAX_LENGTH),
+                              "--adapter", f"a={setup['arts']['a']}", "--batch-window-ms",
+                              "1500", "--max-queue", "8", "--max-inputs", "8",
+                              "--device", "cpu"], setup["root"])
+    try:
+        r = httpx.post(f"{url}/v1/adapters", json={"name": "x", "path": "c"})
+        assert_error(r, 403, None, "--allow-adapter-updates")
+        assert_error(httpx.delete(f"{url}/v1/adapters/a"), 403, None, "runtime")
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(post, url, {"model": "a", "input": TEXTS[:7]}, None)
+            time.sleep(0.5)  # it is queued, waiting for the window to close
+            full = post(url, {"model": "a", "input": ["one", "two"]}, key=None)
+            assert_error(full, 429)
+            assert full.headers["Retry-After"] == "1"
+            proc.send_signal(signal.SIGTERM)
+            done = slow.result(timeout=60)
+        assert done.status_code == 200, done.text
+        got = np.array([d["embedding"] for d in done.json()["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, expect(setup, TEXTS[:7], "a"), atol=1e-6)
+        assert proc.wait(30) == 0
+    finally:
+        stop(proc)

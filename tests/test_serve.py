@@ -8,12 +8,14 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -299,3 +301,63 @@ def test_updates_off_queue_full_and_sigterm_drains(setup):
         assert proc.wait(30) == 0
     finally:
         stop(proc)
+
+
+# ---------------------------------------------------------------------------------------
+# In process: routing through the batcher, the adapters folder, the missing extra
+
+
+def test_auto_routes_each_input_in_a_shared_batch(setup, monkeypatch):
+    """``BASE:auto`` (a stand-in routing module: the signature math is not this module's)
+    gives Embedder.encode(adapter="auto")'s vectors, also when batched with named requests."""
+    from fastapi.testclient import TestClient
+
+    from lastlayer.inference import embedder as embedder_module
+    from lastlayer.inference.server import ServeSettings, create_app
+
+    fake = types.SimpleNamespace(
+        read_signature=lambda folder: types.SimpleNamespace(layer=2, centroids=None)
+        if Path(folder).name in ("a", "b") else None,
+        assign=lambda signatures, pooled: [("a", "b", None)[int(abs(r[0]) * 1e4) % 3]
+                                           for r in pooled[2]],
+    )
+    monkeypatch.setattr(embedder_module, "_routing", lambda: fake)
+    emb = Embedder(setup["model"], device="cpu", max_length=MAX_LENGTH)
+    for name in ("a", "b"):
+        emb.load(setup["arts"][name], name)
+    with TestClient(create_app(emb, ServeSettings(batch_window_ms=200))) as client:
+        with ThreadPoolExecutor(2) as pool:
+            auto = pool.submit(client.post, "/v1/embeddings",
+                               json={"model": "tiny-bert:auto", "input": TEXTS})
+            named = pool.submit(client.post, "/v1/embeddings",
+                                json={"model": "b", "input": TEXTS[:2]})
+            auto, named = auto.result(), named.result()
+        assert auto.status_code == 200, auto.text
+        got = np.array([d["embedding"] for d in auto.json()["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, emb.encode(TEXTS, adapter="auto"), atol=1e-6)
+        assert len(set(emb.route(TEXTS))) >= 2  # the stand-in spreads the texts
+        got = np.array([d["embedding"] for d in named.json()["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, emb.encode(TEXTS[:2], adapter="b"), atol=1e-6)
+
+
+def test_adapters_folder_names_must_be_unique(setup, tmp_path, capsys):
+    from lastlayer.cli import main
+    from lastlayer.inference.server import find_adapters
+
+    assert find_adapters(setup["folder"]) == {"c": setup["folder"] / "c"}
+    for where in ("one", "two"):
+        shutil.copytree(setup["arts"]["a"], tmp_path / where / "a")
+    with pytest.raises(ValueError, match="two adapters under .* are named 'a'"):
+        find_adapters(tmp_path)
+    assert main(["serve", "--model", "nobody/nothing", "--adapters", str(tmp_path)]) == 2
+    assert "named 'a'" in capsys.readouterr().err
+    assert main(["serve", "--model", "x", "--adapter", "no-equals-sign"]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
+
+
+def test_serve_without_the_extra_exits_2(monkeypatch, capsys):
+    from lastlayer.cli import main
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if never installed
+    assert main(["serve", "--model", "nobody/nothing-here"]) == 2
+    assert "pip install 'lastlayer[serve]'" in capsys.readouterr().err

@@ -42,27 +42,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args: list[str], tmp: Path) -> tuple[subprocess.Popen, str]:
-    """``python -m lastlayer serve ARGS`` on a free loopback port; waits for /health."""
+def launch(args: list[str], tmp: Path) -> tuple[subprocess.Popen, str, Path]:
+    """``python -m lastlayer serve ARGS`` on a free loopback port (not waited for)."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "LASTLAYER_KEY": KEY}
-    log = open(tmp / f"server-{port}.log", "w")  # noqa: SIM115 (kept open for the process)
-    proc = subprocess.Popen([sys.executable, "-m", "lastlayer", "serve", *args, "--port",
-                             str(port), "--log-level", "warning"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    log = tmp / f"server-{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "lastlayer", "serve", *args, "--port",
+                                 str(port), "--log-level", "warning"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path) -> str:
+    """Wait for ``/health`` to answer (the server loads the model first)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: "
-                                 f"{(tmp / f'server-{port}.log').read_text()}")
+            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()}")
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
+                return url
         except httpx.TransportError:
             time.sleep(0.2)
     proc.kill()
-    raise AssertionError("server did not start")
+    raise AssertionError(f"server did not start: {log.read_text()}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -92,17 +96,35 @@ def setup(saved_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(setup):
-    arts = setup["arts"]
-    proc, url = start_server(
-        ["--model", str(setup["model"]), "--max-length", str(MAX_LENGTH),
-         "--adapter", f"a={arts['a']}", "--adapter", f"b={arts['b']}",
-         "--adapters", str(setup["folder"]), "--allow-adapter-updates",
-         "--api-key-env", "LASTLAYER_KEY", "--max-inputs", "16", "--max-body-bytes", "20000",
-         "--device", "cpu"], setup["root"])
-    yield url
-    stop(proc)
-    assert proc.returncode == 0
+def servers(setup):
+    """Both servers, started at once (loading the model is most of the wait):
+
+    - ``main``: adapters a and b by path, c from the adapters folder, updates on, a key,
+      at most 16 inputs and 20 000 bytes per request;
+    - ``slow``: adapter a, no key, no updates, a 1.5 s batch window and a queue of 8 texts.
+    """
+    arts, tmp = setup["arts"], setup["root"]
+    common = ["--model", str(setup["model"]), "--max-length", str(MAX_LENGTH), "--device", "cpu"]
+    started = {
+        "main": launch([*common, "--adapter", f"a={arts['a']}", "--adapter", f"b={arts['b']}",
+                        "--adapters", str(setup["folder"]), "--allow-adapter-updates",
+                        "--api-key-env", "LASTLAYER_KEY", "--max-inputs", "16",
+                        "--max-body-bytes", "20000"], tmp),
+        "slow": launch([*common, "--adapter", f"a={arts['a']}", "--batch-window-ms", "1500",
+                        "--max-queue", "8", "--max-inputs", "8"], tmp),
+    }
+    try:
+        yield {name: (proc, wait_ready(proc, url, log))
+               for name, (proc, url, log) in started.items()}
+    finally:
+        for proc, _, _ in started.values():
+            stop(proc)
+    assert started["main"][0].returncode == 0
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> str:
+    return servers["main"][1]
 
 
 def post(url: str, body, key: str | None = KEY, **kwargs) -> httpx.Response:
@@ -275,32 +297,25 @@ def test_adapter_updates_only_from_the_adapters_folder(server, setup):
     assert_error(httpx.delete(f"{add}/c2", headers=auth), 404, "name")
 
 
-def test_updates_off_queue_full_and_sigterm_drains(setup):
-    """A second server without updates, a 1.5 s batch window and a queue of 8 texts: the
-    first request waits in the window, the next one finds the queue full (429); SIGTERM then
-    lets the first finish (200) and the process exits 0."""
-    proc, url = start_server(["--model", str(setup["model"]), "--max-length", str(MAX_LENGTH),
-                              "--adapter", f"a={setup['arts']['a']}", "--batch-window-ms",
-                              "1500", "--max-queue", "8", "--max-inputs", "8",
-                              "--device", "cpu"], setup["root"])
-    try:
-        r = httpx.post(f"{url}/v1/adapters", json={"name": "x", "path": "c"})
-        assert_error(r, 403, None, "--allow-adapter-updates")
-        assert_error(httpx.delete(f"{url}/v1/adapters/a"), 403, None, "runtime")
-        with ThreadPoolExecutor(1) as pool:
-            slow = pool.submit(post, url, {"model": "a", "input": TEXTS[:7]}, None)
-            time.sleep(0.5)  # it is queued, waiting for the window to close
-            full = post(url, {"model": "a", "input": ["one", "two"]}, key=None)
-            assert_error(full, 429)
-            assert full.headers["Retry-After"] == "1"
-            proc.send_signal(signal.SIGTERM)
-            done = slow.result(timeout=60)
-        assert done.status_code == 200, done.text
-        got = np.array([d["embedding"] for d in done.json()["data"]], dtype=np.float32)
-        np.testing.assert_allclose(got, expect(setup, TEXTS[:7], "a"), atol=1e-6)
-        assert proc.wait(30) == 0
-    finally:
-        stop(proc)
+def test_updates_off_queue_full_and_sigterm_drains(servers, setup):
+    """The slow server: the first request waits in the 1.5 s window, the next one finds the
+    queue full (429); SIGTERM then lets the first finish (200) and the process exits 0."""
+    proc, url = servers["slow"]
+    r = httpx.post(f"{url}/v1/adapters", json={"name": "x", "path": "c"})
+    assert_error(r, 403, None, "--allow-adapter-updates")
+    assert_error(httpx.delete(f"{url}/v1/adapters/a"), 403, None, "runtime")
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(post, url, {"model": "a", "input": TEXTS[:7]}, None)
+        time.sleep(0.5)  # it is queued, waiting for the window to close
+        full = post(url, {"model": "a", "input": ["one", "two"]}, key=None)
+        assert_error(full, 429)
+        assert full.headers["Retry-After"] == "1"
+        proc.send_signal(signal.SIGTERM)
+        done = slow.result(timeout=60)
+    assert done.status_code == 200, done.text
+    got = np.array([d["embedding"] for d in done.json()["data"]], dtype=np.float32)
+    np.testing.assert_allclose(got, expect(setup, TEXTS[:7], "a"), atol=1e-6)
+    assert proc.wait(30) == 0
 
 
 # ---------------------------------------------------------------------------------------

@@ -376,3 +376,28 @@ def test_serve_without_the_extra_exits_2(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "fastapi", None)  # as if never installed
     assert main(["serve", "--model", "nobody/nothing-here"]) == 2
     assert "pip install 'lastlayer[serve]'" in capsys.readouterr().err
+
+
+def test_benchmark_driver_counts_texts_and_latencies():
+    """benchmarks/serve.py's load driver (the servers it times are the ones tested above)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmarks_serve",
+                                                  ROOT / "benchmarks" / "serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_args([]).clients == [1, 8, 32]
+    pick = bench.batches([f"t{i}" for i in range(50)], 4)
+    assert pick(0, 0) == ["t0", "t1", "t2", "t3"] and pick(0, 1) == ["t4", "t5", "t6", "t7"]
+    assert pick(1, 0) != pick(0, 0)
+    seen = []
+
+    def call(client, i):
+        seen.append(client)
+        time.sleep(0.01)
+        return 4
+
+    row = bench.drive(3, 0.2, call)
+    assert row["requests"] == len(seen) and set(seen) == {0, 1, 2}
+    assert 0 < row["texts_per_s"] <= 4 * 3 / 0.01 * 1.01  # 3 clients, 4 texts per >= 10 ms
+    assert 10 <= row["p50_ms"] <= row["p99_ms"]

@@ -555,8 +555,9 @@ def create_app(embedder: Embedder, settings: ServeSettings | None = None) -> Fas
                  "embedding": _encode_vector(vector, req.encoding_format)}
                 for i, vector in enumerate(vectors)]
         used = int(sum(tokens))
-        return {"object": "list", "data": data, "model": req.model,
-                "usage": {"prompt_tokens": used, "total_tokens": used}}
+        # JSONResponse directly: FastAPI's generic encoder would walk every float
+        return JSONResponse({"object": "list", "data": data, "model": req.model,
+                             "usage": {"prompt_tokens": used, "total_tokens": used}})
 
     @app.get("/v1/models")
     async def list_models():

@@ -401,3 +401,53 @@ def test_benchmark_driver_counts_texts_and_latencies():
     assert row["requests"] == len(seen) and set(seen) == {0, 1, 2}
     assert 0 < row["texts_per_s"] <= 4 * 3 / 0.01 * 1.01  # 3 clients, 4 texts per >= 10 ms
     assert 10 <= row["p50_ms"] <= row["p99_ms"]
+
+
+def test_a_failing_request_fails_alone_in_its_batch():
+    """Two requests share a batch; the model raises for one of them: that one gets its own
+    error (404 for an adapter unloaded meanwhile, 500 for a crash), the other its vectors."""
+    import asyncio
+
+    from lastlayer.inference.embedder import UnknownAdapterError
+    from lastlayer.inference.server import APIError, Batcher, Metrics, ServeSettings
+
+    calls = []
+
+    class Fake:  # what the batcher uses of an Embedder
+        adapters = {}
+        encoder = types.SimpleNamespace(max_length=8)
+
+        @staticmethod
+        def tokenizer(texts, truncation, max_length):
+            return {"input_ids": [[0] * min(len(t), max_length) for t in texts]}
+
+        @staticmethod
+        def encode(texts, adapter, batch_size, progress):
+            calls.append(list(adapter))
+            if "gone" in adapter:
+                raise UnknownAdapterError("no adapter named 'gone' is loaded")
+            if "crash" in adapter:
+                raise RuntimeError("boom")
+            return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+    async def run():
+        metrics = Metrics()
+        batcher = Batcher(Fake(), ServeSettings(batch_window_ms=50), metrics)
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                batcher.submit(["abc", "de"], [None, None]),
+                batcher.submit(["x"], ["gone"]), batcher.submit(["y"], ["crash"]),
+                return_exceptions=True), metrics
+        finally:
+            await batcher.stop()
+
+    (good, gone, crash), metrics = asyncio.run(run())
+    vectors, tokens = good
+    np.testing.assert_array_equal(vectors, [[3, 1], [2, 1]])
+    assert tokens == [3, 2]
+    assert isinstance(gone, APIError) and (gone.status, gone.code) == (404, "model_not_found")
+    assert isinstance(crash, APIError) and crash.status == 500 and "boom" in crash.message
+    assert calls[0] == [None, None, "gone", "crash"]  # one shared call first
+    samples = {s.name: s.value for s in metrics.batch.collect()[0].samples}
+    assert (samples["lastlayer_batch_texts_count"], samples["lastlayer_batch_texts_sum"]) == (1, 4)

@@ -234,7 +234,12 @@ class Batcher:
             jobs = self._take()
             if self._jobs:
                 self._wake.set()  # leftovers form the next batch
-            results = await loop.run_in_executor(self._executor, self._embed, jobs)
+            try:
+                results = await loop.run_in_executor(self._executor, self._embed, jobs)
+            except Exception as err:  # never leave requests waiting, never stop batching
+                log.exception("batch failed")
+                results = [APIError(500, f"embedding failed: {type(err).__name__}: {err}",
+                                    "server_error")] * len(jobs)
             for job, result in zip(jobs, results, strict=True):
                 if job.future.done():  # the client went away
                     continue

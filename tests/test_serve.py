@@ -368,6 +368,10 @@ def test_adapters_folder_names_must_be_unique(setup, tmp_path, capsys):
     assert "named 'a'" in capsys.readouterr().err
     assert main(["serve", "--model", "x", "--adapter", "no-equals-sign"]) == 2
     assert "NAME=PATH" in capsys.readouterr().err
+    os.environ.pop("LASTLAYER_TEST_UNSET", None)
+    assert main(["serve", "--model", "x", "--api-key-env", "LASTLAYER_TEST_UNSET"]) == 2
+    assert "LASTLAYER_TEST_UNSET: that environment variable is not set" in \
+        capsys.readouterr().err
 
 
 def test_serve_without_the_extra_exits_2(monkeypatch, capsys):

@@ -1,4 +1,4 @@
-"""The ``lastlayer`` command line: train, validate, ls, env, eval, probe, embed, export.
+"""The ``lastlayer`` command line: train, validate, ls, env, eval, probe, embed, export, serve.
 
 The commands that load a model import torch when they run; ``--help``, ``validate``, ``ls``
 and ``env`` start at once.
@@ -58,6 +58,13 @@ EXAMPLES = {
   lastlayer export ADAPTER OUT --base /models/tiny-bert     # the base is a local folder
 
 then: SentenceTransformer("exported/minilm-medical").encode(texts)""",
+    "serve": """examples:
+  lastlayer serve --model sentence-transformers/all-MiniLM-L6-v2 --adapters adapters/medical
+  lastlayer serve --model BASE --adapter med=adapters/medical/x --adapter law=PATH --port 8080
+  LASTLAYER_KEY=secret lastlayer serve --model BASE --adapters DIR --api-key-env LASTLAYER_KEY
+
+then: curl localhost:8000/v1/embeddings -H 'Content-Type: application/json' \\
+        -d '{"model": "med", "input": ["chest pain"]}'""",
 }
 
 
@@ -170,6 +177,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "the adapter names (same weights)")
     export.add_argument("--no-verify", action="store_true", help="skip loading the export "
                         "with sentence-transformers to compare its vectors with lastlayer's")
+
+    serve = add("serve", "Serve a base model and its adapters over an OpenAI-compatible "
+                "embeddings API (POST /v1/embeddings), batching across requests.")
+    serve.add_argument("--model", required=True, help="the base: Hub id or local folder")
+    serve.add_argument("--adapters", metavar="DIR", help="load every artifact folder under DIR "
+                       "(by its artifact name); runtime additions must come from here")
+    serve.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                       help="load one artifact under NAME (repeatable)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default "
+                       "127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer "
+                       "KEY' on /v1/*, KEY read from environment variable VAR")
+    serve.add_argument("--allow-adapter-updates", action="store_true", help="enable POST "
+                       "/v1/adapters and DELETE /v1/adapters/NAME (paths under --adapters only)")
+    serve.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch "
+                       "waits for more requests (default 5)")
+    serve.add_argument("--max-batch", type=int, default=256, help="most texts per batch")
+    serve.add_argument("--max-queue", type=int, default=4096, help="most texts waiting; "
+                       "beyond it: 429 with Retry-After")
+    serve.add_argument("--max-inputs", type=int, default=2048, help="most texts per request "
+                       "(413 beyond)")
+    serve.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024,
+                       help="largest request body (413 beyond; default 8 MiB)")
+    serve.add_argument("--max-length", type=int, help="token limit of the base (default 128); "
+                       "adapters use their own")
+    serve.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
+    serve.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    serve.add_argument("--model-id", help="the base's id in requests and /v1/models "
+                       "(default: the id adapters record)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
 
@@ -183,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "validate": cmd_validate, "ls": cmd_ls, "env": cmd_env,
                 "probe": cmd_probe, "eval": cmd_eval, "embed": cmd_embed,
-                "export": cmd_export}
+                "export": cmd_export, "serve": cmd_serve}
     try:
         return handlers[args.command](args)
     except Exception as err:
@@ -402,4 +441,68 @@ def cmd_export(args: argparse.Namespace) -> int:
     if result.dequantized_gguf:
         print("The base was a GGUF file: the saved weights are its dequantized copy.")
     print(f'Load it with: SentenceTransformer("{result.path}")')
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``lastlayer serve``: the OpenAI-compatible embeddings server (``lastlayer[serve]``)."""
+    import os
+
+    from lastlayer.extras import require
+
+    for module in ("fastapi", "uvicorn", "prometheus_client"):
+        require(module, "serve", "lastlayer serve")
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise ConfigError(f"--api-key-env {args.api_key_env}: that environment variable is "
+                              "not set or empty; export it with the key clients must send.")
+    named = {}
+    for item in args.adapter:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--adapter {item!r}: expected NAME=PATH.")
+        if name in named:
+            raise ConfigError(f"--adapter {name}= is given twice.")
+        named[name] = Path(path)
+    if args.adapters and not Path(args.adapters).is_dir():
+        raise ConfigError(f"--adapters {args.adapters}: no such directory.")
+    from lastlayer.inference.server import ServeSettings, find_adapters, serve
+
+    try:
+        settings = ServeSettings(
+            batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
+            max_queue=args.max_queue, max_inputs=args.max_inputs,
+            max_body_bytes=args.max_body_bytes, api_key=api_key,
+            allow_adapter_updates=args.allow_adapter_updates,
+            adapters_dir=Path(args.adapters) if args.adapters else None, model_id=args.model_id)
+        found = find_adapters(args.adapters) if args.adapters else {}
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    clashes = sorted(set(found) & set(named))
+    if clashes:
+        raise ConfigError(f"adapter name(s) {', '.join(clashes)} are both under --adapters and "
+                          "given with --adapter: rename one (--adapter OTHER=PATH).")
+    from lastlayer.inference import BaseMismatchError, Embedder
+
+    embedder = Embedder(args.model, device=args.device, dtype=args.dtype,
+                        max_length=args.max_length)
+    for name, path in found.items():
+        try:
+            embedder.load(path, name)
+        except BaseMismatchError as err:  # a shared folder may hold other bases' adapters
+            logging.getLogger("lastlayer").warning("skipping %s: %s", path, err)
+    for name, path in named.items():
+        try:
+            embedder.load(path, name)
+        except ValueError as err:
+            raise ConfigError(f"--adapter {name}={path}: {err}") from err
+    names = ", ".join(embedder.adapters) or "none"
+    print(f"Serving {args.model} with adapters: {names} on http://{args.host}:{args.port}"
+          "/v1/embeddings", flush=True)
+    try:
+        serve(embedder, settings, host=args.host, port=args.port, log_level=args.log_level)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     return 0

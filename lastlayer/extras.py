@@ -1,11 +1,12 @@
 """Optional extras: import a library only some commands need, or say which extra installs it.
 
-The core install trains and evaluates on jsonl / csv / txt corpora. Three extras add what
+The core install trains and evaluates on jsonl / csv / txt corpora. Four extras add what
 only some jobs use:
 
 - ``plot``: matplotlib, for ``probe.png`` (``lastlayer probe``);
 - ``datasets``: datasets and pyarrow, for ``.parquet`` files and ``save_to_disk`` folders;
-- ``quant``: bitsandbytes, for 8-bit / 4-bit quantized bases (``model.quantization``).
+- ``quant``: bitsandbytes, for 8-bit / 4-bit quantized bases (``model.quantization``);
+- ``serve``: fastapi, uvicorn and prometheus-client, for ``lastlayer serve``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-EXTRAS = {"plot": ("matplotlib",), "datasets": ("datasets", "pyarrow"), "quant": ("bitsandbytes",)}
+EXTRAS = {"plot": ("matplotlib",), "datasets": ("datasets", "pyarrow"), "quant": ("bitsandbytes",),
+          "serve": ("fastapi", "uvicorn", "prometheus-client")}
 """Extra name -> the distributions it installs (as in pyproject.toml)."""
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from lastlayer.core.adapters import (
     trainable_parameters,
 )
 from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.routing import RoutingSignature, signature_for_texts
 from lastlayer.core.split import TopKHead, encode_from_cache, encode_with_cache
 from lastlayer.corpus import DataError, read_texts
 from lastlayer.evaluation.datasets import EvalSet, load_eval_set
@@ -390,10 +392,35 @@ def finish(job: TrainingJob, result: TrainResult) -> RunResult:
                                     f"embed (adapted, top {top_k} layers from cache)")
         adapted = evaluate_knn(vectors, job.held_out, recipe.eval)
         metrics = eval_report(job.base, adapted, job.held_out, recipe)
-    out_dir = save_artifact(job.encoder, recipe, result, job.base_model, metrics)
+    signature = routing_signature(job)
+    out_dir = save_artifact(job.encoder, recipe, result, job.base_model, metrics,
+                            signature=signature)
     shutil.rmtree(checkpoint_root(recipe), ignore_errors=True)
     print_report(metrics, folder_size(out_dir), out_dir, result.view_stats)
     return RunResult(job.encoder, metrics, out_dir, result)
+
+
+def routing_signature(job: TrainingJob) -> RoutingSignature | None:
+    """The adapter's routing signature, from a seeded sample of ``train.routing_docs``
+    training documents (None when that is 0).
+
+    The adapter leaves the blocks below L-k as they are, so their outputs are the base's:
+    this is one bottom-only pass over the sample (no top block, no backward), timed and
+    printed so its cost can be set against training time.
+    """
+    recipe = job.recipe
+    if not recipe.train.routing_docs:
+        return None
+    start = time.perf_counter()
+    signature = signature_for_texts(
+        job.encoder, job.docs, recipe.adapter.top_k, recipe.train.routing_docs, recipe.seed,
+        recipe.eval.batch_size, progress=job.accelerator.is_local_main_process,
+    )
+    job.accelerator.print(
+        f"Routing signature: {signature.num_documents} documents, "
+        f"{len(signature.centroids)} centroids at block {signature.layer}, "
+        f"{time.perf_counter() - start:.1f}s")
+    return signature
 
 
 def run(recipe: Recipe) -> RunResult:
@@ -443,11 +470,14 @@ def check_output(recipe: Recipe) -> None:
 
 def save_artifact(encoder: Encoder, recipe: Recipe, result: TrainResult, base_model,
                   metrics: dict | None, output_dir: str | Path | None = None,
-                  overwrite: bool | None = None) -> Path:
+                  overwrite: bool | None = None,
+                  signature: RoutingSignature | None = None) -> Path:
     """Write the artifact (PEFT files + lastlayer.json + recipe.yaml + eval.json + model card
-    + train log) atomically to ``output_dir`` (default: the recipe's); return the folder.
-    ``overwrite`` (default: the recipe's) allows replacing an existing artifact there."""
+    + train log + routing signature, if given) atomically to ``output_dir`` (default: the
+    recipe's); return the folder. ``overwrite`` (default: the recipe's) allows replacing an
+    existing artifact there."""
     meta = artifact_metadata(encoder, recipe, result, base_model)
     files = side_files(meta, metrics, recipe.to_yaml(), result.history)
     overwrite = recipe.overwrite if overwrite is None else overwrite
-    return save_adapter(encoder.model, output_dir or recipe.output_dir, files, overwrite=overwrite)
+    return save_adapter(encoder.model, output_dir or recipe.output_dir, files,
+                        overwrite=overwrite, signature=signature)

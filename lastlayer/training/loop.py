@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lastlayer.artifact import (
+    RECIPE,
     ArtifactError,
     ArtifactMeta,
     BaseWeights,
@@ -47,6 +48,7 @@ from lastlayer.core.adapters import (
     check_top_k,
     folder_size,
     layer_summary,
+    read_metadata,
     save_adapter,
     trainable_parameters,
 )
@@ -481,3 +483,49 @@ def save_artifact(encoder: Encoder, recipe: Recipe, result: TrainResult, base_mo
     overwrite = recipe.overwrite if overwrite is None else overwrite
     return save_adapter(encoder.model, output_dir or recipe.output_dir, files,
                         overwrite=overwrite, signature=signature)
+
+
+def sign_artifact(
+    folder: str | Path, encoder: Encoder | None = None, data: str | None = None,
+    eval_data: str | None = None, max_docs: int | None = None, progress: bool = True,
+) -> RoutingSignature:
+    """(Re)compute an existing artifact's routing signature from its training data.
+
+    For artifacts saved without one (trained by an older lastlayer, or with
+    ``train.routing_docs: 0``): reads the artifact's ``recipe.yaml``, takes its training
+    documents minus the held-out evaluation sample, exactly as training does, and writes
+    the signature training would have written (same sample, same seed) as
+    ``routing.safetensors``. The adapter's weights and other files are left as they are.
+
+    Args:
+        folder: The artifact.
+        encoder: Its base model already loaded (to sign several artifacts on one base);
+            default: loaded from the artifact's ``lastlayer.json``.
+        data: The training corpus, where ``data.train`` of the recipe is not (a path
+            relative to another working directory, a moved file).
+        eval_data: The same for ``eval.data`` (its documents are left out).
+        max_docs: Documents to sample (default: the recipe's ``train.routing_docs``, or
+            1000 where that is 0).
+        progress: Show a progress bar.
+
+    Raises:
+        ArtifactError: ``folder`` is not a valid artifact.
+        DataError: The training data cannot be read.
+    """
+    from lastlayer.config import load_recipe
+    from lastlayer.core.adapters import model_config_of
+    from lastlayer.core.routing import DEFAULT_MAX_DOCS, write_signature
+
+    meta = read_metadata(folder)
+    overrides = [f"data.train={data}"] * bool(data) + [f"eval.data={eval_data}"] * bool(eval_data)
+    recipe = load_recipe(Path(folder) / RECIPE, overrides)
+    held_out = load_eval_set(recipe.eval, recipe.seed)
+    docs = training_documents(recipe, held_out)
+    encoder = encoder or load_encoder(model_config_of(folder))
+    signature = signature_for_texts(
+        encoder, docs, meta.top_k, max_docs or recipe.train.routing_docs or DEFAULT_MAX_DOCS,
+        recipe.seed, recipe.eval.batch_size, progress,
+    )
+    write_signature(folder, signature)
+    read_metadata(folder)  # the file just written fits the artifact
+    return signature

@@ -1,7 +1,8 @@
 """Routing (``adapter="auto"``) on the shipped SmolLM2 adapters: accuracy, confusion, kNN.
 
-    python benchmarks/routing.py                   # the report, ~10-15 min on 2 cores
+    python benchmarks/routing.py                   # the report (~10 min on 2 idle cores)
     python benchmarks/routing.py --regenerate      # first recompute the shipped signatures
+    python benchmarks/routing.py --regenerate-only --signature-docs 1000
     python benchmarks/routing.py --docs 60 --ood-docs 40   # a quick look
 
 What it measures, on the four shipped SmolLM2-135M LoRA top-4 adapters (medical =
@@ -15,7 +16,8 @@ medical_abstracts, ohsumed = ohsumed23, news = reuters_r8, movie_reviews = mr):
 - **kNN quality of routed embeddings**: per domain, leave-one-out kNN accuracy (k and
   metric of the recipe: 10, euclidean) of the same held-out documents embedded by the
   adapter routing chose for each text (the base where it chose none), by the domain's own
-  adapter (the oracle), by the base, and by each of the four adapters.
+  adapter (the oracle), by the base, and by every other adapter routing sent some of the
+  domain's texts to (for medical and ohsumed: always both medical adapters).
 
 Everything comes from one bottom pass per text: block L−k's inputs (the same for the base
 and every top-k adapter on it) are computed once by the base, mean-pooled for routing,
@@ -54,7 +56,11 @@ from lastlayer.core.adapters import load_adapter, model_config_of  # noqa: E402
 from lastlayer.core.encoder import Encoder, load_encoder, mean_pool  # noqa: E402
 from lastlayer.core.layers import find_layer_stack  # noqa: E402
 from lastlayer.core.routing import assign, read_signature  # noqa: E402
-from lastlayer.core.split import encode_from_cache, encode_with_cache  # noqa: E402
+from lastlayer.core.split import (  # noqa: E402
+    encode_from_cache,
+    encode_with_cache,
+    pooled_block_inputs,
+)
 from lastlayer.evaluation.datasets import load_eval_set, read_beir  # noqa: E402
 from lastlayer.evaluation.metrics import knn_accuracy  # noqa: E402
 
@@ -63,6 +69,7 @@ SMOLLM2 = "smollm2-135m_lora-top4_crop"
 DOMAINS = ["medical", "ohsumed", "news", "movie_reviews"]
 MINILM = ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"
 OOD = ["cranfield", "scifact"]
+MEDICAL_FAMILY = {"medical", "ohsumed"}
 BASE = "base"
 
 
@@ -158,17 +165,23 @@ def markdown(result: dict[str, Any]) -> str:
     for domain, knn in result["knn"].items():
         lines.append(f"| {domain} | {knn['base']:.3f} | {knn['oracle']:.3f} | "
                      f"{knn['routed']:.3f} | "
-                     + " | ".join(f"{knn['under'][d]:.3f}" for d in DOMAINS) + " |")
+                     + " | ".join(f"{knn['under'][d]:.3f}" if d in knn["under"] else "–"
+                                  for d in DOMAINS) + " |")
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--docs", type=int, default=300, help="held-out documents per domain")
-    parser.add_argument("--ood-docs", type=int, default=200, help="documents per outside set")
+    parser.add_argument("--docs", type=int, default=200, help="held-out documents per domain")
+    parser.add_argument("--ood-docs", type=int, default=100, help="documents per outside set")
     parser.add_argument("--regenerate", action="store_true",
                         help="first rewrite the shipped artifacts' routing signatures")
-    parser.add_argument("--signature-docs", type=int, default=1000,
+    parser.add_argument("--regenerate-only", action="store_true",
+                        help="rewrite the shipped signatures and stop")
+    parser.add_argument("--after", type=int, default=0, metavar="PID",
+                        help="read the signatures only once process PID (a running "
+                             "--regenerate-only) has ended; the bottom passes run meanwhile")
+    parser.add_argument("--signature-docs", type=int, default=500,
                         help="training documents per signature (with --regenerate)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -179,64 +192,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    torch.manual_seed(args.seed)
     started = time.perf_counter()
     base = load_encoder(model_config_of(folder_of(DOMAINS[0])))
     loaded = time.perf_counter() - started
     signatures_made = regenerate(args.data_root, args.signature_docs, base) \
-        if args.regenerate else None
+        if args.regenerate or args.regenerate_only else None
+    if args.regenerate_only:
+        return {"regenerated": signatures_made}
 
-    texts, truth, labels = [], [], {}
+    texts, labels = {}, {}
     for domain in DOMAINS:
-        t, y = held_out(folder_of(domain), args.docs, args.data_root, args.seed)
-        texts += t
-        truth += [domain] * len(t)
-        labels[domain] = y
+        texts[domain], labels[domain] = held_out(folder_of(domain), args.docs, args.data_root,
+                                                 args.seed)
     for name in OOD:
-        t = ood_texts(name, args.ood_docs, args.data_root, args.seed)
-        texts += t
-        truth += [name] * len(t)
+        texts[name] = ood_texts(name, args.ood_docs, args.data_root, args.seed)
+    truth = [name for name, t in texts.items() for _ in t]
 
     layer = read_signature(folder_of(DOMAINS[0])).layer  # the block whose inputs are pooled
     top_k = find_layer_stack(base.model).num_layers - layer
     start = time.perf_counter()
-    base_vectors, cache, pooled = bottom_pass(base, texts, top_k, args.batch_size)
+    vectors: dict[tuple[str, str], np.ndarray] = {}  # (true set, adapter) -> embeddings
+    caches, pooled = {}, []
+    for domain in DOMAINS:
+        vectors[domain, BASE], caches[domain], p = bottom_pass(base, texts[domain], top_k,
+                                                               args.batch_size)
+        pooled.append(p)
+    for name in OOD:  # routed only: no labels for kNN, so no top blocks needed
+        pooled.append(pooled_block_inputs(base, texts[name], top_k, args.batch_size,
+                                          desc=f"bottom ({name})"))
     bottom_seconds = time.perf_counter() - start
 
+    while args.after and Path(f"/proc/{args.after}").exists():  # signatures still being made
+        time.sleep(5)
     signatures = {d: read_signature(folder_of(d)) for d in DOMAINS}
     start = time.perf_counter()
-    routed = assign(signatures, {layer: pooled})
+    routed = assign(signatures, {layer: np.concatenate(pooled)})
     route_seconds = time.perf_counter() - start
     table = confusion(truth, routed, [*DOMAINS, *OOD], [*DOMAINS, BASE])
+    routed_of = {d: [r for r, t in zip(routed, truth, strict=True) if t == d] for d in DOMAINS}
 
-    # Every text under every adapter, from the cached block L−k inputs.
-    vectors: dict[str, np.ndarray] = {BASE: base_vectors}
+    # Each domain's texts under its own adapter, every adapter routing sent some of them
+    # to, and (medical, ohsumed) both medical adapters: top 4 blocks from the cached inputs.
     start = time.perf_counter()
-    for domain in DOMAINS:
+    for adapter in DOMAINS:
+        wanted = [d for d in DOMAINS if adapter == d or adapter in routed_of[d]
+                  or {adapter, d} <= MEDICAL_FAMILY]
         encoder = copy.copy(base)
         encoder.model = copy.deepcopy(base.model)
-        load_adapter(encoder, folder_of(domain))
-        vectors[domain] = encode_from_cache(encoder, texts, cache, top_k, args.batch_size,
-                                            desc=f"top {top_k} of {domain}").numpy()
+        load_adapter(encoder, folder_of(adapter))
+        for d in wanted:
+            vectors[d, adapter] = encode_from_cache(
+                encoder, texts[d], caches[d], top_k, args.batch_size,
+                desc=f"{d} under top {top_k} of {adapter}").numpy()
         del encoder
     heads_seconds = time.perf_counter() - start
 
     knn = {}
     for domain in DOMAINS:
-        rows = [i for i, t in enumerate(truth) if t == domain]
         recipe = recipe_of(folder_of(domain), args.data_root)
 
         def score(matrix: np.ndarray, recipe: Recipe = recipe, domain: str = domain) -> float:
             return round(knn_accuracy(matrix, labels[domain], recipe.eval.k,
                                       recipe.eval.metric).accuracy, 4)
 
-        chosen = np.stack([vectors[routed[i] or BASE][i] for i in rows])
+        chosen = np.stack([vectors[domain, r or BASE][i]
+                           for i, r in enumerate(routed_of[domain])])
         knn[domain] = {
-            "base": score(vectors[BASE][rows]), "oracle": score(vectors[domain][rows]),
+            "base": score(vectors[domain, BASE]), "oracle": score(vectors[domain, domain]),
             "routed": score(chosen),
-            "under": {d: score(vectors[d][rows]) for d in DOMAINS},
+            "under": {a: score(v) for (d, a), v in vectors.items() if d == domain},
         }
     in_domain = [t in DOMAINS for t in truth]
-    medical_family = {"medical", "ohsumed"}
     result = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "setup": {
@@ -262,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "in_domain_exact": float(np.mean([r == t for r, t, i in
                                               zip(routed, truth, in_domain, strict=True) if i])),
             "in_domain_medical_merged": float(np.mean([
-                r == t or {r, t} <= medical_family
+                r == t or {r, t} <= MEDICAL_FAMILY
                 for r, t, i in zip(routed, truth, in_domain, strict=True) if i])),
             "in_domain_to_base": float(np.mean([r is None for r, i in
                                                 zip(routed, in_domain, strict=True) if i])),
@@ -271,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": {"load_base": round(loaded, 1), "bottom_pass": round(bottom_seconds, 1),
                     "assign": round(route_seconds, 3), "adapter_heads": round(heads_seconds, 1),
                     "total": round(time.perf_counter() - started, 1)},
-        "texts": len(texts),
+        "texts": len(truth),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

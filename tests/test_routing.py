@@ -256,6 +256,23 @@ def test_artifact_read_validates_the_signature(trained, tmp_path):
     assert read_signature(copy) is None
 
 
+def test_sign_artifact_writes_what_training_wrote(trained, saved_models, tmp_path):
+    import shutil
+
+    from lastlayer.training.loop import sign_artifact
+
+    copy = shutil.copytree(trained, tmp_path / "copy")
+    (copy / ROUTING).unlink()
+    base = load_encoder(ModelConfig(name_or_path=str(saved_models["llama"]), max_length=32))
+    made = sign_artifact(copy, encoder=base, max_docs=50, progress=False)
+    back, original = read_signature(copy), read_signature(trained)
+    np.testing.assert_allclose(back.centroids, original.centroids, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(back.centroids, made.centroids)
+    assert back.num_documents == 50 and back.threshold == pytest.approx(original.threshold, 1e-4)
+    assert (copy / "adapter_model.safetensors").read_bytes() == \
+        (trained / "adapter_model.safetensors").read_bytes()
+
+
 def test_routing_docs_zero_writes_no_signature(saved_models, corpus, tmp_path):
     out = tmp_path / "none"
     run(_recipe(saved_models["bert"], corpus, out, "train.routing_docs=0", "eval.data=null"))

@@ -1,6 +1,6 @@
 """Routing (``adapter="auto"``) on the shipped SmolLM2 adapters: accuracy, confusion, kNN.
 
-    python benchmarks/routing.py                   # the report (~10 min on 2 idle cores)
+    python benchmarks/routing.py                   # the report (21 min on 2 busy cores)
     python benchmarks/routing.py --regenerate      # first recompute the shipped signatures
     python benchmarks/routing.py --regenerate-only --signature-docs 1000
     python benchmarks/routing.py --docs 60 --ood-docs 40   # a quick look
@@ -172,7 +172,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--docs", type=int, default=200, help="held-out documents per domain")
+    parser.add_argument("--docs", type=int, default=150, help="held-out documents per domain")
     parser.add_argument("--ood-docs", type=int, default=100, help="documents per outside set")
     parser.add_argument("--regenerate", action="store_true",
                         help="first rewrite the shipped artifacts' routing signatures")
@@ -181,7 +181,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--after", type=int, default=0, metavar="PID",
                         help="read the signatures only once process PID (a running "
                              "--regenerate-only) has ended; the bottom passes run meanwhile")
-    parser.add_argument("--signature-docs", type=int, default=500,
+    parser.add_argument("--signature-docs", type=int, default=300,
                         help="training documents per signature (with --regenerate)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--batch-size", type=int, default=32)

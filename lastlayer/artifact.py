@@ -51,6 +51,9 @@ RECIPE = "recipe.yaml"
 EVAL = "eval.json"
 CARD = "README.md"
 TRAIN_LOG = "train_log.json"
+ROUTING = "routing.safetensors"
+ROUTING_FORMAT = "lastlayer-routing/1"
+ROUTING_METRIC = "standardized-euclidean"
 
 Origin = Literal["hub", "package", "local"]
 
@@ -364,6 +367,13 @@ def read(path: str | Path) -> ArtifactMeta:
         raise ArtifactError(f"{folder} is not a lastlayer artifact: it has no {METADATA}.")
     meta = ArtifactMeta.from_dict(_read_json(file), str(file))
     check_peft_files(folder)
+    routing = read_routing(folder)
+    if routing is not None and routing[1]["layer"] != meta.layers.num_layers - meta.top_k:
+        raise ArtifactError(
+            f"{folder / ROUTING}: describes the inputs of block {routing[1]['layer']}, but the "
+            f"adapter starts at block {meta.layers.num_layers - meta.top_k} (top {meta.top_k} "
+            f"of {meta.layers.num_layers}); it belongs to another adapter: delete it."
+        )
     return meta
 
 
@@ -388,6 +398,69 @@ def check_peft_files(folder: str | Path) -> None:
                             "it again or train the adapter again.") from None
     if not names:
         raise ArtifactError(f"{weights}: holds no tensors.")
+
+
+def read_routing(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The validated content of an artifact's ``routing.safetensors``, or None without one.
+
+    The file holds the adapter's routing signature (``lastlayer.core.routing``): tensors
+    ``centroids`` (C, d), ``mean`` (d,) and ``scale`` (d,), float32, and string metadata
+    ``format``, ``metric``, ``layer``, ``threshold``, ``typical_distance``,
+    ``num_documents`` and ``quantile``.
+
+    Returns:
+        ``(tensors as numpy arrays, metadata with numbers parsed)``.
+
+    Raises:
+        ArtifactError: The file is truncated, corrupt, incomplete or inconsistent.
+    """
+    import numpy as np
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(folder) / ROUTING
+    if not path.is_file():
+        return None
+    fix = "delete it (routing then ignores this adapter) or write it again"
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ArtifactError(f"{path}: truncated or corrupt safetensors file ({err}); "
+                            f"{fix}.") from None
+
+    def fail(why: str) -> ArtifactError:
+        return ArtifactError(f"{path}: {why}; {fix}.")
+
+    if raw.get("format") != ROUTING_FORMAT:
+        raise fail(f"not a routing signature of this lastlayer (format {raw.get('format')!r}, "
+                   f"expected {ROUTING_FORMAT!r})")
+    if raw.get("metric") != ROUTING_METRIC:
+        raise fail(f"unknown similarity {raw.get('metric')!r} (this lastlayer computes "
+                   f"{ROUTING_METRIC!r})")
+    parsers = {"layer": int, "num_documents": int, "threshold": float,
+               "typical_distance": float, "quantile": float}
+    meta: dict[str, Any] = {"format": raw["format"], "metric": raw["metric"]}
+    for key, parse in parsers.items():
+        try:
+            meta[key] = parse(raw[key])
+        except (KeyError, ValueError):
+            raise fail(f"metadata {key} is missing or not a number ({raw.get(key)!r})") from None
+    if meta["layer"] < 0 or meta["num_documents"] < 1 or not 0 <= meta["quantile"] < 1 \
+            or not np.isfinite(meta["threshold"]) or not meta["typical_distance"] > 0:
+        raise fail(f"metadata out of range ({meta})")
+    if set(tensors) != {"centroids", "mean", "scale"}:
+        raise fail(f"expected tensors centroids, mean and scale, found {sorted(tensors)}")
+    centroids, mean, scale = tensors["centroids"], tensors["mean"], tensors["scale"]
+    d = mean.shape[0] if mean.ndim == 1 else -1
+    if centroids.ndim != 2 or centroids.shape[0] < 1 or centroids.shape[1] != d \
+            or scale.shape != (d,):
+        raise fail(f"inconsistent shapes: centroids {centroids.shape}, mean {mean.shape}, "
+                   f"scale {scale.shape}")
+    if any(t.dtype != np.float32 or not np.isfinite(t).all() for t in tensors.values()) \
+            or not (scale > 0).all():
+        raise fail("tensors must be finite float32 and the scale positive")
+    return tensors, meta
 
 
 def _read_json(file: Path) -> Any:

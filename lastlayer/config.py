@@ -145,6 +145,7 @@ class TrainConfig:
     cache_dtype: CacheDType = "float32"
     cache_dir: str | None = None  # memory-map cached states to a file here instead of RAM
     group_by_length: bool = False  # cached pairs: batch views of similar length (less padding)
+    routing_docs: int = 1000  # training documents sampled for the routing signature; 0 = none
 
     def __post_init__(self) -> None:
         _positive("train.max_steps", self.max_steps)
@@ -164,6 +165,9 @@ class TrainConfig:
                               "views have known token lengths before batching.")
         if self.checkpoint_every < 0:
             raise ConfigError("train.checkpoint_every must be >= 0 (0 disables checkpoints).")
+        if self.routing_docs < 0 or 0 < self.routing_docs < 4:
+            raise ConfigError("train.routing_docs must be 0 (no routing signature) or >= 4 "
+                              f"(got {self.routing_docs}).")
 
 
 @dataclass

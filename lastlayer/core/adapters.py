@@ -30,6 +30,7 @@ from lastlayer.core.layers import (
     top_k_linear_names,
     top_k_module_names,
 )
+from lastlayer.core.routing import RoutingSignature, write_signature
 
 
 def adapter_targets(model: nn.Module, cfg: AdapterConfig) -> list[str]:
@@ -110,7 +111,7 @@ def layer_summary(model: nn.Module, top_k: int) -> dict[str, object]:
 
 def save_adapter(
     model: nn.Module, out_dir: str | Path, files: dict[str, str], adapter_name: str = "default",
-    overwrite: bool = False,
+    overwrite: bool = False, signature: RoutingSignature | None = None,
 ) -> Path:
     """Save a PEFT model's adapter plus lastlayer's side files, atomically, safetensors only.
 
@@ -122,6 +123,7 @@ def save_adapter(
             :func:`lastlayer.artifact.side_files`).
         adapter_name: Which adapter of ``model`` to save.
         overwrite: Replace an existing artifact at ``out_dir``.
+        signature: The adapter's routing signature, saved as ``routing.safetensors``.
 
     Raises:
         ArtifactError: ``out_dir`` is a file or a non-artifact folder, or an artifact and
@@ -143,6 +145,8 @@ def save_adapter(
                 save_file(state, weights, metadata={"format": "pt"})
         for filename, text in files.items():
             (tmp / filename).write_text(text, encoding="utf-8")
+        if signature is not None:
+            write_signature(tmp, signature)
 
     return write_atomically(out_dir, write, overwrite)
 

@@ -36,10 +36,11 @@ import functools
 import types
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lastlayer.core.encoder import Encoder
+from lastlayer.core.encoder import Encoder, mean_pool
 from lastlayer.core.layers import LayerStack, LayerStackError, find_layer_stack, top_k_layer_indices
 
 FINAL_NORM_NAMES: tuple[str, ...] = ("norm", "final_norm", "ln_f", "final_layer_norm", "norm_f")
@@ -353,3 +354,24 @@ def encode_from_cache(
 
     with torch.inference_mode():
         return encoder.encode(texts, batch_size, desc=desc, embed=embed)
+
+
+def pooled_block_inputs(
+    encoder: Encoder, texts: Sequence[str], k: int, batch_size: int = 32, progress: bool = True,
+    desc: str = "pool block inputs",
+) -> np.ndarray:
+    """The masked mean of block L−k's input states per text: what routing compares.
+
+    Runs only the bottom L−k blocks (:class:`BottomRunner`), in eval mode, longest texts
+    first (:meth:`Encoder.encode`). With a top-k adapter these states are the base's, so
+    any adapted encoder on the base gives the same values.
+
+    Returns:
+        A ``(N, d)`` float32 array, rows in the order of ``texts``.
+    """
+    bottom = BottomRunner(encoder.model, k).eval()
+
+    def pooled(batch: dict[str, Tensor]) -> Tensor:
+        return mean_pool(bottom(batch), batch["attention_mask"]).float()
+
+    return encoder.encode(texts, batch_size, progress=progress, desc=desc, embed=pooled).numpy()

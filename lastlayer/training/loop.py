@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lastlayer.artifact import (
+    RECIPE,
     ArtifactError,
     ArtifactMeta,
     BaseWeights,
@@ -46,10 +48,12 @@ from lastlayer.core.adapters import (
     check_top_k,
     folder_size,
     layer_summary,
+    read_metadata,
     save_adapter,
     trainable_parameters,
 )
 from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.routing import RoutingSignature, signature_for_texts
 from lastlayer.core.split import TopKHead, encode_from_cache, encode_with_cache
 from lastlayer.corpus import DataError, read_texts
 from lastlayer.evaluation.datasets import EvalSet, load_eval_set
@@ -390,10 +394,35 @@ def finish(job: TrainingJob, result: TrainResult) -> RunResult:
                                     f"embed (adapted, top {top_k} layers from cache)")
         adapted = evaluate_knn(vectors, job.held_out, recipe.eval)
         metrics = eval_report(job.base, adapted, job.held_out, recipe)
-    out_dir = save_artifact(job.encoder, recipe, result, job.base_model, metrics)
+    signature = routing_signature(job)
+    out_dir = save_artifact(job.encoder, recipe, result, job.base_model, metrics,
+                            signature=signature)
     shutil.rmtree(checkpoint_root(recipe), ignore_errors=True)
     print_report(metrics, folder_size(out_dir), out_dir, result.view_stats)
     return RunResult(job.encoder, metrics, out_dir, result)
+
+
+def routing_signature(job: TrainingJob) -> RoutingSignature | None:
+    """The adapter's routing signature, from a seeded sample of ``train.routing_docs``
+    training documents (None when that is 0).
+
+    The adapter leaves the blocks below L-k as they are, so their outputs are the base's:
+    this is one bottom-only pass over the sample (no top block, no backward), timed and
+    printed so its cost can be set against training time.
+    """
+    recipe = job.recipe
+    if not recipe.train.routing_docs:
+        return None
+    start = time.perf_counter()
+    signature = signature_for_texts(
+        job.encoder, job.docs, recipe.adapter.top_k, recipe.train.routing_docs, recipe.seed,
+        recipe.eval.batch_size, progress=job.accelerator.is_local_main_process,
+    )
+    job.accelerator.print(
+        f"Routing signature: {signature.num_documents} documents, "
+        f"{len(signature.centroids)} centroids at block {signature.layer}, "
+        f"{time.perf_counter() - start:.1f}s")
+    return signature
 
 
 def run(recipe: Recipe) -> RunResult:
@@ -443,11 +472,60 @@ def check_output(recipe: Recipe) -> None:
 
 def save_artifact(encoder: Encoder, recipe: Recipe, result: TrainResult, base_model,
                   metrics: dict | None, output_dir: str | Path | None = None,
-                  overwrite: bool | None = None) -> Path:
+                  overwrite: bool | None = None,
+                  signature: RoutingSignature | None = None) -> Path:
     """Write the artifact (PEFT files + lastlayer.json + recipe.yaml + eval.json + model card
-    + train log) atomically to ``output_dir`` (default: the recipe's); return the folder.
-    ``overwrite`` (default: the recipe's) allows replacing an existing artifact there."""
+    + train log + routing signature, if given) atomically to ``output_dir`` (default: the
+    recipe's); return the folder. ``overwrite`` (default: the recipe's) allows replacing an
+    existing artifact there."""
     meta = artifact_metadata(encoder, recipe, result, base_model)
     files = side_files(meta, metrics, recipe.to_yaml(), result.history)
     overwrite = recipe.overwrite if overwrite is None else overwrite
-    return save_adapter(encoder.model, output_dir or recipe.output_dir, files, overwrite=overwrite)
+    return save_adapter(encoder.model, output_dir or recipe.output_dir, files,
+                        overwrite=overwrite, signature=signature)
+
+
+def sign_artifact(
+    folder: str | Path, encoder: Encoder | None = None, data: str | None = None,
+    eval_data: str | None = None, max_docs: int | None = None, progress: bool = True,
+) -> RoutingSignature:
+    """(Re)compute an existing artifact's routing signature from its training data.
+
+    For artifacts saved without one (trained by an older lastlayer, or with
+    ``train.routing_docs: 0``): reads the artifact's ``recipe.yaml``, takes its training
+    documents minus the held-out evaluation sample, exactly as training does, and writes
+    the signature training would have written (same sample, same seed) as
+    ``routing.safetensors``. The adapter's weights and other files are left as they are.
+
+    Args:
+        folder: The artifact.
+        encoder: Its base model already loaded (to sign several artifacts on one base);
+            default: loaded from the artifact's ``lastlayer.json``.
+        data: The training corpus, where ``data.train`` of the recipe is not (a path
+            relative to another working directory, a moved file).
+        eval_data: The same for ``eval.data`` (its documents are left out).
+        max_docs: Documents to sample (default: the recipe's ``train.routing_docs``, or
+            1000 where that is 0).
+        progress: Show a progress bar.
+
+    Raises:
+        ArtifactError: ``folder`` is not a valid artifact.
+        DataError: The training data cannot be read.
+    """
+    from lastlayer.config import load_recipe
+    from lastlayer.core.adapters import model_config_of
+    from lastlayer.core.routing import DEFAULT_MAX_DOCS, write_signature
+
+    meta = read_metadata(folder)
+    overrides = [f"data.train={data}"] * bool(data) + [f"eval.data={eval_data}"] * bool(eval_data)
+    recipe = load_recipe(Path(folder) / RECIPE, overrides)
+    held_out = load_eval_set(recipe.eval, recipe.seed)
+    docs = training_documents(recipe, held_out)
+    encoder = encoder or load_encoder(model_config_of(folder))
+    signature = signature_for_texts(
+        encoder, docs, meta.top_k, max_docs or recipe.train.routing_docs or DEFAULT_MAX_DOCS,
+        recipe.seed, recipe.eval.batch_size, progress,
+    )
+    write_signature(folder, signature)
+    read_metadata(folder)  # the file just written fits the artifact
+    return signature

@@ -326,9 +326,8 @@ def test_bad_artifact_folders(saved_models, artifacts, tmp_path):
 # Routing plumbing (the signature math lives in lastlayer.core.routing)
 
 
-def test_route_needs_a_signature(saved_models, artifacts, monkeypatch):
-    monkeypatch.setattr(embedder_module, "_routing", lambda: None)
-    emb = embedder(saved_models)
+def test_route_needs_a_signature(saved_models, artifacts):
+    emb = embedder(saved_models)  # the test artifacts carry no routing.safetensors
     emb.load(artifacts["bert"]["lora2"])
     for call in (lambda: emb.route(TEXTS), lambda: emb.encode(TEXTS, adapter="auto")):
         with pytest.raises(ValueError, match="no loaded adapter has a routing signature "
@@ -388,6 +387,37 @@ def test_auto_routes_from_the_trunk_it_embeds_with(saved_models, artifacts, monk
     assert len(calls) == 2 + (extra > 0)  # one bottom pass per batch (+ the short rows)
     np.testing.assert_allclose(routed, emb.encode(TEXTS, adapter=names, batch_size=4),
                                rtol=0, atol=1e-6)
+
+
+def test_auto_routes_with_real_signatures(saved_models, artifacts, tmp_path):
+    """End to end with lastlayer.core.routing: two adapters signed on two unlike corpora
+    (clinical prose, digit lists); held-out texts of each go to its adapter, and an
+    "auto" batch embeds each row exactly as its routed adapter does."""
+    import shutil
+
+    from lastlayer.core.routing import signature_for_texts, write_signature
+
+    rng = np.random.default_rng(0)
+    words = ["patient", "therapy", "clinical", "cardiac", "trial", "dose", "tumor", "blood"]
+    prose = [" ".join(rng.choice(words, size=12)) + "." for _ in range(60)]
+    digits = [" ".join(str(d) for d in rng.integers(0, 10, size=12)) for _ in range(60)]
+    reference = load_encoder(ModelConfig(name_or_path=str(saved_models["bert"]),
+                                         max_length=MAX_LENGTH), device="cpu")
+    folders = {}
+    for name, source, domain in (("prose", "lora2", prose), ("digits", "full3", digits)):
+        folder = shutil.copytree(artifacts["bert"][source], tmp_path / name)
+        k = artifact.read(folder).adapter["top_k"]
+        write_signature(folder, signature_for_texts(reference, domain[:48], k,
+                                                    progress=False))
+        folders[name] = folder
+    emb = embedder(saved_models)
+    for name, folder in folders.items():
+        emb.load(folder, name=name)
+    held_out = prose[48:] + digits[48:]
+    names = emb.route(held_out)
+    assert names[:12].count("prose") >= 10 and names[12:].count("digits") >= 10, names
+    np.testing.assert_allclose(emb.encode(held_out, adapter="auto"),
+                               emb.encode(held_out, adapter=names), rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------

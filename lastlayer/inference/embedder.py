@@ -100,11 +100,9 @@ class _Loaded:
 
 
 def _routing():
-    """``lastlayer.core.routing`` (routing signatures), or None where it is not available."""
-    try:
-        from lastlayer.core import routing
-    except ImportError:
-        return None
+    """``lastlayer.core.routing`` (routing signatures; a function so tests can stand in)."""
+    from lastlayer.core import routing
+
     return routing
 
 
@@ -303,7 +301,7 @@ class Embedder:
     def _signature(self, path, name: str):
         """The artifact's routing signature, checked to fit this base, or None."""
         routing = _routing()
-        signature = routing.read_signature(path) if routing is not None else None
+        signature = routing.read_signature(path)
         if signature is not None and not 0 <= signature.layer < self.num_layers:
             raise artifact.ArtifactError(
                 f"{path}: the routing signature of {name!r} pools block {signature.layer}, "

@@ -1,0 +1,421 @@
+"""Multi-adapter inference: lastlayer's Embedder against PEFT and sentence-transformers.
+
+Usage (offline; one run, every ratio taken between systems measured in that same run)::
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/inference.py --out benchmarks/results/inference.json
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/inference.py --quick    # fewer texts, repeats
+
+Two bases, each with 4 LoRA adapters:
+
+- ``smollm2``: SmolLM2-135M-Instruct (packaged GGUF, dequantized to fp32) with the four
+  shipped top-4 LoRA adapters (medical, ohsumed, news, movie_reviews), plus optionally a
+  full-kind top-4 adapter (``--full-adapter``; none is shipped) for memory and load time;
+- ``minilm``: all-MiniLM-L6-v2 (packaged sentence-transformers folder) with the shipped
+  ``adapters/medical/minilm-l6_lora-top2_crop`` loaded under 4 names, standing in for 4
+  domain adapters (4 private heads, exactly as 4 different adapters would cost).
+
+Texts are the first ``--texts`` medical abstracts, truncated at the adapters' own
+``max_length`` (``lastlayer.json``), embedded ``--batch-size`` at a time, longest first.
+Measured, each ``--repeats`` times, interleaved (one round runs every system once, the
+starting system rotating), median kept:
+
+1. ``all4``: ``Embedder.encode_all(texts, 4 adapters)`` (one bottom pass per batch) vs
+   ``peft-separate``: one ``PeftModel`` holding the 4 adapters (``PeftModel.from_pretrained``
+   + ``load_adapter``), ``set_adapter(name)`` then a plain forward + the same pooling, 4 times;
+2. ``mixed``: one call whose rows mix the 4 adapters round-robin (``adapter=[...]``) vs
+   ``single``: the same texts under one adapter (Embedder), vs ``peft-mixed``: PEFT's own
+   mixed batch (``PeftModel.forward(..., adapter_names=[...])``, eval mode), and (MiniLM
+   only) vs ``st-grouped``: sentence-transformers switching adapters group by group
+   (``SentenceTransformer.load_adapter`` / ``set_adapter``; it cannot read the GGUF SmolLM2);
+3. per adapter: the bytes of its private parameters and buffers (exact: tensors not shared
+   with the base), the resident-memory growth on loading it (noisy), its load time, and
+   PEFT's ``set_adapter`` switch time (the Embedder needs no switch).
+
+Each system's vectors are checked against the others' (``max_abs_diff``). Torch runs on
+``--threads`` threads; the machine (cores, threads, load average at start and end) is
+written into the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
+DOMAINS = ["medical", "ohsumed", "news", "movie_reviews"]
+MODELS = {
+    "smollm2": {
+        "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "adapters": {d: ROOT / "adapters" / d / "smollm2-135m_lora-top4_crop" for d in DOMAINS},
+        "st": False,
+    },
+    "minilm": {
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "adapters": {f"m{i}": ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"
+                     for i in range(1, 5)},
+        "st": True,
+    },
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--texts", type=int, default=None, help="default 64 (--quick: 32)")
+    parser.add_argument("--repeats", type=int, default=None, help="default 5 (--quick: 3)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--full-adapter", help="a full-kind SmolLM2 top-4 artifact (memory, "
+                        "load time); train one with train.max_steps=2")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    args.texts = args.texts or (32 if args.quick else 64)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    return args
+
+
+def machine(threads: int) -> dict[str, Any]:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": threads, "load_1min": os.getloadavg()[0]}
+
+
+def rss_mb() -> float | None:
+    """Resident set size (``VmRSS``), Linux only."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def private_bytes(module, base) -> int:
+    """Bytes of ``module``'s parameters and buffers whose storage the base does not own."""
+    shared = {t.untyped_storage().data_ptr() for t in [*base.parameters(), *base.buffers()]}
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in shared or ptr in seen:
+            continue
+        seen.add(ptr)
+        total += tensor.untyped_storage().nbytes()
+    return total
+
+
+def timed(fn) -> tuple[float, Any]:
+    gc.collect()
+    rss = rss_mb()
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    grown = rss_mb()
+    return seconds, (result, None if rss is None or grown is None else grown - rss)
+
+
+# ---------------------------------------------------------------------------------------
+# The systems.
+
+
+def peft_model(model_name: str, adapters: dict[str, Path], settings):
+    """A plain encoder wrapped by one ``PeftModel`` holding every adapter; load times."""
+    from peft import PeftModel
+
+    from lastlayer.config import ModelConfig
+    from lastlayer.core.encoder import load_encoder
+
+    encoder = load_encoder(ModelConfig(name_or_path=model_name, pooling=settings.pooling,
+                                       normalize=settings.normalize,
+                                       max_length=settings.max_length), device="cpu")
+    base_params = list(encoder.model.parameters())
+    loads = {}
+    for name, path in adapters.items():
+        if isinstance(encoder.model, PeftModel):
+            seconds, _ = timed(lambda n=name, p=path: encoder.model.load_adapter(
+                str(p), adapter_name=n))
+        else:
+            seconds, (model, _) = timed(lambda n=name, p=path: PeftModel.from_pretrained(
+                encoder.model, str(p), adapter_name=n))
+            encoder.model = model
+        loads[name] = seconds
+    encoder.model.eval()
+    per_adapter = {}
+    for name in adapters:  # LoRA weights are named ...lora_A.<name>.weight
+        per_adapter[name] = sum(p.numel() * p.element_size()
+                                for n, p in encoder.model.named_parameters()
+                                if f".{name}." in n)
+    del base_params
+    return encoder, loads, per_adapter
+
+
+def peft_separate(encoder, names: list[str], texts: list[str], batch_size: int):
+    out = {}
+    for name in names:
+        encoder.model.set_adapter(name)
+        out[name] = encoder.encode(texts, batch_size=batch_size, progress=False).numpy()
+    return out
+
+
+def peft_mixed(encoder, keys: list[str], texts: list[str], batch_size: int) -> np.ndarray:
+    """PEFT's mixed batch: ``adapter_names`` gives each row its adapter (eval mode only)."""
+    import torch
+
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out = np.zeros((len(texts), 0), dtype=np.float32)
+    rows: dict[int, np.ndarray] = {}
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = encoder.tokenize([texts[i] for i in idx])
+            states = encoder.model(**batch, adapter_names=[keys[i] for i in idx]).last_hidden_state
+            vectors = encoder.pool(states, batch["attention_mask"]).numpy()
+            rows.update(zip(idx, vectors, strict=True))
+    out = np.stack([rows[i] for i in range(len(texts))])
+    return out
+
+
+def st_model(folder: str, adapters: dict[str, Path], max_length: int):
+    from peft import PeftConfig
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(folder, device="cpu")
+    model.max_seq_length = max_length
+    loads = {}
+
+    def load(name: str, path: Path) -> None:
+        # load_adapter(folder) leaves the LoRA weights freshly initialised here: PEFT saved
+        # them as base_model.model.<key>, which transformers' loader does not map onto the
+        # bare BertModel; passing the state dict with that prefix removed loads them.
+        state = {k.removeprefix("base_model.model."): v
+                 for k, v in load_file(path / "adapter_model.safetensors").items()}
+        model.load_adapter(peft_config=PeftConfig.from_pretrained(str(path)),
+                           adapter_state_dict=state, adapter_name=name)
+
+    for name, path in adapters.items():
+        loads[name], _ = timed(lambda n=name, p=path: load(n, p))
+    model.eval()
+    return model, loads
+
+
+def st_grouped(model, keys: list[str], texts: list[str], batch_size: int) -> np.ndarray:
+    """sentence-transformers: one ``set_adapter`` + ``encode`` per adapter's group of rows."""
+    out = np.zeros((len(texts), model.get_sentence_embedding_dimension()), dtype=np.float32)
+    for name in dict.fromkeys(keys):
+        idx = [i for i, k in enumerate(keys) if k == name]
+        model.set_adapter(name)
+        out[idx] = model.encode([texts[i] for i in idx], batch_size=batch_size,
+                                convert_to_numpy=True, show_progress_bar=False)
+    return out
+
+
+def median_switch_s(encoder, names: list[str], calls: int = 200) -> float:
+    times = []
+    for i in range(calls):
+        start = time.perf_counter()
+        encoder.model.set_adapter(names[i % len(names)])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------
+# One base.
+
+
+def bench_model(key: str, args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
+    from lastlayer import artifact
+    from lastlayer.inference import Embedder
+
+    spec = MODELS[key]
+    adapters: dict[str, Path] = spec["adapters"]
+    names = list(adapters)
+    settings = artifact.read(adapters[names[0]]).embedding
+    result: dict[str, Any] = {"model": spec["model"], "adapters": {n: str(p.relative_to(ROOT))
+                              for n, p in adapters.items()},
+                              "max_length": settings.max_length, "texts": len(texts),
+                              "batch_size": args.batch_size, "repeats": args.repeats}
+    print(f"[{key}] loading the Embedder ...", flush=True)
+    base_s, (embedder, base_rss) = timed(lambda: Embedder(spec["model"], device="cpu"))
+    memory = {"base_load_s": base_s, "base_rss_mb": base_rss,
+              "base_bytes": private_bytes(embedder.model, _Empty())}
+    per = {}
+    for name, path in adapters.items():
+        seconds, (_, rss) = timed(lambda n=name, p=path: embedder.load(p, n))
+        per[name] = {"load_s": seconds, "rss_mb": rss,
+                     "private_bytes": private_bytes(embedder._loaded[name].head, embedder.model)}
+    memory["lastlayer_lora_merged"] = _summary(per)
+    seconds, (_, rss) = timed(lambda: embedder.load(adapters[names[0]], "unmerged", merge=False))
+    memory["lastlayer_lora_unmerged"] = {
+        "load_s": seconds, "rss_mb": rss,
+        "private_bytes": private_bytes(embedder._loaded["unmerged"].head, embedder.model)}
+    full = args.full_adapter if key == "smollm2" else None
+    if full:
+        seconds, (_, rss) = timed(lambda: embedder.load(full, "full"))
+        memory["lastlayer_full"] = {
+            "load_s": seconds, "rss_mb": rss, "path": str(full),
+            "private_bytes": private_bytes(embedder._loaded["full"].head, embedder.model)}
+    print(f"[{key}] loading PEFT ...", flush=True)
+    encoder, peft_loads, peft_bytes = peft_model(spec["model"], adapters, settings)
+    memory["peft_lora"] = {"load_s": statistics.median(peft_loads.values()),
+                           "load_s_each": peft_loads,
+                           "private_bytes": statistics.median(peft_bytes.values())}
+    memory["peft_set_adapter_s"] = median_switch_s(encoder, names)
+    st = None
+    if spec["st"]:
+        from lastlayer.config import ModelConfig
+        from lastlayer.core.encoder import resolve_model
+
+        print(f"[{key}] loading sentence-transformers ...", flush=True)
+        folder = resolve_model(ModelConfig(name_or_path=spec["model"])).path
+        st, st_loads = st_model(folder, adapters, settings.max_length)
+        memory["st_lora"] = {"load_s": statistics.median(st_loads.values()),
+                             "load_s_each": st_loads}
+    result["memory"] = memory
+
+    keys = [names[i % len(names)] for i in range(len(texts))]
+    bs = args.batch_size
+    systems = {
+        "all4": lambda: embedder.encode_all(texts, names, batch_size=bs),
+        "peft-separate": lambda: peft_separate(encoder, names, texts, bs),
+        "single": lambda: embedder.encode(texts, adapter=names[0], batch_size=bs, progress=False),
+        "mixed": lambda: embedder.encode(texts, adapter=keys, batch_size=bs, progress=False),
+        "peft-mixed": lambda: peft_mixed(encoder, keys, texts, bs),
+    }
+    if st is not None:
+        systems["st-grouped"] = lambda: st_grouped(st, keys, texts, bs)
+    outputs = {name: run() for name, run in systems.items()}  # warm-up, and the check
+    result["max_abs_diff"] = _checks(outputs, names, keys)
+    times: dict[str, list[float]] = {name: [] for name in systems}
+    order = list(systems)
+    for r in range(args.repeats):
+        rotated = order[r % len(order):] + order[: r % len(order)]
+        for name in rotated:
+            seconds, _ = timed(systems[name])
+            times[name].append(seconds)
+        print(f"[{key}] round {r + 1}/{args.repeats}: " + ", ".join(
+            f"{n} {t[-1]:.2f}s" for n, t in times.items()), flush=True)
+    result["seconds"] = {name: statistics.median(t) for name, t in times.items()}
+    result["seconds_all"] = times
+    result["ratios"] = _ratios(result["seconds"])
+    return result
+
+
+class _Empty:
+    """A stand-in base that owns nothing (to count the base's own bytes)."""
+
+    def parameters(self):
+        return []
+
+    def buffers(self):
+        return []
+
+
+def _summary(per: dict[str, dict]) -> dict[str, Any]:
+    return {"load_s": statistics.median(p["load_s"] for p in per.values()),
+            "rss_mb": statistics.median(p["rss_mb"] for p in per.values()
+                                        if p["rss_mb"] is not None),
+            "private_bytes": statistics.median(p["private_bytes"] for p in per.values()),
+            "each": per}
+
+
+def _checks(outputs: dict[str, Any], names: list[str], keys: list[str]) -> dict[str, float]:
+    """Largest difference between systems that should give the same vectors."""
+    def diff(a, b) -> float:
+        return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+
+    mixed_ref = np.stack([outputs["all4"][k][i] for i, k in enumerate(keys)])
+    checks = {
+        "all4_vs_peft_separate": max(diff(outputs["all4"][n], outputs["peft-separate"][n])
+                                     for n in names),
+        "mixed_vs_all4": diff(outputs["mixed"], mixed_ref),
+        "peft_mixed_vs_all4": diff(outputs["peft-mixed"], mixed_ref),
+        "single_vs_all4": diff(outputs["single"], outputs["all4"][names[0]]),
+    }
+    if "st-grouped" in outputs:
+        checks["st_grouped_vs_all4"] = diff(outputs["st-grouped"], mixed_ref)
+    return checks
+
+
+TARGETS = {  # ratio: (faster system, baseline, target); > 1 means lastlayer is faster
+    "all4_vs_peft_separate": ("all4", "peft-separate", 2.5),
+    "mixed_vs_single": ("mixed", "single", 0.9),
+    "mixed_vs_peft_mixed": ("mixed", "peft-mixed", 1.0),
+    "mixed_vs_st_grouped": ("mixed", "st-grouped", None),
+}
+
+
+def _ratios(seconds: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Throughput ratios (baseline time / lastlayer time) for the same work."""
+    ratios = {}
+    for name, (ours, theirs, target) in TARGETS.items():
+        if ours in seconds and theirs in seconds:
+            ratio = seconds[theirs] / seconds[ours]
+            ratios[name] = {"ratio": ratio, "target": target,
+                            "met": None if target is None else ratio >= target}
+    return ratios
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = ["| model | measurement | lastlayer s | baseline s | ratio | target | met |",
+             "|---|---|---|---|---|---|---|"]
+    for key, res in results["models"].items():
+        s = res["seconds"]
+        for name, r in res["ratios"].items():
+            ours, theirs, _ = TARGETS[name]
+            target = "—" if r["target"] is None else f"≥ {r['target']}×"
+            met = "—" if r["met"] is None else ("yes" if r["met"] else "no")
+            lines.append(f"| {key} | {ours} vs {theirs} | {s[ours]:.2f} | {s[theirs]:.2f} | "
+                         f"{r['ratio']:.2f}× | {target} | {met} |")
+    lines += ["", "| model | adapter | private MB | RSS growth MB | load s |", "|---|---|---|---|---|"]
+    for key, res in results["models"].items():
+        for kind in ("lastlayer_lora_merged", "lastlayer_lora_unmerged", "lastlayer_full",
+                     "peft_lora", "st_lora"):
+            m = res["memory"].get(kind)
+            if m is None:
+                continue
+            private, rss = m.get("private_bytes"), m.get("rss_mb")
+            private = "—" if private is None else f"{private / 2**20:.2f}"
+            rss = "—" if rss is None else f"{rss:.1f}"
+            lines.append(f"| {key} | {kind} | {private} | {rss} | {m['load_s']:.2f} |")
+        lines.append(f"| {key} | PEFT set_adapter (switch) | | | "
+                     f"{res['memory']['peft_set_adapter_s'] * 1e3:.3f} ms |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from lastlayer.corpus import read_texts
+
+    texts = read_texts(args.data, max_docs=args.texts)
+    results: dict[str, Any] = {"command": "benchmarks/inference.py" + (
+        " --quick" if args.quick else ""), "machine_start": machine(args.threads), "models": {}}
+    started = time.perf_counter()
+    for key in args.models:
+        results["models"][key] = bench_model(key, args, texts)
+        gc.collect()
+    results["machine_end"] = machine(args.threads)
+    results["wall_s"] = time.perf_counter() - started
+    print(format_table(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -2,8 +2,9 @@
 
 Usage (offline; one run, every ratio taken between systems measured in that same run)::
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/inference.py --out benchmarks/results/inference.json
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/inference.py --quick    # fewer texts, repeats
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/inference.py \
+        --out benchmarks/results/inference.json
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/inference.py --quick  # fewer texts, repeats
 
 Two bases, each with 4 LoRA adapters:
 
@@ -379,7 +380,8 @@ def format_table(results: dict[str, Any]) -> str:
             met = "—" if r["met"] is None else ("yes" if r["met"] else "no")
             lines.append(f"| {key} | {ours} vs {theirs} | {s[ours]:.2f} | {s[theirs]:.2f} | "
                          f"{r['ratio']:.2f}× | {target} | {met} |")
-    lines += ["", "| model | adapter | private MB | RSS growth MB | load s |", "|---|---|---|---|---|"]
+    lines += ["", "| model | adapter | private MB | RSS growth MB | load s |",
+              "|---|---|---|---|---|"]
     for key, res in results["models"].items():
         for kind in ("lastlayer_lora_merged", "lastlayer_lora_unmerged", "lastlayer_full",
                      "peft_lora", "st_lora"):

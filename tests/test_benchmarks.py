@@ -242,3 +242,26 @@ def test_findings_plan_answers_the_three_questions_first():
         for r in headline:
             by_cell.setdefault((r.dataset, r.objective), set()).add(r.seed)
         assert by_cell and all(seeds == set(module.SEEDS) for seeds in by_cell.values()), name
+
+
+def test_inference_counts_private_bytes_and_judges_ratios():
+    import copy
+
+    import torch
+    from tiny import tiny_model
+
+    inference = _load("inference")
+    base = tiny_model("bert", num_layers=2)
+    block = base.encoder.layer[1]
+    private = copy.deepcopy(block)
+    own = sum(p.numel() * p.element_size() for p in private.parameters())
+    assert inference.private_bytes(private, base) == own
+    assert inference.private_bytes(block, base) == 0  # the base's own block costs nothing
+    mixed = torch.nn.ModuleList([block, private])  # a head sharing half its weights
+    assert inference.private_bytes(mixed, base) == own
+    ratios = inference._ratios({"all4": 2.0, "peft-separate": 6.0, "mixed": 1.0,
+                                "single": 0.8, "peft-mixed": 1.2})
+    assert ratios["all4_vs_peft_separate"] == {"ratio": 3.0, "target": 2.5, "met": True}
+    assert ratios["mixed_vs_single"]["met"] is False  # 0.8 / 1.0 < 0.9
+    assert ratios["mixed_vs_peft_mixed"]["met"] is True
+    assert "mixed_vs_st_grouped" not in ratios  # no sentence-transformers run

@@ -45,6 +45,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--texts", type=int, default=None, help="default 64 (--quick: 32)")
+    parser.add_argument("--texts", type=int, default=None, help="default 64 (--quick: 8)")
     parser.add_argument("--repeats", type=int, default=None, help="default 5 (--quick: 3)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
@@ -82,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
-    args.texts = args.texts or (32 if args.quick else 64)
+    args.texts = args.texts or (8 if args.quick else 64)
     args.repeats = args.repeats or (3 if args.quick else 5)
     return args
 
@@ -406,7 +407,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     texts = read_texts(args.data, max_docs=args.texts)
     results: dict[str, Any] = {"command": "benchmarks/inference.py" + (
-        " --quick" if args.quick else ""), "machine_start": machine(args.threads), "models": {}}
+        " --quick" if args.quick else ""), "argv": argv if argv is not None else sys.argv[1:],
+        "machine_start": machine(args.threads), "models": {}}
     started = time.perf_counter()
     for key in args.models:
         results["models"][key] = bench_model(key, args, texts)

@@ -87,7 +87,8 @@ SHIPPED = shipped_artifacts("*/smollm2-135m_*")
 def test_shipped_smollm2_adapters_share_one_base_and_change_its_embeddings():
     """Every committed SmolLM2 artifact was trained on exactly the base the resolver loads
     (same weights fingerprint) and loads onto one shared base, under its domain's name."""
-    from lastlayer.core.adapters import load_adapter, model_config_of, read_metadata
+    from lastlayer.artifact import read as read_metadata
+    from lastlayer.core.adapters import load_adapter, model_config_of
 
     assert len(SHIPPED) >= 3
     encoder = load_encoder(model_config_of(SHIPPED[0]))

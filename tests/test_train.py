@@ -15,8 +15,9 @@ from conftest import MEDICAL
 from safetensors.torch import load_file
 
 import lastlayer.training.loop as train_module
+from lastlayer.artifact import read as read_metadata
 from lastlayer.config import ConfigError, load_recipe
-from lastlayer.core.adapters import load_target, read_metadata
+from lastlayer.core.adapters import load_target
 from lastlayer.corpus import read_texts
 from lastlayer.evaluation.datasets import load_eval_set
 from lastlayer.evaluation.metrics import knn_accuracy

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lastlayer import artifact
-from lastlayer.artifact import ArtifactError, ArtifactMeta, write_atomically
+from lastlayer.artifact import ArtifactError, write_atomically
 from lastlayer.config import AdapterConfig, ConfigError, ModelConfig, from_dict
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.layers import (
@@ -156,11 +156,6 @@ def folder_size(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def read_metadata(path: str | Path) -> ArtifactMeta:
-    """The validated metadata of an artifact folder (see :func:`lastlayer.artifact.read`)."""
-    return artifact.read(path)
-
-
 def load_adapter(encoder: Encoder, path: str | Path, name: str = "default") -> Encoder:
     """Load an artifact onto ``encoder``'s base model (eval mode, frozen).
 
@@ -251,7 +246,7 @@ def model_config_of(path: str | Path) -> ModelConfig:
 
     A Hub base is pinned to the commit it was trained on when that is known.
     """
-    meta = read_metadata(path)
+    meta = artifact.read(path)
     base, emb = meta.base, meta.embedding
     gguf = base.file if base.dequantized_gguf and base.origin != "package" else None
     settings = {

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lastlayer import artifact
 from lastlayer.artifact import (
     RECIPE,
     ArtifactError,
@@ -48,7 +49,6 @@ from lastlayer.core.adapters import (
     check_top_k,
     folder_size,
     layer_summary,
-    read_metadata,
     save_adapter,
     trainable_parameters,
 )
@@ -516,7 +516,7 @@ def sign_artifact(
     from lastlayer.core.adapters import model_config_of
     from lastlayer.core.routing import DEFAULT_MAX_DOCS, write_signature
 
-    meta = read_metadata(folder)
+    meta = artifact.read(folder)
     overrides = [f"data.train={data}"] * bool(data) + [f"eval.data={eval_data}"] * bool(eval_data)
     recipe = load_recipe(Path(folder) / RECIPE, overrides)
     held_out = load_eval_set(recipe.eval, recipe.seed)
@@ -527,5 +527,5 @@ def sign_artifact(
         recipe.seed, recipe.eval.batch_size, progress,
     )
     write_signature(folder, signature)
-    read_metadata(folder)  # the file just written fits the artifact
+    artifact.read(folder)  # the file just written fits the artifact
     return signature

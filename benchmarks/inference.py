@@ -175,12 +175,12 @@ def peft_mixed(encoder, keys: list[str], texts: list[str], batch_size: int) -> n
     """PEFT's mixed batch: ``adapter_names`` gives each row its adapter (eval mode only)."""
     import torch
 
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    from lastlayer.core.encoder import longest_first_batches
+
     out = np.zeros((len(texts), 0), dtype=np.float32)
     rows: dict[int, np.ndarray] = {}
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in longest_first_batches(texts, batch_size):
             batch = encoder.tokenize([texts[i] for i in idx])
             states = encoder.model(**batch, adapter_names=[keys[i] for i in idx]).last_hidden_state
             vectors = encoder.pool(states, batch["attention_mask"]).numpy()

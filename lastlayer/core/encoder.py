@@ -203,6 +203,16 @@ POOLINGS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+def longest_first_batches(texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices of ``texts`` in batches of ``batch_size``, longest texts first.
+
+    Texts of similar length share a batch, so little padding is computed; every caller
+    that batches texts uses this one rule, so the same texts always form the same batches.
+    """
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 @dataclass
 class Encoder:
     """A model + tokenizer that maps texts to (optionally normalised) pooled embeddings.
@@ -262,15 +272,13 @@ class Encoder:
             A (N, d) float32 CPU tensor, rows in the order of ``texts``.
         """
         embed = embed or self.embed
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out: list[Tensor] = [torch.empty(0)] * len(texts)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                starts = range(0, len(order), batch_size)
-                for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-                    idx = order[start : start + batch_size]
+                batches = longest_first_batches(texts, batch_size)
+                for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress):
                     vectors = embed(self.tokenize([texts[i] for i in idx])).cpu()
                     for row, i in enumerate(idx):
                         out[i] = vectors[row]

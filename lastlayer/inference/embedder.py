@@ -33,7 +33,13 @@ from tqdm.auto import tqdm
 from lastlayer import artifact
 from lastlayer.artifact import ArtifactMeta
 from lastlayer.config import ConfigError, ModelConfig
-from lastlayer.core.encoder import POOLINGS, Encoder, load_encoder, mean_pool
+from lastlayer.core.encoder import (
+    POOLINGS,
+    Encoder,
+    load_encoder,
+    longest_first_batches,
+    mean_pool,
+)
 from lastlayer.core.layers import find_layer_stack
 from lastlayer.core.split import BottomRunner, MiddleRunner, TopKHead
 from lastlayer.inference.heads import private_blocks
@@ -453,14 +459,12 @@ class Embedder:
         signatures = self._signatures(loaded) if routing else {}
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         routed: list[str | None] = [None] * len(texts)
         later: list[tuple[int, str]] = []  # routed to an adapter with another token limit
-        batches = range(0, len(order), batch_size)
+        batches = longest_first_batches(texts, batch_size)
         with torch.inference_mode():
             disable = None if progress is None else not progress  # None: only on a tty
-            for start in tqdm(batches, desc="embed", unit="batch", disable=disable):
-                idx = order[start : start + batch_size]
+            for idx in tqdm(batches, desc="embed", unit="batch", disable=disable):
                 if routing:
                     names, deferred = self._batch_routed(
                         texts, idx, loaded, signatures, normalize, out)

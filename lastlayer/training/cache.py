@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lastlayer.core.encoder import Encoder
+from lastlayer.core.encoder import Encoder, longest_first_batches
 from lastlayer.core.split import BottomRunner
 
 # ---------------------------------------------------------------------------------------
@@ -96,8 +96,7 @@ def cache_views(
         folder: Memory-map the states to a file in this folder instead of holding them in
             RAM (for corpora whose cache is larger than RAM).
     """
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    chunks = longest_first_batches(texts, batch_size)
     batches = [encoder.tokenize([texts[i] for i in rows]) for rows in chunks]
     lengths = [0] * len(texts)
     for rows, batch in zip(chunks, batches, strict=True):

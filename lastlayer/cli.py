@@ -245,11 +245,38 @@ def _user_errors() -> tuple[type[Exception], ...]:
             FileNotFoundError)
 
 
+class _NotPrintedYet(logging.Filter):
+    """Drop a record that a library's own handler has printed already.
+
+    ``huggingface_hub`` and ``datasets`` attach a stderr handler to their loggers when they
+    are imported, and still pass every record on to the root logger: with the root handler
+    of :func:`_setup_logging` each of their warnings would be printed twice.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None and logger is not logging.root:
+            if logger.handlers:
+                return False  # printed by the library's handler on the way up
+            if not logger.propagate:
+                break
+            logger = logger.parent  # type: ignore[assignment]
+        return True
+
+
+def _setup_logging() -> None:
+    """Warnings of every library, lastlayer's progress (INFO), each line printed once."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lastlayer").setLevel(logging.INFO)
+    for handler in logging.root.handlers:
+        if not any(isinstance(f, _NotPrintedYet) for f in handler.filters):
+            handler.addFilter(_NotPrintedYet())
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``lastlayer train``: the whole job (see ``lastlayer.training.loop.run``)."""
     recipe = load_recipe(args.recipe, args.overrides)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("lastlayer").setLevel(logging.INFO)
+    _setup_logging()
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
     from lastlayer.training.loop import run
 
@@ -410,8 +437,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             embedder.load(path, name=name)
         return embedder
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("lastlayer").setLevel(logging.INFO)
+    _setup_logging()
     embed_file(  # the main process logs where it wrote the output
         args.input, args.output, load, adapters=adapters, adapter=args.adapter_for_all,
         route=args.route, text_field=args.text_field, id_field=args.id_field,

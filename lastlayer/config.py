@@ -16,6 +16,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from lastlayer.corpus import DataError, is_hub_dataset, parse_hub_dataset
+
 
 class ConfigError(ValueError):
     """A recipe or override is invalid; the message says which key and how to fix it."""
@@ -115,13 +117,18 @@ class ObjectiveConfig:
 
 @dataclass
 class DataConfig:
-    """The unlabelled in-domain corpus the adapter is trained on."""
+    """The unlabelled in-domain corpus the adapter is trained on.
+
+    ``train`` is a local file or folder, or a Hub data set
+    ``hf://ORG/NAME[@REVISION][?split=SPLIT][&config=CONFIG]`` (split ``train`` by default).
+    """
 
     train: str = ""
     text_field: str = "text"
     max_docs: int | None = None
 
     def __post_init__(self) -> None:
+        _check_source("data.train", self.train)
         if self.max_docs is not None:
             _positive("data.max_docs", self.max_docs)
 
@@ -174,7 +181,7 @@ class TrainConfig:
 class EvalConfig:
     """Held-out kNN evaluation of the base and the adapted model (labels only used here)."""
 
-    data: str | None = None  # labelled corpus; documents found here are excluded from training
+    data: str | None = None  # labelled corpus (path or hf:// id); its documents are held out
     text_field: str = "text"
     label_field: str = "label"
     max_docs: int | None = 1000  # a seeded random sample of this many labelled documents
@@ -183,6 +190,7 @@ class EvalConfig:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
+        _check_source("eval.data", self.data)
         _positive("eval.k", self.k)
         _positive("eval.batch_size", self.batch_size)
         if self.max_docs is not None and self.max_docs <= self.k:
@@ -211,7 +219,8 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if not self.data.train:
-            raise ConfigError("data.train is required: a .txt, .jsonl(.gz), .csv or .parquet file.")
+            raise ConfigError("data.train is required: a .txt, .jsonl(.gz), .csv or .parquet file, "
+                              "or a Hub data set hf://ORG/NAME.")
         if not self.output_dir:
             raise ConfigError("output_dir is required, e.g. output_dir=adapters/<domain>/<name>.")
 
@@ -222,6 +231,15 @@ class Recipe:
     def to_yaml(self) -> str:
         """The resolved recipe as YAML text."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_source(key: str, value: str | None) -> None:
+    """A ``hf://`` data set id must be well formed (checked here, before any download)."""
+    if value and is_hub_dataset(value):
+        try:
+            parse_hub_dataset(value)
+        except DataError as err:
+            raise ConfigError(f"{key}: {err}") from None
 
 
 def _positive(key: str, value: int) -> None:

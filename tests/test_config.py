@@ -47,6 +47,40 @@ def test_every_shipped_recipe_validates(path):
     assert any("lastlayer train" in line for line in header if line.startswith("#"))
 
 
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def _outside_repo(value: str) -> bool:
+    """A path that leaves the project folder (a ``..`` part), which users do not have."""
+    return not value.startswith("hf://") and ".." in Path(value.replace("\\", "/")).parts
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_recipes_name_data_a_user_can_reach(path):
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    outside = [s for s in _strings(data) if _outside_repo(s)]
+    assert not outside, f"{path.name} names paths outside the project: {outside}"
+    recipe = load_recipe(path)
+    for source in (recipe.data.train, recipe.eval.data):
+        if source and not source.startswith("hf://"):  # a file shipped under data/
+            assert (ROOT / source).is_file(), f"{path.name}: {source} is not in the project"
+
+
+def test_the_outside_check_can_fail():
+    assert _outside_repo("../shared/data/x.jsonl") and _outside_repo("data/../../x")
+    assert not _outside_repo("data/medical.jsonl") and not _outside_repo("hf://a/b?split=x")
+
+
 def test_shipped_recipes_cover_each_objective_and_adapter_kind():
     recipes = [load_recipe(p) for p in RECIPES]
     assert {r.objective.kind for r in recipes} >= {"crop", "dropout"}
@@ -217,7 +251,14 @@ def test_committed_artifacts_match_their_recipes(folder):
     shipped = load_recipe(folder / "recipe.yaml")
     assert shipped.output_dir == str(folder.relative_to(ROOT))
     recipe_file = ROOT / "recipes" / folder.parent.name / f"{folder.name}.yaml"
-    assert load_recipe(recipe_file).to_dict() == shipped.to_dict()
+    recipe, ran = load_recipe(recipe_file).to_dict(), shipped.to_dict()
+    for section, key in (("data", "train"), ("eval", "data")):
+        if recipe[section][key] != ran[section][key]:
+            # Trained on a local copy; the recipe names where users get it (and says so).
+            assert recipe[section][key].startswith("hf://"), (section, key)
+            assert "--data-root" in recipe_file.read_text()
+            recipe[section][key] = ran[section][key]
+    assert recipe == ran
     report = json.loads((folder / "eval.json").read_text())
     assert report["num_documents"] == shipped.eval.max_docs
     assert report["delta"]["ci95_low"] <= report["delta"]["delta"] <= report["delta"]["ci95_high"]

@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
              "(nDCG@10, Recall@100) with a base model or an adapter.")
     ev.add_argument("target", help="adapter folder, Hub id, or local model folder")
     ev.add_argument("--data", action="append", required=True,
-                    help="labelled .jsonl(.gz)/.csv/.parquet/save_to_disk folder, or a BEIR "
-                    "folder; repeat for several")
+                    help="labelled .jsonl(.gz)/.csv/.parquet/save_to_disk folder, a Hub data "
+                    "set hf://ORG/NAME[?split=test], or a BEIR folder; repeat for several")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead")
     ev.add_argument("--k", type=int, help="kNN neighbours (default: the adapter's eval.k, "
                     "or 10)")
@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe = add("probe", "kNN accuracy of every layer (base vs adapted) and a suggested top-k; "
                 "writes probe.json and probe.png.")
     probe.add_argument("target", help="adapter folder, Hub id, or local model folder")
-    probe.add_argument("--data", help="labelled corpus (default for an adapter: its eval.data)")
+    probe.add_argument("--data", help="labelled corpus, a path or hf://ORG/NAME[?split=..] "
+                       "(default for an adapter: its eval.data)")
     probe.add_argument("--max-docs", type=int, help="seeded sample size (default 1000 or the "
                        "adapter's eval.max_docs)")
     probe.add_argument("--seed", type=int, help="sampling seed (default 42 or the adapter's)")
@@ -144,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     use.add_argument("--route", action="store_true",
                      help="route each text to the adapter that suits it (or the base); the "
                      "adapter column records which")
-    emb.add_argument("--input", required=True, help="corpus: .txt/.jsonl/.csv(.gz), .parquet "
-                     "or a save_to_disk folder")
+    emb.add_argument("--input", required=True, help="corpus: .txt/.jsonl/.csv(.gz), .parquet, "
+                     "a save_to_disk folder or a Hub data set hf://ORG/NAME[?split=..]")
     emb.add_argument("--output", required=True, help="output file: .npy (vectors only, input "
                      "order), .parquet or .jsonl (id, adapter, vector)")
     emb.add_argument("--text-field", default="text", help="field holding the text (default: "

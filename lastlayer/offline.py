@@ -19,7 +19,7 @@ import sys
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_S = 3.0  # a reachable Hub answers in well under a second
+PROBE_TIMEOUT_S = 3.0  # a reachable Hub answers in well under a second (HF_HUB_ETAG_TIMEOUT wins)
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _probed: dict[str, str | None] = {}  # "reason" -> None (reachable) or why it is not
 
@@ -42,7 +42,7 @@ def offline_requested(datasets: bool = False) -> bool:
     return bool(hub is not None and getattr(hub, "HF_HUB_OFFLINE", False))
 
 
-def hub_available(datasets: bool = False, timeout: float = PROBE_TIMEOUT_S) -> bool:
+def hub_available(datasets: bool = False, timeout: float | None = None) -> bool:
     """True when the Hub may be asked; else the process is (now) in offline mode.
 
     The first call in a process that is not already offline sends one HEAD request to the
@@ -52,10 +52,16 @@ def hub_available(datasets: bool = False, timeout: float = PROBE_TIMEOUT_S) -> b
 
     Args:
         datasets: The caller loads a data set (``HF_DATASETS_OFFLINE`` counts too).
-        timeout: Seconds to wait for the Hub's answer.
+        timeout: Seconds to wait for the Hub's answer (default: ``HF_HUB_ETAG_TIMEOUT`` if
+            set, for slow links, else 3).
     """
     if offline_requested(datasets):
         return False
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or PROBE_TIMEOUT_S)
+        except ValueError:
+            timeout = PROBE_TIMEOUT_S
     if "reason" not in _probed:
         _probed["reason"] = _probe(timeout)
         if _probed["reason"] is not None:

@@ -270,3 +270,68 @@ def test_bitsandbytes_cpu_notices_only_for_quantized_models(monkeypatch, caplog)
     with caplog.at_level(logging.WARNING):
         notices.warning("Failed to load CPU gemm_4bit_forward from kernels-community")
     assert "gemm_4bit" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------
+# The probe itself
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """A process that is not (yet) offline and has not probed: the state the probe starts in."""
+    import huggingface_hub
+
+    from lastlayer import offline
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # restored after go_offline
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    monkeypatch.setattr(offline, "_probed", {})
+    return offline
+
+
+def test_an_unreachable_hub_switches_the_process_offline_once(online, monkeypatch, caplog):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", CLOSED)
+    with caplog.at_level(logging.WARNING, logger="lastlayer.offline"):
+        assert online.hub_available() is False
+        assert online.hub_available(datasets=True) is False  # asked once, answer kept
+    assert len(caplog.records) == 1 and CLOSED in caplog.records[0].getMessage()
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and huggingface_hub.constants.HF_HUB_OFFLINE
+    assert datasets.config.HF_HUB_OFFLINE and online.offline_requested()
+
+
+def test_a_reachable_hub_stays_online(online, monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import huggingface_hub
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 - the http.server API
+            self.send_response(404)  # any answer means the Hub is there
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT",
+                            f"http://127.0.0.1:{server.server_port}")
+        assert online.hub_available() is True
+    finally:
+        server.shutdown()
+    assert "HF_HUB_OFFLINE" not in os.environ and not huggingface_hub.constants.HF_HUB_OFFLINE
+
+
+def test_offline_settings_skip_the_probe(online, monkeypatch):
+    monkeypatch.setattr(online, "_probe", lambda timeout: pytest.fail("probed"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert online.hub_available(datasets=True) is False  # data sets: offline, no probe
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert online.hub_available() is False

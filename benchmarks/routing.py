@@ -79,8 +79,8 @@ def folder_of(domain: str) -> Path:
 
 def data_path(path: str | None, data_root: Path) -> str | None:
     """A recipe's data path, resolved: ``../shared/data/X`` under ``data_root``, other
-    relative paths under the project root."""
-    if path is None or Path(path).is_absolute():
+    relative paths under the project root; Hub ids (``hf://``) as they are."""
+    if path is None or path.startswith("hf://") or Path(path).is_absolute():
         return path
     prefix = "../shared/data/"
     return str(data_root / path[len(prefix):]) if path.startswith(prefix) else str(ROOT / path)

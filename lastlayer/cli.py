@@ -266,11 +266,16 @@ class _NotPrintedYet(logging.Filter):
 
 
 def _setup_logging() -> None:
-    """Warnings of every library, lastlayer's progress (INFO), each line printed once."""
+    """Warnings of every library, lastlayer's progress (INFO), each line printed once.
+
+    Only a handler made here is filtered: a host that set up logging (pytest, an
+    application calling :func:`main`) keeps its own handlers as they are.
+    """
+    fresh = not logging.root.handlers
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lastlayer").setLevel(logging.INFO)
-    for handler in logging.root.handlers:
-        if not any(isinstance(f, _NotPrintedYet) for f in handler.filters):
+    if fresh:
+        for handler in logging.root.handlers:
             handler.addFilter(_NotPrintedYet())
 
 

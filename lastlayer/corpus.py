@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lastlayer.extras import require
+from lastlayer.offline import hub_available
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,6 @@ def load_hub_dataset(ref: HubDataset) -> Any:
     Raises:
         DataError: Not cached while offline, no such data set, split or config; one line.
     """
-    from lastlayer.offline import hub_available
-
     datasets = require("datasets", "datasets", f"Reading {ref} (a Hub data set)")
     online = hub_available(datasets=True)
     quiet = logging.getLogger("datasets")  # its "using the cached version" notices, twice
@@ -188,7 +187,8 @@ def read_texts(
     """Read the documents of a corpus file.
 
     Args:
-        path: Corpus file or ``save_to_disk`` folder (see the module docstring for formats).
+        path: Corpus file, ``save_to_disk`` folder or ``hf://`` Hub data set (see the module
+            docstring for formats).
         text_field: Field holding the text (ignored for ``.txt``). Recipe key
             ``data.text_field``.
         max_docs: Keep only the first ``max_docs`` non-empty documents (``None``: all).
@@ -223,7 +223,7 @@ def read_labelled(
     """Read documents and their labels (for kNN evaluation).
 
     Args:
-        path: Corpus file or ``save_to_disk`` folder; ``.txt`` has no labels.
+        path: Corpus file, ``save_to_disk`` folder or ``hf://`` id; ``.txt`` has no labels.
         text_field: Field holding the text. Recipe key ``data.text_field``.
         label_field: Field holding the label. Recipe key ``eval.label_field``.
         max_docs: Keep only the first ``max_docs`` non-empty documents (``None``: all).

@@ -500,6 +500,11 @@ MACHINE_PATH = re.compile(r"/home/|/root/|/work/|/tmp/|/Users/|site-packages|dis
 Windows drives and shares)."""
 
 
+_ABSOLUTE_IN_TEXT = re.compile(r"(?<![\w.:/~-])(?:~|[A-Za-z]:)?(?:/[\w.~-]+){2,}")
+"""An absolute or home path of two or more parts inside running text (``see /srv/x/y``);
+not the tail of a URL or of a relative path."""
+
+
 def looks_absolute(value: str) -> bool:
     """Whether a string value starts like an absolute or home path (``/x``, ``~/x``, ``C:/x``)."""
     return bool(re.match(r"(/|~/|[A-Za-z]:[\\/])[\w.~-]", value))
@@ -530,13 +535,15 @@ def file_text(path: str | Path) -> str:
 def machine_paths(name: str, text: str) -> list[str]:
     """The paths of a machine that the text of file ``name`` would publish (empty: none).
 
-    Any text is searched for :data:`MACHINE_PATH`; a ``.json``, ``.safetensors`` (header),
-    ``.yaml`` or ``.yml`` file's string values must not be absolute or home paths either
-    (relative paths such as ``data/x.jsonl`` are portable and allowed).
+    Any text is searched for :data:`MACHINE_PATH` and for absolute paths of two or more
+    parts; a ``.json``, ``.safetensors`` (header), ``.yaml`` or ``.yml`` file's string values
+    must not be absolute or home paths either (relative paths such as ``data/x.jsonl`` are
+    portable and allowed).
     """
     import yaml
 
     found = [m[0] for m in MACHINE_PATH.finditer(text)]
+    found += [m[0] for m in _ABSOLUTE_IN_TEXT.finditer(text)]
     if Path(name).suffix in (".json", ".safetensors", ".yaml", ".yml"):
         try:
             data = yaml.safe_load(text)  # YAML reads JSON too

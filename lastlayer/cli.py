@@ -235,9 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="create the repo private (an "
                       "existing repo keeps its visibility)")
     push.add_argument("--revision", metavar="BRANCH", help="commit to this branch (created "
-                      "from main if missing); with --create-pr, the branch the PR targets")
-    push.add_argument("--create-pr", action="store_true", help="open a pull request instead "
-                      "of committing")
+                      "from main if missing)")
+    push.add_argument("--create-pr", action="store_true", help="open a pull request against "
+                      "the default branch instead of committing")
     push.add_argument("--commit-message", help="default: one line naming the adapter")
     return parser
 
@@ -387,7 +387,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from lastlayer.evaluation.probe import format_probe, probe, write_probe
 
     result = probe(
-        folder or args.target, data, k=args.k,
+        args.target, data, k=args.k,
         max_docs=args.max_docs or saved.get("max_docs") or 1000,
         seed=args.seed if args.seed is not None else saved.get("seed", 42),
         text_field=saved.get("text_field", args.text_field),

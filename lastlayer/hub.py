@@ -233,9 +233,9 @@ def push(folder: str | os.PathLike, repo_id: str, *, private: bool = False,
         folder: The artifact folder.
         repo_id: ``ORG/NAME``.
         private: Create the repo private (an existing repo keeps its visibility).
-        revision: The branch to commit to (created from the default branch if missing);
-            with ``create_pr``, the branch the pull request targets.
-        create_pr: Open a pull request instead of committing to the branch.
+        revision: The branch to commit to (created from the default branch if missing).
+        create_pr: Open a pull request against the default branch instead of committing
+            (``huggingface_hub`` opens pull requests against the default branch only).
         commit_message: Default: one line naming the adapter.
         endpoint: The Hub's URL (default: ``HF_ENDPOINT`` or huggingface.co).
 
@@ -253,6 +253,10 @@ def push(folder: str | os.PathLike, repo_id: str, *, private: bool = False,
     if ref is None or ref.revision:
         raise HubError(f"{repo_id!r} is not a Hub repo id: give ORG/NAME (the branch goes in "
                        "--revision).")
+    if create_pr and revision not in (None, "main"):
+        raise HubError("--create-pr opens the pull request against the default branch (as "
+                       "huggingface_hub does); drop --revision, or push to the branch without "
+                       "--create-pr.")
     meta = artifact.read(folder)
     texts = {artifact.METADATA: meta.to_json(),
              artifact.CARD: artifact.model_card(meta, artifact.read_metrics(folder), repo_id)}
@@ -334,7 +338,7 @@ def cached_adapters(cache_dir: str | os.PathLike | None = None) -> list[CachedAd
     from huggingface_hub.errors import CacheNotFound
 
     try:
-        info = scan_cache_dir(cache_dir)
+        info = scan_cache_dir(cache_dir or _cache_dir())  # the cache in use now
     except CacheNotFound:
         return []
     found = [

@@ -417,6 +417,8 @@ def test_the_path_check_can_fail():
     assert not artifact.looks_absolute("/") and not artifact.looks_absolute("a/b")
     # structured files: string values; any text: machine paths
     assert artifact.machine_paths("eval.json", '{"data": "/data/x.jsonl"}') == ["/data/x.jsonl"]
-    assert artifact.machine_paths("README.md", "see /data/x.jsonl") == []
-    assert artifact.machine_paths("README.md", "from /home/u/x") == ["/home/"]
+    assert artifact.machine_paths("README.md", "see /data/x.jsonl") == ["/data/x.jsonl"]
+    assert artifact.machine_paths("README.md", "from /home/u/x") == ["/home/", "/home/u/x"]
+    assert artifact.machine_paths("README.md", "[d](https://huggingface.co/datasets/a/b), "
+                                  "../shared/data/x.jsonl, and/or 1/2/3, /v1") == []
     assert artifact.machine_paths("recipe.yaml", "data:\n  train: data/x.jsonl\n") == []

@@ -143,22 +143,20 @@ def _check_snapshot(folder: Path, ref: HubRef) -> None:
 def resolve_adapter(spec: str | os.PathLike) -> Path:
     """The local folder of an adapter given as a folder or as ``ORG/NAME[@REVISION]``.
 
-    A path that exists is returned as it is (the caller validates it with
-    :func:`lastlayer.artifact.read`); anything else is read as a Hub id and its artifact
-    files are fetched through the Hugging Face cache (honouring ``HF_HUB_OFFLINE``,
-    ``HF_HUB_CACHE`` / ``HF_HOME`` and ``HF_ENDPOINT``).
+    A path that exists, or that is not shaped like a Hub id, is returned as a path (the
+    caller validates it with :func:`lastlayer.artifact.read`); anything else is read as a
+    Hub id and its artifact files are fetched through the Hugging Face cache (honouring
+    ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` / ``HF_HOME`` and ``HF_ENDPOINT``).
 
     Raises:
-        HubError: No such folder and not a Hub id; or the Hub id cannot be fetched.
+        HubError: The Hub id cannot be fetched (not cached offline, no such repo or
+            revision, ...).
         NotAnAdapterError: The Hub repo holds no lastlayer artifact.
     """
     path = Path(spec).expanduser()
-    if path.exists():
+    ref = None if path.exists() else parse_ref(spec)
+    if ref is None:  # a folder; one that does not exist fails in artifact.read, named
         return path
-    ref = parse_ref(spec)
-    if ref is None:
-        raise HubError(f"{spec}: no such adapter folder, and not a Hub id "
-                       "(ORG/NAME or ORG/NAME@REVISION).")
     folder = _snapshot(ref)
     _check_snapshot(folder, ref)
     return folder

@@ -200,8 +200,9 @@ def test_offline_and_not_cached_is_one_clear_error_at_once(cache):
     assert "HF_HUB_OFFLINE is set" in message and "\n" not in message
     with pytest.raises(hub.HubError, match="not in the Hugging Face cache"):
         hub.resolve_adapter(f"{REPO}@no-such-branch")  # not cached under that ref
-    with pytest.raises(hub.HubError, match="no such adapter folder, and not a Hub id"):
-        hub.resolve_adapter("adapters/medical/nothing-here")
+    missing = hub.resolve_adapter("adapters/medical/nothing-here")  # not an id: a path
+    with pytest.raises(artifact.ArtifactError, match="is not an artifact folder: it does not"):
+        artifact.read(missing)
 
 
 def test_repos_that_are_not_lastlayer_adapters_are_named(cache):

@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", dest="overrides", action="append", default=[],
                           metavar="KEY=VALUE", help="override applied to every recipe")
 
-    ls = add("ls", "List recipes and trained adapters with their held-out kNN results.")
+    ls = add("ls", "List recipes and trained adapters (also those in the Hugging Face cache) "
+             "with their held-out kNN results.")
     ls.add_argument("--root", default=".", help="project folder holding recipes/ and adapters/")
 
     add("env", "Print versions of lastlayer and its dependencies, and the devices found.")
@@ -303,7 +304,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    """``lastlayer ls``: recipes under recipes/, artifacts under adapters/."""
+    """``lastlayer ls``: recipes under recipes/, artifacts under adapters/, and the lastlayer
+    adapters in the Hugging Face cache (pulled by id)."""
     root = Path(args.root)
     recipes = sorted((root / "recipes").rglob("*.yaml"))
     print(f"Recipes ({len(recipes)}):")

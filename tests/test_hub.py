@@ -638,3 +638,10 @@ def test_the_hub_module_imports_no_torch():
                          check=True, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
 
+
+
+def test_export_by_id(cache, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert main(["export", f"{REPO}@v2", str(out), "--no-verify"]) == 0
+    assert (out / "config.json").is_file() or any(out.rglob("config.json"))
+    assert f"Wrote {out}" in capsys.readouterr().out

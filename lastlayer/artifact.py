@@ -695,34 +695,36 @@ def upgrade(path: str | Path) -> bool:
 # The Hub model card (README.md).
 
 
-_CORPUS_SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".gz",
-                    ".bz2", ".xz", ".zst", ".zip")
-_DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def _hub_dataset(data: str | None) -> dict[str, str | None] | None:
+    """``hf://ORG/NAME[@REVISION][?split=SPLIT][&config=CONFIG]`` (the corpus syntax of
+    ``data.train`` / ``eval.data``; ``hf://datasets/ORG/NAME`` too) -> its parts, or None
+    for a local path."""
+    text = str(data or "")
+    if not text.startswith("hf://"):
+        return None
+    body, _, query = text[len("hf://"):].partition("?")
+    repo_id, _, revision = body.partition("@")
+    repo_id = repo_id.rstrip("/")
+    if repo_id.startswith("datasets/") and repo_id.count("/") == 2:
+        repo_id = repo_id[len("datasets/"):]
+    if not _DATASET_ID.fullmatch(repo_id):
+        return None
+    settings = dict(item.partition("=")[::2] for item in query.split("&") if "=" in item)
+    return {"repo_id": repo_id, "revision": revision or None,
+            "split": settings.get("split", "train"), "config": settings.get("config")}
 
 
 def hub_dataset_id(data: str | None) -> str | None:
-    """The Hub dataset id a corpus source names, or None for a local file or folder.
+    """The Hub dataset id (``ORG/NAME``) a corpus source names, or None for a local path.
 
-    ``hf://datasets/ORG/NAME`` (any ``@revision``, ``:config`` or path after it) gives
-    ``ORG/NAME``; so does a bare ``ORG/NAME[@revision][:config]`` unless it ends like a
-    corpus file (``.jsonl``, ``.csv``, ``.gz``, ...). Paths with more parts, absolute or
-    relative (``./x``, ``../x``), are local.
+    Corpora on the Hub are written ``hf://ORG/NAME[@REVISION][?split=..][&config=..]``;
+    anything else (``data/x.jsonl.gz``, ``../x``, a folder) is local.
     """
-    if not data:
-        return None
-    text = str(data)
-    if text.startswith("hf://datasets/"):
-        parts = text.removeprefix("hf://datasets/").split("/")
-        if len(parts) >= 2:
-            candidate = f"{parts[0]}/{re.split(r'[@:]', parts[1])[0]}"
-            return candidate if _DATASET_ID.fullmatch(candidate) else None
-        return None
-    candidate = re.split(r"[@:]", text, maxsplit=1)[0]
-    if not _DATASET_ID.fullmatch(candidate) or candidate.lower().endswith(_CORPUS_SUFFIXES):
-        return None
-    if candidate.split("/")[0] in (".", ".."):
-        return None
-    return candidate
+    parts = _hub_dataset(data)
+    return parts["repo_id"] if parts else None
 
 
 _METRIC_LABELS = {"knn_accuracy": "kNN accuracy", "ndcg@10": "nDCG@10",
@@ -745,7 +747,8 @@ def card_metadata(meta: ArtifactMeta, metrics: dict[str, Any] | None):
     ``base_model`` is the base's Hub id (for a packaged or GGUF offline copy too: the
     artifact records the id it stands for); a base loaded from a local folder has no Hub id,
     so the card names none. ``datasets`` lists the training corpus when it is a Hub dataset.
-    ``model-index`` holds, per metric of ``eval.json``, the adapted value and the base's.
+    ``model-index`` holds, per metric of ``eval.json``, the adapted value and the base's, on
+    the eval data (a Hub dataset with its split, config and revision, or a local path).
     """
     from huggingface_hub import ModelCardData
 
@@ -913,9 +916,13 @@ def _eval_results(metrics: dict[str, Any] | None) -> list | None:
     from huggingface_hub import EvalResult
 
     data = str(metrics["data"])
-    dataset = hub_dataset_id(data)
+    hub = _hub_dataset(data)
     common = {"task_type": "feature-extraction", "task_name": "In-domain embedding quality",
-              "dataset_type": dataset or "lastlayer-eval", "dataset_name": dataset or data}
+              "dataset_type": hub["repo_id"] if hub else "lastlayer-eval",
+              "dataset_name": hub["repo_id"] if hub else data}
+    if hub:
+        common.update(dataset_split=hub["split"], dataset_config=hub["config"],
+                      dataset_revision=hub["revision"])
     results = []
     for name, value in metrics["adapted"].items():
         label = _metric_label(name)

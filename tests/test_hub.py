@@ -281,6 +281,11 @@ def test_commands_fail_fast_with_one_line_for_an_uncached_id(cache, world, tmp_p
                                                    "in the Hugging Face cache")
     assert main(["eval", "acme/peft-only", "--data", str(world["labelled"])]) == 2
     assert "holds a PEFT adapter but not a lastlayer one" in capsys.readouterr().err
+    assert main(["eval", "acme/missing@v2", "--data", str(world["labelled"])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "lastlayer eval: error: acme/missing@v2 is neither a lastlayer adapter in the Hugging "
+        "Face cache nor a loadable base model: ")
 
 
 def test_probe_by_id_writes_outside_the_cache(cache, world, tmp_path, monkeypatch, capsys):

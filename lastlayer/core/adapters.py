@@ -23,7 +23,7 @@ from torch import nn
 from lastlayer import artifact
 from lastlayer.artifact import ArtifactError, write_atomically
 from lastlayer.config import AdapterConfig, ConfigError, ModelConfig, from_dict
-from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.encoder import Encoder, ModelNotFoundError, load_encoder
 from lastlayer.core.layers import (
     LayerStack,
     find_layer_stack,
@@ -261,17 +261,21 @@ def model_config_of(path: str | Path) -> ModelConfig:
 
 
 def load_target(target: str | Path, **model_overrides) -> Encoder:
-    """An adapter folder (it has ``lastlayer.json``) -> its base + adapter; else a base model.
+    """An adapter (it has ``lastlayer.json``) -> its base + adapter; else a base model.
 
     Args:
-        target: An artifact folder, a Hub id, or a local model folder.
+        target: An artifact folder, a Hub adapter ``ORG/NAME[@REVISION]``
+            (:func:`lastlayer.hub.adapter_folder`), a base model's Hub id
+            (``@REVISION`` pins it too), or a local model folder.
         model_overrides: ``ModelConfig`` fields to change (e.g. ``max_length=256``).
 
     Raises:
-        ArtifactError: ``target`` is a damaged artifact, or a PEFT adapter folder without
-            ``lastlayer.json`` (nothing says how to pool it).
+        ArtifactError: ``target`` is a damaged artifact, or a PEFT adapter (folder or Hub
+            repo) without ``lastlayer.json`` (nothing says how to pool it).
     """
     from dataclasses import replace
+
+    from lastlayer import hub
 
     if not artifact.is_artifact(target) and (Path(target) / artifact.PEFT_CONFIG).is_file():
         raise ArtifactError(
@@ -279,7 +283,17 @@ def load_target(target: str | Path, **model_overrides) -> Encoder:
             "lastlayer artifact: load its base with load_encoder and the adapter with "
             "load_adapter."
         )
-    if not artifact.is_artifact(target):
-        return load_encoder(replace(ModelConfig(name_or_path=str(target)), **model_overrides))
-    encoder = load_encoder(replace(model_config_of(target), **model_overrides))
-    return load_adapter(encoder, target)
+    folder = hub.adapter_folder(target)
+    if folder is None:
+        local = Path(target).expanduser().exists()
+        name, revision = (str(target), None) if local else hub.split_revision(str(target))
+        config = ModelConfig(name_or_path=name, revision=revision)
+        try:
+            return load_encoder(replace(config, **model_overrides))
+        except ModelNotFoundError as err:
+            if local or hub.parse_ref(str(target)) is None:
+                raise
+            raise ModelNotFoundError(f"{target} is neither a lastlayer adapter in the Hugging "
+                                     f"Face cache nor a loadable base model: {err}") from None
+    encoder = load_encoder(replace(model_config_of(folder), **model_overrides))
+    return load_adapter(encoder, folder)

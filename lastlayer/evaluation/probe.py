@@ -228,7 +228,8 @@ def probe(
     adapter disabled, and every block's relative weight change is reported.
 
     Args:
-        target: An adapter artifact folder, a Hub id, or a local model folder.
+        target: An adapter artifact folder or Hub id (``ORG/NAME[@REVISION]``), a base
+            model's Hub id, or a local model folder.
         data: A labelled corpus (fields ``text_field`` and ``label_field``).
         max_docs: Sample size (None: every document).
         k, metric: kNN settings (leave-one-out).
@@ -243,13 +244,15 @@ def probe(
         ``adapted_knn``, ``weight_change``, ``trained``), ``recommended_top_k``,
         ``plateau_layer``, ``best_layer``, ``rule``, and how it was measured.
     """
+    from lastlayer import hub
     from lastlayer.core.adapters import load_target
 
     started = time.perf_counter()
+    folder = hub.adapter_folder(target)  # a Hub adapter: its cached snapshot
     held_out = _sample(data, text_field, label_field, max_docs, k, metric, seed)
     overrides = {"max_length": max_length} if max_length is not None else {}
-    encoder = load_target(target, **overrides)
-    meta = artifact.read(target) if artifact.is_artifact(target) else None
+    encoder = load_target(folder or target, **overrides)
+    meta = artifact.read(folder) if folder is not None else None
 
     def curve(desc: str) -> list[float]:
         layers = layer_embeddings(encoder, held_out.texts, batch_size, progress, desc)

@@ -5,7 +5,7 @@ embeds texts with one adapter, one adapter per row, every adapter at once, or ro
 automatically; :mod:`lastlayer.inference.embed` embeds whole corpus files (``lastlayer
 embed``: resumable, on many processes); :mod:`lastlayer.inference.export` writes an adapter
 merged into its base as a sentence-transformers folder. This package builds on ``core``
-(and the base modules: config, corpus, artifact, extras), never on ``training``.
+(and the base modules: config, corpus, artifact, extras, hub), never on ``training``.
 """
 
 from lastlayer.inference.embedder import (

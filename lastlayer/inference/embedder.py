@@ -65,7 +65,7 @@ class AdapterInfo:
 
     Attributes:
         name: The name it is loaded under.
-        path: The artifact folder it was loaded from.
+        path: The artifact folder it was loaded from (a Hub adapter's cached snapshot).
         kind: ``lora`` or ``full``.
         top_k: The top blocks it changes.
         merged: Whether it runs as plain private blocks (merged LoRA, or the full kind's
@@ -73,6 +73,7 @@ class AdapterInfo:
             around the base's weights (unmerged: a few MB, a little slower).
         routable: Whether its artifact holds a routing signature (``adapter="auto"``).
         meta: The artifact's full metadata (``lastlayer.json``).
+        source: What ``load`` was given: the folder, or the Hub id ``ORG/NAME[@REVISION]``.
     """
 
     name: str
@@ -82,6 +83,7 @@ class AdapterInfo:
     merged: bool
     routable: bool
     meta: ArtifactMeta
+    source: str = ""
 
     @property
     def pooling(self) -> str:
@@ -212,7 +214,9 @@ class Embedder:
         calls only run them.
 
         Args:
-            path: An artifact folder (``lastlayer.json`` + PEFT files).
+            path: An artifact folder (``lastlayer.json`` + PEFT files), or a Hub adapter
+                ``ORG/NAME`` / ``ORG/NAME@REVISION`` (fetched through the Hugging Face
+                cache; offline, the cached snapshot: :func:`lastlayer.hub.resolve_adapter`).
             name: The name to use in ``encode`` (default: the artifact's own name).
             merge: LoRA only: merge the adapter into a private copy of its k blocks
                 (fastest; k blocks of memory) or keep it unmerged around the base's
@@ -221,15 +225,19 @@ class Embedder:
                 kind, whose trained blocks are already plain blocks.
 
         Raises:
-            ArtifactError: ``path`` is not a valid artifact.
+            ArtifactError: ``path`` is not a valid artifact; a Hub id that cannot be
+                fetched or holds no lastlayer adapter (``lastlayer.hub.HubError``).
             BaseMismatchError: The adapter was trained on another base, or on other
                 weights (another file, dtype or quantization) of this one.
             ValueError: ``name`` is taken, reserved, or ``merge=True`` on a quantized base.
         """
+        from lastlayer import hub
+
+        source, path = str(path), hub.resolve_adapter(path)
         meta = artifact.read(path)
         name = meta.name if name is None else name
         self._check_name(name)
-        self._check_base(meta, path)
+        self._check_base(meta, source)
         if meta.kind == "full":
             merge = True
         elif merge is None:
@@ -241,7 +249,8 @@ class Embedder:
         head = TopKHead(self.model, meta.top_k, blocks=blocks)
         signature = self._signature(path, name)
         info = AdapterInfo(name=name, path=Path(path), kind=meta.kind, top_k=meta.top_k,
-                           merged=merge, routable=signature is not None, meta=meta)
+                           merged=merge, routable=signature is not None, meta=meta,
+                           source=source)
         with self._lock:
             self._check_name(name)  # another thread may have taken it meanwhile
             self._loaded = {**self._loaded, name: _Loaded(info, head, signature)}

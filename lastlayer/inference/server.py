@@ -411,7 +411,7 @@ class _Models:
                 "root": self.id, "parent": None}
         data = [base] + [
             {"id": name, "object": "model", "created": created, "owned_by": OWNER,
-             "root": str(info.path), "parent": self.id,
+             "root": info.source or str(info.path), "parent": self.id,
              "kind": info.kind, "top_k": info.top_k, "routable": info.routable}
             for name, info in self.embedder.adapters.items()
         ]

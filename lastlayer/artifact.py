@@ -41,6 +41,8 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Union
 
+from lastlayer.corpus import DataError, HubDataset, parse_hub_dataset
+
 SCHEMA_VERSION = 2
 """The ``lastlayer.json`` schema this lastlayer writes (and the newest it reads)."""
 
@@ -695,26 +697,15 @@ def upgrade(path: str | Path) -> bool:
 # The Hub model card (README.md).
 
 
-_DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
-def _hub_dataset(data: str | None) -> dict[str, str | None] | None:
-    """``hf://ORG/NAME[@REVISION][?split=SPLIT][&config=CONFIG]`` (the corpus syntax of
-    ``data.train`` / ``eval.data``; ``hf://datasets/ORG/NAME`` too) -> its parts, or None
-    for a local path."""
-    text = str(data or "")
-    if not text.startswith("hf://"):
+def _hub_dataset(data: str | None) -> HubDataset | None:
+    """The Hub data set a corpus source names (``hf://ORG/NAME[@REV][?split=..]``, the
+    syntax of ``data.train`` / ``eval.data``), or None for a local path."""
+    try:
+        return parse_hub_dataset(str(data or ""))
+    except DataError:
         return None
-    body, _, query = text[len("hf://"):].partition("?")
-    repo_id, _, revision = body.partition("@")
-    repo_id = repo_id.rstrip("/")
-    if repo_id.startswith("datasets/") and repo_id.count("/") == 2:
-        repo_id = repo_id[len("datasets/"):]
-    if not _DATASET_ID.fullmatch(repo_id):
-        return None
-    settings = dict(item.partition("=")[::2] for item in query.split("&") if "=" in item)
-    return {"repo_id": repo_id, "revision": revision or None,
-            "split": settings.get("split", "train"), "config": settings.get("config")}
 
 
 def hub_dataset_id(data: str | None) -> str | None:
@@ -723,8 +714,8 @@ def hub_dataset_id(data: str | None) -> str | None:
     Corpora on the Hub are written ``hf://ORG/NAME[@REVISION][?split=..][&config=..]``;
     anything else (``data/x.jsonl.gz``, ``../x``, a folder) is local.
     """
-    parts = _hub_dataset(data)
-    return parts["repo_id"] if parts else None
+    hub = _hub_dataset(data)
+    return hub.repo_id if hub else None
 
 
 _METRIC_LABELS = {"knn_accuracy": "kNN accuracy", "ndcg@10": "nDCG@10",
@@ -918,11 +909,11 @@ def _eval_results(metrics: dict[str, Any] | None) -> list | None:
     data = str(metrics["data"])
     hub = _hub_dataset(data)
     common = {"task_type": "feature-extraction", "task_name": "In-domain embedding quality",
-              "dataset_type": hub["repo_id"] if hub else "lastlayer-eval",
-              "dataset_name": hub["repo_id"] if hub else data}
+              "dataset_type": hub.repo_id if hub else "lastlayer-eval",
+              "dataset_name": hub.repo_id if hub else data}
     if hub:
-        common.update(dataset_split=hub["split"], dataset_config=hub["config"],
-                      dataset_revision=hub["revision"])
+        common.update(dataset_split=hub.split, dataset_config=hub.config,
+                      dataset_revision=hub.revision)
     results = []
     for name, value in metrics["adapted"].items():
         label = _metric_label(name)

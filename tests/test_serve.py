@@ -6,6 +6,7 @@ drains."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -401,10 +402,40 @@ def test_benchmark_driver_counts_texts_and_latencies():
         time.sleep(0.01)
         return 4
 
-    row = bench.drive(3, 0.2, call)
-    assert row["requests"] == len(seen) and set(seen) == {0, 1, 2}
-    assert 0 < row["texts_per_s"] <= 4 * 3 / 0.01 * 1.01  # 3 clients, 4 texts per >= 10 ms
-    assert 10 <= row["p50_ms"] <= row["p99_ms"]
+    run = bench.drive(3, 0.2, call)
+    assert len(run["latencies"]) == len(seen) and set(seen) == {0, 1, 2}
+    assert run["texts"] == 4 * len(seen) and 0.2 <= run["seconds"] < 1
+    run["load"] = 1.0
+    row = bench.summarise("in-process", 3, [run, {**run, "texts": 0, "load": 3.0}], 4)
+    assert row["texts_per_s"] == pytest.approx(run["texts"] / (2 * run["seconds"]))
+    assert row["requests"] == 2 * len(seen) and row["load_1min"] == [1.0, 3.0]
+    assert 10 <= row["p50_ms"] <= row["p99_ms"]  # every request sleeps 10 ms
+    rows = [{"system": s, "clients": 8, "texts_per_s": v} for s, v in
+            [("in-process", 100), ("server-single", 90), ("server-mixed", 81),
+             ("server-base", 60), ("peer-base", 40)]]
+    assert bench.ratios(rows) == {"server_single_over_in_process@8": 0.9,
+                                  "server_mixed_over_single@8": 0.9,
+                                  "server_base_over_peer_base@8": 1.5}
+
+
+def test_benchmark_peer_folder_truncates_as_lastlayer(tmp_path, monkeypatch):
+    """The peer embeds the base folder through symlinks, with the same token limit."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmarks_serve",
+                                                  ROOT / "benchmarks" / "serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    base = tmp_path / "base"
+    (base / "1_Pooling").mkdir(parents=True)
+    (base / "config.json").write_text("{}")
+    (base / "sentence_bert_config.json").write_text('{"max_seq_length": 256, "x": 1}')
+    monkeypatch.setattr(bench, "base_folder", lambda model: base)
+    view = bench.peer_folder("m", 128, (tmp_path / "view"))
+    assert (view / "1_Pooling").resolve() == base / "1_Pooling"
+    assert json.loads((view / "sentence_bert_config.json").read_text()) == {
+        "max_seq_length": 128, "x": 1}
+    assert json.loads((base / "sentence_bert_config.json").read_text())["max_seq_length"] == 256
 
 
 def test_a_failing_request_fails_alone_in_its_batch():

@@ -79,6 +79,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, every thread) used so far by process ``pid`` (None: this
+    one), from /proc: what a system really costs, whatever share of a busy machine it got."""
+    fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load() -> float:
     return os.getloadavg()[0]
 
@@ -245,6 +252,13 @@ def summarise(system: str, clients: int, runs: list[dict], texts: int) -> dict:
             "texts_per_s_rounds": [round(r["texts"] / r["seconds"], 2) for r in runs],
             "requests": len(lat), "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)),
+            # the embedding process's CPU: texts per CPU second is its cost, cores its share
+            "texts_per_cpu_s": sum(r["texts"] for r in runs) / sum(r["cpu_s"] for r in runs),
+            "cores_used": sum(r["cpu_s"] for r in runs) / sum(r["seconds"] for r in runs),
+            "client_cores_used": sum(r["client_cpu_s"] for r in runs)
+            / sum(r["seconds"] for r in runs),
+            "idle_servers_cores_used": sum(r["idle_servers_cpu_s"] for r in runs)
+            / sum(r["seconds"] for r in runs),
             "load_1min": [round(r["load"], 2) for r in runs]}
 
 
@@ -277,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     http = HTTP()
     calls: dict[str, Callable[[int, int], int]] = {}
     check: dict[str, float] = {}
+    pids: dict[str, int] = {}  # the process that embeds, per HTTP system
     with tempfile.TemporaryDirectory(prefix="lastlayer-peer-") as tmp:
         try:
             if "in-process" in args.systems:
@@ -293,10 +308,13 @@ def main(argv: list[str] | None = None) -> int:
                     http.post(url + "/v1", c, NAMES[(c + i) % len(NAMES)], pick(c, i)))
                 calls["server-base"] = lambda c, i: len(
                     http.post(url + "/v1", c, args.model, pick(c, i)))
+                pids.update(dict.fromkeys(["server-single", "server-mixed", "server-base"],
+                                          proc.pid))
             if "peer-base" in args.systems:
                 peer, peer_url = start_infinity(
                     args, peer_folder(args.model, args.max_length, Path(tmp)))
                 procs.append(peer)
+                pids["peer-base"] = peer.pid
                 calls["peer-base"] = lambda c, i: len(
                     http.post(peer_url, c, args.model, pick(c, i)))
                 if "server-base" in calls:  # same model, same truncation: same vectors
@@ -314,9 +332,16 @@ def main(argv: list[str] | None = None) -> int:
                 order = systems[rnd % len(systems):] + systems[: rnd % len(systems)]
                 for clients in args.clients:
                     for system in order:
-                        before = load()
+                        before, pid = load(), pids.get(system)
+                        cpu, own = cpu_seconds(pid), cpu_seconds()
+                        idle = {q.pid: cpu_seconds(q.pid) for q in procs if q.pid != pid}
                         run = drive(clients, args.seconds, calls[system])
                         run["load"] = (before + load()) / 2
+                        run["cpu_s"] = cpu_seconds(pid) - cpu  # in-process: this process
+                        run["client_cpu_s"] = 0.0 if pid is None else cpu_seconds() - own
+                        # the servers not under test should sit idle: what they used anyway
+                        run["idle_servers_cpu_s"] = sum(cpu_seconds(q) - t
+                                                        for q, t in idle.items())
                         runs.setdefault((system, clients), []).append(run)
                         print(f"round {rnd + 1} {system} x{clients}: "
                               f"{run['texts'] / run['seconds']:.1f} texts/s, load "
@@ -336,10 +361,12 @@ def main(argv: list[str] | None = None) -> int:
                      "server_batch_size": args.batch_size, "clients": args.clients,
                      "peer": "infinity-emb 0.0.78, torch engine, CPU, float32"},
         "check": check, "ratios": ratios(rows), "rows": rows}
-    print("\n| system | clients | texts/s | p50 ms | p99 ms |\n|---|---|---|---|---|")
+    print("\n| system | clients | texts/s | p50 ms | p99 ms | texts per CPU s | cores used |"
+          "\n|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['system']} | {row['clients']} | {row['texts_per_s']:.1f} | "
-              f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} |")
+              f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['texts_per_cpu_s']:.1f} | "
+              f"{row['cores_used']:.2f} |")
     print(json.dumps(result["ratios"], indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

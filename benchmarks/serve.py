@@ -1,23 +1,33 @@
-"""Throughput and latency of ``lastlayer serve`` against the in-process Embedder.
+"""Throughput and latency of ``lastlayer serve`` against the in-process Embedder and a peer server.
 
-Usage (offline; timings are only meaningful as ratios within one run, on a quiet machine)::
+Usage (offline; timings are only meaningful as ratios within one run)::
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve.py --out results/serve.json
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve.py --seconds 3 --clients 1 8   # short
+    make infinity    # once: the peer's own venv, benchmarks/.venv-infinity
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve.py --out benchmarks/results/serve.json
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve.py --rounds 1 --seconds 3   # short
 
-Three systems on one base (default all-MiniLM-L6-v2 from its packaged copy) and one adapter
-artifact (default the shipped ``adapters/medical/minilm-l6_lora-top2_crop``):
+Five systems on one base (default all-MiniLM-L6-v2, from its packaged copy offline) and one
+adapter artifact (default the shipped ``adapters/medical/minilm-l6_lora-top2_crop``):
 
 - ``in-process``: client threads call ``Embedder.encode(texts, adapter=NAME)`` directly;
 - ``server-single``: the same requests over HTTP to ``lastlayer serve`` (a subprocess on
   loopback), every request for one adapter;
 - ``server-mixed``: the same, requests spread round-robin over 4 adapters (the artifact
-  loaded under 4 names: four private heads, as four domain adapters would be).
+  loaded under 4 names: four private heads, as four domain adapters would be);
+- ``server-base``: the same server, requests for the base model;
+- ``peer-base``: Infinity (``infinity-emb``, its torch engine on CPU, run from its own venv
+  ``--infinity-venv``) serving the same base folder, truncating at the same token limit.
+  Infinity serves merged models only, so the peer comparison is on the base.
 
-Each client sends requests of ``--texts`` texts back to back for ``--seconds``; a row holds
-texts/s over all clients and the p50 / p99 request latency. Texts come from the medical
-abstracts corpus (``--data``). The machine (CPU count, torch threads, load average) is
-written into every row.
+Every system gets the same requests (``--texts`` texts from the medical abstracts corpus,
+``--data``), each client sending back to back for ``--seconds``, at each of ``--clients``
+concurrent clients; HTTP clients are ``httpx.Client`` objects posting the OpenAI
+``/v1/embeddings`` body to either server alike. ``--rounds`` interleaved rounds (every
+system and client count once per round, the system order rotating) let machine load fall
+on all systems alike; a row pools its rounds: texts/s over the total time, p50 / p99 over
+every request. The JSON records the CPU count, torch threads, ``uptime`` at start and end
+and the 1-minute load around every measurement, and checks that both servers return the
+same base vectors.
 """
 
 from __future__ import annotations
@@ -31,8 +41,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_ADAPTER = ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"
 DEFAULT_DATA = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
+DEFAULT_INFINITY = ROOT / "benchmarks" / ".venv-infinity"
 NAMES = ["m1", "m2", "m3", "m4"]
+SYSTEMS = ["in-process", "server-single", "server-mixed", "server-base", "peer-base"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,23 +65,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--texts", type=int, default=4, help="texts per request")
-    parser.add_argument("--seconds", type=float, default=10.0, help="per configuration")
-    parser.add_argument("--systems", nargs="+",
-                        default=["in-process", "server-single", "server-mixed"])
-    parser.add_argument("--out", help="write the rows as JSON here")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per system, clients, round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--max-length", type=int, default=128,
+                        help="token limit of the base, for every system (the adapter's is 128)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="texts per forward pass inside the servers (lastlayer serve's "
+                        "default; Infinity's --batch-size)")
+    parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
+    parser.add_argument("--infinity-venv", default=str(DEFAULT_INFINITY),
+                        help="the peer's virtual environment (make infinity)")
+    parser.add_argument("--out", help="write the results as JSON here")
     return parser.parse_args(argv)
 
 
-def machine() -> dict:
-    import torch
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, every thread) used so far by process ``pid`` (None: this
+    one), from /proc: what a system really costs, whatever share of a busy machine it got."""
+    fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "load_1min": os.getloadavg()[0]}
+
+def load() -> float:
+    return os.getloadavg()[0]
 
 
-def drive(clients: int, seconds: float, call) -> dict:
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def drive(clients: int, seconds: float, call: Callable[[int, int], int]) -> dict:
     """Run ``clients`` threads calling ``call(client, i)`` (returns texts done) for
-    ``seconds``; texts/s and latency percentiles."""
+    ``seconds``; the texts done, the time taken and every request's latency."""
     latencies: list[float] = []
     texts = [0] * clients
     lock = threading.Lock()
@@ -89,13 +121,11 @@ def drive(clients: int, seconds: float, call) -> dict:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - begin
-    lat = np.array(latencies) * 1000
-    return {"texts_per_s": sum(texts) / elapsed, "requests": len(latencies),
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+    return {"texts": sum(texts), "seconds": time.perf_counter() - begin,
+            "latencies": latencies}
 
 
-def batches(corpus: list[str], size: int):
+def batches(corpus: list[str], size: int) -> Callable[[int, int], list[str]]:
     """Request ``i`` of client ``c``: ``size`` texts, different across clients and calls."""
     def pick(c: int, i: int) -> list[str]:
         start = (c * 7919 + i * size) % (len(corpus) - size)
@@ -109,87 +139,237 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "lastlayer", "serve", "--model", args.model, "--port", str(port),
-           "--log-level", "warning"]
-    for name in NAMES:
-        cmd += ["--adapter", f"{name}={args.adapter}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env)
+def wait_ready(proc: subprocess.Popen, health: str, what: str, seconds: float = 300) -> None:
     import httpx
 
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
+            if httpx.get(health, timeout=2).status_code == 200:
+                return
         except httpx.TransportError:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited with {proc.returncode}") from None
-            time.sleep(0.2)
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with status {proc.returncode}")
+        time.sleep(0.5)
     proc.kill()
-    raise SystemExit("the server did not start in 2 minutes")
+    raise SystemExit(f"{what} did not start in {seconds:.0f} s")
+
+
+def start_lastlayer(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "lastlayer", "serve", "--model", args.model, "--port", str(port),
+           "--max-length", str(args.max_length), "--log-level", "warning"]
+    for name in NAMES:
+        cmd += ["--adapter", f"{name}={args.adapter}"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(proc, f"{url}/health", "lastlayer serve")
+    return proc, url
+
+
+def base_folder(model: str) -> Path:
+    """The local folder of the base (its packaged copy offline), as Infinity needs one."""
+    from lastlayer.config import ModelConfig
+    from lastlayer.core.encoder import resolve_model
+
+    path = Path(resolve_model(ModelConfig(name_or_path=model)).path)
+    if not (path / "config.json").exists():
+        raise SystemExit(f"{model} resolves to {path}, not a local folder: pass a local path "
+                         "with --model for the peer.")
+    return path
+
+
+def peer_folder(model: str, max_length: int, into: Path) -> Path:
+    """A view of the base folder (symlinks) whose sentence-transformers config truncates at
+    ``max_length``, so the peer embeds exactly the tokens lastlayer does."""
+    source = base_folder(model)
+    into.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if entry.name != "sentence_bert_config.json":
+            (into / entry.name).symlink_to(entry)
+    config_file = source / "sentence_bert_config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    config["max_seq_length"] = max_length
+    (into / "sentence_bert_config.json").write_text(json.dumps(config))
+    return into
+
+
+def start_infinity(args: argparse.Namespace, folder: Path) -> tuple[subprocess.Popen, str]:
+    exe = Path(args.infinity_venv) / "bin" / "infinity_emb"
+    if not exe.exists():
+        raise SystemExit(f"{exe} is missing: build the peer's venv with `make infinity`, or "
+                         "leave peer-base out of --systems.")
+    port = free_port()
+    cmd = [str(exe), "v2", "--model-id", str(folder), "--served-model-name", args.model,
+           "--engine", "torch", "--device", "cpu", "--no-bettertransformer",
+           "--batch-size", str(args.batch_size), "--host", "127.0.0.1", "--port", str(port),
+           "--url-prefix", "/v1", "--log-level", "warning"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+           "DO_NOT_TRACK": "1"}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    wait_ready(proc, f"http://127.0.0.1:{port}/health", "infinity_emb")  # outside the prefix
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+class HTTP:
+    """One ``httpx.Client`` per (server, client index), posting OpenAI embedding requests."""
+
+    def __init__(self) -> None:
+        import httpx
+
+        self._httpx = httpx
+        self._clients: dict[tuple[str, int], object] = {}
+
+    def post(self, url: str, c: int, model: str, texts: list[str]) -> list[list[float]]:
+        client = self._clients.get((url, c))
+        if client is None:
+            client = self._clients[(url, c)] = self._httpx.Client(timeout=300)
+        r = client.post(f"{url}/embeddings", json={"model": model, "input": texts,
+                                                   "encoding_format": "float"})
+        r.raise_for_status()
+        return [row["embedding"] for row in r.json()["data"]]
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def summarise(system: str, clients: int, runs: list[dict], texts: int) -> dict:
+    lat = np.array([x for run in runs for x in run["latencies"]]) * 1000
+    return {"system": system, "clients": clients, "texts_per_request": texts,
+            "texts_per_s": sum(r["texts"] for r in runs) / sum(r["seconds"] for r in runs),
+            "texts_per_s_rounds": [round(r["texts"] / r["seconds"], 2) for r in runs],
+            "requests": len(lat), "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)),
+            # the embedding process's CPU: texts per CPU second is its cost, cores its share
+            "texts_per_cpu_s": sum(r["texts"] for r in runs) / sum(r["cpu_s"] for r in runs),
+            "cores_used": sum(r["cpu_s"] for r in runs) / sum(r["seconds"] for r in runs),
+            "client_cores_used": sum(r["client_cpu_s"] for r in runs)
+            / sum(r["seconds"] for r in runs),
+            "idle_servers_cores_used": sum(r["idle_servers_cpu_s"] for r in runs)
+            / sum(r["seconds"] for r in runs),
+            "load_1min": [round(r["load"], 2) for r in runs]}
+
+
+def ratios(rows: list[dict]) -> dict:
+    """The targets: server >= 0.8x in-process at 8 clients, mixed >= 0.9x single, ahead of
+    the peer on the base at 8 and 32 clients."""
+    rate = {(r["system"], r["clients"]): r["texts_per_s"] for r in rows}
+    out = {}
+    for clients in sorted({r["clients"] for r in rows}):
+        pairs = {"server_single_over_in_process": ("server-single", "in-process"),
+                 "server_mixed_over_single": ("server-mixed", "server-single"),
+                 "server_base_over_peer_base": ("server-base", "peer-base")}
+        for name, (a, b) in pairs.items():
+            if (a, clients) in rate and (b, clients) in rate:
+                out[f"{name}@{clients}"] = round(rate[(a, clients)] / rate[(b, clients)], 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import torch
+
     from lastlayer.corpus import read_texts
     from lastlayer.inference import Embedder
 
     corpus = read_texts(args.data, max_docs=2000)
     pick = batches(corpus, args.texts)
-    rows = []
-
-    def record(system: str, clients: int, result: dict) -> None:
-        row = {"system": system, "clients": clients, "texts_per_request": args.texts,
-               **result, "machine": machine()}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-
-    if "in-process" in args.systems:
-        embedder = Embedder(args.model)
-        embedder.load(args.adapter, NAMES[0])
-        embedder.encode(pick(0, 0), adapter=NAMES[0])  # warm-up
-        for clients in args.clients:
-            record("in-process", clients, drive(clients, args.seconds, lambda c, i: len(
-                embedder.encode(pick(c, i), adapter=NAMES[0], progress=False))))
-        del embedder
-    servers = [s for s in args.systems if s.startswith("server-")]
-    if servers:
-        import httpx
-
-        proc, url = start_server(args)
+    started = {"uptime": uptime(), "load_1min": load()}
+    procs: list[subprocess.Popen] = []
+    http = HTTP()
+    calls: dict[str, Callable[[int, int], int]] = {}
+    check: dict[str, float] = {}
+    pids: dict[str, int] = {}  # the process that embeds, per HTTP system
+    with tempfile.TemporaryDirectory(prefix="lastlayer-peer-") as tmp:
         try:
-            local = threading.local()
-
-            def post(model: str, texts: list[str]) -> int:
-                if not hasattr(local, "client"):
-                    local.client = httpx.Client(timeout=120)
-                r = local.client.post(f"{url}/v1/embeddings",
-                                      json={"model": model, "input": texts})
-                r.raise_for_status()
-                return len(r.json()["data"])
-
-            post(NAMES[0], pick(0, 0))  # warm-up
-            for system in servers:
+            if "in-process" in args.systems:
+                embedder = Embedder(args.model, max_length=args.max_length)
+                embedder.load(args.adapter, NAMES[0])
+                calls["in-process"] = lambda c, i: len(
+                    embedder.encode(pick(c, i), adapter=NAMES[0], progress=False))
+            if any(s.startswith("server-") for s in args.systems):
+                proc, url = start_lastlayer(args)
+                procs.append(proc)
+                calls["server-single"] = lambda c, i: len(
+                    http.post(url + "/v1", c, NAMES[0], pick(c, i)))
+                calls["server-mixed"] = lambda c, i: len(
+                    http.post(url + "/v1", c, NAMES[(c + i) % len(NAMES)], pick(c, i)))
+                calls["server-base"] = lambda c, i: len(
+                    http.post(url + "/v1", c, args.model, pick(c, i)))
+                pids.update(dict.fromkeys(["server-single", "server-mixed", "server-base"],
+                                          proc.pid))
+            if "peer-base" in args.systems:
+                peer, peer_url = start_infinity(
+                    args, peer_folder(args.model, args.max_length, Path(tmp)))
+                procs.append(peer)
+                pids["peer-base"] = peer.pid
+                calls["peer-base"] = lambda c, i: len(
+                    http.post(peer_url, c, args.model, pick(c, i)))
+                if "server-base" in calls:  # same model, same truncation: same vectors
+                    texts = pick(0, 0)
+                    ours = np.array(http.post(url + "/v1", 0, args.model, texts))
+                    theirs = np.array(http.post(peer_url, 0, args.model, texts))
+                    check["max_abs_diff_server_base_vs_peer"] = float(
+                        np.abs(ours - theirs).max())
+            systems = [s for s in args.systems if s in calls]
+            for system in systems:  # warm-up: a few requests each
+                for i in range(3):
+                    calls[system](0, i)
+            runs: dict[tuple[str, int], list[dict]] = {}
+            for rnd in range(args.rounds):
+                order = systems[rnd % len(systems):] + systems[: rnd % len(systems)]
                 for clients in args.clients:
-                    if system == "server-single":
-                        result = drive(clients, args.seconds,
-                                       lambda c, i: post(NAMES[0], pick(c, i)))
-                    else:
-                        result = drive(clients, args.seconds, lambda c, i: post(
-                            NAMES[(c + i) % len(NAMES)], pick(c, i)))
-                    record(system, clients, result)
+                    for system in order:
+                        before, pid = load(), pids.get(system)
+                        cpu, own = cpu_seconds(pid), cpu_seconds()
+                        idle = {q.pid: cpu_seconds(q.pid) for q in procs if q.pid != pid}
+                        run = drive(clients, args.seconds, calls[system])
+                        run["load"] = (before + load()) / 2
+                        run["cpu_s"] = cpu_seconds(pid) - cpu  # in-process: this process
+                        run["client_cpu_s"] = 0.0 if pid is None else cpu_seconds() - own
+                        # the servers not under test should sit idle: what they used anyway
+                        run["idle_servers_cpu_s"] = sum(cpu_seconds(q) - t
+                                                        for q, t in idle.items())
+                        runs.setdefault((system, clients), []).append(run)
+                        print(f"round {rnd + 1} {system} x{clients}: "
+                              f"{run['texts'] / run['seconds']:.1f} texts/s, load "
+                              f"{run['load']:.2f}", flush=True)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-    print("\n| system | clients | texts/s | p50 ms | p99 ms |\n|---|---|---|---|---|")
+            http.close()
+            for proc in procs:
+                stop(proc)
+    rows = [summarise(s, c, runs[(s, c)], args.texts) for c in args.clients for s in systems]
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "uptime_start": started["uptime"], "uptime_end": uptime()},
+        "settings": {"model": args.model, "adapter": Path(args.adapter).name,
+                     "texts_per_request": args.texts, "seconds": args.seconds,
+                     "rounds": args.rounds, "max_length": args.max_length,
+                     "server_batch_size": args.batch_size, "clients": args.clients,
+                     "peer": "infinity-emb 0.0.78, torch engine, CPU, float32"},
+        "check": check, "ratios": ratios(rows), "rows": rows}
+    print("\n| system | clients | texts/s | p50 ms | p99 ms | texts per CPU s | cores used |"
+          "\n|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['system']} | {row['clients']} | {row['texts_per_s']:.1f} | "
-              f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} |")
+              f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['texts_per_cpu_s']:.1f} | "
+              f"{row['cores_used']:.2f} |")
+    print(json.dumps(result["ratios"], indent=1))
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

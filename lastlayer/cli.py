@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer "
-                       "KEY' on /v1/*, KEY read from environment variable VAR")
+                       "KEY' on /v1/* and /metrics, KEY read from environment variable VAR")
     serve.add_argument("--allow-adapter-updates", action="store_true", help="enable POST "
                        "/v1/adapters and DELETE /v1/adapters/NAME (paths under --adapters only)")
     serve.add_argument("--batch-window-ms", type=float, default=5.0, help="how long a batch "

@@ -387,6 +387,9 @@ def test_auto_routes_from_the_trunk_it_embeds_with(saved_models, artifacts, monk
     assert len(calls) == 2 + (extra > 0)  # one bottom pass per batch (+ the short rows)
     np.testing.assert_allclose(routed, emb.encode(TEXTS, adapter=names, batch_size=4),
                                rtol=0, atol=1e-6)
+    vectors, picked = emb.encode_routed(TEXTS, batch_size=4)  # both from one pass
+    assert picked == names
+    np.testing.assert_array_equal(vectors, routed)
 
 
 def test_auto_routes_with_real_signatures(saved_models, artifacts, tmp_path):

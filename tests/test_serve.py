@@ -6,6 +6,7 @@ drains."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -219,7 +220,7 @@ def test_concurrent_requests_across_adapters_each_get_their_own(server, setup):
 
 
 def metric(url: str, name: str, labels: str = "") -> float:
-    text = httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
 
@@ -230,14 +231,15 @@ def test_models_health_and_metrics(server):
     assert by_id["tiny-bert"]["parent"] is None and by_id["tiny-bert"]["root"] == "tiny-bert"
     assert {by_id[n]["parent"] for n in "abc"} == {"tiny-bert"}
     assert {m["object"] for m in models["data"]} == {"model"}
-    health = httpx.get(f"{server}/health").json()  # no key needed
-    assert health["status"] == "ok" and set(health["adapters"]) >= {"a", "b"}
+    assert httpx.get(f"{server}/health").json() == {"status": "ok"}  # open, names nothing
+    assert_error(httpx.get(f"{server}/metrics"), 401)  # adapter names and traffic: key only
+    assert_error(httpx.get(f"{server}/metrics", headers={"Authorization": "Bearer no"}), 401)
     label = '{model="a",status="200"}'
     before = metric(server, "lastlayer_requests_total", label)
     post(server, {"model": "a", "input": "x"})
     post(server, {"model": "a", "input": ["x", "y"]})
     assert metric(server, "lastlayer_requests_total", label) == before + 2
-    text = httpx.get(f"{server}/metrics").text
+    text = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     for name in ("lastlayer_request_seconds_bucket", "lastlayer_batch_texts_bucket",
                  "lastlayer_queue_texts"):
         assert name in text
@@ -301,6 +303,9 @@ def test_updates_off_queue_full_and_sigterm_drains(servers, setup):
     """The slow server: the first request waits in the 1.5 s window, the next one finds the
     queue full (429); SIGTERM then lets the first finish (200) and the process exits 0."""
     proc, url = servers["slow"]
+    assert httpx.get(f"{url}/health").json() == {"status": "ok", "model": "tiny-bert",
+                                                 "adapters": ["a"]}  # no key: names them
+    assert "lastlayer_queue_texts" in httpx.get(f"{url}/metrics").text
     r = httpx.post(f"{url}/v1/adapters", json={"name": "x", "path": "c"})
     assert_error(r, 403, None, "--allow-adapter-updates")
     assert_error(httpx.delete(f"{url}/v1/adapters/a"), 403, None, "runtime")
@@ -355,6 +360,37 @@ def test_auto_routes_each_input_in_a_shared_batch(setup, monkeypatch):
         np.testing.assert_allclose(got, emb.encode(TEXTS[:2], adapter="b"), atol=1e-6)
 
 
+def test_auto_usage_counts_tokens_at_the_routed_adapters_limit(setup, monkeypatch, tmp_path):
+    """A routed row is truncated at its adapter's token limit, not the base's: ``usage``
+    counts those tokens (here every row goes to an adapter with max_length 6 < the base's)."""
+    from fastapi.testclient import TestClient
+
+    from lastlayer.inference import embedder as embedder_module
+    from lastlayer.inference.server import ServeSettings, create_app
+
+    short = make_artifact(setup["model"], tmp_path / "short", "lora", 2, 9, "bert",
+                          max_length=6)
+    fake = types.SimpleNamespace(
+        read_signature=lambda folder: types.SimpleNamespace(layer=2, centroids=None)
+        if Path(folder).name == "short" else None,
+        assign=lambda signatures, pooled: ["short"] * len(pooled[2]),
+    )
+    monkeypatch.setattr(embedder_module, "_routing", lambda: fake)
+    emb = Embedder(setup["model"], device="cpu", max_length=MAX_LENGTH)
+    emb.load(short, "short")
+    texts = [LONG, TEXTS[0], "aspirin"]
+    with TestClient(create_app(emb, ServeSettings(batch_window_ms=0))) as client:
+        r = client.post("/v1/embeddings", json={"model": "tiny-bert:auto", "input": texts})
+    assert r.status_code == 200, r.text
+    expected = sum(len(ids) for ids in emb.tokenizer(texts, truncation=True,
+                                                     max_length=6)["input_ids"])
+    assert expected < sum(len(ids) for ids in emb.tokenizer(
+        texts, truncation=True, max_length=MAX_LENGTH)["input_ids"])  # the limits differ here
+    assert r.json()["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
+    got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+    np.testing.assert_allclose(got, emb.encode(texts, adapter="short"), atol=1e-6)
+
+
 def test_adapters_folder_names_must_be_unique(setup, tmp_path, capsys):
     from lastlayer.cli import main
     from lastlayer.inference.server import find_adapters
@@ -382,14 +418,20 @@ def test_serve_without_the_extra_exits_2(monkeypatch, capsys):
     assert "pip install 'lastlayer[serve]'" in capsys.readouterr().err
 
 
-def test_benchmark_driver_counts_texts_and_latencies():
-    """benchmarks/serve.py's load driver (the servers it times are the ones tested above)."""
+def benchmark_module() -> types.ModuleType:
+    """benchmarks/serve.py, imported from its file (benchmarks/ is not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("benchmarks_serve",
                                                   ROOT / "benchmarks" / "serve.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_driver_counts_texts_and_latencies():
+    """benchmarks/serve.py's load driver (the servers it times are the ones tested above)."""
+    bench = benchmark_module()
     assert bench.parse_args([]).clients == [1, 8, 32]
     pick = bench.batches([f"t{i}" for i in range(50)], 4)
     assert pick(0, 0) == ["t0", "t1", "t2", "t3"] and pick(0, 1) == ["t4", "t5", "t6", "t7"]
@@ -401,10 +443,48 @@ def test_benchmark_driver_counts_texts_and_latencies():
         time.sleep(0.01)
         return 4
 
-    row = bench.drive(3, 0.2, call)
-    assert row["requests"] == len(seen) and set(seen) == {0, 1, 2}
-    assert 0 < row["texts_per_s"] <= 4 * 3 / 0.01 * 1.01  # 3 clients, 4 texts per >= 10 ms
-    assert 10 <= row["p50_ms"] <= row["p99_ms"]
+    run = bench.drive(3, 0.2, call)
+    assert len(run["latencies"]) == len(seen) and set(seen) == {0, 1, 2}
+    assert run["texts"] == 4 * len(seen) and 0.2 <= run["seconds"] < 1
+    run.update(load=1.0, cpu_s=0.5, client_cpu_s=0.1, idle_servers_cpu_s=0.0)
+    row = bench.summarise("in-process", 3, [run, {**run, "texts": 0, "load": 3.0}], 4)
+    assert row["texts_per_s"] == pytest.approx(run["texts"] / (2 * run["seconds"]))
+    assert row["texts_per_cpu_s"] == pytest.approx(run["texts"] / 1.0)
+    assert row["cores_used"] == pytest.approx(0.5 / run["seconds"])
+    assert row["requests"] == 2 * len(seen) and row["load_1min"] == [1.0, 3.0]
+    assert 10 <= row["p50_ms"] <= row["p99_ms"]  # every request sleeps 10 ms
+    rows = [{"system": s, "clients": 8, "texts_per_s": v} for s, v in
+            [("in-process", 100), ("server-single", 90), ("server-mixed", 81),
+             ("server-base", 60), ("peer-base", 40)]]
+    assert bench.ratios(rows) == {"server_single_over_in_process@8": 0.9,
+                                  "server_mixed_over_single@8": 0.9,
+                                  "server_base_over_peer_base@8": 1.5}
+
+
+def test_benchmark_cpu_seconds_of_a_process():
+    bench = benchmark_module()
+    before, own = bench.cpu_seconds(), time.process_time()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # burn 0.3 s of CPU
+        pass
+    used = bench.cpu_seconds() - before
+    assert used == pytest.approx(time.process_time() - own, abs=0.05) and used >= 0.25
+    assert bench.cpu_seconds(os.getpid()) >= bench.cpu_seconds() - 0.05
+
+
+def test_benchmark_peer_folder_truncates_as_lastlayer(tmp_path, monkeypatch):
+    """The peer embeds the base folder through symlinks, with the same token limit."""
+    bench = benchmark_module()
+    base = tmp_path / "base"
+    (base / "1_Pooling").mkdir(parents=True)
+    (base / "config.json").write_text("{}")
+    (base / "sentence_bert_config.json").write_text('{"max_seq_length": 256, "x": 1}')
+    monkeypatch.setattr(bench, "base_folder", lambda model: base)
+    view = bench.peer_folder("m", 128, (tmp_path / "view"))
+    assert (view / "1_Pooling").resolve() == base / "1_Pooling"
+    assert json.loads((view / "sentence_bert_config.json").read_text()) == {
+        "max_seq_length": 128, "x": 1}
+    assert json.loads((base / "sentence_bert_config.json").read_text())["max_seq_length"] == 256
 
 
 def test_a_failing_request_fails_alone_in_its_batch():

@@ -362,13 +362,32 @@ class Embedder:
         loaded = self._snapshot()
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if adapter == AUTO:
-            self._run(texts, [[] for _ in texts], loaded, batch_size, normalize, progress,
-                      routing=True, out=out)
-            return out
+            return self.encode_routed(texts, batch_size, normalize, progress)[0]
         keys = self._keys(adapter, len(texts), loaded)
         self._run(texts, [[(key, out)] for key in keys], loaded, batch_size, normalize,
                   progress)
         return out
+
+    def encode_routed(self, texts: Sequence[str], batch_size: int = 32,
+                      normalize: bool | None = None, progress: bool | None = None
+                      ) -> tuple[np.ndarray, list[str | None]]:
+        """``encode(texts, adapter="auto")`` and the adapter each text went to, from one pass.
+
+        Callers that need to know what embedded each row (its token limit, a log) get it
+        here without routing twice.
+
+        Returns:
+            ``(vectors, names)``: the ``(N, d)`` float32 array, and per text the adapter
+            routing picked (None: the base).
+
+        Raises:
+            ValueError: No loaded adapter has a routing signature.
+        """
+        texts = self._texts(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        names = self._run(texts, [[] for _ in texts], self._snapshot(), batch_size, normalize,
+                          progress, routing=True, out=out)
+        return out, names
 
     def encode_all(self, texts: Sequence[str], adapters: Sequence[str | None] | None = None,
                    batch_size: int = 32, normalize: bool | None = None,

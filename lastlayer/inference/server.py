@@ -65,7 +65,8 @@ class ServeSettings:
         max_inputs: Most texts in one request (413 beyond).
         max_body_bytes: Largest request body (413 beyond).
         encode_batch_size: Texts per forward pass inside a batch.
-        api_key: When set, ``/v1/*`` needs ``Authorization: Bearer <key>`` (401 otherwise).
+        api_key: When set, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <key>``
+            (401 otherwise); ``/health`` stays open but names no model.
         allow_adapter_updates: Enable ``POST /v1/adapters`` and ``DELETE /v1/adapters/x``.
         adapters_dir: The only folder runtime-added adapters may come from.
         model_id: The base's id in ``/v1/models`` (default: the id artifacts record).
@@ -287,11 +288,9 @@ class Batcher:
 
     def _encode(self, jobs: list[_Job], routed: bool) -> list[tuple[np.ndarray, list[int]]]:
         texts = [text for job in jobs for text in job.texts]
-        if routed:
-            keys = None
-            vectors = self.embedder.encode(texts, adapter=AUTO,
-                                           batch_size=self.settings.encode_batch_size,
-                                           progress=False)
+        if routed:  # the routed names: each row's tokens are counted at its adapter's limit
+            vectors, keys = self.embedder.encode_routed(
+                texts, batch_size=self.settings.encode_batch_size, progress=False)
         else:
             keys = [key for job in jobs for key in job.keys]
             vectors = self.embedder.encode(texts, adapter=keys,
@@ -321,13 +320,13 @@ class Batcher:
         return APIError(500, "embedding failed, then succeeded alone; retry.", "server_error")
 
 
-def count_tokens(embedder: Embedder, texts: list[str], keys: list[str | None] | None
-                 ) -> list[int]:
+def count_tokens(embedder: Embedder, texts: list[str], keys: list[str | None]) -> list[int]:
     """Tokens each text is embedded from: the tokenizer's count, special tokens included,
-    after truncation to the token limit of the row's adapter (routed rows: the base's)."""
+    after truncation to the token limit of the row's adapter (``keys[i]``; None: the base),
+    as ``Embedder.encode`` truncates (routed rows: pass the adapter routing picked)."""
     adapters = embedder.adapters
     limits = [adapters[key].max_length if key is not None and key in adapters
-              else embedder.encoder.max_length for key in (keys or [None] * len(texts))]
+              else embedder.encoder.max_length for key in keys]
     counts = [0] * len(texts)
     for limit in set(limits):
         rows = [i for i, lim in enumerate(limits) if lim == limit]
@@ -522,7 +521,7 @@ def create_app(embedder: Embedder, settings: ServeSettings | None = None) -> Fas
     async def _auth_and_metrics(request: Request, call_next):
         path = request.url.path
         start = time.perf_counter()
-        if settings.api_key is not None and path.startswith("/v1/"):
+        if settings.api_key is not None and (path.startswith("/v1/") or path == "/metrics"):
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                     given.strip().encode(), settings.api_key.encode()):
@@ -570,6 +569,9 @@ def create_app(embedder: Embedder, settings: ServeSettings | None = None) -> Fas
 
     @app.get("/health")
     async def health():
+        # open to probes; with a key it names nothing (GET /v1/models lists the models)
+        if settings.api_key is not None:
+            return {"status": "ok"}
         return {"status": "ok", "model": models.id, "adapters": sorted(embedder.adapters)}
 
     @app.get("/metrics")

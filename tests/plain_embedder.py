@@ -24,7 +24,8 @@ class Interrupted(RuntimeError):
 
 
 class PlainEmbedder:
-    """``Embedder(base, device, dtype, quantization)`` with ``load``, ``encode``, ``route``.
+    """``Embedder(base, device, dtype, quantization)`` with ``load``, ``encode``, ``route``,
+    ``encode_routed``.
 
     Attributes:
         calls: The texts of every ``encode`` call, in order.
@@ -63,6 +64,12 @@ class PlainEmbedder:
             vectors = encoder.encode([texts[i] for i in rows], batch_size, progress=False)
             out[rows] = vectors.numpy()
         return out
+
+    def encode_routed(self, texts, batch_size: int = 32, normalize=None, progress=None
+                      ) -> tuple[np.ndarray, list[str | None]]:
+        """``route`` then one ``encode`` call (recorded like any other) with those names."""
+        names = self.route(texts)
+        return self.encode(texts, adapter=names, batch_size=batch_size, progress=progress), names
 
     def route(self, texts, batch_size: int = 32, progress=None) -> list[str | None]:
         """Text length modulo (adapters + 1): 0 -> the base, i -> the i-th adapter."""

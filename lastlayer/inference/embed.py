@@ -20,8 +20,8 @@ all processes see). A shard is always encoded in one call, whichever process run
 its batches, and hence its vectors, do not depend on the number of processes.
 
 The encoder is anything with ``encode(texts, adapter=..., batch_size=..., progress=...)``
-and ``route(texts, batch_size=..., progress=...)``, as :class:`lastlayer.inference.Embedder`
-has.
+and ``encode_routed(texts, batch_size=..., progress=...)``, as
+:class:`lastlayer.inference.Embedder` has.
 """
 
 from __future__ import annotations
@@ -69,9 +69,10 @@ class TextEncoder(Protocol):
         name (or None) per text."""
         ...
 
-    def route(self, texts: list[str], batch_size: int = 32,
-              progress: bool | None = None) -> list[str | None]:
-        """The adapter name (None: the base) that suits each text."""
+    def encode_routed(self, texts: list[str], batch_size: int = 32,
+                      progress: bool | None = None) -> tuple[np.ndarray, list[str | None]]:
+        """Each text routed to the adapter that suits it: the vectors and, per text, the
+        adapter name (None: the base), from one pass."""
         ...
 
 
@@ -94,7 +95,7 @@ class EmbedJob:
         ids: One id per text (ints, or strings), in input order.
         texts: The texts, in input order.
         adapter: The adapter name every text is encoded with (None: the base model).
-        route: Route each text to an adapter instead (``encoder.route``).
+        route: Route each text to an adapter instead (``encoder.encode_routed``).
         shard_size: Texts per shard.
         batch_size: Texts per forward pass (may change between a run and its resumption).
         overwrite: Replace an existing output, and discard the parts of another job.
@@ -398,16 +399,18 @@ def _discard(parts: Path) -> None:
 
 def _encode(job: EmbedJob, encoder: TextEncoder,
             texts: list[str]) -> tuple[np.ndarray, list[str | None]]:
-    """One shard's vectors (one encode call) and the adapter of each row."""
+    """One shard's vectors (one encode call: routing and embedding share the bottom pass)
+    and the adapter of each row."""
     if job.route:
-        names = list(encoder.route(texts, batch_size=job.batch_size, progress=False))
+        vectors, names = encoder.encode_routed(texts, batch_size=job.batch_size, progress=False)
+        names = list(names)
         if len(names) != len(texts):
-            raise RuntimeError(f"route returned {len(names)} names for {len(texts)} texts")
-        adapter: Any = names
+            raise RuntimeError(f"routing returned {len(names)} names for {len(texts)} texts")
     else:
-        names, adapter = [job.adapter] * len(texts), job.adapter
-    vectors = np.asarray(encoder.encode(texts, adapter=adapter, batch_size=job.batch_size,
-                                        progress=False), dtype=np.float32)
+        names = [job.adapter] * len(texts)
+        vectors = encoder.encode(texts, adapter=job.adapter, batch_size=job.batch_size,
+                                 progress=False)
+    vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[0] != len(texts):
         raise RuntimeError(f"encode returned shape {vectors.shape} for {len(texts)} texts")
     return vectors, names

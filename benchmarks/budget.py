@@ -341,6 +341,9 @@ def summarise(rows: list[dict[str, Any]], minilm: dict[str, float]) -> list[dict
             "deltas": deltas,
             "time_s_mean": statistics.mean(r["time_s"] for r in group),
             "train_s_mean": statistics.mean(r["train_s"] for r in group),
+            "train_cpu_s_mean": statistics.mean(r["train_cpu_s"] for r in group),
+            # 1-minute load average before and after the steps (2 cores; > 2 = shared)
+            "load": [x for r in group for x in (r["load_before"][0], r["load_after"][0])],
         }
         first = group[0]
         if "ci95_low" in first:
@@ -353,12 +356,10 @@ def summarise(rows: list[dict[str, Any]], minilm: dict[str, float]) -> list[dict
 
 
 def table(points: list[dict[str, Any]]) -> str:
-    lines = ["| data set (k) | steps | epochs | base | Δ (mean ± half-range, n) | "
-             "Δ seed 42 (95% CI) | gap to MiniLM closed | time (cache + steps) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| data set (k) | steps × 32 over cached pairs | epochs | base | "
+             "Δ (mean ± half-range, n) | Δ seed 42 (95% CI) | gap to MiniLM closed | "
+             "time (cache + steps) |", "|---|---|---|---|---|---|---|---|"]
     for p in points:
-        if p["pairs"] != PAIRS:
-            continue
         n = len(p["seeds"])
         spread = f" ± {100 * p['delta_half_range']:.1f} (n={n})" if n > 1 else " (n=1)"
         ci = p.get("ci_first_seed")
@@ -369,15 +370,31 @@ def table(points: list[dict[str, Any]]) -> str:
         gap_text = "–" if gap is None else \
             f"{gap:.0%} (MiniLM {p['minilm']:.3f})"
         lines.append(
-            f"| {SHORT.get(p['dataset'], p['dataset'])} (top-{p['k']}) | {p['steps']} | "
+            f"| {SHORT.get(p['dataset'], p['dataset'])} (top-{p['k']}) | "
+            f"{p['steps']} over {p['pairs']:,} | "
             f"{p['epochs_over_corpus']:.2f} | {p['base']:.3f} | "
             f"{100 * p['delta_mean']:+.1f}{spread} | {ci_text} | {gap_text} | "
             f"{p['time_s_mean'] / 60:.1f} min |")
     return "\n".join(lines)
 
 
-def plot(points: list[dict[str, Any]], path: Path) -> Path:
-    """Gain (points) against training time (minutes, cache + steps), one line per corpus."""
+def reference(findings: Path) -> list[dict[str, Any]]:
+    """The findings' 40-step SmolLM2 crop runs (full unfreeze, seed 42): top-4 from cached
+    pairs on every corpus, top-7 on fresh views on medical; drawn as hollow markers."""
+    out = []
+    for r in read_rows(findings):
+        if (r["model"], r["objective"], r["kind"], r["seed"]) != (MODEL, "crop", "full", 42):
+            continue
+        if (r["k"] == 4 and r["cached"]) or (r["k"] == 7 and not r["cached"]):
+            out.append({"dataset": r["dataset"], "k": r["k"], "delta": r["delta"],
+                        "time_s": r["cache_s"] + r["train_s"], "cached": r["cached"]})
+    return out
+
+
+def plot(points: list[dict[str, Any]], path: Path,
+         findings: list[dict[str, Any]] | None = None) -> Path:
+    """Gain (points) against training time (minutes, cache + steps), one line per corpus;
+    the demo's candidates as stars, the findings' 40-step runs as hollow markers."""
     from lastlayer.extras import require
 
     matplotlib = require("matplotlib", "plot", "benchmarks/budget.py --report")
@@ -387,7 +404,21 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
     colors = ["#3d5a80", "#d1495b", "#2a9d8f", "#edae49", "#6c757d"]
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=130, layout="constrained")
     main = [p for p in points if p["pairs"] == PAIRS]
-    for color, dataset in zip(colors, dict.fromkeys(p["dataset"] for p in main), strict=False):
+    datasets = [d for d in CORPORA if d in {p["dataset"] for p in points + (findings or [])}]
+    color_of = dict(zip(datasets, colors, strict=False))
+    for r in findings or []:
+        if r["dataset"] in color_of:
+            ax.plot(r["time_s"] / 60, 100 * r["delta"], ls="none", ms=7, mfc="none", mew=1.5,
+                    marker="s" if r["cached"] else "D", color=color_of[r["dataset"]])
+    if findings:
+        for marker, text in (("s", "findings: top-4, 40 steps, 1,280 cached pairs"),
+                             ("D", "findings: top-7, 40 steps, fresh views")):
+            ax.plot([], [], ls="none", marker=marker, mfc="none", color="#555555", label=text)
+    for dataset in datasets:  # a legend entry for each corpus without a budget line yet
+        if dataset not in {p["dataset"] for p in main}:
+            ax.plot([], [], color=color_of[dataset], lw=6, label=SHORT.get(dataset, dataset))
+    for dataset in dict.fromkeys(p["dataset"] for p in main):
+        color = color_of[dataset]
         mine = sorted((p for p in main if p["dataset"] == dataset), key=lambda p: p["steps"])
         x = [p["time_s_mean"] / 60 for p in mine]
         y = [100 * p["delta_mean"] for p in mine]
@@ -399,12 +430,13 @@ def plot(points: list[dict[str, Any]], path: Path) -> Path:
             ax.annotate(f"{p['steps']}", (xi, yi), xytext=(4, -10), textcoords="offset points",
                         fontsize=7, color=color)
     for p in (p for p in points if p["pairs"] != PAIRS):  # the demo's candidates
-        ax.plot(p["time_s_mean"] / 60, 100 * p["delta_mean"], marker="*", ms=12, ls="none",
-                color="#6c757d", label=f"{SHORT.get(p['dataset'], p['dataset'])}, "
-                f"{p['steps']} steps over {p['pairs']} pairs (the demo's budget)")
+        ax.plot(p["time_s_mean"] / 60, 100 * p["delta_mean"], marker="*", ms=13, ls="none",
+                color=color_of[p["dataset"]], label=f"{SHORT.get(p['dataset'], p['dataset'])}, "
+                f"{p['steps']} steps over {p['pairs']} pairs (the demo's budget; "
+                f"load {statistics.mean(p['load']):.0f})")
     ax.axhline(0, color="#999999", ls=":", lw=1)
     ax.set_xlabel("training time (min: caching the pairs + the steps), 2 shared CPU cores")
-    ax.set_ylabel("held-out gain over the base (points)")
+    ax.set_ylabel("held-out gain over the base (kNN points; SciFact: nDCG@10)")
     ax.set_title("SmolLM2-135M, full unfreeze of the probe's top-k, crops, batch 32\n"
                  "(labels: optimizer steps; bars: half-range over seeds)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -421,15 +453,8 @@ def report(out: Path, summary: Path, picture: Path, findings: Path) -> None:
     summary.write_text(json.dumps({"pairs": PAIRS, "lr": LR, "batch_size": BATCH,
                                    "points": points}, indent=1) + "\n", encoding="utf-8")
     print(table(points))
-    others = [p for p in points if p["pairs"] != PAIRS]
-    for p in others:
-        ci = p.get("ci_first_seed")
-        print(f"\n{p['dataset']} top-{p['k']}, {p['steps']} steps over {p['pairs']} pairs: "
-              f"{100 * p['delta_mean']:+.1f}" +
-              (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "") +
-              f" in {p['time_s_mean'] / 60:.1f} min")
     if points:
-        print("\nplot:", plot(points, picture))
+        print("\nplot:", plot(points, picture, reference(findings)))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

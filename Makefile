@@ -10,7 +10,7 @@ PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
-DEMO_RECIPE ?= recipes/medical/smollm2-135m_full-top4_crop.yaml
+DEMO_RECIPE ?= recipes/medical/smollm2-135m_full-auto_crop.yaml
 PYTEST_ARGS ?=
 # benchmarks/serve.py's peer server (Infinity) lives in its own venv: it pins numpy<2, transformers 4.x
 INFINITY_VENV ?= benchmarks/.venv-infinity

@@ -23,7 +23,7 @@ from lastlayer.config import ConfigError, load_recipe
 
 EXAMPLES = {
     "train": """examples:
-  lastlayer train recipes/medical/smollm2-135m_full-top4_crop.yaml
+  lastlayer train recipes/medical/smollm2-135m_full-auto_crop.yaml
   lastlayer train recipes/medical/minilm-l6_lora-top2_crop.yaml train.max_steps=20 seed=1
   accelerate launch -m lastlayer train RECIPE          # many GPUs / nodes
   torchrun --nproc_per_node 2 -m lastlayer train RECIPE train.cpu=true   # 2 CPU processes""",
@@ -36,7 +36,7 @@ EXAMPLES = {
     "env": """examples:
   lastlayer env""",
     "eval": """examples:
-  lastlayer eval adapters/medical/smollm2-135m_full-top4_crop --data labelled.jsonl.gz
+  lastlayer eval adapters/medical/smollm2-135m_full-auto_crop --data labelled.jsonl.gz
   lastlayer eval sentence-transformers/all-MiniLM-L6-v2 --data beir/scifact --max-length 256
   lastlayer eval TARGET --data a.jsonl.gz --data beir/scifact --json
   lastlayer eval acme/minilm-medical@v1 --data labelled.jsonl.gz   # an adapter on the Hub""",
@@ -52,7 +52,7 @@ EXAMPLES = {
   torchrun --nproc_per_node 4 -m lastlayer embed ...   # each process takes every 4th shard
   (an interrupted run resumes: run the same command again)""",
     "probe": """examples:
-  lastlayer probe adapters/medical/smollm2-135m_full-top4_crop     # data etc. from its recipe
+  lastlayer probe adapters/medical/smollm2-135m_full-auto_crop     # data etc. from its recipe
   lastlayer probe sentence-transformers/all-MiniLM-L6-v2 --data labelled.jsonl.gz
   lastlayer probe TARGET --data FILE --max-docs 500 --out runs/probe
   lastlayer probe acme/minilm-medical --data labelled.jsonl.gz      # an adapter on the Hub""",

@@ -19,7 +19,7 @@ MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
 def shipped_artifacts(pattern: str = "*/*") -> list[Path]:
     """Artifact folders ``adapters/<pattern>`` that git tracks, sorted.
 
-    ``make demo`` writes its (56 MB, full-unfreeze) artifact under ``adapters/medical/``
+    ``make demo`` writes its (~100 MB, full-unfreeze) artifact under ``adapters/medical/``
     too; untracked, it is the user's output, not part of what the project ships. Outside
     a git checkout every artifact found counts.
     """

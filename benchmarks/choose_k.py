@@ -1,0 +1,200 @@
+"""Which top-k? The labelled layer probe against the label-free crop signal, on five corpora.
+
+``adapter.top_k: auto`` chooses k before training from the base model and the training
+documents alone (``lastlayer.training.choose_k``). This benchmark checks that choice
+against the labelled layer probe (``lastlayer.evaluation.probe``) on the five shared data
+sets, and, where the two picks differ, trains both ks to see what each choice gains.
+
+    python benchmarks/choose_k.py probe      # labelled probe curves and k -> probe_k.json
+    python benchmarks/choose_k.py auto       # label-free curves and k     -> auto_k.json
+    python benchmarks/choose_k.py train      # gains of the ks that differ (resumable)
+    python benchmarks/choose_k.py report     # the agreement table (markdown)
+
+Every stage is resumable: results go to ``benchmarks/results/choose_k.json`` (one entry
+per data set and stage), and a stage skips the data sets it already has.
+
+Protocol (as ``benchmarks/findings.py``): SmolLM2-135M-Instruct (packaged GGUF copy),
+max_length 64, mean pooling. Labelled probe: leave-one-out kNN (k=10, euclidean) of every
+layer over the 1,000 held-out documents (seed 42) that findings evaluates on; SciFact has
+no labels, so its "probe" is nDCG@10 of every layer (300 test queries against the
+1,000-document corpus sample), with the same rule (standard error taken over the 300
+queries as if binomial: an approximation). Label-free signal: computed on training
+documents only (the held-out ones removed, as ``lastlayer train`` removes them).
+Training: 40 steps x 32 pairs, full unfreeze, lr 2e-4, crops, seed 42, cached bottom
+layers (exact for crops on SmolLM2); rows that ``findings.jsonl`` already has are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import findings  # noqa: E402  (the same data sets, held-out samples and training runs)
+
+from lastlayer.core.encoder import load_encoder  # noqa: E402
+from lastlayer.evaluation.metrics import knn_accuracy  # noqa: E402
+from lastlayer.evaluation.probe import layer_embeddings, recommend_top_k  # noqa: E402
+
+log = logging.getLogger("choose_k")
+
+ROOT = findings.ROOT
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "choose_k.json"
+MODEL = "smollm2"
+DATASETS = list(findings.DATASETS)
+
+
+def read(out: Path) -> dict[str, Any]:
+    return json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
+
+
+def write(out: Path, results: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(out)
+
+
+def encoder_for(dataset: str, data_root: Path):
+    """The base encoder with the findings settings (max_length 64, mean pooling)."""
+    recipe = findings.recipe_of(findings.run_for(MODEL, dataset, "crop"), data_root)
+    return recipe, load_encoder(recipe.model)
+
+
+def probe_curve(encoder, data: findings.EvalData) -> tuple[list[float], int, str]:
+    """Per-layer quality of the base on the held-out documents: (curve, N, measure)."""
+    if data.labels is not None:
+        layers = layer_embeddings(encoder, data.texts, 32, desc="probe")
+        curve = [knn_accuracy(x, data.labels, 10, "euclidean").accuracy for x in layers]
+        return curve, len(data.texts), "knn_accuracy (k=10, euclidean, leave-one-out)"
+    n = len(data.task.docs)
+    layers = layer_embeddings(encoder, data.texts, 32, desc="probe (nDCG)")
+    curve = [data.task.score(x[:n], x[n:])["ndcg@10"] for x in layers]
+    return curve, len(data.task.queries), "ndcg@10 (queries as the N of the standard error)"
+
+
+def stage_probe(args: argparse.Namespace) -> None:
+    results = read(args.out)
+    encoder = None
+    for dataset in args.datasets:
+        if "probe" in results.get(dataset, {}):
+            continue
+        data = findings.eval_data(dataset, args.data_root)
+        if encoder is None:
+            _, encoder = encoder_for(dataset, args.data_root)
+        start = time.perf_counter()
+        curve, n, measure = probe_curve(encoder, data)
+        k, p = recommend_top_k(curve, n)
+        results = read(args.out)
+        results.setdefault(dataset, {})["probe"] = {
+            "k": k, "p": p, "best_layer": int(np.argmax(curve)), "curve": curve, "n_docs": n,
+            "measure": measure, "seconds": round(time.perf_counter() - start, 1)}
+        write(args.out, results)
+        print(f"{dataset}: probe k={k} (p={p}, best layer {int(np.argmax(curve))}) "
+              f"{[round(c, 3) for c in curve]}", flush=True)
+    export(args.out, "probe", ROOT.parent / "results" / "probe_k.json")
+
+
+def candidate_curves(layers: np.ndarray, n: int, batch: int) -> dict[str, list[float]]:
+    """Label-free scores per layer from the crop pairs' embeddings (rows i and n+i pair up):
+    the shipped one (in-batch top-1) and the alternatives that were tried against it."""
+    from lastlayer.training.choose_k import pair_retrieval
+
+    def centred(x: np.ndarray) -> np.ndarray:
+        x = x - x.mean(0, keepdims=True)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    def align_uniform(x: np.ndarray) -> float:  # Wang & Isola; higher is better here
+        a, b = x[:n], x[n:]
+        align = float(((a - b) ** 2).sum(1).mean())
+        sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+        iu = np.triu_indices(len(x), 1)
+        uniform = float(np.log(np.exp(-2 * sq[iu]).mean()))
+        return -(align + uniform)
+
+    out: dict[str, list[float]] = {"inbatch": [], "all": [], "inbatch_centred": [],
+                                   "all_centred": [], "align_uniform": []}
+    for x in layers:
+        c = centred(x)
+        out["inbatch"].append(pair_retrieval(x[:n], x[n:], batch))
+        out["all"].append(pair_retrieval(x[:n], x[n:], n))
+        out["inbatch_centred"].append(pair_retrieval(c[:n], c[n:], batch))
+        out["all_centred"].append(pair_retrieval(c[:n], c[n:], n))
+        out["align_uniform"].append(align_uniform(x))
+    return out
+
+
+def stage_auto(args: argparse.Namespace) -> None:
+    """The label-free crop signal on training documents only (held-out ones removed)."""
+    from lastlayer.config import ObjectiveConfig
+    from lastlayer.training.choose_k import crop_pairs, pair_retrieval  # noqa: F401
+
+    results = read(args.out)
+    encoder = None
+    for dataset in args.datasets:
+        if "auto" in results.get(dataset, {}):
+            continue
+        data = findings.eval_data(dataset, args.data_root)
+        if encoder is None:
+            _, encoder = encoder_for(dataset, args.data_root)
+        start = time.perf_counter()
+        a, b = crop_pairs(data.train_docs, ObjectiveConfig(), findings.EVAL_SEED, args.docs)
+        layers = layer_embeddings(encoder, a + b, 32, desc=f"crops {dataset}")
+        seconds = time.perf_counter() - start
+        n = len(a)
+        curves = candidate_curves(layers, n, findings.BATCH)
+        picks = {}
+        for name, curve in curves.items():
+            if name == "align_uniform":
+                continue
+            k, p = recommend_top_k(curve, n)
+            picks[name] = {"k": k, "p": p, "best_layer": int(np.argmax(curve))}
+        k, p = picks["inbatch"]["k"], picks["inbatch"]["p"]
+        results = read(args.out)
+        results.setdefault(dataset, {})["auto"] = {
+            "k": k, "p": p, "best_layer": int(np.argmax(curves["inbatch"])),
+            "curve": curves["inbatch"], "n_docs": n, "signal": "crops",
+            "seconds": round(seconds, 1), "train_docs": len(data.train_docs),
+            "candidates": {name: {**picks.get(name, {}), "curve": c}
+                           for name, c in curves.items()}}
+        write(args.out, results)
+        print(f"{dataset}: auto k={k} (p={p}); candidates "
+              f"{ {m: v['k'] for m, v in picks.items()} }; {seconds:.0f}s; "
+              f"{[round(c, 3) for c in curves['inbatch']]}", flush=True)
+    export(args.out, "auto", ROOT.parent / "results" / "auto_k.json")
+
+
+def export(out: Path, stage: str, target: Path) -> None:
+    """Copy one stage's {corpus: {k, p, curve, n_docs, ...}} to a file of its own."""
+    results = read(out)
+    picked = {d: r[stage] for d, r in results.items() if stage in r}
+    if picked and target.parent.exists():
+        target.write_text(json.dumps(picked, indent=1) + "\n", encoding="utf-8")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=("probe", "auto", "train", "report"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--data-root", type=Path, default=findings.DATA_ROOT)
+    parser.add_argument("--docs", type=int, default=256,
+                        help="training documents for the label-free signal (2 crops each)")
+    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    {"probe": stage_probe, "auto": stage_auto}[args.stage](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

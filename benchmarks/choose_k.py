@@ -171,6 +171,96 @@ def stage_auto(args: argparse.Namespace) -> None:
     export(args.out, "auto", ROOT.parent / "results" / "auto_k.json")
 
 
+def findings_row(dataset: str, k: int) -> dict[str, Any] | None:
+    """A finished findings run with this protocol (crop, full, lr 2e-4, seed 42, 40 x 32),
+    cached rows first (the mode this benchmark trains in), else a fresh-view one."""
+    rows = [r for r in findings.read_rows(findings.DEFAULT_OUT)
+            if r["model"] == MODEL and r["dataset"] == dataset and r["objective"] == "crop"
+            and r["kind"] == "full" and r["k"] == k and r["seed"] == findings.EVAL_SEED
+            and r["steps"] == findings.STEPS and r["batch_size"] == findings.BATCH]
+    rows.sort(key=lambda r: not r["cached"])
+    return rows[0] if rows else None
+
+
+def stage_train(args: argparse.Namespace) -> None:
+    """Train the probe's k and the label-free k where they differ (one group per data set,
+    cached bottom layers below the larger k, so both ks see the same 1,280 pairs)."""
+    from dataclasses import replace
+
+    results = read(args.out)
+    for dataset in args.datasets:
+        entry = results.get(dataset, {})
+        if "probe" not in entry or "auto" not in entry:
+            print(f"{dataset}: run the probe and auto stages first", flush=True)
+            continue
+        ks = sorted({entry["probe"]["k"], entry["auto"]["k"]})
+        gains = entry.get("gains", {})
+        for k in ks:
+            if str(k) in gains:
+                continue
+            row = findings_row(dataset, k)
+            if row is None:
+                continue
+            gains[str(k)] = {key: row[key] for key in ("delta", "value", "base_value", "cached",
+                                                      "train_s", "metric")
+                             if key in row} | {"ci95": [row.get("ci95_low"),
+                                                        row.get("ci95_high")],
+                                               "source": "findings.jsonl"}
+        todo = [k for k in ks if str(k) not in gains]
+        if len(ks) > 1 and todo:
+            spec = findings.MODELS[MODEL]
+            findings.MODELS[MODEL] = replace(spec, cache_k=max(ks))  # one cache for both ks
+            try:
+                group = findings.Group(MODEL, dataset, args.data_root, args.work / f"k{max(ks)}")
+                for k in todo:
+                    run = findings.Run(MODEL, dataset, "crop", "full", k, spec.lr["full"],
+                                       findings.EVAL_SEED, True)
+                    row = group.train(run)
+                    gains[str(k)] = {key: row[key] for key in ("delta", "value", "base_value",
+                                                              "cached", "train_s", "metric")
+                                     } | {"ci95": [row.get("ci95_low"), row.get("ci95_high")],
+                                          "source": f"this benchmark (cache k={max(ks)})"}
+                    results = read(args.out)
+                    results[dataset]["gains"] = gains
+                    write(args.out, results)
+                    print(f"{dataset} k={k}: {row['delta']:+.4f}", flush=True)
+            finally:
+                findings.MODELS[MODEL] = spec
+        results = read(args.out)
+        results[dataset]["gains"] = gains
+        write(args.out, results)
+
+
+def _gain(gains: dict[str, Any], k: int) -> str:
+    """``+0.058 [+0.029, +0.089]`` for k, or a dash when not trained."""
+    g = gains.get(str(k))
+    if g is None:
+        return "–"
+    ci = g.get("ci95") or [None, None]
+    return f"{g['delta']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci[0] is not None else "")
+
+
+def report(args: argparse.Namespace) -> None:
+    """The agreement table (markdown) from the results file."""
+    results = read(args.out)
+    lines = ["| data set | probe k (p) | label-free k (p) | agree | gain, probe's k | "
+             "gain, label-free k | choosing (s) |", "|---|---|---|---|---|---|---|"]
+    agree = 0
+    for dataset in DATASETS:
+        entry = results.get(dataset, {})
+        if "probe" not in entry or "auto" not in entry:
+            continue
+        probe, auto, gains = entry["probe"], entry["auto"], entry.get("gains", {})
+        same = probe["k"] == auto["k"]
+        agree += same
+        lines.append(f"| {dataset} | {probe['k']} ({probe['p']}) | {auto['k']} ({auto['p']}) | "
+                     f"{'yes' if same else 'no'} | {_gain(gains, probe['k'])} | "
+                     f"{_gain(gains, auto['k'])} | "
+                     f"{auto['seconds']:.0f} |")
+    lines.append(f"\nAgreement: {agree} of {len(lines) - 2} data sets.")
+    print("\n".join(lines))
+
+
 def export(out: Path, stage: str, target: Path) -> None:
     """Copy one stage's {corpus: {k, p, curve, n_docs, ...}} to a file of its own."""
     results = read(out)
@@ -184,6 +274,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("stage", choices=("probe", "auto", "train", "report"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--data-root", type=Path, default=findings.DATA_ROOT)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "choose_k",
+                        help="caches and base embeddings of the train stage")
     parser.add_argument("--docs", type=int, default=256,
                         help="training documents for the label-free signal (2 crops each)")
     parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
@@ -193,7 +285,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    {"probe": stage_probe, "auto": stage_auto}[args.stage](args)
+    {"probe": stage_probe, "auto": stage_auto, "train": stage_train,
+     "report": report}[args.stage](args)
 
 
 if __name__ == "__main__":

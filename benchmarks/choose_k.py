@@ -97,6 +97,7 @@ def stage_probe(args: argparse.Namespace) -> None:
             "k": k, "p": p, "best_layer": int(np.argmax(curve)), "curve": curve, "n_docs": n,
             "measure": measure, "seconds": round(time.perf_counter() - start, 1)}
         write(args.out, results)
+        export(args.out, "probe", ROOT.parent / "results" / "probe_k.json")
         print(f"{dataset}: probe k={k} (p={p}, best layer {int(np.argmax(curve))}) "
               f"{[round(c, 3) for c in curve]}", flush=True)
     export(args.out, "probe", ROOT.parent / "results" / "probe_k.json")
@@ -114,7 +115,7 @@ def candidate_curves(layers: np.ndarray, n: int, batch: int) -> dict[str, list[f
     def align_uniform(x: np.ndarray) -> float:  # Wang & Isola; higher is better here
         a, b = x[:n], x[n:]
         align = float(((a - b) ** 2).sum(1).mean())
-        sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+        sq = np.clip(2 - 2 * (x @ x.T), 0, None)  # unit vectors: |u - v|^2 = 2 - 2 u.v
         iu = np.triu_indices(len(x), 1)
         uniform = float(np.log(np.exp(-2 * sq[iu]).mean()))
         return -(align + uniform)
@@ -134,7 +135,7 @@ def candidate_curves(layers: np.ndarray, n: int, batch: int) -> dict[str, list[f
 def stage_auto(args: argparse.Namespace) -> None:
     """The label-free crop signal on training documents only (held-out ones removed)."""
     from lastlayer.config import ObjectiveConfig
-    from lastlayer.training.choose_k import crop_pairs, pair_retrieval  # noqa: F401
+    from lastlayer.training.choose_k import crop_pairs, crop_queries
 
     results = read(args.out)
     encoder = None
@@ -154,17 +155,19 @@ def stage_auto(args: argparse.Namespace) -> None:
         for name, curve in curves.items():
             if name == "align_uniform":
                 continue
-            k, p = recommend_top_k(curve, n)
+            k, p = recommend_top_k(curve, crop_queries(n))  # every crop is one query
             picks[name] = {"k": k, "p": p, "best_layer": int(np.argmax(curve))}
         k, p = picks["inbatch"]["k"], picks["inbatch"]["p"]
         results = read(args.out)
         results.setdefault(dataset, {})["auto"] = {
             "k": k, "p": p, "best_layer": int(np.argmax(curves["inbatch"])),
-            "curve": curves["inbatch"], "n_docs": n, "signal": "crops",
+            "curve": curves["inbatch"], "n_docs": n, "n_queries": crop_queries(n),
+            "signal": "crops",
             "seconds": round(seconds, 1), "train_docs": len(data.train_docs),
             "candidates": {name: {**picks.get(name, {}), "curve": c}
                            for name, c in curves.items()}}
         write(args.out, results)
+        export(args.out, "auto", ROOT.parent / "results" / "auto_k.json")
         print(f"{dataset}: auto k={k} (p={p}); candidates "
               f"{ {m: v['k'] for m, v in picks.items()} }; {seconds:.0f}s; "
               f"{[round(c, 3) for c in curves['inbatch']]}", flush=True)

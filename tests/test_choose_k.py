@@ -84,12 +84,27 @@ def test_crop_curve_golden_and_the_rule_applied(saved_models, corpus, tmp_path):
     assert choice.signal == "crops" and choice.num_documents == 24
     assert choice.num_layers == 4 and len(choice.curve) == 5
     assert choice.curve == pytest.approx(GOLDEN_CROP_CURVE, abs=1e-9)
-    assert (choice.top_k, choice.plateau_layer) == recommend_top_k(choice.curve, 24)
+    assert choice.num_queries == 48  # every crop is one retrieval query
+    assert (choice.top_k, choice.plateau_layer) == recommend_top_k(choice.curve, 48)
     # random tiny weights: no layer stands out beyond one standard error, so the plateau
     # is layer 0 and every block is trained
     assert (choice.top_k, choice.plateau_layer, choice.best_layer) == (4, 0, 1)
     assert choice.best_layer == int(np.argmax(choice.curve))
     assert choice.rule.startswith("Heuristic") and choice.seconds >= 0
+
+
+def test_the_rule_counts_every_crop_as_a_query(saved_models, corpus, tmp_path, monkeypatch):
+    """The crop curve goes through the probe's rule with N = 2 x pairs: layer 2 (0.883) is
+    within one standard error of the best (0.9) over 256 queries, not over 512."""
+    import lastlayer.training.choose_k as choose_k
+
+    curve = [0.5, 0.6, 0.883, 0.6, 0.9]
+    monkeypatch.setattr(choose_k, "crop_curve", lambda *args, **kwargs: (curve, 256))
+    choice = choose_for_recipe(auto_recipe(saved_models["bert"], corpus, tmp_path / "o"),
+                               progress=False)
+    assert recommend_top_k(curve, 256) == (3, 2)
+    assert (choice.top_k, choice.plateau_layer, choice.num_queries) == (2, 4, 512)
+    assert choice.curve == curve and choice.best_layer == 4
 
 
 # ---------------------------------------------------------------------------------------
@@ -105,7 +120,7 @@ def test_probe_signal_uses_labelled_docs_outside_the_held_out_sample(saved_model
     assert len(texts) == 50 and len(labels) == 50
     assert not set(texts) & set(held_out.texts)
     choice = choose_for_recipe(recipe, progress=False)
-    assert choice.signal == "probe" and choice.num_documents == 50
+    assert choice.signal == "probe" and choice.num_documents == choice.num_queries == 50
     assert "outside the held-out sample" in choice.measure
     # Every labelled document held out: nothing left to choose on, and the error says so.
     everything = auto_recipe(saved_models["bert"], corpus, tmp_path / "o",
@@ -181,8 +196,9 @@ def test_train_with_auto_records_the_choice(saved_models, corpus, tmp_path, caps
     assert choice is not None and choice["signal"] == "crops"
     assert isinstance(meta.top_k, int) and meta.top_k == choice["top_k"]
     assert meta.layers.trained_layers == list(range(4 - meta.top_k, 4))
-    assert (choice["top_k"], choice["plateau_layer"]) == recommend_top_k(choice["curve"], 24)
-    assert choice["num_documents"] == 24 and len(choice["curve"]) == 5
+    assert (choice["top_k"], choice["plateau_layer"]) == recommend_top_k(choice["curve"], 48)
+    assert choice["num_documents"] == 24 and choice["num_queries"] == 48
+    assert len(choice["curve"]) == 5
     raw = json.loads((out / "lastlayer.json").read_text())
     assert raw["adapter"]["top_k"] == meta.top_k  # what every existing reader reads
     saved = (out / "recipe.yaml").read_text()

@@ -10,7 +10,8 @@ the curve into k.
   are embedded with every hidden state; a layer's score is how often a crop's nearest
   neighbour (cosine) among the other document's crops of its batch is its own partner,
   averaged over both directions (top-1 in-batch pair retrieval, batches of
-  ``train.batch_size`` as in training). It asks the training task's own question (can
+  ``train.batch_size`` as in training); every crop is one query, so the rule's standard
+  error is taken over 2N queries. It asks the training task's own question (can
   this layer tell which two crops come from one document?) of the base, on the training
   documents only: the held-out documents are never looked at.
 - ``probe`` (labelled): leave-one-out kNN accuracy per layer, as ``lastlayer probe``
@@ -64,7 +65,10 @@ class KChoice:
         signal: ``crops`` or ``probe``.
         measure: What the curve measures.
         curve: The score of layers 0..L (0 = embedding output).
-        num_documents: N, the documents the curve was measured on.
+        num_documents: The documents the curve was measured on.
+        num_queries: The N of the rule's standard error: the queries each score averages
+            over (crops: two per document, each crop one retrieval; probe: one per
+            document).
         seconds: Wall time of the measurement (model already loaded).
         rule: The rule that turned the curve into k.
     """
@@ -77,6 +81,7 @@ class KChoice:
     measure: str
     curve: list[float]
     num_documents: int
+    num_queries: int
     seconds: float
     rule: str = PROBE_RULE
 
@@ -139,6 +144,12 @@ def crop_curve(encoder: Encoder, docs: list[str], objective: ObjectiveConfig, se
                               "choose top_k (crops)")
     n = len(views_a)
     return [pair_retrieval(x[:n], x[n:], batch_size) for x in layers], n
+
+
+def crop_queries(pairs: int) -> int:
+    """The N of the rule's standard error for the crop signal: every crop is one retrieval
+    query (as every document is one kNN query in the probe), so 2 per pair."""
+    return 2 * pairs
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,16 +217,17 @@ def choose_top_k(encoder: Encoder, recipe: Recipe, docs: list[str],
         curve = [knn_accuracy(x, labels, recipe.eval.k, recipe.eval.metric).accuracy
                  for x in layers]
         n, measure = len(texts), PROBE_MEASURE
+        queries = n
     else:
         curve, n = crop_curve(encoder, docs, recipe.objective, recipe.seed, cfg.top_k_docs,
                               recipe.train.batch_size, progress)
-        measure = CROPS_MEASURE
+        queries, measure = crop_queries(n), CROPS_MEASURE
     seconds = time.perf_counter() - start
     if len(curve) != num_layers + 1:  # pragma: no cover - hidden_states is L + 1 long
         raise ValueError(f"expected {num_layers + 1} layers, measured {len(curve)}")
-    k, plateau = recommend_top_k(curve, n)
+    k, plateau = recommend_top_k(curve, queries)
     return KChoice(k, plateau, int(np.argmax(curve)), num_layers, cfg.top_k_signal, measure,
-                   [float(c) for c in curve], n, round(seconds, 1))
+                   [float(c) for c in curve], n, queries, round(seconds, 1))
 
 
 def choose_for_recipe(recipe: Recipe, progress: bool = True) -> KChoice:

@@ -207,6 +207,8 @@ def test_train_with_auto_records_the_choice(saved_models, corpus, tmp_path, caps
     assert "Choosing top_k" in printed and "<- plateau" in printed
     assert f"top_k: auto -> {meta.top_k}" in printed
     assert json.loads((out / "eval.json").read_text())["num_documents"] == 40
+    assert main(["ls", "--root", str(tmp_path)]) == 0  # lists it, saying k was chosen
+    assert f"top-{meta.top_k} (auto: crops)" in capsys.readouterr().out
     # The artifact loads and embeds like any other.
     loaded = load_target(out, name_or_path=str(saved_models["llama"]))
     assert loaded.encode(["a short text."], progress=False).shape[0] == 1

@@ -243,11 +243,19 @@ def _gain(gains: dict[str, Any], k: int) -> str:
     return f"{g['delta']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci[0] is not None else "")
 
 
+def _top4(dataset: str) -> dict[str, Any]:
+    """The fixed top-4 default's gain (findings, cached, seed 42), for comparison."""
+    row = findings_row(dataset, 4)
+    return {} if row is None else {"4": {"delta": row["delta"],
+                                         "ci95": [row.get("ci95_low"), row.get("ci95_high")]}}
+
+
 def report(args: argparse.Namespace) -> None:
     """The agreement table (markdown) from the results file."""
     results = read(args.out)
     lines = ["| data set | probe k (p) | label-free k (p) | agree | gain, probe's k | "
-             "gain, label-free k | choosing (s) |", "|---|---|---|---|---|---|---|"]
+             "gain, label-free k | gain, top-4 | choosing (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     agree = 0
     for dataset in DATASETS:
         entry = results.get(dataset, {})
@@ -258,9 +266,11 @@ def report(args: argparse.Namespace) -> None:
         agree += same
         lines.append(f"| {dataset} | {probe['k']} ({probe['p']}) | {auto['k']} ({auto['p']}) | "
                      f"{'yes' if same else 'no'} | {_gain(gains, probe['k'])} | "
-                     f"{_gain(gains, auto['k'])} | "
+                     f"{_gain(gains, auto['k'])} | {_gain(_top4(dataset), 4)} | "
                      f"{auto['seconds']:.0f} |")
-    lines.append(f"\nAgreement: {agree} of {len(lines) - 2} data sets.")
+    lines.append(f"\nAgreement: {agree} of {len(lines) - 2} data sets. Gains: 40 steps x 32 "
+                 "crop pairs, full unfreeze, seed 42 (95% paired-bootstrap CI; SciFact: nDCG@10,"
+                 " no CI); '–': not trained.")
     print("\n".join(lines))
 
 

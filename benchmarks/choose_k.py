@@ -97,10 +97,9 @@ def stage_probe(args: argparse.Namespace) -> None:
             "k": k, "p": p, "best_layer": int(np.argmax(curve)), "curve": curve, "n_docs": n,
             "measure": measure, "seconds": round(time.perf_counter() - start, 1)}
         write(args.out, results)
-        export(args.out, "probe", ROOT.parent / "results" / "probe_k.json")
+        export(args.out, "probe", args.export_dir)
         print(f"{dataset}: probe k={k} (p={p}, best layer {int(np.argmax(curve))}) "
               f"{[round(c, 3) for c in curve]}", flush=True)
-    export(args.out, "probe", ROOT.parent / "results" / "probe_k.json")
 
 
 def candidate_curves(layers: np.ndarray, n: int, batch: int) -> dict[str, list[float]]:
@@ -167,11 +166,10 @@ def stage_auto(args: argparse.Namespace) -> None:
             "candidates": {name: {**picks.get(name, {}), "curve": c}
                            for name, c in curves.items()}}
         write(args.out, results)
-        export(args.out, "auto", ROOT.parent / "results" / "auto_k.json")
+        export(args.out, "auto", args.export_dir)
         print(f"{dataset}: auto k={k} (p={p}); candidates "
               f"{ {m: v['k'] for m, v in picks.items()} }; {seconds:.0f}s; "
               f"{[round(c, 3) for c in curves['inbatch']]}", flush=True)
-    export(args.out, "auto", ROOT.parent / "results" / "auto_k.json")
 
 
 def findings_row(dataset: str, k: int) -> dict[str, Any] | None:
@@ -274,11 +272,14 @@ def report(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
-def export(out: Path, stage: str, target: Path) -> None:
-    """Copy one stage's {corpus: {k, p, curve, n_docs, ...}} to a file of its own."""
+def export(out: Path, stage: str, folder: Path | None) -> None:
+    """Copy one stage's {corpus: {k, p, curve, n_docs, ...}} to ``folder``/probe_k.json or
+    auto_k.json (for other scripts that wait on the ks); nothing without a folder."""
     results = read(out)
     picked = {d: r[stage] for d, r in results.items() if stage in r}
-    if picked and target.parent.exists():
+    if picked and folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / ("probe_k.json" if stage == "probe" else "auto_k.json")
         target.write_text(json.dumps(picked, indent=1) + "\n", encoding="utf-8")
 
 
@@ -289,6 +290,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=findings.DATA_ROOT)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "choose_k",
                         help="caches and base embeddings of the train stage")
+    parser.add_argument("--export-dir", type=Path, default=None,
+                        help="also write each stage's ks to probe_k.json / auto_k.json here")
     parser.add_argument("--docs", type=int, default=256,
                         help="training documents for the label-free signal (2 crops each)")
     parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)

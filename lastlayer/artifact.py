@@ -170,6 +170,9 @@ class ArtifactMeta:
 
     ``adapter`` and ``objective`` are the recipe's sections as saved (``kind`` and, for the
     adapter, ``top_k`` always present); ``recipe.yaml`` next to it holds the whole recipe.
+    ``top_k_choice`` is the evidence of ``adapter.top_k: auto`` (signal, per-layer curve,
+    plateau, k, rule, documents, seconds), None when top_k was given as a number;
+    ``adapter.top_k`` always holds the integer that was trained.
     """
 
     name: str
@@ -179,6 +182,7 @@ class ArtifactMeta:
     objective: dict[str, Any]
     layers: Layers
     training: Training
+    top_k_choice: dict[str, Any] | None = None
     lastlayer_version: str = field(default_factory=_version)
     created: str = field(default_factory=_now)
     schema_version: int = SCHEMA_VERSION

@@ -1,5 +1,5 @@
-"""The ``lastlayer`` command line: train, validate, ls, env, eval, probe, embed, export, serve,
-push.
+"""The ``lastlayer`` command line: train, validate, ls, env, eval, choose-k, probe, embed,
+export, serve, push.
 
 The commands that load a model import torch when they run; ``--help``, ``validate``, ``ls``
 and ``env`` start at once.
@@ -51,6 +51,10 @@ EXAMPLES = {
       --input docs.jsonl --output med.npy           # an adapter on the Hub, pinned
   torchrun --nproc_per_node 4 -m lastlayer embed ...   # each process takes every 4th shard
   (an interrupted run resumes: run the same command again)""",
+    "choose-k": """examples:
+  lastlayer choose-k recipes/medical/smollm2-135m_full-auto_crop.yaml
+  lastlayer choose-k RECIPE adapter.top_k_signal=probe      # labelled docs outside eval
+  lastlayer choose-k RECIPE adapter.top_k_docs=512 --json""",
     "probe": """examples:
   lastlayer probe adapters/medical/smollm2-135m_full-auto_crop     # data etc. from its recipe
   lastlayer probe sentence-transformers/all-MiniLM-L6-v2 --data labelled.jsonl.gz
@@ -135,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-clustering", action="store_true", help="skip k-means")
     ev.add_argument("--text-field", help="default: the adapter's eval.text_field, or text")
     ev.add_argument("--label-field", help="default: the adapter's eval.label_field, or label")
+
+    choose = add("choose-k", "Show what adapter.top_k: auto would choose for a recipe (the "
+                 "per-layer signal and the rule), without training.")
+    choose.add_argument("recipe", help="recipe YAML file")
+    choose.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    choose.add_argument("--json", action="store_true", help="print the choice as JSON")
 
     probe = add("probe", "kNN accuracy of every layer (base vs adapted) and a suggested top-k; "
                 "writes probe.json and probe.png.")
@@ -253,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["validate", *files, *extra]
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "validate": cmd_validate, "ls": cmd_ls, "env": cmd_env,
-                "probe": cmd_probe, "eval": cmd_eval, "embed": cmd_embed,
-                "export": cmd_export, "serve": cmd_serve, "push": cmd_push}
+                "choose-k": cmd_choose_k, "probe": cmd_probe, "eval": cmd_eval,
+                "embed": cmd_embed, "export": cmd_export, "serve": cmd_serve, "push": cmd_push}
     try:
         return handlers[args.command](args)
     except Exception as err:
@@ -365,6 +375,8 @@ def _artifact_line(folder: Path) -> str:
     except artifact.ArtifactError as err:
         return f"DAMAGED: {err}"
     line = f"{meta.base.model} {meta.kind} top-{meta.top_k}"
+    if meta.top_k_choice:  # chosen by adapter.top_k: auto
+        line += f" (auto: {meta.top_k_choice.get('signal', '?')})"
     if metrics:
         base, adapted = metrics["base"]["knn_accuracy"], metrics["adapted"]["knn_accuracy"]
         line += f"  kNN {base:.3f} -> {adapted:.3f}"
@@ -387,6 +399,18 @@ def cmd_env(args: argparse.Namespace) -> int:
     cuda = torch.cuda.is_available()
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     print(f"  cuda: {cuda} {devices if cuda else ''}  cpu threads: {torch.get_num_threads()}")
+    return 0
+
+
+def cmd_choose_k(args: argparse.Namespace) -> int:
+    """``lastlayer choose-k``: the recipe's ``top_k: auto`` choice and its evidence."""
+    recipe = load_recipe(args.recipe, args.overrides)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from lastlayer.training.choose_k import choose_for_recipe
+    from lastlayer.training.report import format_choice
+
+    choice = choose_for_recipe(recipe, progress=not args.json)
+    print(json.dumps(choice.to_dict(), indent=2) if args.json else format_choice(choice))
     return 0
 
 

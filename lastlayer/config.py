@@ -31,6 +31,8 @@ ObjectiveKind = Literal["crop", "span", "dropout"]  # one object each: training.
 MixedPrecision = Literal["no", "bf16", "fp16"]
 KnnMetric = Literal["euclidean", "cosine"]
 CacheDType = Literal["float32", "bfloat16"]
+TopKSignal = Literal["crops", "probe"]
+AUTO = "auto"  # adapter.top_k: auto -- chosen before training (lastlayer.training.choose_k)
 
 
 @dataclass
@@ -60,14 +62,25 @@ class AdapterConfig:
     """Where the adapter goes (the top-k blocks) and what it is (LoRA or full unfreeze)."""
 
     kind: AdapterKind = "lora"
-    top_k: int = 2
+    top_k: int | Literal["auto"] = 2  # "auto": chosen from the base and the training docs
+    top_k_signal: TopKSignal = "crops"  # what "auto" measures: crops (label-free) or probe
+    top_k_docs: int = 256  # documents "auto" measures on
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] | None = None  # suffixes, e.g. [q_proj, v_proj]; null = all linear
 
     def __post_init__(self) -> None:
-        _positive("adapter.top_k", self.top_k)
+        if isinstance(self.top_k, str) or isinstance(self.top_k, bool):
+            if self.top_k != AUTO:
+                raise ConfigError(
+                    f"adapter.top_k must be a number of layers (>= 1) or auto; got "
+                    f"{self.top_k!r}.")
+        elif not isinstance(self.top_k, int):
+            raise ConfigError(f"adapter.top_k must be an int or auto, got {self.top_k!r}.")
+        else:
+            _positive("adapter.top_k", self.top_k)
+        _positive("adapter.top_k_docs", self.top_k_docs)
         _positive("adapter.r", self.r)
         _positive("adapter.alpha", self.alpha)
         _fraction("adapter.dropout", self.dropout)

@@ -280,3 +280,39 @@ def test_inference_counts_private_bytes_and_judges_ratios():
     assert ratios["mixed_vs_single"]["met"] is False  # 0.8 / 1.0 < 0.9
     assert ratios["mixed_vs_peft_mixed"]["met"] is True
     assert "mixed_vs_st_grouped" not in ratios  # no sentence-transformers run
+
+
+# ---------------------------------------------------------------------------- choose_k.py
+
+
+def test_choose_k_probe_auto_and_report_on_a_tiny_model(findings, tmp_path, monkeypatch):
+    """benchmarks/choose_k.py: the labelled probe's k and the label-free k per data set,
+    resumable, exported for other scripts, and the agreement table."""
+    module, root = findings
+    choose = _load("choose_k")
+    monkeypatch.setattr(choose, "findings", module)  # the tiny model and data sets
+    monkeypatch.setattr(choose, "MODEL", "tiny")
+    monkeypatch.setattr(choose, "DATASETS", ["medical", "beir"])
+    monkeypatch.setattr(module, "DEFAULT_OUT", tmp_path / "no-findings.jsonl")
+    out, exported = tmp_path / "choose_k.json", tmp_path / "shared"
+    common = ["--out", str(out), "--data-root", str(root), "--export-dir", str(exported)]
+    choose.main(["probe", *common])
+    choose.main(["auto", *common, "--docs", "12"])
+    results = json.loads(out.read_text())
+    probe = json.loads((exported / "probe_k.json").read_text())
+    assert set(probe) == set(results) == {"medical", "beir"}
+    assert len(results["medical"]["probe"]["curve"]) == 5  # layers 0..4 of tiny Llama
+    assert results["medical"]["probe"]["n_docs"] == 30
+    assert results["beir"]["probe"]["n_docs"] == 5 and "ndcg" in results["beir"]["probe"][
+        "measure"]
+    auto = results["medical"]["auto"]
+    assert auto["n_docs"] == 12 and auto["n_queries"] == 24 and auto["signal"] == "crops"
+    from lastlayer.evaluation.probe import recommend_top_k
+    assert (auto["k"], auto["p"]) == recommend_top_k(auto["curve"], 24)
+    assert auto["curve"] == auto["candidates"]["inbatch"]["curve"]
+    # The held-out documents never reach the signal: it sees the training documents only.
+    assert auto["train_docs"] == 80 - 30
+    before = out.read_text()
+    choose.main(["probe", *common])  # resumable: nothing is measured twice
+    assert out.read_text() == before
+

@@ -43,7 +43,7 @@ from lastlayer.artifact import (
     check_output_dir,
     side_files,
 )
-from lastlayer.config import ConfigError, Recipe
+from lastlayer.config import AUTO, ConfigError, Recipe
 from lastlayer.core.adapters import (
     attach,
     check_top_k,
@@ -59,6 +59,7 @@ from lastlayer.corpus import DataError, read_texts
 from lastlayer.evaluation.datasets import EvalSet, load_eval_set
 from lastlayer.evaluation.metrics import KnnResult
 from lastlayer.training.accelerator import make_accelerator
+from lastlayer.training.choose_k import KChoice, choose_top_k, resolved
 from lastlayer.training.loss import info_nce
 from lastlayer.training.objectives import objective_for
 from lastlayer.training.pairs import (
@@ -286,6 +287,8 @@ class TrainingJob:
         pairs: Cached pairs to train from, built earlier by
             :func:`~lastlayer.training.pairs.cached_pair_stream`; by default
             ``train.cached_pairs`` decides between cached and fresh views.
+        top_k_choice: How ``adapter.top_k: auto`` was resolved (None for a given k); the
+            recipe then holds the chosen integer.
     """
 
     recipe: Recipe
@@ -297,6 +300,7 @@ class TrainingJob:
     base: KnnResult | None = None
     eval_cache: list[torch.Tensor] = field(default_factory=list)
     pairs: CachedPairStream | None = None
+    top_k_choice: KChoice | None = None
 
 
 @dataclass
@@ -323,8 +327,10 @@ def prepare(recipe: Recipe, *, encoder: Encoder | None = None,
 
     Makes a fresh accelerator (so several runs can follow each other in one process),
     seeds every RNG, holds out ``eval.data``'s labelled sample, reads the training
-    documents, loads the encoder, measures the base model's kNN on the held-out sample and
-    attaches the top-k adapter with the objective's model switches.
+    documents, loads the encoder, resolves ``adapter.top_k: auto`` on the base and the
+    training documents (:mod:`lastlayer.training.choose_k`), measures the base model's kNN
+    on the held-out sample and attaches the top-k adapter with the objective's model
+    switches. The job's recipe holds the integer top_k that is trained.
 
     Args:
         recipe: The resolved recipe.
@@ -354,6 +360,12 @@ def prepare(recipe: Recipe, *, encoder: Encoder | None = None,
         encoder = load_encoder(recipe.model, device=accelerator.device)
     accelerator.print(f"Base model: {encoder.resolved.hub_id} from {encoder.resolved.source}"
                       if encoder.resolved else "Base model: given in memory")
+    choice = None
+    if recipe.adapter.top_k == AUTO:  # before the base kNN: its cache depends on k
+        choice = choose_top_k(encoder, recipe, docs, held_out,
+                              progress=accelerator.is_local_main_process)
+        recipe = resolved(recipe, choice)
+        accelerator.print(choice.summary())
     check_top_k(encoder.model, recipe.adapter.top_k)
     base, cache, top_k = None, [], recipe.adapter.top_k
     if held_out is not None and accelerator.is_main_process:
@@ -368,7 +380,8 @@ def prepare(recipe: Recipe, *, encoder: Encoder | None = None,
     trainable, total = trainable_parameters(encoder.model)
     accelerator.print(f"Trainable parameters: {trainable:,} of {total:,} "
                       f"({recipe.adapter.kind}, top {recipe.adapter.top_k} layers)")
-    return TrainingJob(recipe, accelerator, encoder, base_model, docs, held_out, base, cache)
+    return TrainingJob(recipe, accelerator, encoder, base_model, docs, held_out, base, cache,
+                       top_k_choice=choice)
 
 
 def fit(job: TrainingJob) -> TrainResult:
@@ -396,9 +409,9 @@ def finish(job: TrainingJob, result: TrainResult) -> RunResult:
         metrics = eval_report(job.base, adapted, job.held_out, recipe)
     signature = routing_signature(job)
     out_dir = save_artifact(job.encoder, recipe, result, job.base_model, metrics,
-                            signature=signature)
+                            signature=signature, top_k_choice=job.top_k_choice)
     shutil.rmtree(checkpoint_root(recipe), ignore_errors=True)
-    print_report(metrics, folder_size(out_dir), out_dir, result.view_stats)
+    print_report(metrics, folder_size(out_dir), out_dir, result.view_stats, job.top_k_choice)
     return RunResult(job.encoder, metrics, out_dir, result)
 
 
@@ -441,7 +454,8 @@ def run(recipe: Recipe) -> RunResult:
 
 
 def artifact_metadata(
-    encoder: Encoder, recipe: Recipe, result: TrainResult, base_model
+    encoder: Encoder, recipe: Recipe, result: TrainResult, base_model,
+    top_k_choice: KChoice | None = None,
 ) -> ArtifactMeta:
     """The content of ``lastlayer.json``: everything needed to rebuild and trust the adapter."""
     r = encoder.resolved
@@ -459,6 +473,7 @@ def artifact_metadata(
         training=Training(data=recipe.data.train, steps=result.steps,
                           final_loss=result.history[-1]["loss"] if result.history else None,
                           view_stats=asdict(result.view_stats)),
+        top_k_choice=top_k_choice.to_dict() if top_k_choice is not None else None,
     )
 
 
@@ -473,13 +488,19 @@ def check_output(recipe: Recipe) -> None:
 def save_artifact(encoder: Encoder, recipe: Recipe, result: TrainResult, base_model,
                   metrics: dict | None, output_dir: str | Path | None = None,
                   overwrite: bool | None = None,
-                  signature: RoutingSignature | None = None) -> Path:
+                  signature: RoutingSignature | None = None,
+                  top_k_choice: KChoice | None = None) -> Path:
     """Write the artifact (PEFT files + lastlayer.json + recipe.yaml + eval.json + model card
     + train log + routing signature, if given) atomically to ``output_dir`` (default: the
     recipe's); return the folder. ``overwrite`` (default: the recipe's) allows replacing an
-    existing artifact there."""
-    meta = artifact_metadata(encoder, recipe, result, base_model)
-    files = side_files(meta, metrics, recipe.to_yaml(), result.history)
+    existing artifact there. ``top_k_choice``: the evidence of ``adapter.top_k: auto``,
+    saved in ``lastlayer.json`` and as a comment above the recipe."""
+    meta = artifact_metadata(encoder, recipe, result, base_model, top_k_choice)
+    recipe_yaml = recipe.to_yaml()
+    if top_k_choice is not None:  # the saved recipe trains the chosen k; say where it came from
+        recipe_yaml = (f"# adapter.top_k was auto: {top_k_choice.summary()}; evidence in "
+                       f"{artifact.METADATA} (top_k_choice).\n" + recipe_yaml)
+    files = side_files(meta, metrics, recipe_yaml, result.history)
     overwrite = recipe.overwrite if overwrite is None else overwrite
     return save_adapter(encoder.model, output_dir or recipe.output_dir, files,
                         overwrite=overwrite, signature=signature)

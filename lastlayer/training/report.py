@@ -13,6 +13,8 @@ from lastlayer.training.views import ViewStats
 if TYPE_CHECKING:
     import torch
 
+    from lastlayer.training.choose_k import KChoice
+
 
 def evaluate_knn(vectors: torch.Tensor, held_out: EvalSet, cfg: EvalConfig) -> KnnResult:
     """Leave-one-out kNN accuracy of embeddings of the held-out documents."""
@@ -36,9 +38,13 @@ def eval_report(base: KnnResult, adapted: KnnResult, held_out: EvalSet, recipe: 
     }
 
 
-def print_report(metrics: dict | None, size: int, out_dir: Path, stats: ViewStats) -> None:
-    """The before/after table, saying plainly when the adapter is worse than its base."""
+def print_report(metrics: dict | None, size: int, out_dir: Path, stats: ViewStats,
+                 top_k_choice: KChoice | None = None) -> None:
+    """The before/after table, saying plainly when the adapter is worse than its base, and
+    how ``top_k: auto`` chose k when it did."""
     print(f"\nSaved {out_dir} ({size / 1024:.0f} KB)")
+    if top_k_choice is not None:
+        print(format_choice(top_k_choice))
     print(f"Views (main process): {stats.sentence_crops} sentence crops, "
           f"{stats.token_span_fallbacks} short "
           f"documents fell back to word-span crops, {stats.dropped_empty} empty dropped.")
@@ -60,3 +66,20 @@ def print_report(metrics: dict | None, size: int, out_dir: Path, stats: ViewStat
         print("\nNote: the difference is within noise (the 95% CI includes 0).")
     else:
         print("\nThe adapter is better than its base beyond noise.")
+
+
+def format_choice(choice: KChoice) -> str:
+    """How ``top_k: auto`` chose: the per-layer curve (a bar per layer, the plateau and the
+    trained layers marked), the choice and its rule."""
+    low, high = min(choice.curve), max(choice.curve)
+    span = (high - low) or 1.0
+    lines = [f"\nChoosing top_k: {choice.measure}, on {choice.num_documents} documents "
+             f"({choice.seconds:.1f}s)", f"  {'layer':>5}  {'score':>6}"]
+    first = choice.num_layers - choice.top_k + 1  # first layer the trained blocks change
+    for layer, score in enumerate(choice.curve):
+        bar = "#" * (1 + round(20 * (score - low) / span))
+        mark = ("  <- plateau" if layer == choice.plateau_layer else "") + \
+            ("  (trained)" if layer >= first else "")
+        lines.append(f"  {layer:>5}  {score:>6.3f}  {bar}{mark}")
+    lines.append(f"{choice.summary()}\nRule: {choice.rule}")
+    return "\n".join(lines)

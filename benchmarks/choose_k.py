@@ -1,0 +1,309 @@
+"""Which top-k? The labelled layer probe against the label-free crop signal, on five corpora.
+
+``adapter.top_k: auto`` chooses k before training from the base model and the training
+documents alone (``lastlayer.training.choose_k``). This benchmark checks that choice
+against the labelled layer probe (``lastlayer.evaluation.probe``) on the five shared data
+sets, and, where the two picks differ, trains both ks to see what each choice gains.
+
+    python benchmarks/choose_k.py probe      # labelled probe curves and k -> probe_k.json
+    python benchmarks/choose_k.py auto       # label-free curves and k     -> auto_k.json
+    python benchmarks/choose_k.py train      # gains of the ks that differ (resumable)
+    python benchmarks/choose_k.py report     # the agreement table (markdown)
+
+Every stage is resumable: results go to ``benchmarks/results/choose_k.json`` (one entry
+per data set and stage), and a stage skips the data sets it already has.
+
+Protocol (as ``benchmarks/findings.py``): SmolLM2-135M-Instruct (packaged GGUF copy),
+max_length 64, mean pooling. Labelled probe: leave-one-out kNN (k=10, euclidean) of every
+layer over the 1,000 held-out documents (seed 42) that findings evaluates on; SciFact has
+no labels, so its "probe" is nDCG@10 of every layer (300 test queries against the
+1,000-document corpus sample), with the same rule (standard error taken over the 300
+queries as if binomial: an approximation). Label-free signal: computed on training
+documents only (the held-out ones removed, as ``lastlayer train`` removes them).
+Training: 40 steps x 32 pairs, full unfreeze, lr 2e-4, crops, seed 42, cached bottom
+layers (exact for crops on SmolLM2); rows that ``findings.jsonl`` already has are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import findings  # noqa: E402  (the same data sets, held-out samples and training runs)
+
+from lastlayer.core.encoder import load_encoder  # noqa: E402
+from lastlayer.evaluation.metrics import knn_accuracy  # noqa: E402
+from lastlayer.evaluation.probe import layer_embeddings, recommend_top_k  # noqa: E402
+
+log = logging.getLogger("choose_k")
+
+ROOT = findings.ROOT
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "choose_k.json"
+MODEL = "smollm2"
+DATASETS = list(findings.DATASETS)
+
+
+def read(out: Path) -> dict[str, Any]:
+    return json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
+
+
+def write(out: Path, results: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(out)
+
+
+def encoder_for(dataset: str, data_root: Path):
+    """The base encoder with the findings settings (max_length 64, mean pooling)."""
+    recipe = findings.recipe_of(findings.run_for(MODEL, dataset, "crop"), data_root)
+    return recipe, load_encoder(recipe.model)
+
+
+def probe_curve(encoder, data: findings.EvalData) -> tuple[list[float], int, str]:
+    """Per-layer quality of the base on the held-out documents: (curve, N, measure)."""
+    if data.labels is not None:
+        layers = layer_embeddings(encoder, data.texts, 32, desc="probe")
+        curve = [knn_accuracy(x, data.labels, 10, "euclidean").accuracy for x in layers]
+        return curve, len(data.texts), "knn_accuracy (k=10, euclidean, leave-one-out)"
+    n = len(data.task.docs)
+    layers = layer_embeddings(encoder, data.texts, 32, desc="probe (nDCG)")
+    curve = [data.task.score(x[:n], x[n:])["ndcg@10"] for x in layers]
+    return curve, len(data.task.queries), "ndcg@10 (queries as the N of the standard error)"
+
+
+def stage_probe(args: argparse.Namespace) -> None:
+    results = read(args.out)
+    encoder = None
+    for dataset in args.datasets:
+        if "probe" in results.get(dataset, {}):
+            continue
+        data = findings.eval_data(dataset, args.data_root)
+        if encoder is None:
+            _, encoder = encoder_for(dataset, args.data_root)
+        start = time.perf_counter()
+        curve, n, measure = probe_curve(encoder, data)
+        k, p = recommend_top_k(curve, n)
+        results = read(args.out)
+        results.setdefault(dataset, {})["probe"] = {
+            "k": k, "p": p, "best_layer": int(np.argmax(curve)), "curve": curve, "n_docs": n,
+            "measure": measure, "seconds": round(time.perf_counter() - start, 1)}
+        write(args.out, results)
+        export(args.out, "probe", args.export_dir)
+        print(f"{dataset}: probe k={k} (p={p}, best layer {int(np.argmax(curve))}) "
+              f"{[round(c, 3) for c in curve]}", flush=True)
+
+
+def candidate_curves(layers: np.ndarray, n: int, batch: int) -> dict[str, list[float]]:
+    """Label-free scores per layer from the crop pairs' embeddings (rows i and n+i pair up):
+    the shipped one (in-batch top-1) and the alternatives that were tried against it."""
+    from lastlayer.training.choose_k import pair_retrieval
+
+    def centred(x: np.ndarray) -> np.ndarray:
+        x = x - x.mean(0, keepdims=True)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    def align_uniform(x: np.ndarray) -> float:  # Wang & Isola; higher is better here
+        a, b = x[:n], x[n:]
+        align = float(((a - b) ** 2).sum(1).mean())
+        sq = np.clip(2 - 2 * (x @ x.T), 0, None)  # unit vectors: |u - v|^2 = 2 - 2 u.v
+        iu = np.triu_indices(len(x), 1)
+        uniform = float(np.log(np.exp(-2 * sq[iu]).mean()))
+        return -(align + uniform)
+
+    out: dict[str, list[float]] = {"inbatch": [], "all": [], "inbatch_centred": [],
+                                   "all_centred": [], "align_uniform": []}
+    for x in layers:
+        c = centred(x)
+        out["inbatch"].append(pair_retrieval(x[:n], x[n:], batch))
+        out["all"].append(pair_retrieval(x[:n], x[n:], n))
+        out["inbatch_centred"].append(pair_retrieval(c[:n], c[n:], batch))
+        out["all_centred"].append(pair_retrieval(c[:n], c[n:], n))
+        out["align_uniform"].append(align_uniform(x))
+    return out
+
+
+def stage_auto(args: argparse.Namespace) -> None:
+    """The label-free crop signal on training documents only (held-out ones removed)."""
+    from lastlayer.config import ObjectiveConfig
+    from lastlayer.training.choose_k import crop_pairs, crop_queries
+
+    results = read(args.out)
+    encoder = None
+    for dataset in args.datasets:
+        if "auto" in results.get(dataset, {}):
+            continue
+        data = findings.eval_data(dataset, args.data_root)
+        if encoder is None:
+            _, encoder = encoder_for(dataset, args.data_root)
+        start = time.perf_counter()
+        a, b = crop_pairs(data.train_docs, ObjectiveConfig(), findings.EVAL_SEED, args.docs)
+        layers = layer_embeddings(encoder, a + b, 32, desc=f"crops {dataset}")
+        seconds = time.perf_counter() - start
+        n = len(a)
+        curves = candidate_curves(layers, n, findings.BATCH)
+        picks = {}
+        for name, curve in curves.items():
+            if name == "align_uniform":
+                continue
+            k, p = recommend_top_k(curve, crop_queries(n))  # every crop is one query
+            picks[name] = {"k": k, "p": p, "best_layer": int(np.argmax(curve))}
+        k, p = picks["inbatch"]["k"], picks["inbatch"]["p"]
+        results = read(args.out)
+        results.setdefault(dataset, {})["auto"] = {
+            "k": k, "p": p, "best_layer": int(np.argmax(curves["inbatch"])),
+            "curve": curves["inbatch"], "n_docs": n, "n_queries": crop_queries(n),
+            "signal": "crops",
+            "seconds": round(seconds, 1), "train_docs": len(data.train_docs),
+            "candidates": {name: {**picks.get(name, {}), "curve": c}
+                           for name, c in curves.items()}}
+        write(args.out, results)
+        export(args.out, "auto", args.export_dir)
+        print(f"{dataset}: auto k={k} (p={p}); candidates "
+              f"{ {m: v['k'] for m, v in picks.items()} }; {seconds:.0f}s; "
+              f"{[round(c, 3) for c in curves['inbatch']]}", flush=True)
+
+
+def findings_row(dataset: str, k: int) -> dict[str, Any] | None:
+    """A finished findings run with this protocol (crop, full, lr 2e-4, seed 42, 40 x 32),
+    cached rows first (the mode this benchmark trains in), else a fresh-view one."""
+    rows = [r for r in findings.read_rows(findings.DEFAULT_OUT)
+            if r["model"] == MODEL and r["dataset"] == dataset and r["objective"] == "crop"
+            and r["kind"] == "full" and r["k"] == k and r["seed"] == findings.EVAL_SEED
+            and r["steps"] == findings.STEPS and r["batch_size"] == findings.BATCH]
+    rows.sort(key=lambda r: not r["cached"])
+    return rows[0] if rows else None
+
+
+def stage_train(args: argparse.Namespace) -> None:
+    """Train the probe's k and the label-free k where they differ (one group per data set,
+    cached bottom layers below the larger k, so both ks see the same 1,280 pairs)."""
+    from dataclasses import replace
+
+    results = read(args.out)
+    for dataset in args.datasets:
+        entry = results.get(dataset, {})
+        if "probe" not in entry or "auto" not in entry:
+            print(f"{dataset}: run the probe and auto stages first", flush=True)
+            continue
+        ks = sorted({entry["probe"]["k"], entry["auto"]["k"]})
+        gains = entry.get("gains", {})
+        for k in ks:
+            if str(k) in gains:
+                continue
+            row = findings_row(dataset, k)
+            if row is None:
+                continue
+            gains[str(k)] = {key: row[key] for key in ("delta", "value", "base_value", "cached",
+                                                      "train_s", "metric")
+                             if key in row} | {"ci95": [row.get("ci95_low"),
+                                                        row.get("ci95_high")],
+                                               "source": "findings.jsonl"}
+        todo = [k for k in ks if str(k) not in gains]
+        if len(ks) > 1 and todo:
+            spec = findings.MODELS[MODEL]
+            findings.MODELS[MODEL] = replace(spec, cache_k=max(ks))  # one cache for both ks
+            try:
+                group = findings.Group(MODEL, dataset, args.data_root, args.work / f"k{max(ks)}")
+                for k in todo:
+                    run = findings.Run(MODEL, dataset, "crop", "full", k, spec.lr["full"],
+                                       findings.EVAL_SEED, True)
+                    row = group.train(run)
+                    gains[str(k)] = {key: row[key] for key in ("delta", "value", "base_value",
+                                                              "cached", "train_s", "metric")
+                                     } | {"ci95": [row.get("ci95_low"), row.get("ci95_high")],
+                                          "source": f"this benchmark (cache k={max(ks)})"}
+                    results = read(args.out)
+                    results[dataset]["gains"] = gains
+                    write(args.out, results)
+                    print(f"{dataset} k={k}: {row['delta']:+.4f}", flush=True)
+            finally:
+                findings.MODELS[MODEL] = spec
+        results = read(args.out)
+        results[dataset]["gains"] = gains
+        write(args.out, results)
+
+
+def _gain(gains: dict[str, Any], k: int) -> str:
+    """``+0.058 [+0.029, +0.089]`` for k, or a dash when not trained."""
+    g = gains.get(str(k))
+    if g is None:
+        return "–"
+    ci = g.get("ci95") or [None, None]
+    return f"{g['delta']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci[0] is not None else "")
+
+
+def _top4(dataset: str) -> dict[str, Any]:
+    """The fixed top-4 default's gain (findings, cached, seed 42), for comparison."""
+    row = findings_row(dataset, 4)
+    return {} if row is None else {"4": {"delta": row["delta"],
+                                         "ci95": [row.get("ci95_low"), row.get("ci95_high")]}}
+
+
+def report(args: argparse.Namespace) -> None:
+    """The agreement table (markdown) from the results file."""
+    results = read(args.out)
+    lines = ["| data set | probe k (p) | label-free k (p) | agree | gain, probe's k | "
+             "gain, label-free k | gain, top-4 | choosing (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    agree = 0
+    for dataset in DATASETS:
+        entry = results.get(dataset, {})
+        if "probe" not in entry or "auto" not in entry:
+            continue
+        probe, auto, gains = entry["probe"], entry["auto"], entry.get("gains", {})
+        same = probe["k"] == auto["k"]
+        agree += same
+        lines.append(f"| {dataset} | {probe['k']} ({probe['p']}) | {auto['k']} ({auto['p']}) | "
+                     f"{'yes' if same else 'no'} | {_gain(gains, probe['k'])} | "
+                     f"{_gain(gains, auto['k'])} | {_gain(_top4(dataset), 4)} | "
+                     f"{auto['seconds']:.0f} |")
+    lines.append(f"\nAgreement: {agree} of {len(lines) - 2} data sets. Gains: 40 steps x 32 "
+                 "crop pairs, full unfreeze, seed 42 (95% paired-bootstrap CI; SciFact: nDCG@10,"
+                 " no CI); '–': not trained.")
+    print("\n".join(lines))
+
+
+def export(out: Path, stage: str, folder: Path | None) -> None:
+    """Copy one stage's {corpus: {k, p, curve, n_docs, ...}} to ``folder``/probe_k.json or
+    auto_k.json (for other scripts that wait on the ks); nothing without a folder."""
+    results = read(out)
+    picked = {d: r[stage] for d, r in results.items() if stage in r}
+    if picked and folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / ("probe_k.json" if stage == "probe" else "auto_k.json")
+        target.write_text(json.dumps(picked, indent=1) + "\n", encoding="utf-8")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("stage", choices=("probe", "auto", "train", "report"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--data-root", type=Path, default=findings.DATA_ROOT)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "choose_k",
+                        help="caches and base embeddings of the train stage")
+    parser.add_argument("--export-dir", type=Path, default=None,
+                        help="also write each stage's ks to probe_k.json / auto_k.json here")
+    parser.add_argument("--docs", type=int, default=256,
+                        help="training documents for the label-free signal (2 crops each)")
+    parser.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    {"probe": stage_probe, "auto": stage_auto, "train": stage_train,
+     "report": report}[args.stage](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -39,14 +39,20 @@ from lastlayer.evaluation.metrics import knn_accuracy
 MIN_TOP_K = 2
 """The paper's top-2 recovers ~91% of the full fine-tuning gain: never suggest fewer."""
 
-RULE = (
-    "Heuristic, on the base model's curve: p = the first layer whose kNN accuracy is within "
-    "one binomial standard error (sqrt(a(1-a)/N)) of the best layer's accuracy a, i.e. where "
-    "quality stops improving; suggest training the blocks that produce layers p..L, "
-    f"k = L - p + 1, clipped to [{MIN_TOP_K}, L] (the paper: the gain sits in the last layers "
-    "and top-2 recovers ~91% of it). The layers above p add nothing in this domain and are "
-    "the ones to retrain. To be checked against training by the benchmark."
-)
+def rule_text(score: str = "kNN accuracy") -> str:
+    """The recommendation rule in words, for a per-layer curve of ``score`` (the probe's kNN
+    accuracy, or another accuracy-like signal such as ``top_k: auto``'s crop retrieval)."""
+    return (
+        f"Heuristic, on the base model's curve: p = the first layer whose {score} is within "
+        "one binomial standard error (sqrt(a(1-a)/N)) of the best layer's value a, i.e. where "
+        "quality stops improving; suggest training the blocks that produce layers p..L, "
+        f"k = L - p + 1, clipped to [{MIN_TOP_K}, L] (the paper: the gain sits in the last "
+        "layers and top-2 recovers ~91% of it). The layers above p add nothing in this domain "
+        "and are the ones to retrain. To be checked against training by the benchmark."
+    )
+
+
+RULE = rule_text()
 
 
 # ---------------------------------------------------------------------------------------

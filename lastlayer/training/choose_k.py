@@ -39,7 +39,7 @@ from lastlayer.corpus import DataError
 from lastlayer.evaluation.datasets import EvalSet
 from lastlayer.evaluation.metrics import knn_accuracy
 from lastlayer.evaluation.probe import RULE as PROBE_RULE
-from lastlayer.evaluation.probe import layer_embeddings, recommend_top_k
+from lastlayer.evaluation.probe import layer_embeddings, recommend_top_k, rule_text
 from lastlayer.training.pairs import DocumentStream, PairStream
 
 CROPS_MEASURE = (
@@ -222,12 +222,13 @@ def choose_top_k(encoder: Encoder, recipe: Recipe, docs: list[str],
         curve, n = crop_curve(encoder, docs, recipe.objective, recipe.seed, cfg.top_k_docs,
                               recipe.train.batch_size, progress)
         queries, measure = crop_queries(n), CROPS_MEASURE
+    rule = PROBE_RULE if cfg.top_k_signal == "probe" else rule_text("crop-pair retrieval accuracy")
     seconds = time.perf_counter() - start
     if len(curve) != num_layers + 1:  # pragma: no cover - hidden_states is L + 1 long
         raise ValueError(f"expected {num_layers + 1} layers, measured {len(curve)}")
     k, plateau = recommend_top_k(curve, queries)
     return KChoice(k, plateau, int(np.argmax(curve)), num_layers, cfg.top_k_signal, measure,
-                   [float(c) for c in curve], n, queries, round(seconds, 1))
+                   [float(c) for c in curve], n, queries, round(seconds, 1), rule)
 
 
 def choose_for_recipe(recipe: Recipe, progress: bool = True) -> KChoice:

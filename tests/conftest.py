@@ -51,6 +51,14 @@ def artifact_meta(base_model: str = "tiny-bert", kind: str = "lora", top_k: int 
     )
 
 
+def medical_sample(path: Path, docs: int = 120) -> Path:
+    """Write the first ``docs`` shipped medical abstracts (text + label) to a jsonl file."""
+    with gzip.open(MEDICAL, "rt", encoding="utf-8") as src:
+        lines = [next(src) for _ in range(docs)]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     """Write records as JSON lines (gzipped when the name ends in .gz); return the path."""
     opener = gzip.open if path.name.endswith(".gz") else open

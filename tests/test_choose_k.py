@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MEDICAL, artifact_meta
+from conftest import artifact_meta, medical_sample
 
 from lastlayer import artifact
 from lastlayer.cli import main
@@ -32,11 +31,7 @@ GOLDEN_CROP_CURVE = [17 / 48, 18 / 48, 17 / 48, 17 / 48, 17 / 48]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 120 medical abstracts (text + label), as a small jsonl file."""
-    path = tmp_path_factory.mktemp("data") / "medical.jsonl"
-    with gzip.open(MEDICAL, "rt", encoding="utf-8") as src:
-        lines = [next(src) for _ in range(120)]
-    path.write_text("".join(lines), encoding="utf-8")
-    return path
+    return medical_sample(tmp_path_factory.mktemp("data") / "medical.jsonl")
 
 
 def auto_recipe(model: Path, corpus: Path, out: Path, *overrides: str):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib
 import json
 import logging
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MEDICAL
+from conftest import medical_sample
 from safetensors.torch import load_file
 
 import lastlayer.training.loop as train_module
@@ -47,11 +46,7 @@ GOLDEN_GROUPED_LOSSES = [2.8742, 2.5053, 1.5613]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 120 medical abstracts (text + label), as a small jsonl file."""
-    path = tmp_path_factory.mktemp("data") / "medical.jsonl"
-    with gzip.open(MEDICAL, "rt", encoding="utf-8") as src:
-        lines = [next(src) for _ in range(120)]
-    path.write_text("".join(lines), encoding="utf-8")
-    return path
+    return medical_sample(tmp_path_factory.mktemp("data") / "medical.jsonl")
 
 
 def recipe_for(model: Path, corpus: Path, out: Path, *overrides: str):

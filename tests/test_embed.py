@@ -442,6 +442,18 @@ def _launch(args: list[str], processes: int) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+def _wait_for(procs: dict, outputs: dict) -> None:
+    """Wait for each launched command (2 minutes at most); each must exit 0 and write its
+    output, else its log is shown."""
+    for n, proc in procs.items():
+        try:
+            log, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            log, _ = proc.communicate()
+        assert proc.returncode == 0 and outputs[n].is_file(), f"{n} process(es):\n{log}"
+
+
 @pytest.mark.distributed
 def test_two_processes_write_what_one_writes(saved_models, artifacts, corpus, texts,
                                              tmp_path):
@@ -453,13 +465,7 @@ def test_two_processes_write_what_one_writes(saved_models, artifacts, corpus, te
                             "--adapter", f"b={artifacts['b']}", "--route", "--input",
                             str(corpus), "--output", str(outputs[n]), "--shard-size",
                             str(SHARD), "--no-progress"], n)
-    for n, proc in procs.items():
-        try:
-            log, _ = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            log, _ = proc.communicate()
-        assert proc.returncode == 0 and outputs[n].is_file(), f"{n} process(es):\n{log}"
+    _wait_for(procs, outputs)
 
     two, one = read_output(outputs[2]), read_output(outputs[1])
     assert two[0] == one[0] == [f"doc-{i}" for i in range(DOCS)]
@@ -518,13 +524,7 @@ def test_two_processes_of_the_real_command_write_what_one_writes(
                                                       outputs[n])]
         procs[n] = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
-    for n, proc in procs.items():
-        try:
-            log, _ = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            log, _ = proc.communicate()
-        assert proc.returncode == 0 and outputs[n].is_file(), f"{n} process(es):\n{log}"
+    _wait_for(procs, outputs)
     two, one = np.load(outputs[2]), np.load(outputs[1])
     np.testing.assert_allclose(one, alone["a"], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(two, one)

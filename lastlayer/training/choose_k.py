@@ -177,9 +177,8 @@ def labelled_training_docs(recipe: Recipe, held_out: EvalSet | None,
     texts, labels = read_labelled(cfg.data, cfg.text_field, cfg.label_field)
     held_rows = sample_rows(len(texts), cfg.max_docs, recipe.seed)
     held = set(held_out.texts) if held_out is not None else set()
-    taken = set() if held_rows is None else set(held_rows.tolist())
-    if held_rows is None:
-        taken = set(range(len(texts)))  # every row is held out
+    # held_rows None: every row is held out
+    taken = set(range(len(texts))) if held_rows is None else set(held_rows.tolist())
     free = [i for i in range(len(texts)) if i not in taken and texts[i] not in held]
     if len(free) < 10:
         raise ConfigError(

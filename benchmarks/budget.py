@@ -82,11 +82,11 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "budget.jsonl"
 DEFAULT_SUMMARY = ROOT / "benchmarks" / "results" / "budget.json"
 DEFAULT_PLOT = ROOT / "docs" / "budget_gain.png"
 DEFAULT_WORK = ROOT / "runs" / "budget"
-DEFAULT_K_FILE = ROOT.parent / "results" / "probe_k.json"
+DEFAULT_K_FILE = ROOT / "benchmarks" / "results" / "choose_k.json"
 MODEL = "smollm2"
 BATCH, LR, PAIRS = 32, 2e-4, 1280
 BUDGETS = (40, 150, 500)
-# The probe's k for medical abstracts (docs/results.md); the others come from --k-file.
+# The chosen k for medical abstracts (probe and auto agree); the others come from --k-file.
 KNOWN_K = {"medical_abstracts": 7}
 CORPORA = ("medical_abstracts", "ohsumed23", "reuters_r8", "scifact")
 SHORT = {"medical_abstracts": "medical", "ohsumed23": "Ohsumed", "reuters_r8": "R8",
@@ -114,8 +114,8 @@ def plan(ks: dict[str, int], epochs: dict[str, int] | None = None) -> list[tuple
     """(priority group, run), most wanted first; corpora without a known k are left out.
 
     a: medical 40 and 150 steps, seed 42 (and the demo's candidate: 40 steps over 640
-    pairs); b: medical, second seed; c: 40 and 150 steps on Ohsumed, R8, SciFact, seed 42;
-    d: 500 steps on medical; e: the rest (one epoch, second seeds, 500 steps elsewhere).
+    pairs); b: 40 steps on every other corpus, then 150; c: second seeds of those points;
+    d: one epoch (where it is not already one of the budgets) and 500 steps; e: the rest.
     """
     epochs = epochs or {}
     med = "medical_abstracts"
@@ -126,34 +126,33 @@ def plan(ks: dict[str, int], epochs: dict[str, int] | None = None) -> list[tuple
             out.append((group, Run(dataset, ks[dataset], steps, seed, pairs)))
 
     add("a", med, 40, pairs=640)
-    add("a", med, 40)
-    add("a", med, 150)
-    add("b", med, 40, 43)
-    add("b", med, 150, 43)
-    for d in CORPORA[1:]:
-        for steps in BUDGETS[:2]:
-            add("c", d, steps)
-    add("d", med, 500)
+    for steps in BUDGETS[:2]:
+        add("a", med, steps)
+    for steps in BUDGETS[:2]:
+        for d in CORPORA[1:]:
+            add("b", d, steps)
     for d in CORPORA:
-        if d in epochs and epochs[d] not in BUDGETS:
-            add("e", d, epochs[d])
-    for d in CORPORA[1:]:
         for steps in BUDGETS[:2]:
-            add("e", d, steps, 43)
-    add("e", med, 500, 43)
-    for d in CORPORA[1:]:
-        add("e", d, 500)
+            add("c", d, steps, 43)
+    for d in CORPORA:
+        if d in epochs and not any(abs(epochs[d] - b) <= 0.15 * b for b in BUDGETS):
+            add("d", d, epochs[d])
+    for d in (CORPORA[1], CORPORA[0], *CORPORA[2:]):
+        add("d", d, BUDGETS[2])
+    for d in CORPORA:
+        add("e", d, BUDGETS[2], 43)
     seen: set[Run] = set()
     return [(g, r) for g, r in out if not (r in seen or seen.add(r))]
 
 
 def read_ks(path: Path) -> dict[str, int]:
-    """The probe's k per data set: ``{name: k}`` or ``{name: {"k": k, ...}}`` in ``path``."""
+    """The k that ``adapter.top_k: auto`` picks per data set, from ``benchmarks/choose_k.py``'s
+    results (``{name: {"auto": {"k": k}, ...}}``); a plain ``{name: k}`` file also works."""
     ks = dict(KNOWN_K)
     if path.exists():
         for name, value in json.loads(path.read_text(encoding="utf-8")).items():
             if isinstance(value, dict):
-                value = value.get("k", value.get("top_k", value.get("probe_k")))
+                value = value.get("auto", value).get("k")
             if isinstance(value, int):
                 ks[name] = value
     return ks
@@ -466,9 +465,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder holding the data sets (default ../shared/data, or "
                              "$LASTLAYER_DATA)")
     parser.add_argument("--k-file", type=Path, default=DEFAULT_K_FILE,
-                        help="JSON {data set: k} of the probe's k (medical: 7 when absent)")
+                        help="choose_k.py's results (default benchmarks/results/choose_k.json): "
+                             "the auto-chosen k per data set")
     parser.add_argument("--only", nargs="+", default=None, metavar="GROUP",
                         help="priority groups to run (a b c d e; default all)")
+    parser.add_argument("--corpora", nargs="+", default=None, metavar="NAME",
+                        help=f"only these data sets ({', '.join(CORPORA)})")
+    parser.add_argument("--steps", nargs="+", type=int, default=None, metavar="N",
+                        help="only runs of these step counts")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no new run after this long")
     parser.add_argument("--report", action="store_true", help="table + plot, then exit")
@@ -489,7 +493,10 @@ def main(argv: list[str] | None = None) -> None:
         if dataset in CORPORA:
             n = len(eval_data(dataset, args.data_root).train_docs)
             epochs[dataset] = max(1, round(n / BATCH))
-    runs = [(g, r) for g, r in plan(ks, epochs) if args.only is None or g in args.only]
+    runs = [(g, r) for g, r in plan(ks, epochs)
+            if (args.only is None or g in args.only)
+            and (args.corpora is None or r.dataset in args.corpora)
+            and (args.steps is None or r.steps in args.steps)]
     print("k per data set:", ks, "; one epoch (steps):", epochs, flush=True)
     done = execute(runs, args.out, args.data_root, args.work, args.max_minutes)
     finished = {x["key"] for x in read_rows(args.out)}

@@ -188,6 +188,14 @@ def test_each_adapter_pools_truncates_and_normalises_as_trained(saved_models, tm
     both = emb.encode_all(TEXTS[:1], adapters=["cls", None])
     np.testing.assert_allclose(both["cls"][0], got[0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(both[None][0], emb.encode(TEXTS[:1])[0], rtol=0, atol=1e-6)
+    # the tokens each row was embedded from: its own limit, special tokens included
+    vectors, tokens = emb.encode(TEXTS[:3], adapter=["cls", None, "cls"], return_tokens=True)
+    np.testing.assert_array_equal(vectors, got)
+    limits = [8, MAX_LENGTH, 8]
+    assert tokens.tolist() == [len(emb.tokenizer(t, truncation=True, max_length=n)["input_ids"])
+                               for t, n in zip(TEXTS[:3], limits, strict=True)]
+    full = len(emb.tokenizer(TEXTS[0], truncation=True, max_length=MAX_LENGTH)["input_ids"])
+    assert tokens[0] == 8 < full  # the first text is cut at the adapter's limit
 
 
 # ---------------------------------------------------------------------------------------
@@ -390,6 +398,16 @@ def test_auto_routes_from_the_trunk_it_embeds_with(saved_models, artifacts, monk
     vectors, picked = emb.encode_routed(TEXTS, batch_size=4)  # both from one pass
     assert picked == names
     np.testing.assert_array_equal(vectors, routed)
+    vectors, picked, tokens = emb.encode_routed(TEXTS, batch_size=4, return_tokens=True)
+    assert picked == names
+    np.testing.assert_array_equal(vectors, routed)
+    limits = [6 if name == "short" else MAX_LENGTH for name in names]  # the routed limit
+    assert tokens.tolist() == [len(emb.tokenizer(t, truncation=True, max_length=n)["input_ids"])
+                               for t, n in zip(TEXTS, limits, strict=True)]
+    auto_vectors, auto_tokens = emb.encode(TEXTS, adapter="auto", batch_size=4,
+                                           return_tokens=True)
+    np.testing.assert_array_equal(auto_vectors, routed)
+    np.testing.assert_array_equal(auto_tokens, tokens)
 
 
 def test_auto_routes_with_real_signatures(saved_models, artifacts, tmp_path):

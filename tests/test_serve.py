@@ -498,21 +498,15 @@ def test_a_failing_request_fails_alone_in_its_batch():
     calls = []
 
     class Fake:  # what the batcher uses of an Embedder
-        adapters = {}
-        encoder = types.SimpleNamespace(max_length=8)
-
         @staticmethod
-        def tokenizer(texts, truncation, max_length):
-            return {"input_ids": [[0] * min(len(t), max_length) for t in texts]}
-
-        @staticmethod
-        def encode(texts, adapter, batch_size, progress):
+        def encode(texts, adapter, batch_size, progress, return_tokens):
             calls.append(list(adapter))
             if "gone" in adapter:
                 raise UnknownAdapterError("no adapter named 'gone' is loaded")
             if "crash" in adapter:
                 raise RuntimeError("boom")
-            return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+            vectors = np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+            return vectors, np.array([len(t) for t in texts])
 
     async def run():
         metrics = Metrics()

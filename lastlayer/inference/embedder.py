@@ -337,7 +337,8 @@ class Embedder:
 
     def encode(self, texts: Sequence[str], adapter: str | Sequence[str | None] | None = None,
                batch_size: int = 32, normalize: bool | None = None,
-               progress: bool | None = None) -> np.ndarray:
+               progress: bool | None = None, return_tokens: bool = False
+               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Embed texts with the base, one adapter, one adapter per text, or by routing.
 
         Args:
@@ -350,9 +351,13 @@ class Embedder:
             normalize: L2-normalise every row (True / False); None: as each row's
                 adapter was trained (the base: as the Embedder was set up).
             progress: Show a progress bar (None: only on a terminal).
+            return_tokens: Also return how many tokens each text was embedded from
+                (special tokens included, after truncation to its adapter's limit): the
+                counts the tokenizer already gave, for usage reports.
 
         Returns:
-            A ``(N, d)`` float32 array, rows in the order of ``texts``.
+            A ``(N, d)`` float32 array, rows in the order of ``texts``; with
+            ``return_tokens``, ``(vectors, tokens)`` (tokens: an ``(N,)`` int64 array).
 
         Raises:
             UnknownAdapterError: A name that is not loaded.
@@ -362,15 +367,19 @@ class Embedder:
         loaded = self._snapshot()
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if adapter == AUTO:
-            return self.encode_routed(texts, batch_size, normalize, progress)[0]
+            routed = self.encode_routed(texts, batch_size, normalize, progress, return_tokens)
+            return (routed[0], routed[2]) if return_tokens else routed[0]
         keys = self._keys(adapter, len(texts), loaded)
+        tokens = np.zeros(len(texts), dtype=np.int64)
         self._run(texts, [[(key, out)] for key in keys], loaded, batch_size, normalize,
-                  progress)
-        return out
+                  progress, tokens=tokens)
+        return (out, tokens) if return_tokens else out
 
     def encode_routed(self, texts: Sequence[str], batch_size: int = 32,
-                      normalize: bool | None = None, progress: bool | None = None
-                      ) -> tuple[np.ndarray, list[str | None]]:
+                      normalize: bool | None = None, progress: bool | None = None,
+                      return_tokens: bool = False
+                      ) -> (tuple[np.ndarray, list[str | None]]
+                            | tuple[np.ndarray, list[str | None], np.ndarray]):
         """``encode(texts, adapter="auto")`` and the adapter each text went to, from one pass.
 
         Callers that need to know what embedded each row (its token limit, a log) get it
@@ -378,16 +387,18 @@ class Embedder:
 
         Returns:
             ``(vectors, names)``: the ``(N, d)`` float32 array, and per text the adapter
-            routing picked (None: the base).
+            routing picked (None: the base); with ``return_tokens`` also the tokens each
+            text was embedded from, at its routed adapter's limit (as in :meth:`encode`).
 
         Raises:
             ValueError: No loaded adapter has a routing signature.
         """
         texts = self._texts(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        tokens = np.zeros(len(texts), dtype=np.int64)
         names = self._run(texts, [[] for _ in texts], self._snapshot(), batch_size, normalize,
-                          progress, routing=True, out=out)
-        return out, names
+                          progress, routing=True, out=out, tokens=tokens)
+        return (out, names, tokens) if return_tokens else (out, names)
 
     def encode_all(self, texts: Sequence[str], adapters: Sequence[str | None] | None = None,
                    batch_size: int = 32, normalize: bool | None = None,
@@ -475,14 +486,15 @@ class Embedder:
 
     def _run(self, texts: list[str], requests: list[list[tuple[str | None, np.ndarray]]],
              loaded: dict[str, _Loaded], batch_size: int, normalize: bool | None,
-             progress: bool | None, routing: bool = False, out: np.ndarray | None = None
-             ) -> list[str | None] | None:
+             progress: bool | None, routing: bool = False, out: np.ndarray | None = None,
+             tokens: np.ndarray | None = None) -> list[str | None] | None:
         """Embed ``texts``: ``requests[i]`` lists ``(adapter, out)``, and row ``i`` of each
         ``out`` receives text ``i`` under that adapter.
 
         With ``routing`` the requests come from the loaded adapters' routing signatures
         instead: row ``i`` of ``out`` (if given) receives text ``i`` under the adapter
-        routing picks for it. Returns the routed names then.
+        routing picks for it. Returns the routed names then. ``tokens[i]`` (if given)
+        receives the length of text ``i``'s input (one adapter per text).
         """
         signatures = self._signatures(loaded) if routing else {}
         if batch_size < 1:
@@ -495,18 +507,21 @@ class Embedder:
             for idx in tqdm(batches, desc="embed", unit="batch", disable=disable):
                 if routing:
                     names, deferred = self._batch_routed(
-                        texts, idx, loaded, signatures, normalize, out)
+                        texts, idx, loaded, signatures, normalize, out, tokens)
                     for i, name in zip(idx, names, strict=True):
                         routed[i] = name
                     later += deferred
                 else:
-                    self._batch(texts, idx, requests, loaded, normalize)
+                    self._batch(texts, idx, requests, loaded, normalize, tokens)
         if later:  # their adapter truncates differently: one more pass for those texts
             rows = np.zeros((len(later), self.dim), dtype=np.float32)
+            counts = np.zeros(len(later), dtype=np.int64)
             self._run([texts[i] for i, _ in later], [[(name, rows)] for _, name in later],
-                      loaded, batch_size, normalize, False)
-            for row, (i, _) in zip(rows, later, strict=True):
+                      loaded, batch_size, normalize, False, tokens=counts)
+            for row, count, (i, _) in zip(rows, counts, later, strict=True):
                 out[i] = row
+                if tokens is not None:
+                    tokens[i] = count
         return routed if routing else None
 
     def _signatures(self, loaded: dict[str, _Loaded]) -> dict[str, Any]:
@@ -600,8 +615,9 @@ class Embedder:
             for vector, (_, i, out) in zip(vectors, members, strict=True):
                 out[i] = vector
 
-    def _batch(self, texts: list[str], idx: list[int], requests, loaded, normalize) -> None:
-        """One batch of texts ``idx`` with explicit adapters."""
+    def _batch(self, texts: list[str], idx: list[int], requests, loaded, normalize,
+               tokens: np.ndarray | None = None) -> None:
+        """One batch of texts ``idx`` with explicit adapters (``tokens``: see :meth:`_run`)."""
         items: dict[tuple[int, int], int] = {}
         jobs: dict[str | None, list[tuple[int, int, np.ndarray]]] = {}
         for i in idx:
@@ -616,14 +632,20 @@ class Embedder:
             for row, _, _ in members:
                 depth[row] = max(depth[row], starts[key])
         batch = self._tokenize(list(items), texts)
+        if tokens is not None:
+            lengths = batch["attention_mask"].sum(1).tolist()
+            for (i, _), row in items.items():
+                tokens[i] = lengths[row]
         trunk = self._trunk(batch, depth, sorted(set(starts.values())))
         self._run_jobs(jobs, starts, trunk, loaded, normalize)
 
-    def _batch_routed(self, texts, idx, loaded, signatures, normalize, out
+    def _batch_routed(self, texts, idx, loaded, signatures, normalize, out,
+                      tokens: np.ndarray | None = None
                       ) -> tuple[list[str | None], list[tuple[int, str]]]:
         """One batch of texts ``idx`` routed by ``signatures`` (and embedded into ``out``
-        unless it is None). Returns the names, and the ``(text, name)`` pairs left for a
-        second pass because their adapter's token limit differs from the base's."""
+        unless it is None; ``tokens``: see :meth:`_run`). Returns the names, and the
+        ``(text, name)`` pairs left for a second pass because their adapter's token limit
+        differs from the base's."""
         limit = self.encoder.max_length
         items = [(i, limit) for i in idx]
         route_layers = {sig.layer for sig in signatures.values()}
@@ -633,6 +655,8 @@ class Embedder:
             starts[None] = max([*starts.values(), *route_layers])
         layers = sorted(route_layers | set(starts.values()))
         batch = self._tokenize(items, texts)
+        if tokens is not None:  # the deferred rows are counted again in their own pass
+            tokens[idx] = batch["attention_mask"].sum(1).cpu().numpy()
         trunk = self._trunk(batch, [layers[-1]] * len(items), layers)
         pooled = {}
         for layer in route_layers:  # every row reaches every layer: rows in batch order

@@ -288,15 +288,15 @@ class Batcher:
 
     def _encode(self, jobs: list[_Job], routed: bool) -> list[tuple[np.ndarray, list[int]]]:
         texts = [text for job in jobs for text in job.texts]
-        if routed:  # the routed names: each row's tokens are counted at its adapter's limit
-            vectors, keys = self.embedder.encode_routed(
-                texts, batch_size=self.settings.encode_batch_size, progress=False)
+        size = self.settings.encode_batch_size
+        if routed:  # each row's tokens are counted at its routed adapter's limit
+            vectors, _, tokens = self.embedder.encode_routed(
+                texts, batch_size=size, progress=False, return_tokens=True)
         else:
             keys = [key for job in jobs for key in job.keys]
-            vectors = self.embedder.encode(texts, adapter=keys,
-                                           batch_size=self.settings.encode_batch_size,
-                                           progress=False)
-        tokens = count_tokens(self.embedder, texts, keys)
+            vectors, tokens = self.embedder.encode(texts, adapter=keys, batch_size=size,
+                                                   progress=False, return_tokens=True)
+        tokens = tokens.tolist()
         outs, start = [], 0
         for job in jobs:
             end = start + len(job.texts)
@@ -318,23 +318,6 @@ class Batcher:
             return APIError(500, f"embedding failed: {type(err).__name__}: {err}",
                             "server_error")
         return APIError(500, "embedding failed, then succeeded alone; retry.", "server_error")
-
-
-def count_tokens(embedder: Embedder, texts: list[str], keys: list[str | None]) -> list[int]:
-    """Tokens each text is embedded from: the tokenizer's count, special tokens included,
-    after truncation to the token limit of the row's adapter (``keys[i]``; None: the base),
-    as ``Embedder.encode`` truncates (routed rows: pass the adapter routing picked)."""
-    adapters = embedder.adapters
-    limits = [adapters[key].max_length if key is not None and key in adapters
-              else embedder.encoder.max_length for key in keys]
-    counts = [0] * len(texts)
-    for limit in set(limits):
-        rows = [i for i, lim in enumerate(limits) if lim == limit]
-        ids = embedder.tokenizer([texts[i] for i in rows], truncation=True,
-                                 max_length=limit)["input_ids"]
-        for i, row_ids in zip(rows, ids, strict=True):
-            counts[i] = len(row_ids)
-    return counts
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 The findings (``benchmarks/findings.py``) trained 40 steps x 32 pairs, a fraction of an
 epoch. This benchmark asks what more steps buy, on a raw base (SmolLM2-135M, full unfreeze
 of the top k, crops, lr 2e-4, batch 32, 64 tokens; the findings' protocol and held-out
-documents), with each corpus's k chosen by the layer probe's rule. One JSON row per
-finished run goes to ``benchmarks/results/budget.jsonl``; run it again and it continues
-(resumable); ``--report`` prints the table, writes ``benchmarks/results/budget.json`` and
-plots gain against training time (``docs/budget_gain.png``).
+documents), with each corpus's k as ``adapter.top_k: auto`` chooses it
+(``benchmarks/results/choose_k.json``; the labelled probe picks the same k on these four
+corpora). One JSON row per finished run goes to ``benchmarks/results/budget.jsonl``; run
+it again and it continues (resumable); ``--report`` prints the table, writes
+``benchmarks/results/budget.json`` and plots gain against training time
+(``docs/budget_gain.png``).
 
     python benchmarks/budget.py --data-root ../shared/data      # run (or continue) the plan
     python benchmarks/budget.py --max-minutes 30 --only a b     # priority groups a and b only
@@ -436,7 +438,7 @@ def plot(points: list[dict[str, Any]], path: Path,
     ax.axhline(0, color="#999999", ls=":", lw=1)
     ax.set_xlabel("training time (min: caching the pairs + the steps), 2 shared CPU cores")
     ax.set_ylabel("held-out gain over the base (kNN points; SciFact: nDCG@10)")
-    ax.set_title("SmolLM2-135M, full unfreeze of the probe's top-k, crops, batch 32\n"
+    ax.set_title("SmolLM2-135M, full unfreeze of the auto-chosen top-k, crops, batch 32\n"
                  "(labels: optimizer steps; bars: half-range over seeds)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -21,7 +21,9 @@ no labels, so its "probe" is nDCG@10 of every layer (300 test queries against th
 queries as if binomial: an approximation). Label-free signal: computed on training
 documents only (the held-out ones removed, as ``lastlayer train`` removes them).
 Training: 40 steps x 32 pairs, full unfreeze, lr 2e-4, crops, seed 42, cached bottom
-layers (exact for crops on SmolLM2); rows that ``findings.jsonl`` already has are reused.
+layers (exact for crops on SmolLM2); rows that ``findings.jsonl`` (or, for a k the findings
+never trained, ``budget.jsonl``'s 40-step run over the same 1,280 pairs) already has are
+reused.
 """
 
 from __future__ import annotations
@@ -183,6 +185,18 @@ def findings_row(dataset: str, k: int) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+def budget_row(dataset: str, k: int) -> dict[str, Any] | None:
+    """The same protocol's run in ``benchmarks/budget.py``'s results (40 steps over the
+    1,280 pairs of seed 42, cached, full unfreeze, lr 2e-4): where the findings never trained
+    this k."""
+    path = ROOT / "benchmarks" / "results" / "budget.jsonl"
+    rows = [r for r in findings.read_rows(path)
+            if r["dataset"] == dataset and r["k"] == k and r["seed"] == findings.EVAL_SEED
+            and r["steps"] == findings.STEPS and r["batch_size"] == findings.BATCH
+            and r["pairs"] == findings.STEPS * findings.BATCH]
+    return rows[0] | {"cached": True} if rows else None
+
+
 def stage_train(args: argparse.Namespace) -> None:
     """Train the probe's k and the label-free k where they differ (one group per data set,
     cached bottom layers below the larger k, so both ks see the same 1,280 pairs)."""
@@ -199,14 +213,16 @@ def stage_train(args: argparse.Namespace) -> None:
         for k in ks:
             if str(k) in gains:
                 continue
-            row = findings_row(dataset, k)
+            row, source = findings_row(dataset, k), "findings.jsonl"
+            if row is None:
+                row, source = budget_row(dataset, k), "budget.jsonl"
             if row is None:
                 continue
             gains[str(k)] = {key: row[key] for key in ("delta", "value", "base_value", "cached",
                                                       "train_s", "metric")
                              if key in row} | {"ci95": [row.get("ci95_low"),
                                                         row.get("ci95_high")],
-                                               "source": "findings.jsonl"}
+                                               "source": source}
         todo = [k for k in ks if str(k) not in gains]
         if len(ks) > 1 and todo:
             spec = findings.MODELS[MODEL]

@@ -316,3 +316,35 @@ def test_choose_k_probe_auto_and_report_on_a_tiny_model(findings, tmp_path, monk
     choose.main(["probe", *common])  # resumable: nothing is measured twice
     assert out.read_text() == before
 
+
+
+# ---------------------------------------------------------------------------- budget.py
+
+
+def test_budget_plan_takes_the_auto_k_and_runs_the_cheap_points_first(tmp_path):
+    """benchmarks/budget.py: the k of each corpus is the one ``top_k: auto`` chose (the
+    choose_k.json format), every corpus gets its 40-step point before any 150-step one, one
+    epoch is added only where it is not already about a budget, and no run is planned twice."""
+    budget = _load("budget")
+    k_file = tmp_path / "choose_k.json"
+    k_file.write_text(json.dumps({
+        "ohsumed23": {"probe": {"k": 4}, "auto": {"k": 3}},  # the auto k wins
+        "reuters_r8": {"probe": {"k": 30}, "auto": {"k": 30}},
+        "scifact": 30,  # a plain {name: k} file works too
+    }))
+    ks = budget.read_ks(k_file)
+    assert ks == {"medical_abstracts": 7, "ohsumed23": 3, "reuters_r8": 30, "scifact": 30}
+    epochs = {"medical_abstracts": 57, "ohsumed23": 200, "reuters_r8": 208, "scifact": 162}
+    runs = budget.plan(ks, epochs)
+    assert len({r.key for _, r in runs}) == len(runs)
+    order = [(g, r.dataset, r.steps, r.seed, r.pairs) for g, r in runs]
+    assert order[:3] == [("a", "medical_abstracts", 40, 42, 640),
+                         ("a", "medical_abstracts", 40, 42, 1280),
+                         ("a", "medical_abstracts", 150, 42, 1280)]
+    b = [(d, steps) for g, d, steps, _, _ in order if g == "b"]
+    assert b == [(d, 40) for d in budget.CORPORA[1:]] + [(d, 150) for d in budget.CORPORA[1:]]
+    assert {steps for g, _, steps, seed, _ in order if g == "c"} == {40, 150}
+    assert all(seed == 43 for g, _, _, seed, _ in order if g == "c")
+    epoch_runs = {(d, steps) for g, d, steps, _, _ in order if g == "d" and steps != 500}
+    assert epoch_runs == {("medical_abstracts", 57), ("ohsumed23", 200), ("reuters_r8", 208)}
+    assert [g for g, *_ in order] == sorted(g for g, *_ in order)  # priority order kept

@@ -55,7 +55,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from findings import (  # noqa: E402  (the findings' protocol, data and caches, shared)
-    DATA_ROOT,
     DATASETS,
     EVAL_SEED,
     MODELS,
@@ -64,6 +63,7 @@ from findings import (  # noqa: E402  (the findings' protocol, data and caches, 
     _load_views,
     _portable,
     _save_views,
+    add_run_arguments,
     commit,
     eval_data,
     machine,
@@ -473,12 +473,7 @@ def report(out: Path, summary: Path, picture: Path, findings: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results (JSON lines)")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
-                        help="where base embeddings and pair caches are kept between runs")
-    parser.add_argument("--data-root", type=Path, default=DATA_ROOT,
-                        help="folder holding the data sets (default ../shared/data, or "
-                             "$LASTLAYER_DATA)")
+    add_run_arguments(parser, DEFAULT_OUT, DEFAULT_WORK)
     parser.add_argument("--k-file", type=Path, default=DEFAULT_K_FILE,
                         help="choose_k.py's results (default benchmarks/results/choose_k.json): "
                              "the auto-chosen k per data set")

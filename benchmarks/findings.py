@@ -566,14 +566,20 @@ def _hub_source(data: str) -> tuple[str | None, str]:
     return None, ""
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results (JSON lines)")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
+def add_run_arguments(parser: argparse.ArgumentParser, out: Path, work: Path) -> None:
+    """``--out``, ``--work`` and ``--data-root``: the options every resumable benchmark run
+    over these data sets takes (findings.py, budget.py)."""
+    parser.add_argument("--out", type=Path, default=out, help="results (JSON lines)")
+    parser.add_argument("--work", type=Path, default=work,
                         help="where base embeddings and pair caches are kept between runs")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT,
                         help="folder holding the data sets (default ../shared/data, or "
                              "$LASTLAYER_DATA)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_arguments(parser, DEFAULT_OUT, DEFAULT_WORK)
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no new run after this long")
     parser.add_argument("--report", action="store_true", help="print the tables and exit")

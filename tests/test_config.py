@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import shipped_artifacts
 
+from lastlayer.artifact import _strings as artifact_strings  # keys and values, nested
 from lastlayer.config import (
     AdapterConfig,
     ConfigError,
@@ -47,17 +48,6 @@ def test_every_shipped_recipe_validates(path):
     assert any("lastlayer train" in line for line in header if line.startswith("#"))
 
 
-def _strings(value):
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
-    elif isinstance(value, str):
-        yield value
-
-
 def _outside_repo(value: str) -> bool:
     """A path that leaves the project folder (a ``..`` part), which users do not have."""
     return not value.startswith("hf://") and ".." in Path(value.replace("\\", "/")).parts
@@ -68,7 +58,7 @@ def test_shipped_recipes_name_data_a_user_can_reach(path):
     import yaml
 
     data = yaml.safe_load(path.read_text())
-    outside = [s for s in _strings(data) if _outside_repo(s)]
+    outside = [s for s in artifact_strings(data) if _outside_repo(s)]
     assert not outside, f"{path.name} names paths outside the project: {outside}"
     recipe = load_recipe(path)
     for source in (recipe.data.train, recipe.eval.data):

@@ -25,7 +25,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         TypeError: A field whose type or default the generator cannot express as a flag.
     """
     hints = typing.get_type_hints(cls)
-    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    groups: dict[str, Any] = {}  # group name -> its argparse mutually exclusive group
     for item in dataclasses.fields(cls):
         meta = dict(item.metadata)
         flags, positional, group = (meta.pop(key, None) for key in _OWN_KEYS)

@@ -84,24 +84,10 @@ def _json_flag(help: str) -> Any:
 # from the adapter's recipe the same way (lastlayer.cli.protocol).
 
 
-def _k_option() -> Any:
-    return option(None, help=f"kNN neighbours (default: the adapter's eval.k, or "
-                  f"{EvalConfig.k})")
-
-
-def _metric_option() -> Any:
-    return option(None, help=f"kNN distance (default: the adapter's eval.metric, or "
-                  f"{EvalConfig.metric})")
-
-
-def _text_field_option() -> Any:
-    return option(None, help=f"default: the adapter's eval.text_field, or "
-                  f"{EvalConfig.text_field}")
-
-
-def _label_field_option() -> Any:
-    return option(None, help=f"default: the adapter's eval.label_field, or "
-                  f"{EvalConfig.label_field}")
+def _protocol_option(key: str, what: str | None = None) -> Any:
+    """An ``eval`` / ``probe`` flag that defaults to the adapter's ``eval.<key>``."""
+    fallback = f"the adapter's eval.{key}, or {getattr(EvalConfig, key)}"
+    return option(None, help=f"{what} (default: {fallback})" if what else f"default: {fallback}")
 
 
 @dataclass(kw_only=True)
@@ -151,8 +137,8 @@ class EvalOptions:
                              "Hub data set hf://ORG/NAME[?split=test], or a BEIR folder; "
                              "repeat for several")
     json: bool = _json_flag("print one JSON object instead")
-    k: int | None = _k_option()
-    metric: KnnMetric | None = _metric_option()
+    k: int | None = _protocol_option("k", "kNN neighbours")
+    metric: KnnMetric | None = _protocol_option("metric", "kNN distance")
     max_docs: int | None = option(None, help="seeded sample of a labelled file's documents "
                                   "(default: the adapter's eval.max_docs, or all); for a BEIR "
                                   "folder, a corpus sample (only when given)")
@@ -162,8 +148,8 @@ class EvalOptions:
                                     "128 for a base model)")
     batch_size: int = option(EvalConfig.batch_size)
     no_clustering: bool = option(False, help="skip k-means")
-    text_field: str | None = _text_field_option()
-    label_field: str | None = _label_field_option()
+    text_field: str | None = _protocol_option("text_field")
+    label_field: str | None = _protocol_option("label_field")
 
 
 @dataclass(kw_only=True)
@@ -177,10 +163,10 @@ class ProbeOptions:
                                   f"eval.max_docs, or {EvalConfig.max_docs})")
     seed: int | None = option(None, help="sampling seed (default: the adapter's recipe seed, "
                               f"or {Recipe.seed})")
-    k: int | None = _k_option()
-    metric: KnnMetric | None = _metric_option()
-    text_field: str | None = _text_field_option()
-    label_field: str | None = _label_field_option()
+    k: int | None = _protocol_option("k", "kNN neighbours")
+    metric: KnnMetric | None = _protocol_option("metric", "kNN distance")
+    text_field: str | None = _protocol_option("text_field")
+    label_field: str | None = _protocol_option("label_field")
     out: str | None = option(None, help="output folder (default: the adapter folder, or "
                              "runs/probe)")
 

@@ -325,7 +325,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     _setup_logging()
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
-    from lastlayer.training.loop import run
+    from lastlayer.training.run import run
 
     run(recipe)
     return 0

@@ -75,8 +75,8 @@ from lastlayer.core.encoder import Encoder, load_encoder  # noqa: E402
 from lastlayer.core.split import encode_from_cache, encode_with_cache  # noqa: E402
 from lastlayer.evaluation.metrics import paired_delta  # noqa: E402
 from lastlayer.training.cache import CachedViews  # noqa: E402
-from lastlayer.training.loop import fit, prepare  # noqa: E402
 from lastlayer.training.pairs import CachedPairStream, cached_pair_stream  # noqa: E402
+from lastlayer.training.run import fit, prepare  # noqa: E402
 
 log = logging.getLogger("budget")
 

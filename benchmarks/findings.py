@@ -66,10 +66,12 @@ from lastlayer.core.split import encode_from_cache, encode_with_cache
 from lastlayer.evaluation.datasets import EvalSet, load_eval_set, read_beir
 from lastlayer.evaluation.metrics import KnnResult, knn_accuracy, paired_delta
 from lastlayer.evaluation.suite import retrieval_task
+from lastlayer.training.assemble import save_artifact
 from lastlayer.training.cache import CachedViews
-from lastlayer.training.loop import fit, prepare, save_artifact, training_documents
+from lastlayer.training.data import training_documents
 from lastlayer.training.pairs import CachedPairStream, cached_pair_stream
 from lastlayer.training.report import eval_report
+from lastlayer.training.run import fit, prepare
 from lastlayer.training.views import ViewStats
 
 log = logging.getLogger("findings")

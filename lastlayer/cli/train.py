@@ -17,11 +17,11 @@ EXAMPLES = """examples:
 
 
 def run(args: Options) -> int:
-    """The whole job (see ``lastlayer.training.loop.run``)."""
+    """The whole job (see ``lastlayer.training.run.run``)."""
     recipe = load_recipe(args.recipe, args.overrides)
     setup_logging()
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter
-    from lastlayer.training.loop import run as run_recipe
+    from lastlayer.training.run import run as run_recipe
 
     run_recipe(recipe)
     return 0

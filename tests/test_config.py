@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import shipped_artifacts
 
-from lastlayer.artifact import _strings as artifact_strings  # keys and values, nested
+from lastlayer.artifact import nested_strings as artifact_strings  # keys and values, nested
 from lastlayer.config import (
     AdapterConfig,
     ConfigError,

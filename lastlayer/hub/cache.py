@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lastlayer import artifact
-from lastlayer.hub.refs import _cache_dir
+from lastlayer.hub.refs import hub_cache
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def cached_adapters(cache_dir: str | os.PathLike | None = None) -> list[CachedAd
     from huggingface_hub.errors import CacheNotFound
 
     try:
-        info = scan_cache_dir(cache_dir or _cache_dir())  # the cache in use now
+        info = scan_cache_dir(cache_dir or hub_cache())  # the cache in use now
     except CacheNotFound:
         return []
     found = [

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lastlayer import artifact
 from lastlayer.hub.card import model_card
-from lastlayer.hub.refs import HubError, _offline, parse_ref
+from lastlayer.hub.refs import HubError, is_offline, parse_ref
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def push(folder: str | os.PathLike, repo_id: str, *, private: bool = False,
     texts = {artifact.METADATA: meta.to_json(),
              artifact.CARD: model_card(meta, artifact.read_metrics(folder), repo_id)}
     artifact.check_portable(folder, texts)
-    if _offline():
+    if is_offline():
         raise HubError("HF_HUB_OFFLINE is set: pushing needs the Hub. Unset it "
                        "(HF_HUB_OFFLINE=0) and try again.")
     api = HfApi(endpoint=endpoint, library_name="lastlayer", library_version=__version__)

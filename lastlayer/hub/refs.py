@@ -57,13 +57,13 @@ def parse_ref(spec: str | os.PathLike) -> HubRef | None:
     return HubRef(repo_id, revision or None)
 
 
-def _offline() -> bool:
+def is_offline() -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def _cache_dir() -> str:
+def hub_cache() -> str:
     from huggingface_hub import constants
 
     return str(constants.HF_HUB_CACHE)
@@ -93,12 +93,12 @@ def _snapshot(ref: HubRef) -> Path:
             library_name="lastlayer", library_version=__version__,
         )
     except LocalEntryNotFoundError as err:
-        if _offline():
+        if is_offline():
             why, fix = "HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE to download it once"
         else:
             why = f"the Hub cannot be reached ({type(err.__cause__ or err).__name__})"
             fix = "connect once to download it"
-        raise HubError(f"{ref}: not in the Hugging Face cache ({_cache_dir()}) and {why}: "
+        raise HubError(f"{ref}: not in the Hugging Face cache ({hub_cache()}) and {why}: "
                        f"{fix}, or give a local folder.") from None
     except RevisionNotFoundError:
         raise HubError(f"{ref}: the Hub repo {ref.repo_id} has no revision "
@@ -126,7 +126,7 @@ def _check_snapshot(folder: Path, ref: HubRef) -> None:
             "directly.", peft=True)
     raise NotAnAdapterError(
         f"{ref} is not a lastlayer adapter: the Hub repo has no {artifact.METADATA}"
-        + (" in the cached snapshot" if _offline() else "")
+        + (" in the cached snapshot" if is_offline() else "")
         + ". Give the id of a repo that `lastlayer push` wrote, or a local artifact folder.")
 
 

@@ -51,7 +51,7 @@ def tiny_artifact(saved_models, tmp_path_factory) -> Path:
     attach(encoder, AdapterConfig(top_k=2))
     meta = artifact_meta(str(saved_models["bert"]))
     out = tmp_path_factory.mktemp("artifacts") / "tiny"
-    files = artifact.side_files(meta, None, "seed: 0\n", [])
+    files = artifact.side_files(meta, None, "seed: 0\n", [], hub.model_card(meta, None))
     return save_adapter(encoder.model, out, files)
 
 
@@ -124,7 +124,7 @@ def test_eval_json_is_typed_and_written_as_before():
     typed = artifact.EvalReport.from_dict(report)
     assert typed.delta.ci95_low == 0.05 and typed.adapted["knn_accuracy"] == 0.625
     assert typed.to_dict() == report and list(typed.to_dict()) == list(report)
-    written = artifact.side_files(artifact_meta(), report, "", [])["eval.json"]
+    written = artifact.side_files(artifact_meta(), report, "", [], "card")["eval.json"]
     assert written == json.dumps(report, indent=2) + "\n"
     with pytest.raises(ArtifactError, match=r"eval\.json: unknown key extra"):
         artifact.EvalReport.from_dict({**report, "extra": 1})
@@ -159,12 +159,12 @@ def test_upgrade_rewrites_a_schema_1_artifact_in_place(copy):
     (copy / "lastlayer.json").write_text(json.dumps(V1))
     (copy / "README.md").write_text("old card, /home/u/.venv/...")
     weights = (copy / "adapter_model.safetensors").read_bytes()
-    assert artifact.upgrade(copy) is True
+    assert artifact.upgrade(copy, hub.model_card) is True
     assert json.loads((copy / "lastlayer.json").read_text())["schema_version"] == 2
     assert artifact.read(copy) == ArtifactMeta.from_dict(V1)
     assert "/home/" not in (copy / "README.md").read_text()
     assert (copy / "adapter_model.safetensors").read_bytes() == weights
-    assert artifact.upgrade(copy) is False
+    assert artifact.upgrade(copy, hub.model_card) is False
     assert sorted(p.name for p in copy.iterdir() if p.name.startswith(".")) == []
 
 

@@ -100,7 +100,8 @@ def make_artifact(encoder, out: Path, seed: int) -> Path:
                "delta": {"delta": 0.125, "ci95_low": 0.05, "ci95_high": 0.2},
                "data": "data/labelled.jsonl", "num_documents": 40,
                "protocol": "kNN accuracy, k=10."}
-    files = artifact.side_files(meta, metrics, RECIPE, [{"step": 1, "loss": 1.5}])
+    files = artifact.side_files(meta, metrics, RECIPE, [{"step": 1, "loss": 1.5}],
+                                 hub.model_card(meta, artifact.as_report(metrics)))
     path = save_adapter(encoder.model, out, files)
     encoder.model = encoder.model.unload()  # the base again, for the next artifact
     return path

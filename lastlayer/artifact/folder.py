@@ -10,9 +10,8 @@
 - :func:`upgrade` rewrites an older artifact's ``lastlayer.json`` and card in the current
   schema.
 
-The model card's text is the Hub package's (:func:`lastlayer.hub.model_card`); callers
-pass it in. Without one, :func:`side_files` and :func:`write` render the default card,
-the one import of this package from ``lastlayer.hub``.
+The model card's text is the Hub package's (:func:`lastlayer.hub.model_card`), above this
+one: callers render it and pass it in.
 """
 
 from __future__ import annotations
@@ -174,16 +173,9 @@ def write_atomically(
     return replace_folder(out_dir, write, lambda path: check(path, overwrite))
 
 
-def _card(meta: ArtifactMeta, report: EvalReport | None) -> str:
-    """The default model card (``lastlayer.hub.model_card``), for callers that pass none."""
-    from lastlayer.hub.card import model_card
-
-    return model_card(meta, report)
-
-
 def side_files(
     meta: ArtifactMeta, metrics: EvalReport | dict[str, Any] | None, recipe_yaml: str,
-    history: list[dict[str, float]], card: str | None = None,
+    history: list[dict[str, float]], card: str,
 ) -> dict[str, str]:
     """The text files saved next to the PEFT files of a new artifact, by name.
 
@@ -192,41 +184,42 @@ def side_files(
         metrics: ``eval.json`` (None: nothing measured; the file holds ``null``).
         recipe_yaml: The resolved recipe.
         history: The loss curve (``train_log.json``).
-        card: The model card (default: :func:`lastlayer.hub.model_card` of the above).
+        card: The model card (:func:`lastlayer.hub.model_card` of the above).
     """
     report = as_report(metrics)
     return {
         METADATA: meta.to_json(),
         RECIPE: recipe_yaml,
         EVAL: json.dumps(None if report is None else report.to_dict(), indent=2) + "\n",
-        CARD: card if card is not None else _card(meta, report),
+        CARD: card,
         TRAIN_LOG: json.dumps(history) + "\n",
     }
 
 
-def write(path: str | Path, meta: ArtifactMeta, card: str | None = None) -> None:
+def write(path: str | Path, meta: ArtifactMeta, card: str) -> None:
     """Rewrite the ``lastlayer.json`` and model card of an existing artifact folder.
 
-    The card (default: rendered from ``meta`` and the folder's ``eval.json``) and the
-    metadata are each replaced atomically. PEFT files, recipe and logs are left as they are.
+    The card and the metadata are each replaced atomically. PEFT files, recipe and logs are
+    left as they are.
     """
     folder = Path(path)
     if not is_artifact(folder):
         raise ArtifactError(f"{folder} is not a lastlayer artifact (no {METADATA}).")
-    if card is None:
-        card = _card(meta, read_metrics(folder))
     for name, text in {METADATA: meta.to_json(), CARD: card}.items():
         write_text(folder / name, text)
 
 
-def upgrade(path: str | Path) -> bool:
+def upgrade(path: str | Path,
+            render_card: Callable[[ArtifactMeta, EvalReport | None], str]) -> bool:
     """Rewrite an artifact of an older schema in the current one; return whether it changed.
 
     Facts the old schema did not hold (e.g. the version of a packaged base) stay unknown.
+    ``render_card`` (:func:`lastlayer.hub.model_card`) writes its card anew: the card's
+    prose belongs to the Hub package, above this one.
     """
     meta = read(path)
     stored = read_json(Path(path) / METADATA).get("schema_version", 1)
     if stored == SCHEMA_VERSION:
         return False
-    write(path, meta)
+    write(path, meta, render_card(meta, read_metrics(path)))
     return True

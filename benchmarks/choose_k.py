@@ -13,7 +13,7 @@ sets, and, where the two picks differ, trains both ks to see what each choice ga
 Every stage is resumable: results go to ``benchmarks/results/choose_k.json`` (one entry
 per data set and stage), and a stage skips the data sets it already has.
 
-Protocol (as ``benchmarks.findings``; :mod:`benchmarks.bench.protocol`): SmolLM2-135M-Instruct (packaged GGUF copy),
+Protocol (as ``benchmarks.findings``): SmolLM2-135M-Instruct (packaged GGUF copy),
 max_length 64, mean pooling. Labelled probe: leave-one-out kNN (k=10, euclidean) of every
 layer over the 1,000 held-out documents (seed 42) that findings evaluates on; SciFact has
 no labels, so its "probe" is nDCG@10 of every layer (300 test queries against the

@@ -17,6 +17,7 @@ import platform
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from benchmarks.bench import ROOT
@@ -89,6 +90,19 @@ def uptime() -> str:
         return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def wait_for_quiet(threshold: float, max_wait_s: float) -> float:
+    """Poll the 1-minute load average until it is below ``threshold`` (or time runs out)."""
+    deadline = time.monotonic() + max_wait_s
+    load = os.getloadavg()[0]
+    while load >= threshold and time.monotonic() < deadline:
+        print(f"1-min load {load:.2f} >= {threshold}: waiting ...", flush=True)
+        time.sleep(min(30.0, max(1.0, deadline - time.monotonic())))
+        load = os.getloadavg()[0]
+    if load >= threshold:
+        print(f"WARNING: 1-min load still {load:.2f}; timings may be distorted.", flush=True)
+    return load
+
+
 def _cpuinfo(key: str) -> str | None:
     """The first ``key : value`` of /proc/cpuinfo, or None (no such file or key)."""
     try:
@@ -113,7 +127,7 @@ def cpu_flags() -> list[str]:
     return [flag for flag in FLAGS if flag in have]
 
 
-def cpu() -> str:
+def cpu_description() -> str:
     """The CPU as a row records it: model name, then its flags in parentheses."""
     flags = cpu_flags()
     return f"{cpu_name()} ({' '.join(flags)})" if flags else cpu_name()
@@ -121,14 +135,14 @@ def cpu() -> str:
 
 def machine(torch_version: str) -> str:
     """CPU, core count and torch version: enough to tell machines apart (training rows)."""
-    return f"{cpu()}, {os.cpu_count()} cores, torch {torch_version}"
+    return f"{cpu_description()}, {os.cpu_count()} cores, torch {torch_version}"
 
 
 def machine_description(load_start: float, load_end: float | None = None,
                         precision: str = "fp32", gpu: str | None = None) -> str:
     """CPU (and ``gpu``, the name a worker reported), cores, OS, Python, precision and the
     load average at start (and end): what a timing row records."""
-    text = (f"{cpu()}, {os.cpu_count()} logical cores, {platform.system()} "
+    text = (f"{cpu_description()}, {os.cpu_count()} logical cores, {platform.system()} "
             f"{platform.release()}, python {platform.python_version()}, {precision}; "
             f"1-min load avg {load_start:.2f} at start")
     if load_end is not None:

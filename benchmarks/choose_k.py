@@ -32,6 +32,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,26 +81,39 @@ def probe_curve(encoder, data: EvalData) -> tuple[list[float], int, str]:
     return curve, len(data.task.queries), "ndcg@10 (queries as the N of the standard error)"
 
 
-def stage_probe(args: argparse.Namespace) -> None:
+def run_stage(args: argparse.Namespace, stage: str,
+              measure: Callable[[Any, str, EvalData], tuple[dict[str, Any], str]]) -> None:
+    """``measure(encoder, data set, data) -> (entry, line)`` on every data set that lacks
+    ``stage``; each entry is written (and exported) as soon as it is measured, so a stopped
+    stage resumes where it stopped. The base is loaded only if something is left to do."""
     results = read(args.out)
     encoder = None
     for dataset in args.datasets:
-        if "probe" in results.get(dataset, {}):
+        if stage in results.get(dataset, {}):
             continue
         data = protocol.eval_data(dataset, args.data_root)
         if encoder is None:
             _, encoder = encoder_for(dataset, args.data_root)
-        start = time.perf_counter()
-        curve, n, measure = probe_curve(encoder, data)
-        k, p = recommend_top_k(curve, n)
+        entry, line = measure(encoder, dataset, data)
         results = read(args.out)
-        results.setdefault(dataset, {})["probe"] = {
-            "k": k, "p": p, "best_layer": int(np.argmax(curve)), "curve": curve, "n_docs": n,
-            "measure": measure, "seconds": round(time.perf_counter() - start, 1)}
+        results.setdefault(dataset, {})[stage] = entry
         write(args.out, results)
-        export(args.out, "probe", args.export_dir)
-        print(f"{dataset}: probe k={k} (p={p}, best layer {int(np.argmax(curve))}) "
-              f"{[round(c, 3) for c in curve]}", flush=True)
+        export(args.out, stage, args.export_dir)
+        print(line, flush=True)
+
+
+def stage_probe(args: argparse.Namespace) -> None:
+    """The labelled layer probe on the held-out documents."""
+    def measure(encoder, dataset: str, data: EvalData) -> tuple[dict[str, Any], str]:
+        start = time.perf_counter()
+        curve, n, what = probe_curve(encoder, data)
+        k, p = recommend_top_k(curve, n)
+        entry = {"k": k, "p": p, "best_layer": int(np.argmax(curve)), "curve": curve,
+                 "n_docs": n, "measure": what, "seconds": round(time.perf_counter() - start, 1)}
+        return entry, (f"{dataset}: probe k={k} (p={p}, best layer {int(np.argmax(curve))}) "
+                       f"{[round(c, 3) for c in curve]}")
+
+    run_stage(args, "probe", measure)
 
 
 def candidate_curves(layers: np.ndarray, n: int, batch: int) -> dict[str, list[float]]:
@@ -136,14 +150,7 @@ def stage_auto(args: argparse.Namespace) -> None:
     from lastlayer.config import ObjectiveConfig
     from lastlayer.training.choose_k import crop_pairs, crop_queries
 
-    results = read(args.out)
-    encoder = None
-    for dataset in args.datasets:
-        if "auto" in results.get(dataset, {}):
-            continue
-        data = protocol.eval_data(dataset, args.data_root)
-        if encoder is None:
-            _, encoder = encoder_for(dataset, args.data_root)
+    def measure(encoder, dataset: str, data: EvalData) -> tuple[dict[str, Any], str]:
         start = time.perf_counter()
         a, b = crop_pairs(data.train_docs, ObjectiveConfig(), EVAL_SEED, args.docs)
         layers = layer_embeddings(encoder, a + b, 32, desc=f"crops {dataset}")
@@ -157,19 +164,18 @@ def stage_auto(args: argparse.Namespace) -> None:
             k, p = recommend_top_k(curve, crop_queries(n))  # every crop is one query
             picks[name] = {"k": k, "p": p, "best_layer": int(np.argmax(curve))}
         k, p = picks["inbatch"]["k"], picks["inbatch"]["p"]
-        results = read(args.out)
-        results.setdefault(dataset, {})["auto"] = {
+        entry = {
             "k": k, "p": p, "best_layer": int(np.argmax(curves["inbatch"])),
             "curve": curves["inbatch"], "n_docs": n, "n_queries": crop_queries(n),
             "signal": "crops",
             "seconds": round(seconds, 1), "train_docs": len(data.train_docs),
             "candidates": {name: {**picks.get(name, {}), "curve": c}
                            for name, c in curves.items()}}
-        write(args.out, results)
-        export(args.out, "auto", args.export_dir)
-        print(f"{dataset}: auto k={k} (p={p}); candidates "
-              f"{ {m: v['k'] for m, v in picks.items()} }; {seconds:.0f}s; "
-              f"{[round(c, 3) for c in curves['inbatch']]}", flush=True)
+        return entry, (f"{dataset}: auto k={k} (p={p}); candidates "
+                       f"{ {m: v['k'] for m, v in picks.items()} }; {seconds:.0f}s; "
+                       f"{[round(c, 3) for c in curves['inbatch']]}")
+
+    run_stage(args, "auto", measure)
 
 
 def findings_row(dataset: str, k: int) -> dict[str, Any] | None:

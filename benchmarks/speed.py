@@ -67,6 +67,12 @@ Usage (offline; timings are only meaningful as ratios within one run, on a quiet
 ``--quick`` (under 10 minutes on 2 cores): MiniLM only, sentence-transformers full
 fine-tuning vs lastlayer top-2 LoRA and top-2 LoRA from cache with length-grouped
 batches, no quality column.
+
+Longer than the ~400 lines a module aims at, for a reason: the three systems (the
+sentence-transformers loop, lastlayer's shipped steps, the untrained base), the worker
+that runs one of them in a fresh process, its rows and the orchestration of interleaved
+repeats are one measurement and read best together; what other benchmarks share with it
+(memory, step clock, profiling, workers, tables) is in :mod:`benchmarks.bench`.
 """
 
 from __future__ import annotations
@@ -89,6 +95,7 @@ from benchmarks.bench.measure import (
     rss_mb,
     wait_for_quiet,
 )
+from benchmarks.bench.steps import StepClock, profiled
 from benchmarks.bench.workers import reply, run_worker
 
 DEFAULT_DATA = MEDICAL
@@ -108,73 +115,6 @@ def plan(quick: bool, top_k: int = 2) -> list[tuple[str, str]]:
         return [(ST, "full"), (LL, lora), (LL, grouped)]
     return [(ST, "full"), (ST, "full-nodrop"), (ST, "lora-all"), (LL, lora), (LL, full),
             (LL, cached), (LL, grouped), (LL, f"{grouped}-nodrop")]
-
-
-# ---------------------------------------------------------------------------------------
-# Memory and step timing (inside a worker process).
-
-
-_PROFILER = None  # a torch.profiler.profile advanced at every optimizer step (--profile)
-_SAVED = None  # a SavedActivations counter, reset at every optimizer step (--profile)
-
-
-class SavedActivations:
-    """Bytes of the distinct tensor storages autograd saves for the backward, per step."""
-
-    def __init__(self) -> None:
-        self.per_step: list[dict[tuple, int]] = []
-        self._seen: set[int] = set()
-        self._shapes: dict[tuple, int] = {}
-
-    def pack(self, tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in self._seen:
-            self._seen.add(storage.data_ptr())
-            key = (tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
-            self._shapes[key] = self._shapes.get(key, 0) + storage.nbytes()
-        return tensor
-
-    def step(self) -> None:
-        self.per_step.append(self._shapes)
-        self._seen, self._shapes = set(), {}
-
-
-class StepClock:
-    """Stamps the end of every optimizer step of every optimizer (a global torch hook)."""
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-        self._handle = None
-
-    def __enter__(self) -> StepClock:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        self.start = time.perf_counter()
-        self._handle = register_optimizer_step_post_hook(self._stamp)
-        return self
-
-    def _stamp(self, optimizer, args, kwargs) -> None:
-        _sync()
-        self.stamps.append(time.perf_counter())
-        if _PROFILER is not None:
-            _PROFILER.step()
-        if _SAVED is not None:
-            _SAVED.step()
-
-    def __exit__(self, *exc) -> None:
-        self._handle.remove()
-
-    def step_times(self) -> list[float]:
-        """Wall time of each step: from the end of the previous step (or the start)."""
-        ends = [self.start, *self.stamps]
-        return [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]
-
-
-def _sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 # ---------------------------------------------------------------------------------------
@@ -414,7 +354,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     held_out, docs = load_data(spec)
     runner = {ST: run_sentence_transformers, LL: run_lastlayer, "base": run_base}[spec["system"]]
     if spec.get("profile"):
-        measured = _profiled(runner, spec, docs, held_out)
+        measured = profiled(lambda: runner(spec, docs, held_out), spec["warmup"])
     else:
         measured = runner(spec, docs, held_out)
     measured.update({
@@ -432,38 +372,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------
 # Rows: raw measurements of a system's runs -> one result row.
-
-
-def _profiled(runner, spec, docs, held_out) -> dict[str, Any]:
-    """Run ``runner`` under torch.profiler, recording exactly the first step after warm-up,
-    and count the activations every step saves for its backward."""
-    global _PROFILER, _SAVED
-    import torch
-    from torch.profiler import ProfilerActivity, profile, schedule
-
-    # Steps are counted by the optimizer hook: record step number ``warmup + 1``.
-    saved = SavedActivations()
-    with profile(activities=[ProfilerActivity.CPU],
-                 schedule=schedule(wait=spec["warmup"], warmup=0, active=1, repeat=1)) as prof, \
-            torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor):
-        _PROFILER, _SAVED = prof, saved
-        try:
-            measured = runner(spec, docs, held_out)
-        finally:
-            _PROFILER, _SAVED = None, None
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
-    measured["profile_table"] = events.table(sort_by="self_cpu_time_total", row_limit=15)
-    measured["profile_share"] = {
-        e.key: e.self_cpu_time_total / total
-        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
-    }
-    shapes = saved.per_step[spec["warmup"]] if len(saved.per_step) > spec["warmup"] else {}
-    measured["saved_activations_mb"] = sum(shapes.values()) / 2**20
-    measured["saved_activations_table"] = "\n".join(
-        f"  {str(list(shape)):>24} {dtype:>9} {nbytes / 2**20:8.1f} MB"
-        for (shape, dtype), nbytes in sorted(shapes.items(), key=lambda kv: -kv[1])[:12])
-    return measured
 
 
 def _median(values: list[float]) -> float | None:

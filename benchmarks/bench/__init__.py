@@ -9,6 +9,7 @@ module         job
 ``runs``       resumable plans: run keys, groups of runs on one base, pair caches on disk,
                the loop that skips what the results file already has
 ``measure``    resident memory, CPU seconds, load, the machine and commit a row records
+``steps``      timing optimizer steps (a global hook), profiling one step
 ``workers``    one measurement in a fresh Python process (its peak memory its own)
 ``tables``     markdown tables
 ``results``    result files: JSON lines appended per run, JSON documents written whole

@@ -97,6 +97,14 @@ def test_workers_run_as_modules_never_by_file_path():
     assert not any(part.endswith(".py") for part in command)
 
 
+def test_a_worker_answers_from_a_fresh_process_or_becomes_an_error(saved_models):
+    folder = str(saved_models["bert"])  # not GGUF: speed's worker hands the folder back
+    assert workers.run_worker({"copy": folder}, timeout_s=300) == {"model": folder}
+    failed = workers.run_worker({}, timeout_s=300, script="no_such_benchmark")
+    assert failed["error"].startswith("worker exited with 1") and "no_such_benchmark" in \
+        failed["error"]
+
+
 def test_resumable_plans_skip_what_is_done_and_open_each_group_once(tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
     items = [("g1", 1), ("g1", 2), ("g2", 3), ("g1", 4)]

@@ -38,7 +38,6 @@ nothing twice.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import statistics
@@ -327,16 +326,15 @@ def topk_table(rows: list[dict[str, Any]], model: str = "smollm2",
 
 def ship(artifact: Path, root: Path = ROOT) -> tuple[Path, Path]:
     """Copy a kept artifact to ``adapters/<domain>/<name>/`` and its recipe, with a header
-    saying what it measured, to ``recipes/<domain>/<name>.yaml``; return both paths."""
+    saying what it trains and where its measured figures are (docs/results.md: a figure
+    lives in one place), to ``recipes/<domain>/<name>.yaml``; return both paths."""
     recipe = load_recipe(artifact / "recipe.yaml")  # what ran: the artifact keeps it as is
-    report = json.loads((artifact / "eval.json").read_text(encoding="utf-8"))
     out = root / recipe.output_dir
     check_output_dir(out, overwrite=True)  # replaces a shipped artifact, never other files
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(artifact, out)
     target = root / "recipes" / out.parent.name / f"{out.name}.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)
-    d = report["delta"]
     hub, data_note = _hub_source(recipe.data.train)
     if hub:  # a local copy users do not have: the recipe names where they get the data
         recipe.data.train = hub
@@ -347,10 +345,8 @@ def ship(artifact: Path, root: Path = ROOT) -> tuple[Path, Path]:
         f"{recipe.objective.kind} objective, {recipe.train.max_steps} steps x "
         f"{recipe.train.batch_size} pairs "
         f"({'cached bottom layers' if recipe.train.cached_pairs else 'fresh views every step'}).",
-        f"# Measured by benchmarks/findings.py (held-out kNN, k=10, leave-one-out, "
-        f"{report['num_documents']} documents): {report['base']['knn_accuracy']:.3f} -> "
-        f"{report['adapted']['knn_accuracy']:.3f} ({d['delta']:+.3f}, 95% CI "
-        f"[{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}]); artifact in {recipe.output_dir}/.",
+        "# Measured by python -m benchmarks.findings (held-out kNN before/after, 95% CI): "
+        f'docs/results.md, "The shipped adapters"; artifact in {recipe.output_dir}/.',
         *(f"# {line}" for line in textwrap.wrap(data_note, 88)),
         f"#   lastlayer train recipes/{out.parent.name}/{out.name}.yaml",
     ]

@@ -336,7 +336,8 @@ def test_findings_runs_resumes_and_reports(tiny_protocol, tmp_path):
     assert recipe_file == tmp_path / "repo" / "recipes" / "medical" / f"{name}.yaml"
     assert load_recipe(recipe_file) == recipe
     header = recipe_file.read_text().splitlines()[:3]
-    assert f"{medical['delta']:+.3f}" in header[1] and "lastlayer train" in header[2]
+    assert "python -m benchmarks.findings" in header[1] and "lastlayer train" in header[2]
+    assert "docs/results.md" in header[1] and f"{medical['delta']:+.3f}" not in header[1]
 
 
 def test_findings_ships_recipes_naming_the_hub_copy_of_unshipped_data():

@@ -361,7 +361,8 @@ def report(out: Path, summary: Path, picture: Path, findings: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.budget",
+                                     description=__doc__.split("\n\n")[0])
     add_run_arguments(parser, DEFAULT_OUT, DEFAULT_WORK)
     parser.add_argument("--k-file", type=Path, default=DEFAULT_K_FILE,
                         help="benchmarks.choose_k's results (default "

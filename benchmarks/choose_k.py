@@ -296,7 +296,8 @@ def export(out: Path, stage: str, folder: Path | None) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.choose_k",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=("probe", "auto", "train", "report"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)

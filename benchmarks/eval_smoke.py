@@ -29,7 +29,8 @@ DEFAULT_DATA = [
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.eval_smoke",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="sentence-transformers/all-MiniLM-L6-v2",
                         help="adapter folder or base model id")
     parser.add_argument("--data", nargs="+", default=[str(p) for p in DEFAULT_DATA])

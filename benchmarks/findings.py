@@ -363,7 +363,8 @@ def _hub_source(data: str) -> tuple[str | None, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.findings",
+                                     description=__doc__.split("\n\n")[0])
     add_run_arguments(parser, DEFAULT_OUT, DEFAULT_WORK)
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no new run after this long")

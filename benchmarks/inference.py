@@ -72,7 +72,8 @@ MODELS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--texts", type=int, default=None, help="default 64 (--quick: 8)")

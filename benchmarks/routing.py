@@ -161,7 +161,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.routing",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=150, help="held-out documents per domain")
     parser.add_argument("--ood-docs", type=int, default=100, help="documents per outside set")
     parser.add_argument("--regenerate", action="store_true",

@@ -61,7 +61,8 @@ SYSTEMS = ["in-process", "server-single", "server-mixed", "server-base", "peer-b
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serve",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--adapter", default=str(DEFAULT_ADAPTER))
     parser.add_argument("--data", default=str(DEFAULT_DATA))

@@ -477,7 +477,8 @@ def write_rows(args, specs, runs, base_knn, load_start):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="MiniLM only: ST full fine-tuning vs lastlayer top-2 LoRA and cached "

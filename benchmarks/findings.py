@@ -59,7 +59,7 @@ from lastlayer.artifact import check_output_dir
 from lastlayer.config import Recipe, load_recipe
 from lastlayer.evaluation.datasets import EvalSet
 from lastlayer.evaluation.metrics import KnnResult
-from lastlayer.training.loop import save_artifact
+from lastlayer.training.assemble import save_artifact
 from lastlayer.training.report import eval_report
 
 DEFAULT_OUT = RESULTS / "findings.jsonl"

@@ -24,7 +24,7 @@ and every top-k adapter on it) are computed once by the base, mean-pooled for ro
 and handed to each adapter's top 4 blocks (``encode_from_cache``), as an inference engine
 that shares the trunk does; the adapters are loaded with ``load_adapter`` onto copies of
 the one base. ``--regenerate`` first rewrites each shipped artifact's
-``routing.safetensors`` with :func:`lastlayer.training.loop.sign_artifact` (what training
+``routing.safetensors`` with :func:`lastlayer.training.sign.sign_artifact` (what training
 writes: a seeded sample of ``--signature-docs`` training documents), timing each.
 
 Data outside the project (ohsumed23, reuters_r8, mr, Cranfield, SciFact) is read from
@@ -103,7 +103,7 @@ def ood_texts(name: str, n: int, data_root: Path, seed: int) -> list[str]:
 
 def regenerate(data_root: Path, max_docs: int, base: Encoder) -> dict[str, Any]:
     """Rewrite every shipped artifact's signature from its training data; time each."""
-    from lastlayer.training.loop import sign_artifact
+    from lastlayer.training.sign import sign_artifact
 
     timings = {}
     for name, folder, encoder in [

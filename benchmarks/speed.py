@@ -18,7 +18,7 @@ sentence-transformers       full-nodrop     the same with the model's dropout sw
                                             (``lastlayer.training.objectives.disable_dropout``)
 sentence-transformers       lora-all        the same with ``model.add_adapter(LoraConfig)``
                                             on every linear layer of every block (PEFT)
-lastlayer                   lora-top2       ``lastlayer.training.loop.fit``: LoRA on the
+lastlayer                   lora-top2       ``lastlayer.training.run.fit``: LoRA on the
                                             top-2 blocks, fresh views every step
 lastlayer                   full-top2       the same, top-2 blocks unfrozen
 lastlayer                   lora-top2-      ``train.cached_pairs``: the pairs' block-(L-2)
@@ -257,8 +257,8 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
         Recipe,
         TrainConfig,
     )
-    from lastlayer.training.loop import fit, prepare
     from lastlayer.training.pairs import cached_pair_stream
+    from lastlayer.training.run import fit, prepare
 
     mode, k = spec["mode"], spec["top_k"]
     kinds = {f"lora-top{k}": ("lora", False), f"full-top{k}": ("full", False),

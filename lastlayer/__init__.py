@@ -4,7 +4,7 @@ The public API (everything else is reachable through its sub-packages, see the R
 
 - ``load_recipe(path, overrides)``: a validated training recipe (``lastlayer.config``);
 - ``train(recipe)``: train, evaluate and save the adapter it describes
-  (``lastlayer.training.loop.run``; returns the trained encoder, metrics and folder);
+  (``lastlayer.training.run.run``; returns the trained encoder, metrics and folder);
 - ``Embedder(base)``: one base model in memory and any number of trained adapters on it,
   chosen per call, per row, or by routing (``lastlayer.inference``).
 
@@ -20,7 +20,7 @@ from lastlayer.config import load_recipe
 
 if TYPE_CHECKING:
     from lastlayer.inference import Embedder
-    from lastlayer.training.loop import run as train
+    from lastlayer.training.run import run as train
 
 from lastlayer._version import __version__
 
@@ -30,7 +30,7 @@ __all__ = ["Embedder", "__version__", "load_recipe", "train"]
 def __getattr__(name: str) -> Any:
     """The heavy parts of the public API, imported when first used."""
     if name == "train":
-        from lastlayer.training.loop import run
+        from lastlayer.training.run import run
 
         return run
     if name == "Embedder":

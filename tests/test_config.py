@@ -204,7 +204,7 @@ def test_paper_recipes_follow_the_papers_protocol(path, monkeypatch):
     """The paper's protocol: mpnet-base, mean pooling, 2-sentence crops of 100-250 chars, tau 0.05,
     batch 64, lr 2e-4 for crops (2e-5 otherwise), 10% warm-up, exactly one epoch."""
     from lastlayer.evaluation.datasets import load_eval_set
-    from lastlayer.training.loop import training_documents
+    from lastlayer.training.data import training_documents
 
     monkeypatch.chdir(ROOT)  # recipes name their data relative to the repository
     recipe = load_recipe(path)

@@ -34,7 +34,7 @@ from lastlayer.inference.export import (
     drop_gguf_marker,
     export_sentence_transformers,
 )
-from lastlayer.training.loop import run
+from lastlayer.training.run import run
 
 sentence_transformers = pytest.importorskip("sentence_transformers")
 

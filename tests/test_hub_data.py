@@ -245,7 +245,7 @@ def test_packaged_model_with_the_hub_unreachable_resolves_in_seconds(tmp_path):
 
 
 def test_library_log_lines_are_printed_once():
-    code = ("import logging; from lastlayer.cli import _setup_logging; _setup_logging(); "
+    code = ("import logging; from lastlayer.cli.logs import setup_logging; setup_logging(); "
             "import huggingface_hub.utils.logging; "
             "logging.getLogger('huggingface_hub.utils._http').warning('hub says so'); "
             "logging.getLogger('lastlayer.x').info('ours')")

@@ -17,7 +17,7 @@ from transformers import AutoModel
 from lastlayer.config import ModelConfig, load_recipe
 from lastlayer.core.adapters import load_adapter
 from lastlayer.core.encoder import load_encoder, resolve_model
-from lastlayer.training.loop import run
+from lastlayer.training.run import run
 
 pytestmark = pytest.mark.slow
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"

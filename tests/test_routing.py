@@ -27,7 +27,8 @@ from lastlayer.core.routing import (
 )
 from lastlayer.core.split import pooled_block_inputs
 from lastlayer.evaluation.datasets import load_eval_set
-from lastlayer.training.loop import run, training_documents
+from lastlayer.training.data import training_documents
+from lastlayer.training.run import run
 
 D = 24
 
@@ -259,7 +260,7 @@ def test_artifact_read_validates_the_signature(trained, tmp_path):
 def test_sign_artifact_writes_what_training_wrote(trained, saved_models, tmp_path):
     import shutil
 
-    from lastlayer.training.loop import sign_artifact
+    from lastlayer.training.sign import sign_artifact
 
     copy = shutil.copytree(trained, tmp_path / "copy")
     (copy / ROUTING).unlink()

@@ -13,7 +13,7 @@ import torch
 from conftest import medical_sample
 from safetensors.torch import load_file
 
-import lastlayer.training.loop as train_module
+import lastlayer.training.run as run_module
 from lastlayer.artifact import read as read_metadata
 from lastlayer.config import ConfigError, load_recipe
 from lastlayer.core.adapters import load_target
@@ -21,16 +21,11 @@ from lastlayer.corpus import read_texts
 from lastlayer.evaluation.datasets import load_eval_set
 from lastlayer.evaluation.metrics import knn_accuracy
 from lastlayer.training.accelerator import cpu_has_fast_bf16, make_accelerator
-from lastlayer.training.loop import (
-    finish,
-    fit,
-    latest_checkpoint,
-    prepare,
-    run,
-    training_documents,
-)
+from lastlayer.training.checkpoint import latest_checkpoint
+from lastlayer.training.data import training_documents
 from lastlayer.training.objectives import DropoutObjective
 from lastlayer.training.pairs import DocumentStream, cached_pair_stream
+from lastlayer.training.run import finish, fit, prepare, run
 
 # Losses of the first 3 steps of the tiny-BERT run below (seed 0, CPU, fp32). A change here
 # means training no longer does what it did: check why before updating them.
@@ -259,7 +254,7 @@ def test_output_dir_is_checked_before_any_model_is_loaded(saved_models, corpus, 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before output_dir was checked")
 
-    monkeypatch.setattr(train_module, "load_encoder", no_loading)
+    monkeypatch.setattr(run_module, "load_encoder", no_loading)
     fix = "set overwrite=true" if existing == "artifact" else "Choose another output_dir"
     with pytest.raises(ConfigError, match=fix):
         run(recipe_for(saved_models["bert"], corpus, out))
@@ -284,7 +279,7 @@ def test_top_k_above_the_layer_count_fails_before_training(saved_models, corpus,
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(train_module, "train_adapter", no_training)
+    monkeypatch.setattr(run_module, "train_adapter", no_training)
     with pytest.raises(ConfigError, match=r"adapter\.top_k=40 but BertModel has only 4 layers"):
         run(recipe_for(saved_models["bert"], corpus, tmp_path / "x", "adapter.top_k=40"))
     assert not (tmp_path / "x").exists()

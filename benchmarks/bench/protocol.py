@@ -86,7 +86,7 @@ def held_out_split(data: str, max_docs: int, seed: int) -> tuple[Any, list[str]]
     documents are never trained on, and both are chosen exactly as ``lastlayer train``
     chooses them for this data and seed."""
     from lastlayer.evaluation.datasets import load_eval_set
-    from lastlayer.training.loop import training_documents
+    from lastlayer.training.data import training_documents
 
     cfg = EvalConfig(data=data, max_docs=max_docs)
     held_out = load_eval_set(cfg, seed)

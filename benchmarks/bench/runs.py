@@ -34,8 +34,8 @@ from lastlayer.config import ModelConfig, Recipe
 from lastlayer.core.split import encode_from_cache, encode_with_cache
 from lastlayer.evaluation.metrics import paired_delta
 from lastlayer.training.cache import CachedViews
-from lastlayer.training.loop import fit, prepare
 from lastlayer.training.pairs import CachedPairStream, cached_pair_stream
+from lastlayer.training.run import fit, prepare
 from lastlayer.training.views import ViewStats
 
 T = TypeVar("T")
@@ -137,7 +137,7 @@ def load_views(path: Path, total: int, seed: int, first: int | None = None) -> C
 class Trained:
     """What one run of a group gave: the fit, its score, and what it cost."""
 
-    result: Any  # lastlayer.training.loop.FitResult
+    result: Any  # lastlayer.training.run.TrainResult
     value: float
     correct: list[bool] | None
     train_s: float

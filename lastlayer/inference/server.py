@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,52 +47,12 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationErro
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lastlayer import artifact
+from lastlayer.config.commands import ServeSettings  # the defaults of `lastlayer serve`
 from lastlayer.inference.embedder import AUTO, BaseMismatchError, Embedder, UnknownAdapterError
 
 log = logging.getLogger(__name__)
 
 OWNER = "lastlayer"
-
-
-@dataclass
-class ServeSettings:
-    """Limits and switches of the server (``lastlayer serve`` flags of the same names).
-
-    Attributes:
-        batch_window_ms: How long the first request of a batch waits for others to join.
-        max_batch: Most texts gathered into one batch (a larger request runs alone).
-        max_queue: Most texts waiting; beyond it requests get 429 with ``Retry-After``.
-        max_inputs: Most texts in one request (413 beyond).
-        max_body_bytes: Largest request body (413 beyond).
-        encode_batch_size: Texts per forward pass inside a batch.
-        api_key: When set, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <key>``
-            (401 otherwise); ``/health`` stays open but names no model.
-        allow_adapter_updates: Enable ``POST /v1/adapters`` and ``DELETE /v1/adapters/x``.
-        adapters_dir: The only folder runtime-added adapters may come from.
-        model_id: The base's id in ``/v1/models`` (default: the id artifacts record).
-    """
-
-    batch_window_ms: float = 5.0
-    max_batch: int = 256
-    max_queue: int = 4096
-    max_inputs: int = 2048
-    max_body_bytes: int = 8 * 1024 * 1024
-    encode_batch_size: int = 64
-    api_key: str | None = field(default=None, repr=False)
-    allow_adapter_updates: bool = False
-    adapters_dir: Path | None = None
-    model_id: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_inputs", "max_body_bytes",
-                     "encode_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.batch_window_ms < 0:
-            raise ValueError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}.")
-        if self.max_inputs > self.max_queue:
-            raise ValueError(f"max_inputs ({self.max_inputs}) cannot exceed max_queue "
-                             f"({self.max_queue}): such a request could never be queued.")
 
 
 # ---------------------------------------------------------------------------------------

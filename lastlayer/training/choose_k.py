@@ -33,13 +33,14 @@ import numpy as np
 import torch
 
 from lastlayer.config import ConfigError, EvalConfig, ObjectiveConfig, Recipe
-from lastlayer.core.encoder import Encoder
+from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.layers import find_layer_stack
 from lastlayer.corpus import DataError
-from lastlayer.evaluation.datasets import EvalSet
+from lastlayer.evaluation.datasets import EvalSet, load_eval_set
 from lastlayer.evaluation.metrics import knn_accuracy
 from lastlayer.evaluation.probe import RULE as PROBE_RULE
 from lastlayer.evaluation.probe import layer_embeddings, recommend_top_k, rule_text
+from lastlayer.training.data import training_documents
 from lastlayer.training.pairs import DocumentStream, PairStream
 
 CROPS_MEASURE = (
@@ -233,10 +234,6 @@ def choose_top_k(encoder: Encoder, recipe: Recipe, docs: list[str],
 def choose_for_recipe(recipe: Recipe, progress: bool = True) -> KChoice:
     """What ``top_k: auto`` would choose for this recipe, without training (``lastlayer
     choose-k``): the same held-out sample left out, the same documents, the same base."""
-    from lastlayer.core.encoder import load_encoder
-    from lastlayer.evaluation.datasets import load_eval_set
-    from lastlayer.training.loop import training_documents  # loop imports this module
-
     held_out = load_eval_set(recipe.eval, recipe.seed)
     docs = training_documents(recipe, held_out)
     return choose_top_k(load_encoder(recipe.model), recipe, docs, held_out, progress)

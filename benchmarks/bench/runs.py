@@ -64,8 +64,11 @@ def execute(items: Sequence[T], out: Path, *, key: Callable[[T], str],
     """Run the items not yet in ``out``, appending a row per run; return how many ran.
 
     Args:
-        key: an item's results key. group: what consecutive items share (one base, one
-            data set), opened once by ``open_group``. train: one run -> its row.
+        key: an item's key in the results file.
+        group: what consecutive items share (one base on one data set).
+        open_group: opens a group, once for its consecutive items, when the first of them
+            is about to run.
+        train: runs one item in its opened group and returns its row.
         say: the line printed after each run (given the count so far, the item, its row).
         max_minutes: start no run (and open no group) after this long.
     """

@@ -508,3 +508,13 @@ def test_the_shipped_artifacts_on_one_embedder_per_base():
                 if names[i % len(names)] == name:
                     assert float(mixed[i] @ expected[i]) > 0.99999, (name, i)
         del emb
+
+
+def test_one_result_type_that_numpy_reads_as_its_vectors(saved_models, artifacts):
+    emb = embedder(saved_models)
+    emb.load(artifacts["bert"]["lora2"])
+    named, base = emb.encode(TEXTS, adapter="lora2"), emb.encode(TEXTS)
+    assert named.routed is None and named.tokens.dtype == np.int64 and len(named) == len(TEXTS)
+    np.testing.assert_array_equal(np.abs(named - base), np.abs(named.vectors - base.vectors))
+    np.testing.assert_array_equal(named @ base.vectors.T, named.vectors @ base.vectors.T)
+    assert (named == named.vectors).all()

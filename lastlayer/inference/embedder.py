@@ -10,6 +10,9 @@ adapters of top-k costs ``(L − k) + N·k`` block passes instead of ``N·L``.
 Nothing here changes the base model after loading, so any number of threads may call
 ``encode`` at once while others ``load`` or ``unload`` adapters. Every encode call returns
 one result type, :class:`~lastlayer.core.engine.Embeddings`.
+
+(A little over 400 lines: most of it is the checks of a registry that refuses quietly
+wrong vectors, each with a message that says how to fix the call.)
 """
 
 from __future__ import annotations

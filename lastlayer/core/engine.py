@@ -184,8 +184,8 @@ class Engine:
         by the caller."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         tokens = np.zeros(len(texts), dtype=np.int64)
-        self.run(texts, [[(key, out)] for key in keys], heads, batch_size, normalize,
-                 progress, tokens, desc)
+        self.embed_requests(texts, [[(key, out)] for key in keys], heads, batch_size,
+                            normalize, progress, tokens, desc)
         return Embeddings(out, tokens)
 
     def embed_each(self, texts: list[str], names: Sequence[Key], heads: Mapping[str, Head],
@@ -195,7 +195,7 @@ class Engine:
         outs = {name: np.zeros((len(texts), self.dim), dtype=np.float32) for name in names}
         if outs:
             requests = [list(outs.items()) for _ in texts]
-            self.run(texts, requests, heads, batch_size, normalize, progress)
+            self.embed_requests(texts, requests, heads, batch_size, normalize, progress)
         return outs
 
     def route(self, texts: list[str], heads: Mapping[str, Head], signatures: Mapping[str, Any],
@@ -241,10 +241,10 @@ class Engine:
     # -----------------------------------------------------------------------------------
     # Batches with explicit heads.
 
-    def run(self, texts: list[str], requests: Requests, heads: Mapping[str, Head],
-            batch_size: int = 32, normalize: bool | None = None,
-            progress: bool | None = None, tokens: np.ndarray | None = None,
-            desc: str = "embed") -> None:
+    def embed_requests(self, texts: list[str], requests: Requests,
+                       heads: Mapping[str, Head], batch_size: int = 32,
+                       normalize: bool | None = None, progress: bool | None = None,
+                       tokens: np.ndarray | None = None, desc: str = "embed") -> None:
         """Embed ``texts`` for ``requests`` (see :data:`Requests`); ``tokens[i]`` (if
         given) receives the length of text ``i``'s input (one head per text)."""
         limit = self._limits(heads)

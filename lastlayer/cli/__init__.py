@@ -468,7 +468,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     section and seed, so its ``knn_accuracy`` on the recipe's eval data is the adapted
     number of ``eval.json`` (same sample, same leave-one-out protocol).
     """
-    from lastlayer.core.target import load_target
+    from lastlayer.core.adapters import load_target
     from lastlayer.evaluation.datasets import dataset_kind
     from lastlayer.evaluation.suite import evaluate_encoder, format_table, results_json
     from lastlayer.hub import adapter_folder

@@ -466,11 +466,11 @@ def test_eval_json_equals_lastlayer_eval_and_the_embedder(saved_models, tmp_path
     the same held-out sample, the same protocol, the same heads on the engine."""
     from conftest import medical_sample
 
+    from lastlayer import train  # the public API: wherever training's modules live
     from lastlayer.cli import main
     from lastlayer.config import load_recipe
     from lastlayer.evaluation.datasets import load_eval_set
     from lastlayer.inference import Embedder
-    from lastlayer.training.loop import run
 
     data = medical_sample(tmp_path / "medical.jsonl", docs=90)
     out = tmp_path / "adapter"
@@ -481,7 +481,7 @@ def test_eval_json_equals_lastlayer_eval_and_the_embedder(saved_models, tmp_path
         "train.batch_size=8", "train.lr=0.01", "train.cpu=true", "train.routing_docs=0",
         "seed=3", f"output_dir={out}",
     ])
-    run(recipe)
+    train(recipe)
     saved = json.loads((out / "eval.json").read_text(encoding="utf-8"))
     capsys.readouterr()
 

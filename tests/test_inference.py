@@ -195,7 +195,6 @@ def test_each_adapter_pools_truncates_and_normalises_as_trained(saved_models, tm
     vectors, tokens = result.vectors, result.tokens
     assert result.routed is None
     np.testing.assert_array_equal(vectors, got)
-    np.testing.assert_array_equal(np.asarray(result), got)  # the vectors, to numpy
     limits = [8, MAX_LENGTH, 8]
     assert tokens.tolist() == [len(emb.tokenizer(t, truncation=True, max_length=n)["input_ids"])
                                for t, n in zip(TEXTS[:3], limits, strict=True)]
@@ -510,11 +509,10 @@ def test_the_shipped_artifacts_on_one_embedder_per_base():
         del emb
 
 
-def test_one_result_type_that_numpy_reads_as_its_vectors(saved_models, artifacts):
+def test_one_result_type_whatever_is_asked(saved_models, artifacts):
     emb = embedder(saved_models)
     emb.load(artifacts["bert"]["lora2"])
     named, base = emb.encode(TEXTS, adapter="lora2"), emb.encode(TEXTS)
-    assert named.routed is None and named.tokens.dtype == np.int64 and len(named) == len(TEXTS)
-    np.testing.assert_array_equal(np.abs(named - base), np.abs(named.vectors - base.vectors))
-    np.testing.assert_array_equal(named @ base.vectors.T, named.vectors @ base.vectors.T)
-    assert (named == named.vectors).all()
+    assert type(named) is type(base) and named.routed is None and base.routed is None
+    assert named.tokens.dtype == np.int64 and len(named) == len(TEXTS) == len(named.tokens)
+    assert named.vectors.shape == base.vectors.shape == (len(TEXTS), emb.dim)

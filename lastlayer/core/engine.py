@@ -87,8 +87,8 @@ def build_head(base: nn.Module, folder: str | Path, meta: ArtifactMeta, merge: b
                 emb.pooling, emb.normalize, emb.max_length, merge or kind.always_merged)
 
 
-@dataclass(eq=False)  # ``==`` compares the vectors, as numpy does
-class Embeddings(np.lib.mixins.NDArrayOperatorsMixin):
+@dataclass(eq=False)  # vectors compare with numpy, not ==
+class Embeddings:
     """What an encode call gives: one result type, whatever was asked.
 
     Attributes:
@@ -97,22 +97,11 @@ class Embeddings(np.lib.mixins.NDArrayOperatorsMixin):
             included, after truncation to its adapter's limit), as the tokenizer gave them.
         routed: With ``adapter="auto"``: per text, the adapter routing picked (None: the
             base); else None.
-
-    ``numpy.asarray(result)`` is ``result.vectors``, and numpy's operators and functions
-    (``a - b``, ``np.abs``, ``@``) see the vectors, so code written when ``encode`` returned
-    the bare array keeps computing with it.
     """
 
     vectors: np.ndarray
     tokens: np.ndarray
     routed: list[Key] | None = None
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return self.vectors if dtype is None else self.vectors.astype(dtype)
-
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        inputs = tuple(x.vectors if isinstance(x, Embeddings) else x for x in inputs)
-        return getattr(ufunc, method)(*inputs, **kwargs)
 
     def __len__(self) -> int:
         return len(self.vectors)

@@ -20,7 +20,13 @@ from tqdm.auto import tqdm
 from lastlayer.config import Recipe
 from lastlayer.core.encoder import Encoder
 from lastlayer.core.split import TopKHead
-from lastlayer.training.checkpoint import keep_trainable_weights_only, maybe_resume, save_checkpoint
+from lastlayer.training.checkpoint import (
+    CheckpointError,
+    checkpoint_root,
+    latest_checkpoint,
+    maybe_resume,
+    save_checkpoint,
+)
 from lastlayer.training.loss import info_nce
 from lastlayer.training.pairs import (
     CachedPairCollator,
@@ -33,6 +39,10 @@ from lastlayer.training.pairs import (
     length_grouped_sampler,
 )
 from lastlayer.training.views import ViewStats
+
+
+class TrainingDiverged(CheckpointError):
+    """The loss became NaN or infinite: the run stops, its last good checkpoint is kept."""
 
 
 @dataclass
@@ -96,10 +106,8 @@ def train_adapter(
     cached = isinstance(pairs, CachedPairStream)
     trained = TopKHead(encoder.model, blocks) if cached else encoder.model
     model, optimizer, loader = accelerator.prepare(trained, optimizer, loader)
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_save_state_pre_hook(keep_trainable_weights_only)
 
-    start = maybe_resume(recipe, accelerator)
+    start = maybe_resume(recipe, accelerator, encoder.model, optimizer, scheduler)
     if start:
         loader = accelerator.skip_first_batches(loader, start * cfg.grad_accum_steps)
     step, history = start, []
@@ -126,14 +134,40 @@ def train_adapter(
             "accuracy": accelerator.reduce(acc.detach().float(), "mean").item(),
             "lr": scheduler.get_last_lr()[0],
         }
+        check_finite(record, recipe)
         history.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
-            save_checkpoint(recipe, accelerator, step)
+            save_checkpoint(recipe, accelerator, step, encoder.model, optimizer, scheduler)
         if step >= cfg.max_steps:
             break
     bar.close()
     if not cached:
         encoder.model = accelerator.unwrap_model(model)
     return TrainResult(step, history, pairs.stats, start)
+
+
+def check_finite(record: dict[str, float], recipe: Recipe) -> None:
+    """Stop the run at the first step whose loss (averaged over processes) is NaN or inf.
+
+    The check runs before that step is checkpointed, so every checkpoint on disk holds
+    finite weights; the message names the step, the newest of them and the likely causes.
+
+    Raises:
+        TrainingDiverged: The loss is not finite.
+    """
+    loss = record["loss"]
+    if torch.isfinite(torch.tensor(loss)):
+        return
+    cfg = recipe.train
+    found = latest_checkpoint(checkpoint_root(recipe))
+    kept = (f"The last good checkpoint, {found[0]}, is kept." if found else
+            "No checkpoint was saved before it (see train.checkpoint_every).")
+    causes = f"a learning rate too high (train.lr={cfg.lr:g}; try 10x lower)"
+    if cfg.mixed_precision != "no":
+        causes += (f" or too little precision (train.mixed_precision={cfg.mixed_precision}; "
+                   "try no)")
+    raise TrainingDiverged(
+        f"step {record['step']}: the training loss is {loss}, so training stopped and no "
+        f"artifact was saved. Likely cause: {causes}. {kept}")

@@ -389,6 +389,12 @@ def _text_of(path: Source, where: str, text: Any, text_field: str,
     if "\x00" in text:
         raise DataError(f"{path} {where}: holds NUL bytes, so this is a binary file, not "
                         "text. Point the recipe at the text corpus (UTF-8).")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON's "\ud800": no tokenizer takes it
+        raise DataError(f"{path} {where}: field '{text_field}' holds {text[e.start]!r}, half "
+                        "of a UTF-16 surrogate pair, which is not text. Fix or drop that "
+                        "record.") from None
     return text.strip()
 
 
@@ -504,6 +510,9 @@ def _jsonl_records(
                     f"{path} {where}: invalid JSON ({e.msg} at column {e.colno}). "
                     f"Each line must hold one JSON object."
                 ) from e
+            except (ValueError, RecursionError) as e:  # a 5000-digit number, deep nesting
+                raise DataError(f"{path} {where}: JSON this reader refuses ({e}). Each line "
+                                "must hold one JSON object of plain fields.") from None
             if not isinstance(record, dict):
                 raise DataError(
                     f"{path} {where}: expected a JSON object, got "

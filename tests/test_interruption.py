@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import medical_sample
 from safetensors.torch import load_file
+from train_worker import train_in_child
 
 import lastlayer.training.checkpoint as checkpoint
 import lastlayer.training.loop as loop
@@ -58,12 +59,22 @@ def run_cli(recipe: Path, args: list[str]) -> int:
 
 
 def killed_run(recipe: Path, args: list[str], kill_at: str, cwd: Path) -> None:
-    """Run the worker with ``LASTLAYER_TEST_KILL_AT=kill_at``; it must die of SIGKILL."""
-    env = {**os.environ, "LASTLAYER_TEST_KILL_AT": kill_at, "HF_HUB_OFFLINE": "1",
+    """Train in a forked child that SIGKILLs itself at ``kill_at``; it must die of it."""
+    status = train_in_child([str(recipe), *args], kill_at)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
+def test_the_worker_dies_of_sigkill_as_a_fresh_process(saved_models, corpus, recipe_file,
+                                                       tmp_path):
+    """The same kill in a new interpreter (``python tests/train_worker.py``), not a fork."""
+    out = tmp_path / "out"
+    env = {**os.environ, "LASTLAYER_TEST_KILL_AT": "step:3", "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(WORKER.parent)])}
-    done = subprocess.run([sys.executable, str(WORKER), str(recipe), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(WORKER), str(recipe_file),
+                           *overrides(saved_models["bert"], corpus, out, False)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert latest_checkpoint(tmp_path / "out.checkpoints")[1] == 2 and not out.exists()
 
 
 @pytest.fixture(scope="module")

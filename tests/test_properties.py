@@ -202,7 +202,8 @@ def test_any_bytes_give_documents_or_a_data_error(tmp_path_factory, suffix, data
 
 
 @given(st.lists(st.one_of(st.none(), st.text(max_size=30)), min_size=1, max_size=10),
-       st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=5)), min_size=1,
+       st.lists(st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.text(max_size=5)),
+                min_size=1,
                 max_size=10))
 def test_any_parquet_columns_give_documents_or_a_data_error(tmp_path_factory, texts, labels):
     import pyarrow as pa

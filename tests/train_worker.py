@@ -1,9 +1,10 @@
-"""``lastlayer train`` in a subprocess that SIGKILLs itself at a chosen point (tests only).
+"""``lastlayer train`` in a process that SIGKILLs itself at a chosen point (tests only).
 
 ``python tests/train_worker.py RECIPE [OVERRIDES...]`` runs ``lastlayer.cli.main(["train",
-...])``. ``LASTLAYER_TEST_KILL_AT=<point>:<n>`` (read here and nowhere else; lastlayer has
-no test hook of its own) kills the process with SIGKILL, as an OOM killer or a pulled plug
-would, at the ``n``-th (1-based) time it reaches ``point``:
+...])``; :func:`train_in_child` does the same in a forked child of the test process (no
+second start-up of torch). ``LASTLAYER_TEST_KILL_AT=<point>:<n>`` (read here and nowhere
+else; lastlayer has no test hook of its own) kills the process with SIGKILL, as an OOM
+killer or a pulled plug would, at the ``n``-th (1-based) time it reaches ``point``:
 
 - ``cache``: a batch of the bottom-layer pass that builds the cached pairs;
 - ``step``: an optimizer step, after the backward pass and before the update;
@@ -30,13 +31,13 @@ from lastlayer.cli import main
 from lastlayer.core.split import BottomRunner
 
 calls: Counter[str] = Counter()
-point, _, nth = os.environ.get("LASTLAYER_TEST_KILL_AT", "").partition(":")
+chosen: dict[str, int] = {}
 
 
 def reached(name: str) -> None:
     """SIGKILL this process at the ``nth`` arrival at the chosen point."""
     calls[name] += 1
-    if name == point and calls[name] == int(nth):
+    if calls[name] == chosen.get(name):
         sys.stdout.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -77,10 +78,31 @@ def wrap_final_save() -> None:
     artifact.os.replace = replace_then_reach
 
 
-if __name__ == "__main__":
+def install(kill_at: str) -> None:
+    """Arm the kill points of this process; ``kill_at`` is ``<point>:<n>``."""
+    point, _, nth = kill_at.partition(":")
+    chosen[point] = int(nth)
     torch.set_num_threads(1)
     wrap(BottomRunner, "forward", "cache")
     wrap(torch.optim.AdamW, "step", "step")
     wrap(checkpoint, "save_file", "checkpoint")
     wrap_final_save()
+
+
+def train_in_child(args: list[str], kill_at: str) -> int:
+    """Fork; the child arms ``kill_at`` and runs ``lastlayer train ARGS``; return the
+    child's wait status (``os.waitpid``). The child never returns into the caller."""
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 3
+        try:
+            install(kill_at)
+            code = main(["train", *args])
+        finally:
+            os._exit(code)
+    return os.waitpid(pid, 0)[1]
+
+
+if __name__ == "__main__":
+    install(os.environ.get("LASTLAYER_TEST_KILL_AT", ":0"))
     sys.exit(main(["train", *sys.argv[1:]]))

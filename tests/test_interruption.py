@@ -227,3 +227,32 @@ def test_nan_loss_message_names_the_precision_when_mixed(tmp_path):
                                  "train.mixed_precision=bf16"])
     with pytest.raises(loop.TrainingDiverged, match=r"step 3: .* inf.*mixed_precision=bf16"):
         loop.check_finite({"step": 3, "loss": float("inf")}, recipe)
+
+
+@pytest.mark.distributed
+def test_two_processes_killed_mid_step_resume_bit_exact(saved_models, corpus, recipe_file,
+                                                        tmp_path):
+    """torchrun, 2 CPU processes: each one's RNG state is checkpointed and given back."""
+    import socket
+
+    def torchrun(script: list[str], out: Path, *more: str, kill_at: str = "") -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", LASTLAYER_TEST_KILL_AT=kill_at,
+                   PYTHONPATH=os.pathsep.join([str(ROOT), str(WORKER.parent)]))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(port), *script,
+               str(recipe_file), *overrides(saved_models["bert"], corpus, out, False, *more)]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True,
+                              timeout=300).returncode
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert torchrun(["-m", "lastlayer", "train"], straight) == 0
+    assert torchrun([str(WORKER)], resumed, kill_at="step:3") != 0
+    path, step = latest_checkpoint(tmp_path / "resumed.checkpoints")
+    assert step == 2 and {"torch.0", "torch.1"} <= load_file(path / "rng.safetensors").keys()
+    assert torchrun(["-m", "lastlayer", "train"], resumed, "train.resume=true") == 0
+    assert_same_weights(resumed, load_file(straight / WEIGHTS))

@@ -184,6 +184,8 @@ CASES = [
     Case("a lone surrogate in the text", train_on(text("c.jsonl", '{"text": "a \\ud800"}\n')),
          "half of a UTF-16 surrogate pair"),
     Case("truncated gzip", train_on(gz_truncated), "not a valid gzip file"),
+    Case("gzip damaged inside", train_on(text("c.txt.gz", b"\x1f\x8b\x08\x00" + b"\x00" * 20)),
+         "c.txt.gz: not a valid gzip file (Error -3 while decompressing data"),
     Case("not gzip at all", train_on(text("c.jsonl.gz", b"plain text, not gzip\n")),
          "not a valid gzip file"),
     Case("CSV without the text column",

@@ -161,3 +161,14 @@ def test_a_checkpoint_of_another_adapter_is_refused(checkpointed, recipe, capsys
     args, _ = checkpointed
     line = refuse(recipe, [*args, "adapter.top_k=1"], capsys, monkeypatch)
     assert "not this run's trainable parameters" in line
+
+
+def test_a_checkpoint_of_another_process_count_is_refused(checkpointed):
+    from types import SimpleNamespace
+
+    from lastlayer.training.checkpoint import CheckpointError, load_checkpoint
+
+    _, folder = checkpointed
+    two = SimpleNamespace(process_index=0, num_processes=2, scaler=None)
+    with pytest.raises(CheckpointError, match="resume with the same number of processes"):
+        load_checkpoint(folder, two, None, None, None)  # refused before anything is read

@@ -1,6 +1,6 @@
 """Gain against training budget: held-out quality after ~40, 150 and 500 steps.
 
-The findings (``benchmarks/findings.py``) trained 40 steps x 32 pairs, a fraction of an
+The findings (``benchmarks.findings``) trained 40 steps x 32 pairs, a fraction of an
 epoch. This benchmark asks what more steps buy, on a raw base (SmolLM2-135M, full unfreeze
 of the top k, crops, lr 2e-4, batch 32, 64 tokens; the findings' protocol and held-out
 documents), with each corpus's k as ``adapter.top_k: auto`` chooses it
@@ -10,9 +10,9 @@ it again and it continues (resumable); ``--report`` prints the table, writes
 ``benchmarks/results/budget.json`` and plots gain against training time
 (``docs/budget_gain.png``).
 
-    python benchmarks/budget.py --data-root ../shared/data      # run (or continue) the plan
-    python benchmarks/budget.py --max-minutes 30 --only a b     # priority groups a and b only
-    python benchmarks/budget.py --report
+    python -m benchmarks.budget --data-root ../shared/data      # run (or continue) the plan
+    python -m benchmarks.budget --max-minutes 30 --only a b     # priority groups a and b only
+    python -m benchmarks.budget --report
 
 How budgets are compared. The learning rate follows a linear warmup (10 %) and linear
 decay over ``train.max_steps``, so step 40 of a 500-step run is not a 40-step run: every
@@ -35,56 +35,27 @@ measured by the findings on the same held-out documents.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
-import resource
 import statistics
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from benchmarks.bench import RESULTS, ROOT, protocol, tables
+from benchmarks.bench.results import read_rows, write_json
+from benchmarks.bench.runs import Group, Keyed, add_run_arguments, load_views, provenance, scores
+from benchmarks.bench.runs import execute as execute_plan
+from lastlayer.config import Recipe
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from findings import (  # noqa: E402  (the findings' protocol, data and caches, shared)
-    DATASETS,
-    EVAL_SEED,
-    MODELS,
-    ROOT,
-    EvalData,
-    _load_views,
-    _portable,
-    _save_views,
-    add_run_arguments,
-    commit,
-    eval_data,
-    machine,
-    read_rows,
-)
-
-from lastlayer.config import Recipe, load_recipe  # noqa: E402
-from lastlayer.core.encoder import Encoder, load_encoder  # noqa: E402
-from lastlayer.core.split import encode_from_cache, encode_with_cache  # noqa: E402
-from lastlayer.evaluation.metrics import paired_delta  # noqa: E402
-from lastlayer.training.cache import CachedViews  # noqa: E402
-from lastlayer.training.pairs import CachedPairStream, cached_pair_stream  # noqa: E402
-from lastlayer.training.run import fit, prepare  # noqa: E402
-
-log = logging.getLogger("budget")
-
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "budget.jsonl"
-DEFAULT_SUMMARY = ROOT / "benchmarks" / "results" / "budget.json"
+DEFAULT_OUT = RESULTS / "budget.jsonl"
+DEFAULT_SUMMARY = RESULTS / "budget.json"
 DEFAULT_PLOT = ROOT / "docs" / "budget_gain.png"
 DEFAULT_WORK = ROOT / "runs" / "budget"
-DEFAULT_K_FILE = ROOT / "benchmarks" / "results" / "choose_k.json"
+DEFAULT_K_FILE = RESULTS / "choose_k.json"
 MODEL = "smollm2"
 BATCH, LR, PAIRS = 32, 2e-4, 1280
 BUDGETS = (40, 150, 500)
@@ -96,7 +67,7 @@ SHORT = {"medical_abstracts": "medical", "ohsumed23": "Ohsumed", "reuters_r8": "
 
 
 @dataclass(frozen=True)
-class Run:
+class Run(Keyed):
     """One training run; ``key`` identifies it in the results file."""
 
     dataset: str
@@ -106,10 +77,6 @@ class Run:
     pairs: int = PAIRS
     lr: float = LR
     batch_size: int = BATCH
-
-    @property
-    def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 def plan(ks: dict[str, int], epochs: dict[str, int] | None = None) -> list[tuple[str, Run]]:
@@ -150,7 +117,7 @@ def plan(ks: dict[str, int], epochs: dict[str, int] | None = None) -> list[tuple
 
 
 def read_ks(path: Path) -> dict[str, int]:
-    """The k that ``adapter.top_k: auto`` picks per data set, from ``benchmarks/choose_k.py``'s
+    """The k that ``adapter.top_k: auto`` picks per data set, from ``benchmarks.choose_k``'s
     results (``{name: {"auto": {"k": k}, ...}}``); a plain ``{name: k}`` file also works."""
     ks = dict(KNOWN_K)
     if path.exists():
@@ -164,156 +131,80 @@ def read_ks(path: Path) -> dict[str, int]:
 
 def recipe_of(run: Run, data_root: Path) -> Recipe:
     """The recipe whose ``lastlayer train`` gives this row (same documents, pairs, steps)."""
-    spec = MODELS[MODEL]
-    path = data_root / DATASETS[run.dataset]
-    evaluation = [] if path.is_dir() else [f"eval.data={_portable(path)}", "eval.max_docs=1000"]
-    return load_recipe(None, [
-        f"model.name_or_path={spec.name_or_path}", f"model.max_length={spec.max_length}",
-        "adapter.kind=full", f"adapter.top_k={run.k}", "objective.kind=crop",
-        f"data.train={_portable(path)}", *evaluation, f"train.max_steps={run.steps}",
-        f"train.batch_size={run.batch_size}", f"train.lr={run.lr}",
-        f"train.cached_pairs={run.pairs}", f"seed={run.seed}", "train.routing_docs=0",
-        f"output_dir=runs/budget/{run.dataset}/k{run.k}-{run.steps}steps-seed{run.seed}",
-    ])
-
-
-def first_pairs(views: CachedViews, n: int) -> CachedViews:
-    """The first ``n`` cached views (what a smaller ``train.cached_pairs`` would cache)."""
-    end = int(views.offsets[n])
-    return CachedViews(views.ids[:end], views.states[:end], views.offsets[: n + 1])
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class Group:
-    """One data set at one k: the base measured once (keeping block L-k's inputs of the
-    held-out texts), then runs from a fresh copy of the base each."""
-
-    def __init__(self, dataset: str, k: int, data_root: Path, work: Path) -> None:
-        self.dataset, self.k, self.data_root = dataset, k, data_root
-        self.work = work / dataset / f"k{k}"
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.data: EvalData = eval_data(dataset, data_root)
-        probe = Run(dataset, k, BUDGETS[0])
-        self.encoder: Encoder = load_encoder(recipe_of(probe, data_root).model)
-        self.base_model = self.encoder.model
-        self.base, self.base_correct, self.eval_cache = self._base()
-
-    def _base(self) -> tuple[float, list[bool] | None, list[torch.Tensor]]:
-        path = self.work / "base.pt"
-        if path.exists():
-            saved = torch.load(path, mmap=True)
-            return saved["value"], saved["correct"], saved["cache"]
-        vectors, cache = encode_with_cache(self.encoder, self.data.texts, self.k, 32,
-                                           f"embed {self.dataset} (base)")
-        value, correct = self.data.score(vectors)
-        torch.save({"value": value, "correct": correct, "cache": cache}, path)
-        return value, correct, cache
-
-    def pairs(self, run: Run) -> tuple[CachedPairStream, float]:
-        """The run's cached pairs and what caching them cost (seconds; built once per seed,
-        the cost of a smaller prefix counted pro rata)."""
-        path = self.work / f"pairs-seed{run.seed}-{PAIRS}.pt"
-        meta = path.with_suffix(".json")
-        if not path.exists():
-            self.encoder.model = self.base_model
-            start = time.perf_counter()
-            full = Run(run.dataset, run.k, run.steps, run.seed, PAIRS)
-            stream = cached_pair_stream(self.encoder, self.data.train_docs,
-                                        recipe_of(full, self.data_root), PAIRS, BATCH)
-            _save_views(path, stream)
-            meta.write_text(json.dumps({"cache_s": round(time.perf_counter() - start, 1),
-                                        "load": os.getloadavg()}), encoding="utf-8")
-        cache_s = json.loads(meta.read_text(encoding="utf-8"))["cache_s"]
-        full = Run(run.dataset, run.k, run.steps, run.seed, PAIRS)
-        stream = _load_views(path, full)
-        if run.pairs < PAIRS:
-            a = first_pairs(stream.views_a, run.pairs)
-            b = first_pairs(stream.views_b, run.pairs)
-            stream = CachedPairStream(a, b, run.steps * run.batch_size, run.seed, stream.stats,
-                                      stream.k)
-        else:
-            stream = CachedPairStream(stream.views_a, stream.views_b, run.steps * run.batch_size,
-                                      run.seed, stream.stats, stream.k)
-        return stream, cache_s * run.pairs / PAIRS
-
-    def train(self, run: Run, group: str) -> dict[str, Any]:
-        """Train one run from a fresh copy of the base and score it; return its row."""
-        recipe = recipe_of(run, self.data_root)
-        pairs, cache_s = self.pairs(run)
-        self.encoder.model = copy.deepcopy(self.base_model)
-        job = prepare(recipe, encoder=self.encoder, documents=self.data.train_docs,
-                      evaluate=False)
-        job.pairs = pairs
-        load_before, cpu_before = os.getloadavg(), cpu_seconds()
-        start = time.perf_counter()
-        result = fit(job)
-        train_s = time.perf_counter() - start
-        train_cpu = cpu_seconds() - cpu_before
-        load_after = os.getloadavg()
-        vectors = encode_from_cache(self.encoder, self.data.texts, self.eval_cache, self.k, 32,
-                                    "embed (adapted, from cache)")
-        value, correct = self.data.score(vectors)
-        eval_s = time.perf_counter() - start - train_s
-        self.encoder.model = self.base_model
-        row = {**asdict(run), "key": run.key, "group": group, "metric": self.data.metric,
-               "value": value, "base_value": self.base, "delta": value - self.base}
-        if correct is not None:
-            ci = paired_delta(np.asarray(self.base_correct), np.asarray(correct), seed=EVAL_SEED)
-            row.update(ci95_low=ci["ci95_low"], ci95_high=ci["ci95_high"])
-        row.update(
-            train_documents=len(self.data.train_docs),
-            epochs_over_corpus=round(run.steps * run.batch_size / len(self.data.train_docs), 2),
-            passes_over_pairs=round(run.steps * run.batch_size / run.pairs, 2),
-            first_loss=result.history[0]["loss"], final_loss=result.history[-1]["loss"],
-            final_accuracy=result.history[-1]["accuracy"],
-            cache_s=round(cache_s, 1), train_s=round(train_s, 1),
-            time_s=round(cache_s + train_s, 1), s_per_step=round(train_s / run.steps, 2),
-            train_cpu_s=round(train_cpu, 1), eval_s=round(eval_s, 1),
-            load_before=[round(x, 2) for x in load_before],
-            load_after=[round(x, 2) for x in load_after],
-            eval_documents=len(self.data.texts), machine=machine(), commit=commit(),
-            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
-        return row
+    return protocol.recipe(
+        protocol.MODELS[MODEL], data_root / protocol.DATASETS[run.dataset], kind="full",
+        k=run.k, objective="crop", steps=run.steps, batch_size=run.batch_size, lr=run.lr,
+        cached_pairs=run.pairs, seed=run.seed, extra=("train.routing_docs=0",),
+        output_dir=f"runs/budget/{run.dataset}/k{run.k}-{run.steps}steps-seed{run.seed}")
 
 
 # ---------------------------------------------------------------------------------------
-# Running the plan.
+# Running the plan: one group per (data set, k).
 
 
-def pending(runs: list[tuple[str, Run]], done: set[str]
-            ) -> Iterator[tuple[tuple[str, int], list[tuple[str, Run]]]]:
-    todo = [(g, r) for g, r in runs if r.key not in done]
-    yield from ((key, list(rs)) for key, rs in groupby(todo, lambda gr: (gr[1].dataset, gr[1].k)))
+def open_group(dataset: str, k: int, data_root: Path, work: Path) -> Group:
+    """One data set at one k: the base measured once (keeping block L-k's inputs of the
+    held-out texts), then runs from a fresh copy of the base each."""
+    cfg = recipe_of(Run(dataset, k, BUDGETS[0]), data_root).model
+    return Group(work / dataset / f"k{k}", dataset, protocol.eval_data(dataset, data_root),
+                 cfg, k)
+
+
+def pairs_of(group: Group, run: Run, data_root: Path):
+    """The run's cached pairs and what caching them cost (seconds; built once per seed,
+    the cost of a smaller prefix counted pro rata)."""
+    path = group.work / f"pairs-seed{run.seed}-{PAIRS}.pt"
+    meta = path.with_suffix(".json")
+    full = Run(run.dataset, run.k, run.steps, run.seed, PAIRS)
+    built = group.cache_pairs(path, recipe_of(full, data_root), PAIRS, BATCH)
+    if built is not None:
+        meta.write_text(json.dumps({"cache_s": round(built, 1), "load": os.getloadavg()}),
+                        encoding="utf-8")
+    cache_s = json.loads(meta.read_text(encoding="utf-8"))["cache_s"]
+    stream = load_views(path, run.steps * run.batch_size, run.seed,
+                        first=run.pairs if run.pairs < PAIRS else None)
+    return stream, cache_s * run.pairs / PAIRS
+
+
+def train_run(group: Group, run: Run, name: str, data_root: Path) -> dict[str, Any]:
+    """Train one run from a fresh copy of the base and score it; return its row."""
+    recipe = recipe_of(run, data_root)
+    pairs, cache_s = pairs_of(group, run, data_root)
+    trained = group.train(recipe, pairs)
+    history = trained.result.history
+    docs = len(group.data.train_docs)
+    return {
+        **asdict(run), "key": run.key, "group": name, **scores(group, trained),
+        "train_documents": docs,
+        "epochs_over_corpus": round(run.steps * run.batch_size / docs, 2),
+        "passes_over_pairs": round(run.steps * run.batch_size / run.pairs, 2),
+        "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
+        "final_accuracy": history[-1]["accuracy"],
+        "cache_s": round(cache_s, 1), "train_s": round(trained.train_s, 1),
+        "time_s": round(cache_s + trained.train_s, 1),
+        "s_per_step": round(trained.train_s / run.steps, 2),
+        "train_cpu_s": round(trained.train_cpu_s, 1), "eval_s": round(trained.eval_s, 1),
+        "load_before": [round(x, 2) for x in trained.load_before],
+        "load_after": [round(x, 2) for x in trained.load_after],
+        "eval_documents": len(group.data.texts), **provenance(),
+    }
 
 
 def execute(runs: list[tuple[str, Run]], out: Path, data_root: Path, work: Path,
             max_minutes: float | None = None) -> int:
     """Run what is not done yet, appending a row per run; return how many ran."""
-    deadline = time.monotonic() + 60 * max_minutes if max_minutes else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    for (dataset, k), todo in pending(runs, {r["key"] for r in read_rows(out)}):
-        if deadline and time.monotonic() > deadline:
-            break
-        group = Group(dataset, k, data_root, work)
-        for name, run in todo:
-            if deadline and time.monotonic() > deadline:
-                print(f"Stopped at the {max_minutes}-minute limit; run again to continue.")
-                return count
-            row = group.train(run, name)
-            with out.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            count += 1
-            print(f"[{count}] ({name}) {dataset} k={k} {run.steps} steps, {run.pairs} pairs, "
-                  f"seed {run.seed}: {row['metric']} {row['base_value']:.4f} -> "
-                  f"{row['value']:.4f} ({row['delta']:+.4f}) in {row['time_s']:.0f} s "
-                  f"({row['s_per_step']:.1f} s/step)", flush=True)
-    return count
+    def say(count: int, item: tuple[str, Run], row: dict[str, Any]) -> str:
+        name, run = item
+        return (f"[{count}] ({name}) {run.dataset} k={run.k} {run.steps} steps, {run.pairs} "
+                f"pairs, seed {run.seed}: {row['metric']} {row['base_value']:.4f} -> "
+                f"{row['value']:.4f} ({row['delta']:+.4f}) in {row['time_s']:.0f} s "
+                f"({row['s_per_step']:.1f} s/step)")
+
+    return execute_plan(
+        runs, out, key=lambda item: item[1].key, group=lambda item: (item[1].dataset, item[1].k),
+        open_group=lambda g: open_group(*g, data_root, work),
+        train=lambda group, item: train_run(group, item[1], item[0], data_root), say=say,
+        max_minutes=max_minutes)
 
 
 # ---------------------------------------------------------------------------------------
@@ -369,9 +260,8 @@ def summarise(rows: list[dict[str, Any]], minilm: dict[str, float]) -> list[dict
 
 
 def table(points: list[dict[str, Any]]) -> str:
-    lines = ["| data set (k) | steps × 32 over cached pairs | epochs | base | "
-             "Δ (mean ± half-range, n) | Δ seed 42 (95% CI) | gap to MiniLM closed | "
-             "time (quietest caching + fastest steps) |", "|---|---|---|---|---|---|---|---|"]
+    """The budget table of docs/results.md: one row per point of :func:`summarise`."""
+    lines = []
     for p in points:
         n = len(p["seeds"])
         spread = f" ± {100 * p['delta_half_range']:.1f} (n={n})" if n > 1 else " (n=1)"
@@ -381,15 +271,15 @@ def table(points: list[dict[str, Any]]) -> str:
             f"{100 * first:+.1f}"
         loaded = f" (load {p['load_of_min']:.0f})" if p["load_of_min"] > 3 else ""
         gap = p.get("gap_closed")
-        gap_text = "–" if gap is None else \
-            f"{gap:.0%} (MiniLM {p['minilm']:.3f})"
-        lines.append(
-            f"| {SHORT.get(p['dataset'], p['dataset'])} (top-{p['k']}) | "
-            f"{p['steps']} over {p['pairs']:,} | "
-            f"{p['epochs_over_corpus']:.2f} | {p['base']:.3f} | "
-            f"{100 * p['delta_mean']:+.1f}{spread} | {ci_text} | {gap_text} | "
-            f"{p['time_s_min'] / 60:.1f} min{loaded} |")
-    return "\n".join(lines)
+        gap_text = "–" if gap is None else f"{gap:.0%} (MiniLM {p['minilm']:.3f})"
+        lines.append([f"{SHORT.get(p['dataset'], p['dataset'])} (top-{p['k']})",
+                      f"{p['steps']} over {p['pairs']:,}", f"{p['epochs_over_corpus']:.2f}",
+                      f"{p['base']:.3f}", f"{100 * p['delta_mean']:+.1f}{spread}", ci_text,
+                      gap_text, f"{p['time_s_min'] / 60:.1f} min{loaded}"])
+    return tables.markdown(["data set (k)", "steps × 32 over cached pairs", "epochs", "base",
+                            "Δ (mean ± half-range, n)", "Δ seed 42 (95% CI)",
+                            "gap to MiniLM closed", "time (quietest caching + fastest steps)"],
+                           lines)
 
 
 def reference(findings: Path) -> list[dict[str, Any]]:
@@ -411,7 +301,7 @@ def plot(points: list[dict[str, Any]], path: Path,
     the demo's candidates as stars, the findings' 40-step runs as hollow markers."""
     from lastlayer.extras import require
 
-    matplotlib = require("matplotlib", "plot", "benchmarks/budget.py --report")
+    matplotlib = require("matplotlib", "plot", "python -m benchmarks.budget --report")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -464,19 +354,19 @@ def plot(points: list[dict[str, Any]], path: Path,
 def report(out: Path, summary: Path, picture: Path, findings: Path) -> None:
     rows = read_rows(out)
     points = summarise(rows, minilm_base(findings))
-    summary.write_text(json.dumps({"pairs": PAIRS, "lr": LR, "batch_size": BATCH,
-                                   "points": points}, indent=1) + "\n", encoding="utf-8")
+    write_json(summary, {"pairs": PAIRS, "lr": LR, "batch_size": BATCH, "points": points})
     print(table(points))
     if points:
         print("\nplot:", plot(points, picture, reference(findings)))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.budget",
+                                     description=__doc__.split("\n\n")[0])
     add_run_arguments(parser, DEFAULT_OUT, DEFAULT_WORK)
     parser.add_argument("--k-file", type=Path, default=DEFAULT_K_FILE,
-                        help="choose_k.py's results (default benchmarks/results/choose_k.json): "
-                             "the auto-chosen k per data set")
+                        help="benchmarks.choose_k's results (default "
+                             "benchmarks/results/choose_k.json): the auto-chosen k per data set")
     parser.add_argument("--only", nargs="+", default=None, metavar="GROUP",
                         help="priority groups to run (a b c d e; default all)")
     parser.add_argument("--corpora", nargs="+", default=None, metavar="NAME",
@@ -487,7 +377,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="start no new run after this long")
     parser.add_argument("--report", action="store_true", help="table + plot, then exit")
     parser.add_argument("--findings", type=Path,
-                        default=ROOT / "benchmarks" / "results" / "findings.jsonl")
+                        default=RESULTS / "findings.jsonl")
     return parser.parse_args(argv)
 
 
@@ -501,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     epochs = {}
     for dataset in ks:
         if dataset in CORPORA:
-            n = len(eval_data(dataset, args.data_root).train_docs)
+            n = len(protocol.eval_data(dataset, args.data_root).train_docs)
             epochs[dataset] = max(1, round(n / BATCH))
     runs = [(g, r) for g, r in plan(ks, epochs)
             if (args.only is None or g in args.only)

@@ -5,15 +5,15 @@ documents alone (``lastlayer.training.choose_k``). This benchmark checks that ch
 against the labelled layer probe (``lastlayer.evaluation.probe``) on the five shared data
 sets, and, where the two picks differ, trains both ks to see what each choice gains.
 
-    python benchmarks/choose_k.py probe      # labelled probe curves and k -> probe_k.json
-    python benchmarks/choose_k.py auto       # label-free curves and k     -> auto_k.json
-    python benchmarks/choose_k.py train      # gains of the ks that differ (resumable)
-    python benchmarks/choose_k.py report     # the agreement table (markdown)
+    python -m benchmarks.choose_k probe      # labelled probe curves and k -> probe_k.json
+    python -m benchmarks.choose_k auto       # label-free curves and k     -> auto_k.json
+    python -m benchmarks.choose_k train      # gains of the ks that differ (resumable)
+    python -m benchmarks.choose_k report     # the agreement table (markdown)
 
 Every stage is resumable: results go to ``benchmarks/results/choose_k.json`` (one entry
 per data set and stage), and a stage skips the data sets it already has.
 
-Protocol (as ``benchmarks/findings.py``): SmolLM2-135M-Instruct (packaged GGUF copy),
+Protocol (as ``benchmarks.findings``): SmolLM2-135M-Instruct (packaged GGUF copy),
 max_length 64, mean pooling. Labelled probe: leave-one-out kNN (k=10, euclidean) of every
 layer over the 1,000 held-out documents (seed 42) that findings evaluates on; SciFact has
 no labels, so its "probe" is nDCG@10 of every layer (300 test queries against the
@@ -29,48 +29,47 @@ reused.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import findings  # noqa: E402  (the same data sets, held-out samples and training runs)
-
-from lastlayer.core.encoder import load_encoder  # noqa: E402
-from lastlayer.evaluation.metrics import knn_accuracy  # noqa: E402
-from lastlayer.evaluation.probe import layer_embeddings, recommend_top_k  # noqa: E402
+from benchmarks import findings
+from benchmarks.bench import DATA_ROOT, RESULTS, ROOT, protocol, tables
+from benchmarks.bench.models import load_base
+from benchmarks.bench.protocol import BATCH, EVAL_SEED, STEPS, EvalData
+from benchmarks.bench.results import read_json, read_rows, write_json
+from lastlayer.evaluation.metrics import knn_accuracy
+from lastlayer.evaluation.probe import layer_embeddings, recommend_top_k
 
 log = logging.getLogger("choose_k")
 
-ROOT = findings.ROOT
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "choose_k.json"
+DEFAULT_OUT = RESULTS / "choose_k.json"
 MODEL = "smollm2"
-DATASETS = list(findings.DATASETS)
+DATASETS = list(protocol.DATASETS)
 
 
 def read(out: Path) -> dict[str, Any]:
-    return json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
+    """The results so far: ``{data set: {stage: ...}}``."""
+    return read_json(out, {})
 
 
 def write(out: Path, results: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    """Rewrite the results file whole (atomically: stages are resumable)."""
+    write_json(out, results)
 
 
 def encoder_for(dataset: str, data_root: Path):
     """The base encoder with the findings settings (max_length 64, mean pooling)."""
     recipe = findings.recipe_of(findings.run_for(MODEL, dataset, "crop"), data_root)
-    return recipe, load_encoder(recipe.model)
+    return recipe, load_base(recipe.model)
 
 
-def probe_curve(encoder, data: findings.EvalData) -> tuple[list[float], int, str]:
+def probe_curve(encoder, data: EvalData) -> tuple[list[float], int, str]:
     """Per-layer quality of the base on the held-out documents: (curve, N, measure)."""
     if data.labels is not None:
         layers = layer_embeddings(encoder, data.texts, 32, desc="probe")
@@ -82,26 +81,39 @@ def probe_curve(encoder, data: findings.EvalData) -> tuple[list[float], int, str
     return curve, len(data.task.queries), "ndcg@10 (queries as the N of the standard error)"
 
 
-def stage_probe(args: argparse.Namespace) -> None:
+def run_stage(args: argparse.Namespace, stage: str,
+              measure: Callable[[Any, str, EvalData], tuple[dict[str, Any], str]]) -> None:
+    """``measure(encoder, data set, data) -> (entry, line)`` on every data set that lacks
+    ``stage``; each entry is written (and exported) as soon as it is measured, so a stopped
+    stage resumes where it stopped. The base is loaded only if something is left to do."""
     results = read(args.out)
     encoder = None
     for dataset in args.datasets:
-        if "probe" in results.get(dataset, {}):
+        if stage in results.get(dataset, {}):
             continue
-        data = findings.eval_data(dataset, args.data_root)
+        data = protocol.eval_data(dataset, args.data_root)
         if encoder is None:
             _, encoder = encoder_for(dataset, args.data_root)
-        start = time.perf_counter()
-        curve, n, measure = probe_curve(encoder, data)
-        k, p = recommend_top_k(curve, n)
+        entry, line = measure(encoder, dataset, data)
         results = read(args.out)
-        results.setdefault(dataset, {})["probe"] = {
-            "k": k, "p": p, "best_layer": int(np.argmax(curve)), "curve": curve, "n_docs": n,
-            "measure": measure, "seconds": round(time.perf_counter() - start, 1)}
+        results.setdefault(dataset, {})[stage] = entry
         write(args.out, results)
-        export(args.out, "probe", args.export_dir)
-        print(f"{dataset}: probe k={k} (p={p}, best layer {int(np.argmax(curve))}) "
-              f"{[round(c, 3) for c in curve]}", flush=True)
+        export(args.out, stage, args.export_dir)
+        print(line, flush=True)
+
+
+def stage_probe(args: argparse.Namespace) -> None:
+    """The labelled layer probe on the held-out documents."""
+    def measure(encoder, dataset: str, data: EvalData) -> tuple[dict[str, Any], str]:
+        start = time.perf_counter()
+        curve, n, what = probe_curve(encoder, data)
+        k, p = recommend_top_k(curve, n)
+        entry = {"k": k, "p": p, "best_layer": int(np.argmax(curve)), "curve": curve,
+                 "n_docs": n, "measure": what, "seconds": round(time.perf_counter() - start, 1)}
+        return entry, (f"{dataset}: probe k={k} (p={p}, best layer {int(np.argmax(curve))}) "
+                       f"{[round(c, 3) for c in curve]}")
+
+    run_stage(args, "probe", measure)
 
 
 def candidate_curves(layers: np.ndarray, n: int, batch: int) -> dict[str, list[float]]:
@@ -138,20 +150,13 @@ def stage_auto(args: argparse.Namespace) -> None:
     from lastlayer.config import ObjectiveConfig
     from lastlayer.training.choose_k import crop_pairs, crop_queries
 
-    results = read(args.out)
-    encoder = None
-    for dataset in args.datasets:
-        if "auto" in results.get(dataset, {}):
-            continue
-        data = findings.eval_data(dataset, args.data_root)
-        if encoder is None:
-            _, encoder = encoder_for(dataset, args.data_root)
+    def measure(encoder, dataset: str, data: EvalData) -> tuple[dict[str, Any], str]:
         start = time.perf_counter()
-        a, b = crop_pairs(data.train_docs, ObjectiveConfig(), findings.EVAL_SEED, args.docs)
+        a, b = crop_pairs(data.train_docs, ObjectiveConfig(), EVAL_SEED, args.docs)
         layers = layer_embeddings(encoder, a + b, 32, desc=f"crops {dataset}")
         seconds = time.perf_counter() - start
         n = len(a)
-        curves = candidate_curves(layers, n, findings.BATCH)
+        curves = candidate_curves(layers, n, BATCH)
         picks = {}
         for name, curve in curves.items():
             if name == "align_uniform":
@@ -159,49 +164,46 @@ def stage_auto(args: argparse.Namespace) -> None:
             k, p = recommend_top_k(curve, crop_queries(n))  # every crop is one query
             picks[name] = {"k": k, "p": p, "best_layer": int(np.argmax(curve))}
         k, p = picks["inbatch"]["k"], picks["inbatch"]["p"]
-        results = read(args.out)
-        results.setdefault(dataset, {})["auto"] = {
+        entry = {
             "k": k, "p": p, "best_layer": int(np.argmax(curves["inbatch"])),
             "curve": curves["inbatch"], "n_docs": n, "n_queries": crop_queries(n),
             "signal": "crops",
             "seconds": round(seconds, 1), "train_docs": len(data.train_docs),
             "candidates": {name: {**picks.get(name, {}), "curve": c}
                            for name, c in curves.items()}}
-        write(args.out, results)
-        export(args.out, "auto", args.export_dir)
-        print(f"{dataset}: auto k={k} (p={p}); candidates "
-              f"{ {m: v['k'] for m, v in picks.items()} }; {seconds:.0f}s; "
-              f"{[round(c, 3) for c in curves['inbatch']]}", flush=True)
+        return entry, (f"{dataset}: auto k={k} (p={p}); candidates "
+                       f"{ {m: v['k'] for m, v in picks.items()} }; {seconds:.0f}s; "
+                       f"{[round(c, 3) for c in curves['inbatch']]}")
+
+    run_stage(args, "auto", measure)
 
 
 def findings_row(dataset: str, k: int) -> dict[str, Any] | None:
     """A finished findings run with this protocol (crop, full, lr 2e-4, seed 42, 40 x 32),
     cached rows first (the mode this benchmark trains in), else a fresh-view one."""
-    rows = [r for r in findings.read_rows(findings.DEFAULT_OUT)
+    rows = [r for r in read_rows(findings.DEFAULT_OUT)
             if r["model"] == MODEL and r["dataset"] == dataset and r["objective"] == "crop"
-            and r["kind"] == "full" and r["k"] == k and r["seed"] == findings.EVAL_SEED
-            and r["steps"] == findings.STEPS and r["batch_size"] == findings.BATCH]
+            and r["kind"] == "full" and r["k"] == k and r["seed"] == EVAL_SEED
+            and r["steps"] == STEPS and r["batch_size"] == BATCH]
     rows.sort(key=lambda r: not r["cached"])
     return rows[0] if rows else None
 
 
 def budget_row(dataset: str, k: int) -> dict[str, Any] | None:
-    """The same protocol's run in ``benchmarks/budget.py``'s results (40 steps over the
+    """The same protocol's run in ````benchmarks.budget``'s results (40 steps over the
     1,280 pairs of seed 42, cached, full unfreeze, lr 2e-4): where the findings never trained
     this k."""
-    path = ROOT / "benchmarks" / "results" / "budget.jsonl"
-    rows = [r for r in findings.read_rows(path)
-            if r["dataset"] == dataset and r["k"] == k and r["seed"] == findings.EVAL_SEED
-            and r["steps"] == findings.STEPS and r["batch_size"] == findings.BATCH
-            and r["pairs"] == findings.STEPS * findings.BATCH]
+    path = RESULTS / "budget.jsonl"
+    rows = [r for r in read_rows(path)
+            if r["dataset"] == dataset and r["k"] == k and r["seed"] == EVAL_SEED
+            and r["steps"] == STEPS and r["batch_size"] == BATCH
+            and r["pairs"] == STEPS * BATCH]
     return rows[0] | {"cached": True} if rows else None
 
 
 def stage_train(args: argparse.Namespace) -> None:
     """Train the probe's k and the label-free k where they differ (one group per data set,
     cached bottom layers below the larger k, so both ks see the same 1,280 pairs)."""
-    from dataclasses import replace
-
     results = read(args.out)
     for dataset in args.datasets:
         entry = results.get(dataset, {})
@@ -225,24 +227,21 @@ def stage_train(args: argparse.Namespace) -> None:
                                                "source": source}
         todo = [k for k in ks if str(k) not in gains]
         if len(ks) > 1 and todo:
-            spec = findings.MODELS[MODEL]
-            findings.MODELS[MODEL] = replace(spec, cache_k=max(ks))  # one cache for both ks
-            try:
-                group = findings.Group(MODEL, dataset, args.data_root, args.work / f"k{max(ks)}")
-                for k in todo:
-                    run = findings.Run(MODEL, dataset, "crop", "full", k, spec.lr["full"],
-                                       findings.EVAL_SEED, True)
-                    row = group.train(run)
-                    gains[str(k)] = {key: row[key] for key in ("delta", "value", "base_value",
-                                                              "cached", "train_s", "metric")
-                                     } | {"ci95": [row.get("ci95_low"), row.get("ci95_high")],
-                                          "source": f"this benchmark (cache k={max(ks)})"}
-                    results = read(args.out)
-                    results[dataset]["gains"] = gains
-                    write(args.out, results)
-                    print(f"{dataset} k={k}: {row['delta']:+.4f}", flush=True)
-            finally:
-                findings.MODELS[MODEL] = spec
+            spec = protocol.MODELS[MODEL]
+            group = findings.open_group(MODEL, dataset, args.data_root,  # one cache for both
+                                        args.work / f"k{max(ks)}", k=max(ks))
+            for k in todo:
+                run = findings.Run(MODEL, dataset, "crop", "full", k, spec.lr["full"],
+                                   EVAL_SEED, True)
+                row = findings.train_run(group, run, args.data_root)
+                gains[str(k)] = {key: row[key] for key in ("delta", "value", "base_value",
+                                                          "cached", "train_s", "metric")
+                                 } | {"ci95": [row.get("ci95_low"), row.get("ci95_high")],
+                                      "source": f"this benchmark (cache k={max(ks)})"}
+                results = read(args.out)
+                results[dataset]["gains"] = gains
+                write(args.out, results)
+                print(f"{dataset} k={k}: {row['delta']:+.4f}", flush=True)
         results = read(args.out)
         results[dataset]["gains"] = gains
         write(args.out, results)
@@ -267,9 +266,7 @@ def _top4(dataset: str) -> dict[str, Any]:
 def report(args: argparse.Namespace) -> None:
     """The agreement table (markdown) from the results file."""
     results = read(args.out)
-    lines = ["| data set | probe k (p) | label-free k (p) | agree | gain, probe's k | "
-             "gain, label-free k | gain, top-4 | choosing (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows = []
     agree = 0
     for dataset in DATASETS:
         entry = results.get(dataset, {})
@@ -278,14 +275,15 @@ def report(args: argparse.Namespace) -> None:
         probe, auto, gains = entry["probe"], entry["auto"], entry.get("gains", {})
         same = probe["k"] == auto["k"]
         agree += same
-        lines.append(f"| {dataset} | {probe['k']} ({probe['p']}) | {auto['k']} ({auto['p']}) | "
-                     f"{'yes' if same else 'no'} | {_gain(gains, probe['k'])} | "
-                     f"{_gain(gains, auto['k'])} | {_gain(_top4(dataset), 4)} | "
-                     f"{auto['seconds']:.0f} |")
-    lines.append(f"\nAgreement: {agree} of {len(lines) - 2} data sets. Gains: 40 steps x 32 "
-                 "crop pairs, full unfreeze, seed 42 (95% paired-bootstrap CI; SciFact: nDCG@10,"
-                 " no CI); '–': not trained.")
-    print("\n".join(lines))
+        rows.append([dataset, f"{probe['k']} ({probe['p']})", f"{auto['k']} ({auto['p']})",
+                     "yes" if same else "no", _gain(gains, probe["k"]), _gain(gains, auto["k"]),
+                     _gain(_top4(dataset), 4), f"{auto['seconds']:.0f}"])
+    print(tables.markdown(["data set", "probe k (p)", "label-free k (p)", "agree",
+                           "gain, probe's k", "gain, label-free k", "gain, top-4",
+                           "choosing (s)"], rows))
+    print(f"\nAgreement: {agree} of {len(rows)} data sets. Gains: 40 steps x 32 crop pairs, "
+          "full unfreeze, seed 42 (95% paired-bootstrap CI; SciFact: nDCG@10, no CI); '–': "
+          "not trained.")
 
 
 def export(out: Path, stage: str, folder: Path | None) -> None:
@@ -294,16 +292,15 @@ def export(out: Path, stage: str, folder: Path | None) -> None:
     results = read(out)
     picked = {d: r[stage] for d, r in results.items() if stage in r}
     if picked and folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / ("probe_k.json" if stage == "probe" else "auto_k.json")
-        target.write_text(json.dumps(picked, indent=1) + "\n", encoding="utf-8")
+        write_json(folder / ("probe_k.json" if stage == "probe" else "auto_k.json"), picked)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.choose_k",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=("probe", "auto", "train", "report"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--data-root", type=Path, default=findings.DATA_ROOT)
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "choose_k",
                         help="caches and base embeddings of the train stage")
     parser.add_argument("--export-dir", type=Path, default=None,

@@ -2,8 +2,8 @@
 
 Not a test: it embeds thousands of documents (minutes on 2 CPU cores). Run it offline:
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/eval_smoke.py
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/eval_smoke.py --max-length 128 \\
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.eval_smoke
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.eval_smoke --max-length 128 \\
         --data ../shared/data/cranfield ../shared/data/ohsumed23/ohsumed23.jsonl.gz
 
 Prints one line per data set (metrics, wall time split into reading+embedding+scoring),
@@ -18,17 +18,19 @@ import argparse
 import json
 import logging
 import time
-from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from benchmarks.bench import DATA_ROOT
+from benchmarks.bench.models import load_target
+
 DEFAULT_DATA = [
-    SHARED / "scifact",
-    SHARED / "medical_abstracts" / "medical_abstracts_test.jsonl.gz",
+    DATA_ROOT / "scifact",
+    DATA_ROOT / "medical_abstracts" / "medical_abstracts_test.jsonl.gz",
 ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.eval_smoke",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="sentence-transformers/all-MiniLM-L6-v2",
                         help="adapter folder or base model id")
     parser.add_argument("--data", nargs="+", default=[str(p) for p in DEFAULT_DATA])
@@ -36,10 +38,9 @@ def main() -> None:
                         help="truncation; 256 is all-MiniLM-L6-v2's own max_seq_length")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-docs", type=int, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from lastlayer.core.adapters import load_target
     from lastlayer.evaluation.suite import evaluate_encoder, format_table, results_json
 
     start = time.perf_counter()

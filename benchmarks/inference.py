@@ -2,9 +2,9 @@
 
 Usage (offline; one run, every ratio taken between systems measured in that same run)::
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/inference.py \
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.inference \
         --out benchmarks/results/inference.json
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/inference.py --quick  # fewer texts, repeats
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.inference --quick  # fewer texts, repeats
 
 Two bases, each with 4 LoRA adapters:
 
@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -52,8 +50,11 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
+from benchmarks.bench import MEDICAL, ROOT, models, tables
+from benchmarks.bench.measure import cpu_description, rss_mb
+from benchmarks.bench.results import write_json
+
+DEFAULT_DATA = MEDICAL
 DOMAINS = ["medical", "ohsumed", "news", "movie_reviews"]
 MODELS = {
     "smollm2": {
@@ -71,7 +72,8 @@ MODELS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--texts", type=int, default=None, help="default 64 (--quick: 8)")
@@ -89,19 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def machine(threads: int) -> dict[str, Any]:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch_threads": threads, "load_1min": os.getloadavg()[0]}
-
-
-def rss_mb() -> float | None:
-    """Resident set size (``VmRSS``), Linux only."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    """The CPU (model and flags), cores, torch threads and the 1-minute load."""
+    return {"cpu": cpu_description(), "cores": os.cpu_count(), "torch_threads": threads,
+            "load_1min": os.getloadavg()[0]}
 
 
 def private_bytes(module, base) -> int:
@@ -119,6 +111,7 @@ def private_bytes(module, base) -> int:
 
 
 def timed(fn) -> tuple[float, Any]:
+    """``(seconds, (fn(), RSS growth in MB or None))``, after a garbage collection."""
     gc.collect()
     rss = rss_mb()
     start = time.perf_counter()
@@ -134,25 +127,15 @@ def timed(fn) -> tuple[float, Any]:
 
 def peft_model(model_name: str, adapters: dict[str, Path], settings):
     """A plain encoder wrapped by one ``PeftModel`` holding every adapter; load times."""
-    from peft import PeftModel
-
     from lastlayer.config import ModelConfig
-    from lastlayer.core.encoder import load_encoder
 
-    encoder = load_encoder(ModelConfig(name_or_path=model_name, pooling=settings.pooling,
-                                       normalize=settings.normalize,
-                                       max_length=settings.max_length), device="cpu")
+    encoder = models.load_base(ModelConfig(name_or_path=model_name, pooling=settings.pooling,
+                                           normalize=settings.normalize,
+                                           max_length=settings.max_length), device="cpu")
     base_params = list(encoder.model.parameters())
     loads = {}
     for name, path in adapters.items():
-        if isinstance(encoder.model, PeftModel):
-            seconds, _ = timed(lambda n=name, p=path: encoder.model.load_adapter(
-                str(p), adapter_name=n))
-        else:
-            seconds, (model, _) = timed(lambda n=name, p=path: PeftModel.from_pretrained(
-                encoder.model, str(p), adapter_name=n))
-            encoder.model = model
-        loads[name] = seconds
+        loads[name], _ = timed(lambda n=name, p=path: models.add_peft_adapter(encoder, n, p))
     encoder.model.eval()
     per_adapter = {}
     for name in adapters:  # LoRA weights are named ...lora_A.<name>.weight
@@ -277,11 +260,8 @@ def bench_model(key: str, args: argparse.Namespace, texts: list[str]) -> dict[st
     memory["peft_set_adapter_s"] = median_switch_s(encoder, names)
     st = None
     if spec["st"]:
-        from lastlayer.config import ModelConfig
-        from lastlayer.core.encoder import resolve_model
-
         print(f"[{key}] loading sentence-transformers ...", flush=True)
-        folder = resolve_model(ModelConfig(name_or_path=spec["model"])).path
+        folder = models.resolve(spec["model"]).path
         st, st_loads = st_model(folder, adapters, settings.max_length)
         memory["st_lora"] = {"load_s": statistics.median(st_loads.values()),
                              "load_s_each": st_loads}
@@ -371,31 +351,33 @@ def _ratios(seconds: dict[str, float]) -> dict[str, dict[str, Any]]:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    lines = ["| model | measurement | lastlayer s | baseline s | ratio | target | met |",
-             "|---|---|---|---|---|---|---|"]
+    """Two tables: the timed ratios against their targets, then memory and load time per
+    adapter (and PEFT's switch time)."""
+    ratios, memory = [], []
     for key, res in results["models"].items():
         s = res["seconds"]
         for name, r in res["ratios"].items():
             ours, theirs, _ = TARGETS[name]
             target = "—" if r["target"] is None else f"≥ {r['target']}×"
             met = "—" if r["met"] is None else ("yes" if r["met"] else "no")
-            lines.append(f"| {key} | {ours} vs {theirs} | {s[ours]:.2f} | {s[theirs]:.2f} | "
-                         f"{r['ratio']:.2f}× | {target} | {met} |")
-    lines += ["", "| model | adapter | private MB | RSS growth MB | load s |",
-              "|---|---|---|---|---|"]
+            ratios.append([key, f"{ours} vs {theirs}", f"{s[ours]:.2f}", f"{s[theirs]:.2f}",
+                           f"{r['ratio']:.2f}×", target, met])
     for key, res in results["models"].items():
         for kind in ("lastlayer_lora_merged", "lastlayer_lora_unmerged", "lastlayer_full",
                      "peft_lora", "st_lora"):
             m = res["memory"].get(kind)
             if m is None:
                 continue
-            private, rss = m.get("private_bytes"), m.get("rss_mb")
+            private = m.get("private_bytes")
             private = "—" if private is None else f"{private / 2**20:.2f}"
-            rss = "—" if rss is None else f"{rss:.1f}"
-            lines.append(f"| {key} | {kind} | {private} | {rss} | {m['load_s']:.2f} |")
-        lines.append(f"| {key} | PEFT set_adapter (switch) | | | "
-                     f"{res['memory']['peft_set_adapter_s'] * 1e3:.3f} ms |")
-    return "\n".join(lines)
+            memory.append([key, kind, private, tables.fmt(m.get("rss_mb"), ".1f"),
+                           f"{m['load_s']:.2f}"])
+        memory.append([key, "PEFT set_adapter (switch)", "", "",
+                       f"{res['memory']['peft_set_adapter_s'] * 1e3:.3f} ms"])
+    return "\n\n".join([
+        tables.markdown(["model", "measurement", "lastlayer s", "baseline s", "ratio",
+                         "target", "met"], ratios),
+        tables.markdown(["model", "adapter", "private MB", "RSS growth MB", "load s"], memory)])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -406,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from lastlayer.corpus import read_texts
 
     texts = read_texts(args.data, max_docs=args.texts)
-    results: dict[str, Any] = {"command": "benchmarks/inference.py" + (
+    results: dict[str, Any] = {"command": "python -m benchmarks.inference" + (
         " --quick" if args.quick else ""), "argv": argv if argv is not None else sys.argv[1:],
         "machine_start": machine(args.threads), "models": {}}
     started = time.perf_counter()
@@ -417,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["wall_s"] = time.perf_counter() - started
     print(format_table(results))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        write_json(Path(args.out), results)
     return results
 
 

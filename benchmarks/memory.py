@@ -38,10 +38,10 @@ then keeps bf16 weights, gradients and AdamW states: 8 bytes per parameter).
 
 Usage::
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory.py
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/memory.py --models llama-1b --batch-size 8 \\
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.memory
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.memory --models llama-1b --batch-size 8 \\
         --max-length 128 --out benchmarks/results/memory_gpu.json      # on a GPU
-    python benchmarks/memory.py --models bert-large llama-1b llama-3b llama-7b \
+    python -m benchmarks.memory --models bert-large llama-1b llama-3b llama-7b \
         --dtype bfloat16 --batch-size 16 --max-length 128 --steps 3 \
         --out benchmarks/results/memory_gpu.json            # the GPU run of docs/speed.md
 """
@@ -59,19 +59,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import (  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
-    DEFAULT_DATA,
-    ROOT,
-    machine_description,
-    pair_stream,
-    peak_rss_mb,
-    reset_peak_rss,
-    rss_mb,
-    run_worker,
-)
+from benchmarks.bench import MEDICAL, RESULTS, models, tables
+from benchmarks.bench.measure import machine_description, peak_rss_mb, reset_peak_rss, rss_mb
+from benchmarks.bench.results import write_json
+from benchmarks.bench.workers import reply, run_worker
 
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "memory.json"
+DEFAULT_DATA = MEDICAL
+DEFAULT_OUT = RESULTS / "memory.json"
 RESULT_MARK = "@@MEMORY-RESULT@@"
 MODES = ("full", "lora-all", "lora-top2", "lora-top2-8bit", "lora-top2-4bit")
 
@@ -96,10 +90,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def tokenizer_folder() -> str:
     """The packaged all-MiniLM-L6-v2 folder: its BERT WordPiece tokenizer serves every preset."""
-    from lastlayer.config import ModelConfig
-    from lastlayer.core.encoder import resolve_model
-
-    return resolve_model(ModelConfig()).path
+    return models.resolve().path
 
 
 def build_model(preset: str, folder: str, seed: int = 0, dtype: str = "float32",
@@ -138,9 +129,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from lastlayer.config import AdapterConfig, ModelConfig
-    from lastlayer.core.adapters import attach
-    from lastlayer.core.encoder import load_encoder
+    from benchmarks.bench.protocol import crop_pairs
+    from lastlayer.config import ModelConfig
     from lastlayer.core.layers import find_layer_stack
     from lastlayer.corpus import read_texts
     from lastlayer.training.loss import info_nce
@@ -152,17 +142,17 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    encoder = load_encoder(ModelConfig(name_or_path=spec["folder"], max_length=spec["max_length"],
-                                       quantization=_quantization(mode),
-                                       dtype=spec.get("dtype", "float32")), device=device)
+    encoder = models.load_base(ModelConfig(
+        name_or_path=spec["folder"], max_length=spec["max_length"],
+        quantization=_quantization(mode), dtype=spec.get("dtype", "float32")), device=device)
     load_s = time.perf_counter() - started
     num_layers = find_layer_stack(encoder.model).num_layers
     if mode == "full":
         encoder.model.requires_grad_(True).train()
     elif mode == "lora-all":
-        attach(encoder, AdapterConfig(kind="lora", top_k=num_layers))
+        models.attach_lora(encoder, num_layers)
     elif mode.startswith(f"lora-top{spec['top_k']}"):
-        attach(encoder, AdapterConfig(kind="lora", top_k=spec["top_k"]))
+        models.attach_lora(encoder, spec["top_k"])
     else:
         raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
     model = encoder.model
@@ -178,7 +168,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     reset = reset_peak_rss() if not cuda else False
 
     docs = read_texts(spec["data"], max_docs=2000)
-    pairs = pair_stream(docs, spec["steps"] * spec["batch_size"], spec["seed"])
+    pairs = crop_pairs(docs, spec["steps"] * spec["batch_size"], spec["seed"])
     loader = DataLoader(pairs, batch_size=spec["batch_size"], drop_last=True,
                         collate_fn=lambda b: [encoder.tokenize(s) for s in zip(*b, strict=True)])
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -219,31 +209,30 @@ def _worker(payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | params | mode | trainable | peak MB | vs full | loaded MB | "
-             "training adds MB | step s |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    """Peak memory per model and mode, against full fine-tuning; failed modes last, with the
+    telling line of their error."""
     rows = [r for r in rows if "error" not in r] + [r for r in rows if "error" in r]
+    cells = []
     for r in rows:
+        if "error" in r:
+            cells.append([r["model"], "", r["mode"], f"failed: {_first_line(r['error'])}",
+                          "", "", "", "", ""])
+            continue
         full = next((x for x in rows if x["model"] == r["model"] and x["mode"] == "full"
                      and x.get("peak_mb")), None)
         ratio = f"{r['peak_mb'] / full['peak_mb']:.2f}x" if full and r.get("peak_mb") else "—"
-
-        def f(key: str, spec: str = ".0f", r: dict = r) -> str:
-            return "—" if r.get(key) is None else format(r[key], spec)
-
-        if "error" in r:
-            lines.append(f"| {r['model']} | | {r['mode']} | failed: {_first_line(r['error'])} "
-                         "| | | | | |")
-            continue
-        lines.append(f"| {r['model']} | {r.get('total_params', 0) / 1e6:.0f}M | {r['mode']} | "
-                     f"{r.get('trainable_params', 0):,} | {f('peak_mb')} | {ratio} | "
-                     f"{f('loaded_mb')} | {f('train_increase_mb')} | {f('step_s_median', '.2f')} |")
-    return "\n".join(lines)
+        cells.append([r["model"], f"{r.get('total_params', 0) / 1e6:.0f}M", r["mode"],
+                      f"{r.get('trainable_params', 0):,}", tables.fmt(r.get("peak_mb"), ".0f"),
+                      ratio, tables.fmt(r.get("loaded_mb"), ".0f"),
+                      tables.fmt(r.get("train_increase_mb"), ".0f"),
+                      tables.fmt(r.get("step_s_median"), ".2f")])
+    return tables.markdown(["model", "params", "mode", "trainable", "peak MB", "vs full",
+                            "loaded MB", "training adds MB", "step s"], cells,
+                           align="lrlrrrrrr")
 
 
 def _write(rows: list[dict[str, Any]], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    write_json(out, rows, indent=2)
 
 
 def _first_line(error: str) -> str:
@@ -254,7 +243,8 @@ def _first_line(error: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.memory",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["bert-large", "llama-0.5b"],
                    choices=sorted(PRESETS))
@@ -278,8 +268,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = p.parse_args(argv)
     if args.worker:
         payload = json.loads(args.worker)
-        result = build_model(**payload["build"]) if "build" in payload else measure(payload)
-        print(RESULT_MARK + json.dumps(result), flush=True)
+        reply(build_model(**payload["build"]) if "build" in payload else measure(payload),
+              RESULT_MARK)
         return []
     if args.top_k != 2:
         args.modes = [m.replace("top2", f"top{args.top_k}") for m in args.modes]

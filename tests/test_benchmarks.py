@@ -1,38 +1,149 @@
-"""Smoke test of benchmarks/speed.py: every system/mode on a tiny model, 2 steps, row schema.
+"""The benchmarks (``python -m benchmarks.NAME``) and their harness (``benchmarks.bench``).
 
-No timing assertions: timings are only meaningful as ratios on a quiet machine.
+Every script runs its real code on tiny models and data sets for a step or two, and each
+plan is checked for what it promises (every run once, the comparisons it reports all
+measured, cheap answers first), not for its literal list. No timing assertions: timings
+are only meaningful as ratios on a quiet machine.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-import sys
+import os
+import re
 from pathlib import Path
 
 import pytest
 from conftest import write_jsonl
 
-from lastlayer.config import load_recipe
+from benchmarks import budget, choose_k, eval_smoke, findings, inference, memory, routing, serve
+from benchmarks import speed as speed_script
+from benchmarks.bench import ROOT, protocol, results, runs, tables, workers
+from benchmarks.bench.measure import cpu_description, cpu_seconds, machine, peak_rss_mb, rss_mb
+from lastlayer.config import ModelConfig, load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
-
-
-def _load(name: str):
-    path = ROOT / "benchmarks" / f"{name}.py"
-    sys.path.insert(0, str(path.parent))  # memory.py imports speed.py as a sibling script
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+SCRIPTS = [budget, choose_k, eval_smoke, findings, inference, memory, routing, serve,
+           speed_script]
 
 
 @pytest.fixture(scope="module")
 def speed():
-    return _load("speed")
+    return speed_script
+
+
+# ---------------------------------------------------------------------------- the package
+
+
+def test_every_script_runs_as_a_module_and_has_help(capsys):
+    for script in SCRIPTS:
+        with pytest.raises(SystemExit) as exit_:
+            script.main(["--help"])
+        assert exit_.value.code == 0, script.__name__
+        assert "usage:" in capsys.readouterr().out, script.__name__
+
+
+def test_no_script_edits_sys_path_and_only_bench_models_loads_models():
+    """One place to change when lastlayer's model loading changes: bench/models.py."""
+    loading = re.compile(r"^\s*from lastlayer\.core\.(adapters import|encoder import .*"
+                         r"\b(load_encoder|resolve_model)\b)", re.MULTILINE)
+    files = sorted((ROOT / "benchmarks").rglob("*.py"))
+    assert len(files) > len(SCRIPTS)
+    for file in files:
+        text = file.read_text(encoding="utf-8")
+        assert "sys.path" not in text, file
+        if file.name != "models.py":
+            assert not re.search(r"encoder\.model\s*=(?!=)", text), file
+            assert not loading.search(text), file
+
+
+def test_markdown_tables_align_and_leave_empty_cells_thin():
+    table = tables.markdown(["a", "b", "c"], [["x", "", 1], ["y", 2.5, None]], align="lr")
+    assert table.splitlines() == ["| a | b | c |", "|---|---:|---|", "| x | | 1 |",
+                                  "| y | 2.5 | None |"]
+    assert tables.fmt(None) == "—" and tables.fmt(1.23456, ".2f") == "1.23"
+    assert tables.times(None) == "—" and tables.times(2) == "2.00x"
+    assert tables.markdown(["only"], []) == "| only |\n|---|"
+
+
+def test_result_files_round_trip_and_write_whole(tmp_path):
+    rows = tmp_path / "deep" / "rows.jsonl"
+    assert results.read_rows(rows) == []
+    results.append_row(rows, {"key": "a"})
+    results.append_row(rows, {"key": "b", "x": [1, 2]})
+    assert results.read_rows(rows) == [{"key": "a"}, {"key": "b", "x": [1, 2]}]
+    doc = tmp_path / "other" / "doc.json"
+    assert results.read_json(doc, {}) == {}
+    results.write_json(doc, {"a": [1]}, indent=2)
+    assert doc.read_text() == json.dumps({"a": [1]}, indent=2) + "\n"
+    assert results.read_json(doc) == {"a": [1]}
+    assert [p.name for p in doc.parent.iterdir()] == ["doc.json"]  # no temporary file left
+
+
+def test_measuring_memory_cpu_and_the_machine():
+    assert rss_mb() > 0 and peak_rss_mb() >= rss_mb()
+    before = cpu_seconds()
+    total = sum(i * i for i in range(300_000))  # burn a little CPU
+    assert total > 0 and cpu_seconds() > before
+    assert cpu_seconds(os.getppid()) >= 0  # another process's, from /proc
+    assert cpu_description() in machine("9.9") and machine("9.9").endswith("torch 9.9")
+
+
+def test_workers_run_as_modules_never_by_file_path():
+    command = workers.worker_command("speed", {"a": 1})
+    assert command[1:4] == ["-m", "benchmarks.speed", "--worker"]
+    assert json.loads(command[4]) == {"a": 1}
+    assert not any(part.endswith(".py") for part in command)
+
+
+def test_a_worker_answers_from_a_fresh_process_or_becomes_an_error(saved_models):
+    folder = str(saved_models["bert"])  # not GGUF: speed's worker hands the folder back
+    assert workers.run_worker({"copy": folder}, timeout_s=300) == {"model": folder}
+    failed = workers.run_worker({}, timeout_s=300, script="no_such_benchmark")
+    assert failed["error"].startswith("worker exited with 1") and "no_such_benchmark" in \
+        failed["error"]
+
+
+def test_resumable_plans_skip_what_is_done_and_open_each_group_once(tmp_path, capsys):
+    out = tmp_path / "rows.jsonl"
+    items = [("g1", 1), ("g1", 2), ("g2", 3), ("g1", 4)]
+    opened = []
+
+    def run_all(max_minutes=None):
+        return runs.execute(items, out, key=lambda i: str(i[1]), group=lambda i: i[0],
+                            open_group=lambda g: opened.append(g) or g,
+                            train=lambda g, i: {"key": str(i[1]), "group": g},
+                            say=lambda n, i, row: f"done {n}", max_minutes=max_minutes)
+
+    results.append_row(out, {"key": "2"})  # finished by an earlier call
+    assert run_all() == 3
+    assert opened == ["g1", "g2", "g1"]  # consecutive runs share their group
+    assert [r["key"] for r in results.read_rows(out)] == ["2", "1", "3", "4"]
+    assert run_all() == 0 and opened == ["g1", "g2", "g1"]  # nothing left: nothing opened
+    assert "done 3" in capsys.readouterr().out
+    out.unlink()
+    assert run_all(max_minutes=-1) == 0 and "minute limit" in capsys.readouterr().out
+
+
+def test_a_shared_base_is_never_trained(saved_models):
+    from benchmarks.bench.models import SharedBase
+
+    shared = SharedBase(ModelConfig(name_or_path=str(saved_models["bert"])))
+    base = shared.model
+    weights = {n: p.clone() for n, p in base.named_parameters()}
+    with shared.trainable() as encoder:
+        assert encoder is shared.encoder and encoder.model is not base
+        for p in encoder.model.parameters():
+            p.data.add_(1.0)  # what training would do to the copy
+    assert shared.encoder.model is base
+    assert all((p == weights[n]).all() for n, p in base.named_parameters())
+    with pytest.raises(RuntimeError), shared.trainable():
+        raise RuntimeError("a failed run")
+    assert shared.encoder.model is base  # put back even when a run fails
+
+
+# ---------------------------------------------------------------------------- speed.py
 
 
 def _spec(speed, folder: Path, system: str, mode: str, evaluate: bool = False) -> dict:
@@ -50,6 +161,7 @@ def test_plan_covers_every_system(speed, top_k):
         assert len(set(plan)) == len(plan), "a mode measured twice"
         assert {system for system, _ in plan} == {speed.ST, speed.LL}
         assert plan[0][0] == speed.ST  # the baseline leads every interleaved round
+        assert (speed.ST, "full") in plan  # the reference every ratio is taken against
         for system, mode in plan:  # lastlayer's modes say which blocks they train
             assert (f"-top{top_k}" in mode) is (system == speed.LL)
     # --quick keeps the full run's order, with the baseline, lastlayer's plain mode and one
@@ -62,6 +174,8 @@ def test_plan_covers_every_system(speed, top_k):
     modes = [mode for system, mode in full if system == speed.LL]
     assert modes[0] == f"lora-top{top_k}"
     assert all(m.startswith(("lora-top", "full-top")) for m in modes)
+    # every "-nodrop" mode has its with-dropout twin in the same run
+    assert all(m.removesuffix("-nodrop") in {m for _, m in full} for _, m in full)
     baselines = [pair for pair in full if pair[0] == speed.ST]  # they train every block
     assert baselines == [pair for pair in speed.plan(quick=False, top_k=1) if pair[0] == speed.ST]
 
@@ -99,6 +213,7 @@ def test_measure_every_mode_on_a_tiny_model(speed, saved_models):
     json.dumps(rows)  # the rows are what --out writes
     table = speed.format_table(rows)
     assert table.count("\n") == len(rows) + 1 and "lora-top2-cached" in table
+    assert "| 1.00x |" in table  # ST full against itself
 
 
 def test_profile_counts_saved_activations_and_dropout_off_saves_less(speed, saved_models):
@@ -122,15 +237,22 @@ def test_failed_worker_becomes_an_error_row(speed):
     assert set(speed.REQUIRED_KEYS) <= set(row)
 
 
-def test_memory_script_imports_and_lists_its_modes():
-    memory = _load("memory")
-    assert memory.MODES[0] == "full" and "lora-top2-4bit" in memory.MODES
-    assert memory._quantization("lora-top2-8bit") == "8bit"
+# ---------------------------------------------------------------------------- memory.py
+
+
+def test_memory_modes_are_all_measurable_against_full():
+    assert len(set(memory.MODES)) == len(memory.MODES)
+    assert "full" in memory.MODES  # the reference of the "vs full" column
+    for mode in memory.MODES:  # a quantized mode says its bits last; the rest load plain
+        bits = memory._quantization(mode)
+        assert bits is None or mode.endswith(bits)
+        assert mode == "full" or mode.startswith("lora-")
+    assert {memory._quantization(m) for m in memory.MODES} == {None, "8bit", "4bit"}
     assert memory._quantization("lora-top2") is None
+    assert set(memory.PRESETS) >= {"bert-large", "llama-0.5b"}  # the defaults of --models
 
 
 def test_memory_table_lists_failed_modes_last_with_their_error():
-    memory = _load("memory")
     ok = {"model": "m", "mode": "full", "peak_mb": 200.0, "total_params": 2e6,
           "trainable_params": 2_000_000, "loaded_mb": 50.0, "step_s_median": 0.5}
     lora = dict(ok, mode="lora-top2", peak_mb=50.0, trainable_params=1000)
@@ -145,10 +267,9 @@ def test_memory_table_lists_failed_modes_last_with_their_error():
 
 
 @pytest.fixture
-def findings(monkeypatch, saved_models, tmp_path):
-    """benchmarks/findings.py pointed at a tiny Llama, a small labelled file and a BEIR folder."""
-    module = _load("findings")
-    monkeypatch.setattr(module, "MODELS", {"tiny": module.ModelSpec(
+def tiny_protocol(monkeypatch, saved_models, tmp_path):
+    """The findings' protocol pointed at a tiny Llama, a small labelled file and a BEIR folder."""
+    monkeypatch.setattr(protocol, "MODELS", {"tiny": protocol.ModelSpec(
         str(saved_models["llama"]), 4, 32, 2, {"full": 1e-3, "lora": 1e-3}, "full")})
     root = tmp_path / "data"
     records = [json.loads(line) for line in gzip.open(MEDICAL, "rt", encoding="utf-8")][:80]
@@ -162,21 +283,21 @@ def findings(monkeypatch, saved_models, tmp_path):
                                          for i in range(5)])
     (beir / "qrels" / "test.tsv").write_text(
         "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(5)))
-    monkeypatch.setattr(module, "DATASETS", {"medical": "medical/m.jsonl", "beir": "beir"})
-    monkeypatch.setattr(module, "EVAL_DOCS", 30)
-    return module, root
+    monkeypatch.setattr(protocol, "DATASETS", {"medical": "medical/m.jsonl", "beir": "beir"})
+    monkeypatch.setattr(protocol, "EVAL_DOCS", 30)
+    return root
 
 
-def test_findings_runs_resumes_and_reports(findings, tmp_path):
-    module, root = findings
-    runs = [module.Run("tiny", d, o, "full", k, 1e-3, 42, cached, steps=2, batch_size=4)
+def test_findings_runs_resumes_and_reports(tiny_protocol, tmp_path):
+    root = tiny_protocol
+    plan = [findings.Run("tiny", d, o, "full", k, 1e-3, 42, cached, steps=2, batch_size=4)
             for d, o, k, cached in [("medical", "crop", 2, True), ("medical", "dropout", 2, True),
                                     ("medical", "crop", 1, True), ("medical", "crop", 4, False),
                                     ("beir", "crop", 2, True)]]
     out, work = tmp_path / "rows.jsonl", tmp_path / "work"
-    assert module.execute(runs, out, root, work) == 5
-    rows = module.read_rows(out)
-    assert [r["key"] for r in rows] == [r.key for r in runs]
+    assert findings.execute(plan, out, root, work) == 5
+    rows = results.read_rows(out)
+    assert [r["key"] for r in rows] == [r.key for r in plan]
     medical = rows[0]
     assert medical["metric"] == "knn_accuracy" and medical["eval_documents"] == 30
     assert medical["delta"] == pytest.approx(medical["value"] - medical["base_value"])
@@ -184,44 +305,50 @@ def test_findings_runs_resumes_and_reports(findings, tmp_path):
     assert rows[3]["k_label"] == "all" and rows[3]["cache_s"] < 1  # no cache: fresh views
     assert rows[4]["metric"] == "ndcg@10" and rows[4]["eval_documents"] == 30 + 5
     assert all(0 <= r["value"] <= 1 and r["final_loss"] > 0 for r in rows)
-    # Everything is kept: a second call runs nothing, and caches sit under --work.
-    assert module.execute(runs, out, root, work) == 0
-    assert {p.name for p in (work / "tiny" / "medical").iterdir()} == {
-        "base.pt", "pairs-crop-seed42-k2.pt", "pairs-dropout-seed42-k2.pt", "adapters"}
+    assert len({r["base_value"] for r in rows[:4]}) == 1  # the base measured once per group
+    # Everything is kept: a second call runs nothing and rebuilds no cache.
+    kept = {p: p.stat().st_mtime_ns for p in work.rglob("*.pt")}
+    assert findings.execute(plan, out, root, work) == 0
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*.pt")} == kept
+    # one base file per group, one pair cache per (data set, objective, seed) used cached
+    assert len([p for p in kept if p.name == "base.pt"]) == 2
+    assert len([p for p in kept if p.name != "base.pt"]) == len(
+        {(r.dataset, r.objective, r.seed) for r in plan if r.cached})
     # Every labelled run keeps its artifact, with the recipe that reproduces it.
     saved = work / "tiny" / "medical" / "adapters"
     assert {p.name for p in saved.iterdir()} == {
-        "tiny_full-top2_crop", "tiny_full-top2_dropout", "tiny_full-top1_crop",
-        "tiny_full-topall_crop"}
-    report = json.loads((saved / "tiny_full-top2_crop" / "eval.json").read_text())
+        findings.artifact_name(r) for r in plan if r.dataset == "medical"}
+    name = findings.artifact_name(plan[0])
+    report = json.loads((saved / name / "eval.json").read_text())
     assert report["adapted"]["knn_accuracy"] == medical["value"]
     assert report["delta"]["ci95_low"] == medical["ci95_low"]
-    recipe = load_recipe(saved / "tiny_full-top2_crop" / "recipe.yaml")
+    recipe = load_recipe(saved / name / "recipe.yaml")
     assert recipe.train.cached_pairs == 8 and recipe.eval.max_docs == 30
-    assert recipe.output_dir == "adapters/medical/tiny_full-top2_crop"
+    assert recipe.output_dir == f"adapters/medical/{name}"
     assert rows[2]["k"] == 1 and rows[2]["cached"]  # served by the seed's k=2 cache
-    headline, topk = module.headline_table(rows), module.topk_table(rows, "tiny", "medical")
+    headline, topk = findings.headline_table(rows), findings.topk_table(rows, "tiny", "medical")
     assert "| tiny (full top-2) | medical | knn_accuracy |" in headline
     assert "| all |" in topk and "% of all)" in topk
-    assert "| tiny | beir | ndcg@10 |" in module.best_table(rows)
+    assert "| tiny | beir | ndcg@10 |" in findings.best_table(rows)
     # Shipping copies the artifact and writes a recipe that says what it measured.
-    artifact, recipe_file = module.ship(saved / "tiny_full-top2_crop", root=tmp_path / "repo")
+    artifact, recipe_file = findings.ship(saved / name, root=tmp_path / "repo")
     assert (artifact / "adapter_model.safetensors").exists()
-    assert recipe_file == tmp_path / "repo" / "recipes" / "medical" / "tiny_full-top2_crop.yaml"
+    assert recipe_file == tmp_path / "repo" / "recipes" / "medical" / f"{name}.yaml"
     assert load_recipe(recipe_file) == recipe
     header = recipe_file.read_text().splitlines()[:3]
-    assert f"{medical['delta']:+.3f}" in header[1] and "lastlayer train" in header[2]
+    assert "python -m benchmarks.findings" in header[1] and "lastlayer train" in header[2]
+    assert "docs/results.md" in header[1] and f"{medical['delta']:+.3f}" not in header[1]
 
 
 def test_findings_ships_recipes_naming_the_hub_copy_of_unshipped_data():
-    module = _load("findings")
-    hub, note = module._hub_source("../elsewhere/reuters_r8/r8.jsonl.gz")
+    hub, note = findings._hub_source("../elsewhere/reuters_r8/r8.jsonl.gz")
     assert hub == "hf://yangwang825/reuters-21578?split=train+test" and "--data-root" in note
-    assert module._hub_source("data/medical_abstracts/medical_abstracts.jsonl.gz") == (None, "")
-    assert set(module.HUB_SOURCES) == set(module.DATASETS) - set(module.SHIPPED) - {"scifact"}
-    for dataset, (hub, note) in module.HUB_SOURCES.items():  # the shipped recipes say the same
-        domain = module.DOMAINS[dataset]
-        for recipe in (module.ROOT / "recipes" / domain).glob("*.yaml"):
+    assert findings._hub_source("data/medical_abstracts/medical_abstracts.jsonl.gz") == (None, "")
+    assert set(findings.HUB_SOURCES) == set(protocol.DATASETS) - set(findings.SHIPPED) - {
+        "scifact"}
+    for dataset, (hub, note) in findings.HUB_SOURCES.items():  # the shipped recipes say the same
+        domain = findings.DOMAINS[dataset]
+        for recipe in (ROOT / "recipes" / domain).glob("*.yaml"):
             text = recipe.read_text()
             assert f"data:\n  train: {hub}\n" in text, recipe
             assert " ".join(line[2:] for line in text.splitlines() if line.startswith("# ")) \
@@ -229,14 +356,13 @@ def test_findings_ships_recipes_naming_the_hub_copy_of_unshipped_data():
 
 
 def test_findings_plan_answers_the_three_questions_first():
-    module = _load("findings")
-    plan = module.plan()
-    assert len({r.key for r in plan}) == len(plan)
-    first = plan[: 2 * len(module.DATASETS)]  # raw base, seed 42: crop vs dropout everywhere
+    plan = findings.plan()
+    assert len({r.key for r in plan}) == len(plan)  # every planned run is unique
+    first = plan[: 2 * len(protocol.DATASETS)]  # raw base, seed 42: crop vs dropout everywhere
     assert {(r.model, r.dataset, r.objective) for r in first} == {
-        ("smollm2", d, o) for d in module.DATASETS for o in ("crop", "dropout")}
+        ("smollm2", d, o) for d in protocol.DATASETS for o in ("crop", "dropout")}
     for run in plan:  # cached runs fit under their model's cache
-        assert not run.cached or run.k <= module.MODELS[run.model].cache_k
+        assert not run.cached or run.k <= protocol.MODELS[run.model].cache_k
     seeds = {(r.model, r.seed) for r in plan if r.kind == "full" and r.k == 4}
     assert {("smollm2", 42), ("smollm2", 43)} <= seeds
     # crop vs dropout is a fair comparison: every dropout run has a crop twin with the same
@@ -249,14 +375,22 @@ def test_findings_plan_answers_the_three_questions_first():
                     run.steps, run.batch_size, "crop")
             assert twin in keys, run
     # every headline comparison (model default kind, cached, every data set, both
-    # objectives) is measured at every seed, so the spread is known
-    for name, spec in module.MODELS.items():
+    # objectives) is measured at every seed, so the spread is known; so each (model, data
+    # set) in the plan has the headline row its tables start from
+    for name, spec in protocol.MODELS.items():
         headline = [r for r in plan if r.model == name and r.kind == spec.kind
                     and r.k == spec.cache_k and r.cached]
         by_cell: dict[tuple, set[int]] = {}
         for r in headline:
             by_cell.setdefault((r.dataset, r.objective), set()).add(r.seed)
-        assert by_cell and all(seeds == set(module.SEEDS) for seeds in by_cell.values()), name
+        assert by_cell and all(seeds == set(protocol.SEEDS) for seeds in by_cell.values()), name
+    assert {(r.model, r.dataset) for r in plan} == {
+        (r.model, r.dataset) for r in plan if r == findings.run_for(r.model, r.dataset, "crop")}
+    # the top-k question: on the raw base, both kinds are swept over several k and all layers
+    for kind in ("full", "lora"):
+        ks = {r.k for r in plan if (r.model, r.dataset, r.kind, r.objective, r.seed) ==
+              ("smollm2", "medical_abstracts", kind, "crop", 42)}
+        assert len(ks) >= 4 and protocol.MODELS["smollm2"].num_layers in ks, kind
 
 
 def test_inference_counts_private_bytes_and_judges_ratios():
@@ -265,7 +399,6 @@ def test_inference_counts_private_bytes_and_judges_ratios():
     import torch
     from tiny import tiny_model
 
-    inference = _load("inference")
     base = tiny_model("bert", num_layers=2)
     block = base.encoder.layer[1]
     private = copy.deepcopy(block)
@@ -285,27 +418,26 @@ def test_inference_counts_private_bytes_and_judges_ratios():
 # ---------------------------------------------------------------------------- choose_k.py
 
 
-def test_choose_k_probe_auto_and_report_on_a_tiny_model(findings, tmp_path, monkeypatch):
-    """benchmarks/choose_k.py: the labelled probe's k and the label-free k per data set,
+def test_choose_k_probe_auto_and_report_on_a_tiny_model(tiny_protocol, tmp_path, monkeypatch):
+    """benchmarks.choose_k: the labelled probe's k and the label-free k per data set,
     resumable, exported for other scripts, and the agreement table."""
-    module, root = findings
-    choose = _load("choose_k")
-    monkeypatch.setattr(choose, "findings", module)  # the tiny model and data sets
-    monkeypatch.setattr(choose, "MODEL", "tiny")
-    monkeypatch.setattr(choose, "DATASETS", ["medical", "beir"])
-    monkeypatch.setattr(module, "DEFAULT_OUT", tmp_path / "no-findings.jsonl")
+    root = tiny_protocol
+    monkeypatch.setattr(choose_k, "MODEL", "tiny")
+    monkeypatch.setattr(choose_k, "DATASETS", ["medical", "beir"])
+    monkeypatch.setattr(findings, "DEFAULT_OUT", tmp_path / "no-findings.jsonl")
     out, exported = tmp_path / "choose_k.json", tmp_path / "shared"
     common = ["--out", str(out), "--data-root", str(root), "--export-dir", str(exported)]
-    choose.main(["probe", *common])
-    choose.main(["auto", *common, "--docs", "12"])
-    results = json.loads(out.read_text())
+    choose_k.main(["probe", *common])
+    choose_k.main(["auto", *common, "--docs", "12"])
+    found = json.loads(out.read_text())
     probe = json.loads((exported / "probe_k.json").read_text())
-    assert set(probe) == set(results) == {"medical", "beir"}
-    assert len(results["medical"]["probe"]["curve"]) == 5  # layers 0..4 of tiny Llama
-    assert results["medical"]["probe"]["n_docs"] == 30
-    assert results["beir"]["probe"]["n_docs"] == 5 and "ndcg" in results["beir"]["probe"][
+    assert set(probe) == set(found) == {"medical", "beir"}
+    layers = protocol.MODELS["tiny"].num_layers
+    assert len(found["medical"]["probe"]["curve"]) == layers + 1  # the embeddings, then each block
+    assert found["medical"]["probe"]["n_docs"] == 30
+    assert found["beir"]["probe"]["n_docs"] == 5 and "ndcg" in found["beir"]["probe"][
         "measure"]
-    auto = results["medical"]["auto"]
+    auto = found["medical"]["auto"]
     assert auto["n_docs"] == 12 and auto["n_queries"] == 24 and auto["signal"] == "crops"
     from lastlayer.evaluation.probe import recommend_top_k
     assert (auto["k"], auto["p"]) == recommend_top_k(auto["curve"], 24)
@@ -313,19 +445,17 @@ def test_choose_k_probe_auto_and_report_on_a_tiny_model(findings, tmp_path, monk
     # The held-out documents never reach the signal: it sees the training documents only.
     assert auto["train_docs"] == 80 - 30
     before = out.read_text()
-    choose.main(["probe", *common])  # resumable: nothing is measured twice
+    choose_k.main(["probe", *common])  # resumable: nothing is measured twice
     assert out.read_text() == before
-
 
 
 # ---------------------------------------------------------------------------- budget.py
 
 
 def test_budget_plan_takes_the_auto_k_and_runs_the_cheap_points_first(tmp_path):
-    """benchmarks/budget.py: the k of each corpus is the one ``top_k: auto`` chose (the
+    """benchmarks.budget: the k of each corpus is the one ``top_k: auto`` chose (the
     choose_k.json format), every corpus gets its 40-step point before any 150-step one, one
     epoch is added only where it is not already about a budget, and no run is planned twice."""
-    budget = _load("budget")
     k_file = tmp_path / "choose_k.json"
     k_file.write_text(json.dumps({
         "ohsumed23": {"probe": {"k": 4}, "auto": {"k": 3}},  # the auto k wins
@@ -333,18 +463,37 @@ def test_budget_plan_takes_the_auto_k_and_runs_the_cheap_points_first(tmp_path):
         "scifact": 30,  # a plain {name: k} file works too
     }))
     ks = budget.read_ks(k_file)
-    assert ks == {"medical_abstracts": 7, "ohsumed23": 3, "reuters_r8": 30, "scifact": 30}
+    assert ks == {**budget.KNOWN_K, "ohsumed23": 3, "reuters_r8": 30, "scifact": 30}
     epochs = {"medical_abstracts": 57, "ohsumed23": 200, "reuters_r8": 208, "scifact": 162}
-    runs = budget.plan(ks, epochs)
-    assert len({r.key for _, r in runs}) == len(runs)
-    order = [(g, r.dataset, r.steps, r.seed, r.pairs) for g, r in runs]
-    assert order[:3] == [("a", "medical_abstracts", 40, 42, 640),
-                         ("a", "medical_abstracts", 40, 42, 1280),
-                         ("a", "medical_abstracts", 150, 42, 1280)]
-    b = [(d, steps) for g, d, steps, _, _ in order if g == "b"]
-    assert b == [(d, 40) for d in budget.CORPORA[1:]] + [(d, 150) for d in budget.CORPORA[1:]]
-    assert {steps for g, _, steps, seed, _ in order if g == "c"} == {40, 150}
-    assert all(seed == 43 for g, _, _, seed, _ in order if g == "c")
-    epoch_runs = {(d, steps) for g, d, steps, _, _ in order if g == "d" and steps != 500}
-    assert epoch_runs == {("medical_abstracts", 57), ("ohsumed23", 200), ("reuters_r8", 208)}
-    assert [g for g, *_ in order] == sorted(g for g, *_ in order)  # priority order kept
+    plan = budget.plan(ks, epochs)
+    assert len({r.key for _, r in plan}) == len(plan)  # every planned run is unique
+    assert all(r.k == ks[r.dataset] for _, r in plan)  # each corpus at its chosen k
+    groups = [g for g, _ in plan]
+    assert groups == sorted(groups)  # priority order kept
+    # every corpus with a k has its seed-42 point at every budget over the full pairs, the
+    # cheaper ones first
+    first = {}
+    for i, (_, r) in enumerate(plan):
+        if r.seed == 42 and r.pairs == budget.PAIRS:
+            first.setdefault((r.dataset, r.steps), i)
+    for dataset in ks:
+        at = [first[(dataset, steps)] for steps in budget.BUDGETS]
+        assert at == sorted(at), dataset
+    # the first corpus (the demo's) is answered first; then every other corpus gets its
+    # 40-step point before any of them gets a longer one
+    others = [(r.steps, i) for i, (_, r) in enumerate(plan)
+              if r.dataset != budget.CORPORA[0] and r.seed == 42 and r.steps in budget.BUDGETS]
+    assert max(i for steps, i in others if steps == 40) < min(i for steps, i in others
+                                                               if steps > 40)
+    assert all(r.dataset == budget.CORPORA[0] for g, r in plan if g == groups[0])
+    # second seeds of the cheap points, for the spread
+    assert {(r.dataset, r.steps) for _, r in plan if r.seed == 43 and r.steps < 500} >= {
+        (d, s) for d in ks for s in budget.BUDGETS[:2]}
+    # one epoch only where it is not within 15 % of a budget (scifact's 162 ~ 150 is not run)
+    for dataset, steps in epochs.items():
+        near = any(abs(steps - b) <= 0.15 * b for b in budget.BUDGETS)
+        assert any(r.dataset == dataset and r.steps == steps for _, r in plan) is not near
+    # the demo's budget: fewer pairs, on medical, at both seeds
+    assert {(r.dataset, r.seed) for _, r in plan if r.pairs < budget.PAIRS} == {
+        ("medical_abstracts", 42), ("medical_abstracts", 43)}
+    assert not budget.plan({}, epochs)  # no k known: nothing to run

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import shipped_artifacts
 
-from lastlayer.artifact import _strings as artifact_strings  # keys and values, nested
+from lastlayer.artifact import nested_strings as artifact_strings  # keys and values, nested
 from lastlayer.config import (
     AdapterConfig,
     ConfigError,
@@ -255,3 +255,33 @@ def test_committed_artifacts_match_their_recipes(folder):
     peft = json.loads((folder / "adapter_config.json").read_text())
     assert peft["base_model_name_or_path"] == shipped.model.name_or_path
     assert (folder / "adapter_model.safetensors").stat().st_size < 2 * 2**20  # light
+
+
+def test_one_decoder_for_recipes_and_artifacts():
+    """lastlayer.config.decode: the same rules for a recipe and for lastlayer.json, each
+    failing with its own error type and words."""
+    from lastlayer.artifact import ArtifactError, Embedding
+    from lastlayer.config import RECIPE, ModelConfig, Source, TrainConfig, decode, from_dict
+
+    art = Source(ArtifactError, where="x.json: ", root="the file", mapping="an object")
+    with pytest.raises(ArtifactError, match=r"^x\.json: unknown key modle in the file; valid "):
+        decode(ModelConfig, {"modle": 1}, art)
+    with pytest.raises(ConfigError, match=r"^unknown key modle in the recipe; valid keys: "):
+        decode(ModelConfig, {"modle": 1}, RECIPE)
+    with pytest.raises(ArtifactError, match=r"^x\.json: missing key pooling\.$"):
+        decode(Embedding, {}, art)
+    with pytest.raises(ArtifactError, match=r"^x\.json: model must be an object, got 3"):
+        decode(ModelConfig, 3, art, "model.")
+    # bools are only bools, both ways
+    with pytest.raises(ConfigError, match=r"max_length must be int, got True"):
+        decode(ModelConfig, {"max_length": True}, RECIPE)
+    with pytest.raises(ArtifactError, match=r"normalize must be bool, got 1"):
+        decode(ModelConfig, {"normalize": 1}, art)
+    with pytest.raises(ConfigError, match=r"train\.lr must be float, got True"):
+        from_dict(TrainConfig, {"lr": True}, "train.")
+    # ints and number strings are floats where a float is expected (YAML 1.1: 1e-4 is a string)
+    assert from_dict(TrainConfig, {"lr": "1e-4"}).lr == 1e-4
+    assert from_dict(TrainConfig, {"lr": 1}).lr == 1.0
+    # a failed cross-field check comes back as the source's error, naming the file
+    with pytest.raises(ArtifactError, match=r"^x\.json: model\.quantization cannot be combined"):
+        decode(ModelConfig, {"quantization": "8bit", "gguf_file": "m.gguf"}, art)

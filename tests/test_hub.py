@@ -100,7 +100,8 @@ def make_artifact(encoder, out: Path, seed: int) -> Path:
                "delta": {"delta": 0.125, "ci95_low": 0.05, "ci95_high": 0.2},
                "data": "data/labelled.jsonl", "num_documents": 40,
                "protocol": "kNN accuracy, k=10."}
-    files = artifact.side_files(meta, metrics, RECIPE, [{"step": 1, "loss": 1.5}])
+    files = artifact.side_files(meta, metrics, RECIPE, [{"step": 1, "loss": 1.5}],
+                                 hub.model_card(meta, artifact.as_report(metrics)))
     path = save_adapter(encoder.model, out, files)
     encoder.model = encoder.model.unload()  # the base again, for the next artifact
     return path
@@ -570,7 +571,7 @@ def test_the_card_round_trips_through_huggingface_hub(tmp_path):
     from huggingface_hub.repocard_data import model_index_to_eval_results
 
     meta = card_meta()
-    text = artifact.model_card(meta, METRICS, repo_id="acme/minilm-med")
+    text = hub.model_card(meta, METRICS, repo_id="acme/minilm-med")
     card = ModelCard(text)  # parses the YAML, builds ModelCardData, validates eval results
     assert str(card) == text  # renders back to the very same text
     data = card.data.to_dict()
@@ -605,7 +606,7 @@ def test_the_card_round_trips_through_huggingface_hub(tmp_path):
 def test_a_local_training_path_names_no_dataset_and_no_gain_is_said():
     metrics = {**METRICS, "data": "data/x.jsonl",
                "delta": {"delta": -0.001, "ci95_low": -0.003, "ci95_high": 0.0}}
-    card = huggingface_hub.ModelCard(artifact.model_card(card_meta(data="data/med.jsonl.gz"),
+    card = huggingface_hub.ModelCard(hub.model_card(card_meta(data="data/med.jsonl.gz"),
                                                          metrics))
     data = card.data.to_dict()
     assert "datasets" not in data
@@ -615,13 +616,13 @@ def test_a_local_training_path_names_no_dataset_and_no_gain_is_said():
 
 
 def test_hub_dataset_ids_are_told_from_local_paths():
-    assert artifact.hub_dataset_id("hf://acme/med") == "acme/med"
-    assert artifact.hub_dataset_id("hf://acme/med@v1?split=test&config=en") == "acme/med"
-    assert artifact.hub_dataset_id("hf://datasets/acme/med") == "acme/med"
-    assert artifact.hub_dataset_id("hf://imdb?split=test") == "imdb"  # un-namespaced
+    assert hub.hub_dataset_id("hf://acme/med") == "acme/med"
+    assert hub.hub_dataset_id("hf://acme/med@v1?split=test&config=en") == "acme/med"
+    assert hub.hub_dataset_id("hf://datasets/acme/med") == "acme/med"
+    assert hub.hub_dataset_id("hf://imdb?split=test") == "imdb"  # un-namespaced
     for local in ("data/med.jsonl.gz", "data/medical_abstracts/x.jsonl.gz", "../shared/x",
                   "/abs/x", "med.jsonl", "./x", "acme/med", "", None, "hf://"):
-        assert artifact.hub_dataset_id(local) is None, local
+        assert hub.hub_dataset_id(local) is None, local
 
 
 def test_a_packaged_gguf_base_still_names_its_hub_id():

@@ -64,7 +64,7 @@ def make_artifact(model_dir: Path, out: Path, kind: str, top_k: int, seed: int, 
                                  quantization=quantization),
         embedding=dataclasses.replace(meta.embedding, **embedding),
     )
-    return save_adapter(encoder.model, out, artifact.side_files(meta, None, "", []))
+    return save_adapter(encoder.model, out, artifact.side_files(meta, None, "", [], ""))
 
 
 @pytest.fixture(scope="module")

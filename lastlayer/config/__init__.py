@@ -2,20 +2,22 @@
 
 The dataclasses below are the single source of truth for every recipe key: a YAML key
 that no field reads is an error, and so is a value of the wrong type or outside a closed
-menu (``Literal``). This module imports no torch, so ``lastlayer validate`` is instant.
+menu (``Literal``); :mod:`lastlayer.config.decode` holds those rules, shared with the
+artifact's ``lastlayer.json``. The ``adapter`` and ``objective`` sections are also what an
+artifact records of its recipe. This module imports no torch, so ``lastlayer validate`` is
+instant.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
+from lastlayer.config.decode import ByKey, Source, decode
 from lastlayer.corpus import DataError, is_hub_dataset, parse_hub_dataset
 
 
@@ -58,7 +60,7 @@ class ModelConfig:
 
 
 @dataclass
-class AdapterConfig:
+class AdapterConfig(ByKey):
     """Where the adapter goes (the top-k blocks) and what it is (LoRA or full unfreeze)."""
 
     kind: AdapterKind = "lora"
@@ -92,7 +94,7 @@ class AdapterConfig:
 
 
 @dataclass
-class ObjectiveConfig:
+class ObjectiveConfig(ByKey):
     """The self-supervised task: how two views of a document are made, and the loss."""
 
     kind: ObjectiveKind = "crop"
@@ -266,7 +268,10 @@ def _fraction(key: str, value: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Building dataclasses from untyped data, with errors that name the key.
+# Building dataclasses from untyped data: the shared decoder (lastlayer.config.decode).
+
+RECIPE = Source(ConfigError, root="the recipe")
+"""How recipes and overrides are decoded: ``ConfigError``, YAML's words."""
 
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
@@ -280,58 +285,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     Raises:
         ConfigError: On an unknown key, a wrong type, or a failed cross-field check.
     """
-    where = prefix.rstrip(".") or "the recipe"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping of keys to values, got {data!r}.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!s} in {where}; "
-            f"valid keys: {', '.join(sorted(fields))}."
-        )
-    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # pragma: no cover - every field has a default
-        raise ConfigError(f"{where}: {err}") from err
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against type ``hint`` (light coercion: int -> float), or raise."""
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, key + ".")
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key) if len(inner) == 1 else value
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            menu = ", ".join(map(str, choices))
-            raise ConfigError(f"{key} must be one of {menu}; got {value!r}.")
-        return value
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key} must be a list, got {value!r}.")
-        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint in (int, float, str, bool) and (
-        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
-    ):
-        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}.")
-    return value
+    return decode(cls, data, RECIPE, prefix)
 
 
 # ---------------------------------------------------------------------------------------

@@ -31,8 +31,6 @@ lazily to run the bottom of the model.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from lastlayer import artifact
-from lastlayer.artifact import ROUTING, ROUTING_METRIC
+from lastlayer.artifact import ROUTING_METRIC
 
 METRIC = ROUTING_METRIC
 """The similarity the signatures of this lastlayer use (stored in each file)."""
@@ -256,25 +254,11 @@ def assign(
 
 def write_signature(folder: str | Path, sig: RoutingSignature) -> Path:
     """Write ``sig`` as ``routing.safetensors`` in ``folder`` (atomically); return the path."""
-    from safetensors.numpy import save_file
-
-    path = Path(folder) / ROUTING
-    tensors = {"centroids": sig.centroids, "mean": sig.mean, "scale": sig.scale}
-    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    metadata = {
-        "format": artifact.ROUTING_FORMAT, "layer": str(sig.layer),
-        "threshold": repr(float(sig.threshold)),
-        "typical_distance": repr(float(sig.typical_distance)),
-        "num_documents": str(sig.num_documents), "quantile": repr(float(sig.quantile)),
-        "metric": sig.metric,
-    }
-    tmp = path.with_name(f".{ROUTING}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return artifact.write_routing(
+        folder, centroids=sig.centroids, mean=sig.mean, scale=sig.scale, layer=sig.layer,
+        threshold=sig.threshold, typical_distance=sig.typical_distance,
+        num_documents=sig.num_documents, quantile=sig.quantile, metric=sig.metric,
+    )
 
 
 def read_signature(folder: str | Path) -> RoutingSignature | None:

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from lastlayer.artifact import atomic_path
 from lastlayer.config import ConfigError
 from lastlayer.corpus import read_with_ids
 from lastlayer.extras import require
@@ -459,15 +460,10 @@ def _shards(job: EmbedJob) -> Iterator[tuple[range, np.ndarray, list[str | None]
 def _assemble(job: EmbedJob) -> None:
     """Write the output from the shards into the parts folder, move it in place, clean up."""
     suffix = output_format(job.output)
-    tmp = job.parts / f"assembling{suffix}"
     writers: dict[str, Callable[[EmbedJob, Path], None]] = {
         ".npy": _write_npy, ".parquet": _write_parquet, ".jsonl": _write_jsonl}
-    try:
+    with atomic_path(job.output, tmp=job.parts / f"assembling{suffix}") as tmp:
         writers[suffix](job, tmp)
-        job.output.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, job.output)
-    finally:
-        tmp.unlink(missing_ok=True)
     shutil.rmtree(job.parts)
     log.info("Wrote %d vectors to %s", len(job.texts), job.output)
 
@@ -522,13 +518,8 @@ def _write_parquet(job: EmbedJob, path: Path) -> None:
 
 def _write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
     """Write a file under a temporary name, then rename it: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 # ---------------------------------------------------------------------------------------

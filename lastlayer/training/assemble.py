@@ -23,6 +23,7 @@ from lastlayer.artifact import (
     Embedding,
     Layers,
     Training,
+    as_report,
     check_output_dir,
     side_files,
 )
@@ -30,6 +31,7 @@ from lastlayer.config import ConfigError, Recipe
 from lastlayer.core.adapters import layer_summary, save_adapter
 from lastlayer.core.encoder import Encoder
 from lastlayer.core.routing import RoutingSignature, signature_for_texts
+from lastlayer.hub import model_card
 from lastlayer.training.choose_k import KChoice
 from lastlayer.training.loop import TrainResult
 
@@ -128,7 +130,8 @@ def save_artifact(encoder: Encoder, recipe: Recipe, result: TrainResult, base_mo
     if top_k_choice is not None:  # the saved recipe trains the chosen k; say where it came from
         recipe_yaml = (f"# adapter.top_k was auto: {top_k_choice.summary()}; evidence in "
                        f"{artifact.METADATA} (top_k_choice).\n" + recipe_yaml)
-    files = side_files(meta, metrics, recipe_yaml, result.history)
+    files = side_files(meta, metrics, recipe_yaml, result.history,
+                       model_card(meta, as_report(metrics)))
     overwrite = recipe.overwrite if overwrite is None else overwrite
     out_dir = output_dir or recipe.output_dir
     try:

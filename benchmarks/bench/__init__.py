@@ -1,0 +1,30 @@
+"""The benchmark harness: what the scripts in ``benchmarks/`` share, one module per job.
+
+=============  ===========================================================================
+module         job
+=============  ===========================================================================
+``models``     loading bases and adapters: the one place benchmarks touch lastlayer's
+               model-loading API (a run's trainable copy of a shared base included)
+``protocol``   the findings' protocol: models, data sets, the held-out split, recipes
+``runs``       resumable plans: run keys, groups of runs on one base, pair caches on disk,
+               the loop that skips what the results file already has
+``measure``    resident memory, CPU seconds, load, the machine and commit a row records
+``steps``      timing optimizer steps (a global hook), profiling one step
+``workers``    one measurement in a fresh Python process (its peak memory its own)
+``tables``     markdown tables
+``results``    result files: JSON lines appended per run, JSON documents written whole
+=============  ===========================================================================
+
+Paths here are the repository's: scripts run from its root (``python -m benchmarks.NAME``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
+# the data sets the project does not ship (--data-root): $LASTLAYER_DATA, else ../shared/data
+DATA_ROOT = Path(os.environ.get("LASTLAYER_DATA", ROOT.parent / "shared" / "data"))

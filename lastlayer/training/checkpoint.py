@@ -18,7 +18,7 @@ before anything in it is read. A ``step-N`` folder holds:
   state, the scheduler's and grad scaler's state dicts and Python's RNG state.
 
 Each folder is written to a temporary name and renamed into place
-(:func:`lastlayer.artifact.write_atomically`): a run killed mid-write leaves the previous
+(:func:`lastlayer.artifact.replace_folder`): a run killed mid-write leaves the previous
 checkpoints as they were, and the next save or resume removes the leftover.
 """
 
@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lastlayer.artifact import write_atomically
+from lastlayer.artifact import replace_folder
 from lastlayer.config import ConfigError, Recipe
 
 log = logging.getLogger(__name__)
@@ -103,9 +103,8 @@ def save_checkpoint(recipe: Recipe, accelerator, step: int, model: nn.Module, op
         remove_leftovers(root)
         folder = root / f"step-{step:06d}"
         try:
-            write_atomically(folder, lambda tmp: _write(tmp, step, model, optimizer, scheduler,
-                                                        accelerator.scaler, rng),
-                             check=lambda path, overwrite: None)
+            replace_folder(folder, lambda tmp: _write(tmp, step, model, optimizer, scheduler,
+                                                      accelerator.scaler, rng))
         except OSError as err:
             raise CheckpointError(
                 f"could not write the checkpoint {folder} ({err.strerror or err}); the earlier "

@@ -256,3 +256,27 @@ def test_two_processes_killed_mid_step_resume_bit_exact(saved_models, corpus, re
     assert step == 2 and {"torch.0", "torch.1"} <= load_file(path / "rng.safetensors").keys()
     assert torchrun(["-m", "lastlayer", "train"], resumed, "train.resume=true") == 0
     assert_same_weights(resumed, load_file(straight / WEIGHTS))
+
+
+def test_nan_weights_are_never_checkpointed(saved_models, corpus, recipe_file, tmp_path,
+                                            monkeypatch, capsys):
+    """A finite loss followed by an update to NaN: the run stops before step 4's checkpoint."""
+    real = torch.optim.AdamW.step
+    calls = []
+
+    def poisoned(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned)
+    out = tmp_path / "out"
+    assert run_cli(recipe_file, overrides(saved_models["bert"], corpus, out, False)) == 2
+    err = capsys.readouterr().err
+    assert "step 4: a trained weight is NaN or inf after the update" in err
+    assert "step-000002" in err
+    assert_one_error_line(err)
+    assert latest_checkpoint(tmp_path / "out.checkpoints")[1] == 2

@@ -4,9 +4,10 @@ AdamW on the adapter's parameters with a linear warm-up schedule; each batch is 
 of the same documents (crop / span / dropout), fresh or from cached bottom-layer states
 (:mod:`lastlayer.training.pairs`), embedded and scored by InfoNCE over the global batch
 (embeddings are gathered with gradients). The same code runs on one CPU, one GPU, or many
-processes; ``train.batch_size`` is per process. Periodic checkpoints and resuming live in
-:mod:`lastlayer.training.checkpoint`; what comes before and after the loop (loading,
-measuring, saving) in :mod:`lastlayer.training.run`.
+processes; ``train.batch_size`` is per process. A NaN or infinite loss or weight stops the
+run (:func:`check_finite`, :func:`check_finite_weights`) before it reaches a checkpoint. Periodic checkpoints and resuming
+live in :mod:`lastlayer.training.checkpoint`; what comes before and after the loop
+(loading, measuring, saving) in :mod:`lastlayer.training.run`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lastlayer.config import Recipe
+from lastlayer.config import ConfigError, Recipe
 from lastlayer.core.encoder import Encoder
 from lastlayer.core.split import TopKHead
 from lastlayer.training.checkpoint import (
-    CheckpointError,
     checkpoint_root,
     latest_checkpoint,
     maybe_resume,
@@ -41,8 +41,12 @@ from lastlayer.training.pairs import (
 from lastlayer.training.views import ViewStats
 
 
-class TrainingDiverged(CheckpointError):
-    """The loss became NaN or infinite: the run stops, its last good checkpoint is kept."""
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite: the run stops, its last good checkpoint is kept.
+
+    A :class:`~lastlayer.config.ConfigError` (its fix is in the recipe), so ``lastlayer
+    train`` reports it in one line with exit status 2.
+    """
 
 
 @dataclass
@@ -139,6 +143,7 @@ def train_adapter(
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            check_finite_weights(params, step, recipe)
             save_checkpoint(recipe, accelerator, step, encoder.model, optimizer, scheduler)
         if step >= cfg.max_steps:
             break
@@ -151,15 +156,28 @@ def train_adapter(
 def check_finite(record: dict[str, float], recipe: Recipe) -> None:
     """Stop the run at the first step whose loss (averaged over processes) is NaN or inf.
 
-    The check runs before that step is checkpointed, so every checkpoint on disk holds
-    finite weights; the message names the step, the newest of them and the likely causes.
-
     Raises:
-        TrainingDiverged: The loss is not finite.
+        TrainingDiverged: The loss is not finite; the message names the step, the newest
+            checkpoint and the likely causes.
     """
     loss = record["loss"]
-    if torch.isfinite(torch.tensor(loss)):
-        return
+    if not torch.isfinite(torch.tensor(loss)):
+        raise diverged(record["step"], f"the training loss is {loss}", recipe)
+
+
+def check_finite_weights(params: list[torch.Tensor], step: int, recipe: Recipe) -> None:
+    """Before a checkpoint: every trained weight is finite (a finite loss can still be
+    followed by an update with inf gradients), so no checkpoint ever holds NaN or inf.
+
+    Raises:
+        TrainingDiverged: A weight is not finite.
+    """
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise diverged(step, "a trained weight is NaN or inf after the update", recipe)
+
+
+def diverged(step: int, what: str, recipe: Recipe) -> TrainingDiverged:
+    """The error that stops a diverged run: the step, the likely causes, the checkpoint kept."""
     cfg = recipe.train
     found = latest_checkpoint(checkpoint_root(recipe))
     kept = (f"The last good checkpoint, {found[0]}, is kept." if found else
@@ -168,6 +186,5 @@ def check_finite(record: dict[str, float], recipe: Recipe) -> None:
     if cfg.mixed_precision != "no":
         causes += (f" or too little precision (train.mixed_precision={cfg.mixed_precision}; "
                    "try no)")
-    raise TrainingDiverged(
-        f"step {record['step']}: the training loss is {loss}, so training stopped and no "
-        f"artifact was saved. Likely cause: {causes}. {kept}")
+    return TrainingDiverged(f"step {step}: {what}, so training stopped and no artifact was "
+                            f"saved. Likely cause: {causes}. {kept}")

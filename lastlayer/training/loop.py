@@ -5,9 +5,10 @@ of the same documents (crop / span / dropout), fresh or from cached bottom-layer
 (:mod:`lastlayer.training.pairs`), embedded and scored by InfoNCE over the global batch
 (embeddings are gathered with gradients). The same code runs on one CPU, one GPU, or many
 processes; ``train.batch_size`` is per process. A NaN or infinite loss or weight stops the
-run (:func:`check_finite`, :func:`check_finite_weights`) before it reaches a checkpoint. Periodic checkpoints and resuming
-live in :mod:`lastlayer.training.checkpoint`; what comes before and after the loop
-(loading, measuring, saving) in :mod:`lastlayer.training.run`.
+run (:func:`check_finite`, :func:`check_finite_weights`) before it reaches a checkpoint.
+Periodic checkpoints and resuming live in :mod:`lastlayer.training.checkpoint`; what
+comes before and after the loop (loading, measuring, saving) in
+:mod:`lastlayer.training.run`.
 """
 
 from __future__ import annotations

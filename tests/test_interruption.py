@@ -280,3 +280,16 @@ def test_nan_weights_are_never_checkpointed(saved_models, corpus, recipe_file, t
     assert "step-000002" in err
     assert_one_error_line(err)
     assert latest_checkpoint(tmp_path / "out.checkpoints")[1] == 2
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a SIGKILL in the final save leaves its hidden temporary folder (.out.tmp-*) beside the "
+    "artifact, and nothing removes it later; lastlayer.artifact's folder swap could sweep "
+    "its own stale .NAME.tmp-* / .NAME.old-* before writing (helper base owns artifact)"))
+def test_a_killed_save_leaves_nothing_behind_after_the_next_run(saved_models, corpus,
+                                                                recipe_file, tmp_path):
+    out = tmp_path / "out"
+    args = overrides(saved_models["bert"], corpus, out, False)
+    killed_run(recipe_file, args, "save:1", tmp_path)
+    assert run_cli(recipe_file, [*args, "train.resume=true"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -2,19 +2,22 @@
 ``lastlayer embed`` on tiny real models.
 
 No shared trunk: the base is one ``Encoder`` (``load_encoder``) and every adapter its own
-base + PEFT adapter (``load_target``). Routing is a fixed rule on the text's length. It
-records every ``encode`` call, and can raise on a chosen call to simulate an interruption.
+base + PEFT adapter (``load_adapter``, the plain PEFT way). Routing is a fixed rule on the
+text's length. It records every ``encode`` call, and can raise on a chosen call to
+simulate an interruption.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from lastlayer.config import ModelConfig
-from lastlayer.core.adapters import load_target
+from lastlayer.core.adapters import load_adapter, model_config_of
 from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.engine import AUTO, Embeddings
 
 MAX_LENGTH = 32
 
@@ -24,8 +27,8 @@ class Interrupted(RuntimeError):
 
 
 class PlainEmbedder:
-    """``Embedder(base, device, dtype, quantization)`` with ``load``, ``encode``, ``route``,
-    ``encode_routed``.
+    """``Embedder(base, device, dtype, quantization)`` with ``load``, ``encode`` (also
+    ``adapter="auto"``) and ``route``.
 
     Attributes:
         calls: The texts of every ``encode`` call, in order.
@@ -46,11 +49,16 @@ class PlainEmbedder:
 
     def load(self, path: str | Path, name: str | None = None) -> str:
         name = name or Path(path).name
-        self.adapters[name] = load_target(path, max_length=MAX_LENGTH)
+        config = dataclasses.replace(model_config_of(path), max_length=MAX_LENGTH)
+        self.adapters[name] = load_adapter(load_encoder(config, "cpu"), path)
         return name
 
     def encode(self, texts, adapter=None, batch_size: int = 32, normalize=None,
-               progress=None) -> np.ndarray:
+               progress=None) -> Embeddings:
+        """Recorded; ``adapter="auto"``: :meth:`route`, then the same one call with those
+        names."""
+        routed = self.route(texts) if adapter == AUTO else None
+        adapter = routed if routed is not None else adapter
         self.calls.append(list(texts))
         if self.fail_on_call == len(self.calls):
             raise Interrupted(f"interrupted on encode call {len(self.calls)}")
@@ -63,13 +71,7 @@ class PlainEmbedder:
             rows = [i for i, n in enumerate(names) if n == name]
             vectors = encoder.encode([texts[i] for i in rows], batch_size, progress=False)
             out[rows] = vectors.numpy()
-        return out
-
-    def encode_routed(self, texts, batch_size: int = 32, normalize=None, progress=None
-                      ) -> tuple[np.ndarray, list[str | None]]:
-        """``route`` then one ``encode`` call (recorded like any other) with those names."""
-        names = self.route(texts)
-        return self.encode(texts, adapter=names, batch_size=batch_size, progress=progress), names
+        return Embeddings(out, np.zeros(len(texts), dtype=np.int64), routed)
 
     def route(self, texts, batch_size: int = 32, progress=None) -> list[str | None]:
         """Text length modulo (adapters + 1): 0 -> the base, i -> the i-th adapter."""

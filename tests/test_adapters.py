@@ -472,3 +472,23 @@ def test_quantized_lora_trains_after_eval_forward(saved_models, quantization: st
     assert any(not torch.equal(params[n], before) for n, before in lora.items())
     assert all(p.grad is None for n, p in params.items() if n not in lora)
     assert torch.isfinite(enc.encode(PROBE, progress=False)).all()
+
+
+def test_every_kind_is_a_plugin_of_one_shape():
+    """``lora`` and ``full`` answer the same questions (lastlayer.core.kinds), and a PEFT
+    config names its kind."""
+    from lastlayer.core.kinds import KINDS, kind_named, kind_of
+
+    shape = {"NAME", "PEFT_TYPE", "always_merged", "targets", "peft_config", "fix_saved",
+             "load_named", "expects_missing_keys", "private_blocks", "merged_model",
+             "block_change", "private_change"}
+    assert sorted(KINDS) == ["full", "lora"]
+    for name, kind in KINDS.items():
+        assert shape <= set(vars(kind)), name
+        assert kind.NAME == name and kind_named(name) is kind
+    model = tiny_model("bert")
+    for name in KINDS:
+        config = KINDS[name].peft_config(model, AdapterConfig(kind=name, top_k=TOP_K))
+        assert kind_of(config) is KINDS[name]
+    with pytest.raises(ValueError, match="unknown adapter kind 'prefix'; known: lora, full"):
+        kind_named("prefix")

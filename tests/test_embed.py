@@ -99,7 +99,7 @@ def embedder(shared, alone) -> PlainEmbedder:
 @pytest.fixture(scope="module")
 def alone(shared, texts) -> dict[str | None, np.ndarray]:
     """Every text encoded on its own, under the base and each adapter."""
-    return {name: np.concatenate([shared.encode([t], adapter=name) for t in texts])
+    return {name: np.concatenate([shared.encode([t], adapter=name).vectors for t in texts])
             for name in (None, "a", "b")}
 
 

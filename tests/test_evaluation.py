@@ -454,3 +454,52 @@ def test_eval_cli_json_and_errors(saved_models, tmp_path, capsys):
     assert main(["eval", str(saved_models["bert"]), "--data", str(tmp_path / "missing.jsonl")]) == 2
     assert main(["eval", "nobody/nothing-here", "--data", str(data)]) == 2
     assert "cannot load model" in capsys.readouterr().err
+
+
+# ------------------------------------------------ one inference path: eval.json, eval, Embedder
+
+
+def test_eval_json_equals_lastlayer_eval_and_the_embedder(saved_models, tmp_path, capsys,
+                                                          monkeypatch):
+    """An artifact's eval.json (measured in training) is what ``lastlayer eval`` and the
+    ``Embedder`` (its heads unmerged, and merged as it loads them by default) give for it:
+    the same held-out sample, the same protocol, the same heads on the engine."""
+    from conftest import medical_sample
+
+    from lastlayer import train  # the public API: wherever training's modules live
+    from lastlayer.cli import main
+    from lastlayer.config import load_recipe
+    from lastlayer.evaluation.datasets import load_eval_set
+    from lastlayer.inference import Embedder
+
+    data = medical_sample(tmp_path / "medical.jsonl", docs=90)
+    out = tmp_path / "adapter"
+    recipe = load_recipe(None, [
+        f"model.name_or_path={saved_models['bert']}", "model.max_length=32",
+        f"data.train={data}", f"eval.data={data}", "eval.max_docs=40", "eval.k=5",
+        "eval.batch_size=8", "adapter.kind=lora", "adapter.top_k=2", "train.max_steps=3",
+        "train.batch_size=8", "train.lr=0.01", "train.cpu=true", "train.routing_docs=0",
+        "seed=3", f"output_dir={out}",
+    ])
+    train(recipe)
+    saved = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    capsys.readouterr()
+
+    monkeypatch.chdir(saved_models["bert"].parent)  # the artifact names its base "tiny-bert"
+    assert main(["eval", str(out), "--data", str(data), "--json", "--no-clustering",
+                 "--batch-size", "8"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["knn_accuracy"] == saved["adapted"]["knn_accuracy"]
+    assert main(["eval", "tiny-bert", "--data", str(data), "--json", "--no-clustering",
+                 "--batch-size", "8", "--k", "5", "--max-docs", "40", "--seed", "3",
+                 "--max-length", "32"]) == 0
+    assert json.loads(capsys.readouterr().out)["knn_accuracy"] == saved["base"]["knn_accuracy"]
+
+    held_out = load_eval_set(recipe.eval, recipe.seed)
+    embedder = Embedder("tiny-bert", device="cpu", max_length=32)
+    embedder.load(out, name="unmerged", merge=False)
+    embedder.load(out, name="merged")
+    for name in ("unmerged", "merged"):
+        vectors = embedder.encode(held_out.texts, adapter=name, batch_size=8).vectors
+        got = knn_accuracy(vectors, held_out.labels, 5, "euclidean").accuracy
+        assert got == saved["adapted"]["knn_accuracy"], name

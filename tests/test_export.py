@@ -169,7 +169,7 @@ def test_decoder_tokenization_matches_lastlayers(artifacts, tmp_path):
     adapter = artifacts[("llama", "lora", "last", True)]
     out = export_sentence_transformers(adapter, tmp_path / "st", verify=False).path
     model = st_model(out)
-    encoder = load_target(adapter)
+    encoder = load_target(adapter).encoder  # the base, with the artifact's settings
     assert model.max_seq_length == MAX_LENGTH
     assert model.tokenizer.padding_side == "right"
     assert model.tokenizer.pad_token == encoder.tokenizer.pad_token
@@ -271,7 +271,7 @@ def no_model_loading(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("a model was loaded before the refusal")
 
-    monkeypatch.setattr(export_module, "load_encoder", fail)
+    monkeypatch.setattr(export_module, "adapter_target", fail)
 
 
 @pytest.mark.parametrize("existing", ["file", "other folder", "artifact"])

@@ -20,6 +20,7 @@ from tiny import tiny_model, tiny_tokenizer
 from lastlayer import artifact
 from lastlayer.artifact import ArtifactError
 from lastlayer.config import AdapterConfig, ConfigError, ModelConfig
+from lastlayer.core import split as split_module
 from lastlayer.core.adapters import attach, save_adapter
 from lastlayer.core.encoder import load_encoder, mean_pool
 from lastlayer.inference import BaseMismatchError, Embedder, UnknownAdapterError
@@ -113,7 +114,7 @@ def test_mixed_rows_equal_plain_peft_row_by_row(saved_models, artifacts, arch, m
     assert kinds == {name: kind for name, (kind, _, _) in ADAPTERS.items()}
     assert emb.adapters["full3"].merged and emb.adapters["lora2"].merged is merge
     keys = ["lora2", "full3", None, "lora1", "lora2", None, "full3"]
-    got = emb.encode(TEXTS, adapter=keys, batch_size=3)
+    got = emb.encode(TEXTS, adapter=keys, batch_size=3).vectors
     assert got.shape == (len(TEXTS), 32) and got.dtype == np.float32
     # unmerged is the same arithmetic as PEFT; merged LoRA differs by rounding only
     atol = 1e-5 if merge else 1e-6
@@ -122,7 +123,7 @@ def test_mixed_rows_equal_plain_peft_row_by_row(saved_models, artifacts, arch, m
         np.testing.assert_allclose(row, plain_peft(saved_models[arch], folder, text),
                                    rtol=0, atol=atol, err_msg=str(key))
     # every adapter really changes the vectors: nothing fell back to the base
-    base = emb.encode(TEXTS)
+    base = emb.encode(TEXTS).vectors
     for i, key in enumerate(keys):
         assert (key is None) == np.allclose(got[i], base[i], atol=1e-4), key
 
@@ -131,13 +132,14 @@ def test_rows_come_back_in_input_order(saved_models, artifacts):
     emb = embedder(saved_models)
     emb.load(artifacts["bert"]["lora2"])
     keys = ["lora2", None] * 3 + ["lora2"]
-    together = emb.encode(TEXTS, adapter=keys, batch_size=2)
-    alone = np.stack([emb.encode([t], adapter=k)[0] for t, k in zip(TEXTS, keys, strict=True)])
+    together = emb.encode(TEXTS, adapter=keys, batch_size=2).vectors
+    alone = np.stack([emb.encode([t], adapter=k).vectors[0]
+                      for t, k in zip(TEXTS, keys, strict=True)])
     np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
-    backwards = emb.encode(TEXTS[::-1], adapter=keys[::-1], batch_size=2)
+    backwards = emb.encode(TEXTS[::-1], adapter=keys[::-1], batch_size=2).vectors
     np.testing.assert_allclose(backwards[::-1], together, rtol=0, atol=1e-6)
-    assert emb.encode([], adapter="lora2").shape == (0, 32)
-    np.testing.assert_array_equal(emb.encode(TEXTS[0]), emb.encode([TEXTS[0]]))
+    assert emb.encode([], adapter="lora2").vectors.shape == (0, 32)
+    np.testing.assert_array_equal(emb.encode(TEXTS[0]).vectors, emb.encode([TEXTS[0]]).vectors)
 
 
 def test_encode_all_equals_separate_runs(saved_models, artifacts):
@@ -148,7 +150,7 @@ def test_encode_all_equals_separate_runs(saved_models, artifacts):
     assert list(every) == list(ADAPTERS)
     with_base = emb.encode_all(TEXTS, adapters=["lora1", None], batch_size=3)
     for name, vectors in [*every.items(), *with_base.items()]:
-        np.testing.assert_allclose(vectors, emb.encode(TEXTS, adapter=name, batch_size=3),
+        np.testing.assert_allclose(vectors, emb.encode(TEXTS, adapter=name, batch_size=3).vectors,
                                    rtol=0, atol=1e-6, err_msg=str(name))
 
 
@@ -159,7 +161,7 @@ def test_one_bottom_pass_per_batch_for_every_adapter(saved_models, artifacts, mo
     for folder in artifacts["bert"].values():
         emb.load(folder)
     calls: list[str] = []
-    for cls in (embedder_module.BottomRunner, embedder_module.MiddleRunner):
+    for cls in (split_module.BottomRunner, split_module.MiddleRunner):
         original = cls.forward
         monkeypatch.setattr(cls, "forward", lambda self, *a, _o=original, **k:
                             calls.append(type(self).__name__) or _o(self, *a, **k))
@@ -177,20 +179,23 @@ def test_each_adapter_pools_truncates_and_normalises_as_trained(saved_models, tm
     emb.load(folder)
     info = emb.adapters["cls"]
     assert (info.pooling, info.normalize, info.max_length) == ("cls", False, 8)
-    got = emb.encode(TEXTS[:3], adapter=["cls", None, "cls"])
+    got = emb.encode(TEXTS[:3], adapter=["cls", None, "cls"]).vectors
     for text, key, row in zip(TEXTS[:3], ["cls", None, "cls"], got, strict=True):
         expected = plain_peft(saved_models["bert"], folder if key else None, text)
         np.testing.assert_allclose(row, expected, rtol=0, atol=1e-5)
     assert abs(np.linalg.norm(got[0]) - 1) > 1e-3 and abs(np.linalg.norm(got[1]) - 1) < 1e-5
-    normalised = emb.encode(TEXTS[:3], adapter="cls", normalize=True)
+    normalised = emb.encode(TEXTS[:3], adapter="cls", normalize=True).vectors
     np.testing.assert_allclose(np.linalg.norm(normalised, axis=1), 1, atol=1e-6)
     # the same text under two token limits: two rows in one bottom pass, both right
     both = emb.encode_all(TEXTS[:1], adapters=["cls", None])
     np.testing.assert_allclose(both["cls"][0], got[0], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(both[None][0], emb.encode(TEXTS[:1])[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(both[None][0], emb.encode(TEXTS[:1]).vectors[0], rtol=0, atol=1e-6)
     # the tokens each row was embedded from: its own limit, special tokens included
-    vectors, tokens = emb.encode(TEXTS[:3], adapter=["cls", None, "cls"], return_tokens=True)
+    result = emb.encode(TEXTS[:3], adapter=["cls", None, "cls"])
+    vectors, tokens = result.vectors, result.tokens
+    assert result.routed is None
     np.testing.assert_array_equal(vectors, got)
+    np.testing.assert_array_equal(np.asarray(result), got)  # the vectors, to numpy
     limits = [8, MAX_LENGTH, 8]
     assert tokens.tolist() == [len(emb.tokenizer(t, truncation=True, max_length=n)["input_ids"])
                                for t, n in zip(TEXTS[:3], limits, strict=True)]
@@ -207,7 +212,7 @@ def test_two_threads_with_two_adapters_equal_sequential_runs(saved_models, artif
     emb.load(artifacts["bert"]["lora2"])
     emb.load(artifacts["bert"]["full3"])
     jobs = {"lora2": TEXTS, "full3": TEXTS[::-1]}
-    expected = {name: emb.encode(texts, adapter=name, batch_size=2)
+    expected = {name: emb.encode(texts, adapter=name, batch_size=2).vectors
                 for name, texts in jobs.items()}
     results: dict[tuple[str, int], np.ndarray] = {}
     errors: list[BaseException] = []
@@ -217,7 +222,7 @@ def test_two_threads_with_two_adapters_equal_sequential_runs(saved_models, artif
         try:
             start.wait()
             for i in range(4):
-                results[(name, i)] = emb.encode(jobs[name], adapter=name, batch_size=2)
+                results[(name, i)] = emb.encode(jobs[name], adapter=name, batch_size=2).vectors
         except BaseException as error:  # noqa: BLE001 - reported by the main thread
             errors.append(error)
 
@@ -245,7 +250,7 @@ def test_two_threads_with_two_adapters_equal_sequential_runs(saved_models, artif
 def test_the_base_never_changes(saved_models, artifacts):
     emb = embedder(saved_models, "llama")
     before = _snapshot(emb.model)
-    base_vectors = emb.encode(TEXTS)
+    base_vectors = emb.encode(TEXTS).vectors
     for name, folder in artifacts["llama"].items():
         emb.load(folder, name=f"{name}-m", merge=True)
         emb.load(folder, name=f"{name}-u", merge=False)
@@ -256,7 +261,7 @@ def test_the_base_never_changes(saved_models, artifacts):
         emb.unload(name)
     _assert_unchanged(emb.model, before)
     assert emb.adapters == {}
-    np.testing.assert_array_equal(emb.encode(TEXTS), base_vectors)
+    np.testing.assert_array_equal(emb.encode(TEXTS).vectors, base_vectors)
     # the base rows equal the plain base model's
     np.testing.assert_allclose(base_vectors[1], plain_peft(saved_models["llama"], None,
                                                            TEXTS[1]), rtol=0, atol=1e-6)
@@ -294,8 +299,8 @@ def test_names_are_checked(saved_models, artifacts):
     with pytest.raises(ValueError, match="'auto' is reserved"):
         emb.load(artifacts["bert"]["lora2"], name="auto")
     listing = r"no adapter named 'medical' is loaded; loaded: 'lora2', 'news'"
-    for call in (lambda: emb.encode(TEXTS, adapter="medical"),
-                 lambda: emb.encode(TEXTS[:2], adapter=["news", "medical"]),
+    for call in (lambda: emb.encode(TEXTS, adapter="medical").vectors,
+                 lambda: emb.encode(TEXTS[:2], adapter=["news", "medical"]).vectors,
                  lambda: emb.encode_all(TEXTS, adapters=["news", "medical"]),
                  lambda: emb.unload("medical")):
         with pytest.raises(UnknownAdapterError, match=listing):
@@ -337,7 +342,7 @@ def test_bad_artifact_folders(saved_models, artifacts, tmp_path):
 def test_route_needs_a_signature(saved_models, artifacts):
     emb = embedder(saved_models)  # the test artifacts carry no routing.safetensors
     emb.load(artifacts["bert"]["lora2"])
-    for call in (lambda: emb.route(TEXTS), lambda: emb.encode(TEXTS, adapter="auto")):
+    for call in (lambda: emb.route(TEXTS), lambda: emb.encode(TEXTS, adapter="auto").vectors):
         with pytest.raises(ValueError, match="no loaded adapter has a routing signature "
                            r"\(loaded: 'lora2'\)"):
             call()
@@ -387,27 +392,21 @@ def test_auto_routes_from_the_trunk_it_embeds_with(saved_models, artifacts, monk
 
     seen.clear()
     calls: list[int] = []
-    original = embedder_module.BottomRunner.forward
-    monkeypatch.setattr(embedder_module.BottomRunner, "forward",
+    original = split_module.BottomRunner.forward
+    monkeypatch.setattr(split_module.BottomRunner, "forward",
                         lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
-    routed = emb.encode(TEXTS, adapter="auto", batch_size=4)
+    routed = emb.encode(TEXTS, adapter="auto", batch_size=4).vectors
     extra = sum(1 for i in range(len(TEXTS)) if names[i] == "short")
     assert len(calls) == 2 + (extra > 0)  # one bottom pass per batch (+ the short rows)
-    np.testing.assert_allclose(routed, emb.encode(TEXTS, adapter=names, batch_size=4),
+    np.testing.assert_allclose(routed, emb.encode(TEXTS, adapter=names, batch_size=4).vectors,
                                rtol=0, atol=1e-6)
-    vectors, picked = emb.encode_routed(TEXTS, batch_size=4)  # both from one pass
-    assert picked == names
-    np.testing.assert_array_equal(vectors, routed)
-    vectors, picked, tokens = emb.encode_routed(TEXTS, batch_size=4, return_tokens=True)
-    assert picked == names
-    np.testing.assert_array_equal(vectors, routed)
+    result = emb.encode(TEXTS, adapter="auto", batch_size=4)  # names from the same pass
+    assert result.routed == names
+    np.testing.assert_array_equal(result.vectors, routed)
     limits = [6 if name == "short" else MAX_LENGTH for name in names]  # the routed limit
-    assert tokens.tolist() == [len(emb.tokenizer(t, truncation=True, max_length=n)["input_ids"])
-                               for t, n in zip(TEXTS, limits, strict=True)]
-    auto_vectors, auto_tokens = emb.encode(TEXTS, adapter="auto", batch_size=4,
-                                           return_tokens=True)
-    np.testing.assert_array_equal(auto_vectors, routed)
-    np.testing.assert_array_equal(auto_tokens, tokens)
+    assert result.tokens.tolist() == [
+        len(emb.tokenizer(t, truncation=True, max_length=n)["input_ids"])
+        for t, n in zip(TEXTS, limits, strict=True)]
 
 
 def test_auto_routes_with_real_signatures(saved_models, artifacts, tmp_path):
@@ -437,8 +436,8 @@ def test_auto_routes_with_real_signatures(saved_models, artifacts, tmp_path):
     held_out = prose[48:] + digits[48:]
     names = emb.route(held_out)
     assert names[:12].count("prose") >= 10 and names[12:].count("digits") >= 10, names
-    np.testing.assert_allclose(emb.encode(held_out, adapter="auto"),
-                               emb.encode(held_out, adapter=names), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(emb.encode(held_out, adapter="auto").vectors,
+                               emb.encode(held_out, adapter=names).vectors, rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
@@ -459,11 +458,11 @@ def test_an_8bit_base_mixes_unmerged_lora_and_base_rows(saved_models, artifacts,
     emb.load(folder)
     assert emb.adapters["q8"].merged is False
     keys = ["q8", None, "q8", None]
-    got = emb.encode(TEXTS[:4], adapter=keys, batch_size=4)
+    got = emb.encode(TEXTS[:4], adapter=keys, batch_size=4).vectors
     for text, key, row in zip(TEXTS[:4], keys, got, strict=True):
         expected = plain_peft(saved_models["bert"], folder if key else None, text, "8bit")
         np.testing.assert_allclose(row, expected, rtol=0, atol=1e-5)
-    assert not np.allclose(got[0], emb.encode(TEXTS[:1])[0], atol=1e-4)
+    assert not np.allclose(got[0], emb.encode(TEXTS[:1]).vectors[0], atol=1e-4)
     _assert_unchanged(emb.model, before)
 
 
@@ -477,7 +476,7 @@ def test_the_package_exports_embedder_lazily():
 
 @pytest.mark.slow
 def test_the_shipped_artifacts_on_one_embedder_per_base():
-    from lastlayer.core.adapters import load_adapter, load_target
+    from lastlayer.core.adapters import load_adapter, model_config_of
 
     folders = shipped_artifacts()
     by_base: dict[str, list[Path]] = {}
@@ -491,10 +490,13 @@ def test_the_shipped_artifacts_on_one_embedder_per_base():
         emb = Embedder(base, device="cpu", max_length=artifact.read(group[0]).embedding.max_length)
         names = [emb.load(folder, name=folder.parent.name) for folder in group]
         every = emb.encode_all(texts)
-        mixed = emb.encode(texts, adapter=[names[i % len(names)] for i in range(len(texts))])
-        # the reference: load_target for the first, its PEFT model holds the others too
+        mixed = emb.encode(texts, adapter=[names[i % len(names)]
+                                           for i in range(len(texts))]).vectors
+        # the reference: plain PEFT for the first, its PEFT model holds the others too
         # (one more load of the base, not one per adapter: the GGUF takes ~15 s to load)
-        reference = load_target(group[0], max_length=emb.encoder.max_length)
+        config = model_config_of(group[0])
+        reference = load_adapter(load_encoder(dataclasses.replace(
+            config, max_length=emb.encoder.max_length)), group[0])
         for name, folder in zip(names, group, strict=True):
             if folder != group[0]:
                 load_adapter(reference, folder, name=name)
@@ -506,3 +508,13 @@ def test_the_shipped_artifacts_on_one_embedder_per_base():
                 if names[i % len(names)] == name:
                     assert float(mixed[i] @ expected[i]) > 0.99999, (name, i)
         del emb
+
+
+def test_one_result_type_that_numpy_reads_as_its_vectors(saved_models, artifacts):
+    emb = embedder(saved_models)
+    emb.load(artifacts["bert"]["lora2"])
+    named, base = emb.encode(TEXTS, adapter="lora2"), emb.encode(TEXTS)
+    assert named.routed is None and named.tokens.dtype == np.int64 and len(named) == len(TEXTS)
+    np.testing.assert_array_equal(np.abs(named - base), np.abs(named.vectors - base.vectors))
+    np.testing.assert_array_equal(named @ base.vectors.T, named.vectors @ base.vectors.T)
+    assert (named == named.vectors).all()

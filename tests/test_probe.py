@@ -213,3 +213,22 @@ def test_probe_cli_writes_json_and_png(saved_models, tmp_path, capsys):
     assert (out / "probe.json").is_file() and (out / "probe.png").stat().st_size > 10_000
     assert "Wrote" in capsys.readouterr().out
     assert main(["probe", str(saved_models["bert"])]) == 2  # no --data, not an artifact
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_the_engine_curve_equals_the_peft_models(saved_models, labelled, tmp_path, kind):
+    """The probe's adapted layers (base up to block L−k, then the adapter's private blocks on
+    the engine) and weight changes equal those of the plain PEFT model of the artifact."""
+    from lastlayer.core.adapters import load_adapter, model_config_of
+    from lastlayer.core.encoder import load_encoder
+    from lastlayer.core.target import load_target
+    from lastlayer.evaluation.probe import adapted_layer_embeddings, head_weight_change
+
+    folder = make_artifact(saved_models["bert"], tmp_path / "adapter", kind)
+    texts = [line for line in labelled.read_text(encoding="utf-8").splitlines()[:12]]
+    target = load_target(folder)
+    peft = load_adapter(load_encoder(model_config_of(folder), "cpu"), folder)
+    ours = adapted_layer_embeddings(target, texts, batch_size=5, progress=False)
+    theirs = layer_embeddings(peft, texts, batch_size=5, progress=False)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+    assert head_weight_change(target) == weight_change_per_layer(peft.model)

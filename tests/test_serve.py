@@ -134,7 +134,7 @@ def post(url: str, body, key: str | None = KEY, **kwargs) -> httpx.Response:
 
 
 def expect(setup, texts, adapter) -> np.ndarray:
-    return setup["embedder"].encode(texts, adapter=adapter)
+    return setup["embedder"].encode(texts, adapter=adapter).vectors
 
 
 def assert_error(response: httpx.Response, status: int, param: str | None = None,
@@ -354,10 +354,10 @@ def test_auto_routes_each_input_in_a_shared_batch(setup, monkeypatch):
             auto, named = auto.result(), named.result()
         assert auto.status_code == 200, auto.text
         got = np.array([d["embedding"] for d in auto.json()["data"]], dtype=np.float32)
-        np.testing.assert_allclose(got, emb.encode(TEXTS, adapter="auto"), atol=1e-6)
+        np.testing.assert_allclose(got, emb.encode(TEXTS, adapter="auto").vectors, atol=1e-6)
         assert len(set(emb.route(TEXTS))) >= 2  # the stand-in spreads the texts
         got = np.array([d["embedding"] for d in named.json()["data"]], dtype=np.float32)
-        np.testing.assert_allclose(got, emb.encode(TEXTS[:2], adapter="b"), atol=1e-6)
+        np.testing.assert_allclose(got, emb.encode(TEXTS[:2], adapter="b").vectors, atol=1e-6)
 
 
 def test_auto_usage_counts_tokens_at_the_routed_adapters_limit(setup, monkeypatch, tmp_path):
@@ -388,7 +388,7 @@ def test_auto_usage_counts_tokens_at_the_routed_adapters_limit(setup, monkeypatc
         texts, truncation=True, max_length=MAX_LENGTH)["input_ids"])  # the limits differ here
     assert r.json()["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
     got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
-    np.testing.assert_allclose(got, emb.encode(texts, adapter="short"), atol=1e-6)
+    np.testing.assert_allclose(got, emb.encode(texts, adapter="short").vectors, atol=1e-6)
 
 
 def test_adapters_folder_names_must_be_unique(setup, tmp_path, capsys):
@@ -489,9 +489,12 @@ def test_benchmark_peer_folder_truncates_as_lastlayer(tmp_path, monkeypatch):
 
 def test_a_failing_request_fails_alone_in_its_batch():
     """Two requests share a batch; the model raises for one of them: that one gets its own
-    error (404 for an adapter unloaded meanwhile, 500 for a crash), the other its vectors."""
+    error (404 for an adapter unloaded meanwhile, 500 for a crash), the other its vectors.
+    A request found bad by the check before the batch is never encoded; one that fails in
+    the shared call is encoded once more, alone, and gets that call's error."""
     import asyncio
 
+    from lastlayer.core.engine import Embeddings
     from lastlayer.inference.embedder import UnknownAdapterError
     from lastlayer.inference.server import APIError, Batcher, Metrics, ServeSettings
 
@@ -499,14 +502,19 @@ def test_a_failing_request_fails_alone_in_its_batch():
 
     class Fake:  # what the batcher uses of an Embedder
         @staticmethod
-        def encode(texts, adapter, batch_size, progress, return_tokens):
+        def check_request(adapter, n):  # "gone" is unloaded after this check passes
+            if "missing" in adapter:
+                raise UnknownAdapterError("no adapter named 'missing' is loaded")
+
+        @staticmethod
+        def encode(texts, adapter, batch_size, progress):
             calls.append(list(adapter))
             if "gone" in adapter:
                 raise UnknownAdapterError("no adapter named 'gone' is loaded")
             if "crash" in adapter:
                 raise RuntimeError("boom")
             vectors = np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
-            return vectors, np.array([len(t) for t in texts])
+            return Embeddings(vectors, np.array([len(t) for t in texts]))
 
     async def run():
         metrics = Metrics()
@@ -516,16 +524,20 @@ def test_a_failing_request_fails_alone_in_its_batch():
             return await asyncio.gather(
                 batcher.submit(["abc", "de"], [None, None]),
                 batcher.submit(["x"], ["gone"]), batcher.submit(["y"], ["crash"]),
+                batcher.submit(["z"], ["missing"]),
                 return_exceptions=True), metrics
         finally:
             await batcher.stop()
 
-    (good, gone, crash), metrics = asyncio.run(run())
+    (good, gone, crash, missing), metrics = asyncio.run(run())
     vectors, tokens = good
     np.testing.assert_array_equal(vectors, [[3, 1], [2, 1]])
     assert tokens == [3, 2]
     assert isinstance(gone, APIError) and (gone.status, gone.code) == (404, "model_not_found")
     assert isinstance(crash, APIError) and crash.status == 500 and "boom" in crash.message
+    assert isinstance(missing, APIError) and missing.status == 404 and "missing" in missing.message
     assert calls[0] == [None, None, "gone", "crash"]  # one shared call first
+    # then each job alone, once: no request is encoded a third time, "missing" never
+    assert calls[1:] == [[None, None], ["gone"], ["crash"]]
     samples = {s.name: s.value for s in metrics.batch.collect()[0].samples}
-    assert (samples["lastlayer_batch_texts_count"], samples["lastlayer_batch_texts_sum"]) == (1, 4)
+    assert (samples["lastlayer_batch_texts_count"], samples["lastlayer_batch_texts_sum"]) == (1, 5)

@@ -1,2 +1,5 @@
-"""The model side: load a base encoder, find its top-k blocks, attach / save / load adapters,
-and run a forward split at block L-k. Knows nothing of training, evaluation or serving."""
+"""The model side: load a base encoder (``encoder``), find its top-k blocks (``layers``), run a
+forward split at block L-k (``split``), the adapter kinds as plugins (``kinds/``: lora, full)
+behind one kind-independent API (``adapters``: attach, save, load), and the inference engine
+every embedding with an adapter goes through (``engine``; ``target`` opens what a command
+names on it). Knows nothing of training, evaluation or serving."""

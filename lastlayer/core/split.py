@@ -280,21 +280,28 @@ class MiddleRunner(nn.Module):
         model: A transformers model or a ``PeftModel`` around one.
         start: The first block to run (0 … L−1).
         stop: One past the last block to run (``start`` < ``stop`` ≤ L).
+        blocks: ``stop − start`` modules to run instead of the model's own blocks there
+            (an adapter's private copies of them, e.g. to read each adapted block's output).
     """
 
-    def __init__(self, model: nn.Module, start: int, stop: int) -> None:
+    def __init__(self, model: nn.Module, start: int, stop: int,
+                 blocks: Sequence[nn.Module] | None = None) -> None:
         super().__init__()
         base = base_of(model)
         stack = find_layer_stack(base)
         if not 0 <= start < stop <= stack.num_layers:
             raise LayerStackError(f"cannot run blocks {start} … {stop - 1}: the model has "
                                   f"{stack.num_layers} blocks (0 … {stack.num_layers - 1}).")
+        if blocks is not None and len(blocks) != stop - start:
+            raise LayerStackError(f"MiddleRunner({start}, {stop}) needs {stop - start} blocks, "
+                                  f"got {len(blocks)}.")
         replace: dict[str, nn.Module | None] = {name: StatesIn() for name in _embedding_names(base)}
         replace.update({name: nn.Identity() for name in _final_norms(base, stack)})
         if "pooler" in base._modules:
             replace["pooler"] = None
         self.start, self.stop, self.num_layers = start, stop, stack.num_layers
-        self.model = _view(base, range(start, stop), replace)
+        self.model = _view(base, range(start, stop), replace,
+                           None if blocks is None else list(blocks))
         self.training = base.training
         _mirror_quantization(self, base)
 

@@ -4,8 +4,9 @@ For a base model, or a base + adapter artifact, the probe embeds labelled docume
 per model with ``output_hidden_states=True``, pools every hidden layer (the encoder's
 pooling, mean by default, with the attention mask; L2-normalised) and measures
 leave-one-out kNN accuracy on each layer. For an adapter it also measures the relative
-weight change of every block. Base and adapted curves come from one loaded model: PEFT's
-``disable_adapter()`` gives the base model's outputs.
+weight change of every block. Base and adapted curves come from one loaded base: the
+adapted layers are the base's up to block L−k, then the adapter's private blocks (the
+head the inference engine runs, :mod:`lastlayer.core.engine`) one at a time.
 
 Layer numbering follows ``hidden_states``: layer 0 is the embedding output, layer ``l``
 (1..L) is the output of block ``l - 1`` (0-based, as in ``lastlayer.json``'s
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from lastlayer import artifact
 from lastlayer.core.encoder import POOLINGS, Encoder
+from lastlayer.core.kinds import kind_named, kind_of
 from lastlayer.core.layers import find_layer_stack
+from lastlayer.core.split import MiddleRunner, TopKHead
+from lastlayer.core.target import Target
 from lastlayer.evaluation.metrics import knn_accuracy
 
 MIN_TOP_K = 2
@@ -94,58 +97,47 @@ def layer_embeddings(
     return vectors.transpose(0, 1).numpy()
 
 
+def adapted_layer_embeddings(
+    target: Target, texts: Sequence[str], batch_size: int = 32, progress: bool = True,
+    desc: str = "probe adapted",
+) -> np.ndarray:
+    """:func:`layer_embeddings` of an adapter: the base's layers up to block L−k, then the
+    adapter's private blocks (``target.head``) one at a time from block L−k's input.
+
+    Below block L−k a top-k adapter leaves the base as it is, so those layers are the
+    base's; each private block runs through a view of the base (its masks, positions, and
+    for the last one its final norm), as in the adapted model's own forward.
+
+    Returns:
+        A float32 array of shape (L + 1, N, d), as :func:`layer_embeddings`.
+    """
+    if not texts:
+        raise ValueError("layer_embeddings needs at least one text.")
+    encoder, head = target.encoder, target.head
+    num_layers, k = target.engine.num_layers, head.top_k
+    start = num_layers - k
+    pieces = [MiddleRunner(encoder.model, start + j, start + j + 1, blocks=[block])
+              for j, block in enumerate(head.blocks[:-1])]
+    pieces.append(TopKHead(encoder.model, 1, blocks=[head.blocks[-1]]))
+    pool = POOLINGS[target.pooling]
+
+    def every_layer(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = batch["attention_mask"]
+        states = list(encoder.model(**batch, output_hidden_states=True).hidden_states)
+        layers, x = states[: start + 1], states[start]
+        for piece in pieces:
+            x = piece(x, mask)
+            layers.append(x)
+        pooled = torch.stack([pool(s, mask) for s in layers], dim=1)
+        return nn.functional.normalize(pooled.float(), dim=-1)  # (B, L+1, d)
+
+    vectors = encoder.encode(texts, batch_size, progress=progress, desc=desc,
+                             embed=every_layer)
+    return vectors.transpose(0, 1).numpy()
+
+
 # ---------------------------------------------------------------------------------------
 # Relative weight change per block.
-
-
-def _dense_params(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, float32 tensor) for every parameter, bitsandbytes linear weights dequantized."""
-    from peft.utils.integrations import dequantize_module_weight
-
-    for mod_name, mod in module.named_modules():
-        for name, param in mod.named_parameters(recurse=False):
-            if name == "weight" and isinstance(mod, nn.Linear):
-                param = dequantize_module_weight(mod)
-            yield f"{mod_name}.{name}", param.detach().float()
-
-
-_ADAPTER_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B",
-                  "lora_magnitude_vector", "ln_tuning_layers")
-
-
-def _base_sq_norm(block: nn.Module) -> float:
-    """Squared Frobenius norm of a block's original parameters (adapter weights excluded)."""
-    total = 0.0
-    for name, tensor in _dense_params(block):
-        if not any(part in name.split(".") for part in _ADAPTER_PARTS):
-            total += float(tensor.pow(2).sum())
-    return total
-
-
-def _block_change(block: nn.Module, adapter_name: str) -> float:
-    """||θ_adapted − θ_base||_F / ||θ_base||_F over one block's parameters (0.0 untouched)."""
-    from peft.tuners.ln_tuning.layer import LNTuningLayer
-    from peft.tuners.lora import LoraLayer
-
-    if isinstance(block, LNTuningLayer):  # full kind: a trained copy of the whole block
-        if adapter_name not in block.ln_tuning_layers:
-            return 0.0
-        base, copy = block.base_layer, block.ln_tuning_layers[adapter_name]
-        if adapter_name in block.merged_adapters:  # merging swaps the two
-            base, copy = copy, base
-        base_params = dict(_dense_params(base))
-        delta = sum(float((t - base_params[n]).pow(2).sum()) for n, t in _dense_params(copy))
-        norm = sum(float(t.pow(2).sum()) for t in base_params.values())
-    else:  # LoRA: ΔW = B @ A * scaling on each wrapped linear, zero elsewhere in the block
-        delta = sum(
-            float(m.get_delta_weight(adapter_name).float().pow(2).sum())
-            for m in block.modules()
-            if isinstance(m, LoraLayer) and adapter_name in m.lora_A
-        )
-        if delta == 0.0:
-            return 0.0
-        norm = _base_sq_norm(block)
-    return math.sqrt(delta / norm) if norm > 0 else 0.0
 
 
 def weight_change_per_layer(
@@ -158,7 +150,8 @@ def weight_change_per_layer(
     layer, zero on everything else of the block; ``full`` (PEFT's LN-tuning tuner wrapping
     whole blocks): trained copy minus original, over every parameter. bitsandbytes weights
     are dequantized first. A freshly attached adapter (LoRA's B = 0, an unchanged copy)
-    gives 0.0; blocks without adapter give 0.0.
+    gives 0.0; blocks without adapter give 0.0. The measure is the kind's
+    (:mod:`lastlayer.core.kinds`).
 
     Args:
         peft_model: A ``PeftModel`` (or a base model: all zeros).
@@ -169,8 +162,27 @@ def weight_change_per_layer(
     blocks = base.get_submodule(stack.prefix)
     if adapter_name is None:
         adapter_name = getattr(peft_model, "active_adapter", "default")
+    configs = getattr(peft_model, "peft_config", {})
+    if adapter_name not in configs:
+        return dict.fromkeys(range(stack.num_layers), 0.0)
+    kind = kind_of(configs[adapter_name])
     with torch.no_grad():
-        return {i: _block_change(blocks[i], adapter_name) for i in range(stack.num_layers)}
+        return {i: kind.block_change(blocks[i], adapter_name) for i in range(stack.num_layers)}
+
+
+def head_weight_change(target: Target) -> dict[int, float]:
+    """:func:`weight_change_per_layer` of an adapter on the engine: each private block
+    against the base's own (0.0 below block L−k). Needs unmerged LoRA blocks."""
+    model, head = target.encoder.model, target.head
+    stack = find_layer_stack(model)
+    originals = model.get_submodule(stack.prefix)
+    kind = kind_named(target.meta.kind)
+    start = stack.num_layers - head.top_k
+    change = dict.fromkeys(range(stack.num_layers), 0.0)
+    with torch.no_grad():
+        for i, block in enumerate(head.blocks, start):
+            change[i] = kind.private_change(originals[i], block)
+    return change
 
 
 # ---------------------------------------------------------------------------------------
@@ -251,27 +263,25 @@ def probe(
         ``plateau_layer``, ``best_layer``, ``rule``, and how it was measured.
     """
     from lastlayer import hub
-    from lastlayer.core.adapters import load_target
+    from lastlayer.core.target import load_target
 
     started = time.perf_counter()
     folder = hub.adapter_folder(target)  # a Hub adapter: its cached snapshot
     held_out = _sample(data, text_field, label_field, max_docs, k, metric, seed)
     overrides = {"max_length": max_length} if max_length is not None else {}
-    encoder = load_target(folder or target, **overrides)
-    meta = artifact.read(folder) if folder is not None else None
+    loaded = load_target(folder or target, merge=False, **overrides)  # LoRA: ΔW from B @ A
+    encoder, meta = loaded.encoder, loaded.meta
 
-    def curve(desc: str) -> list[float]:
-        layers = layer_embeddings(encoder, held_out.texts, batch_size, progress, desc)
+    def curve(layers: np.ndarray) -> list[float]:
         return [knn_accuracy(x, held_out.labels, k, metric).accuracy for x in layers]
 
+    base = curve(layer_embeddings(encoder, held_out.texts, batch_size, progress, "probe base"))
     if meta is not None:
-        with encoder.model.disable_adapter():
-            base = curve("probe base")
-        adapted = curve("probe adapted")
-        change = weight_change_per_layer(encoder.model)
+        adapted = curve(adapted_layer_embeddings(loaded, held_out.texts, batch_size, progress))
+        change = head_weight_change(loaded)
         trained = list(meta.layers.trained_layers)
     else:
-        base, adapted, change, trained = curve("probe base"), None, None, []
+        adapted, change, trained = None, None, []
 
     num_layers = len(base) - 1
     n = len(held_out.texts)

@@ -37,6 +37,7 @@ from lastlayer.evaluation.metrics import (
 
 if TYPE_CHECKING:
     from lastlayer.core.encoder import Encoder
+    from lastlayer.core.target import Target
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_encoder(
-    encoder: Encoder,
+    encoder: Encoder | Target,
     data: str | Path,
     *,
     k: int = 10,
@@ -77,7 +78,9 @@ def evaluate_encoder(
     measured (k, distance, documents, splits, seeds).
 
     Args:
-        encoder: Embeds texts (``lastlayer.core.adapters.load_target`` gives one).
+        encoder: Embeds texts: ``encode(texts, batch_size=, progress=, desc=)`` -> (N, d)
+            tensor, as an ``Encoder`` or a ``lastlayer.core.target.Target`` (an adapter on
+            the inference engine: ``load_target``) has.
         data: Labelled file / ``save_to_disk`` folder, or BEIR folder.
         k: kNN neighbours.
         metric: kNN distance, ``euclidean`` (the paper's) or ``cosine``. Retrieval always
@@ -220,7 +223,7 @@ def retrieval_task(
 
 
 def _evaluate_beir(
-    encoder: Encoder, folder: str | Path, qrels_split: str, batch_size: int,
+    encoder: Encoder | Target, folder: str | Path, qrels_split: str, batch_size: int,
     max_docs: int | None, seed: int, progress: bool, name: str,
 ) -> dict[str, Any]:
     task = retrieval_task(folder, qrels_split, max_docs, seed)
@@ -250,7 +253,7 @@ def _corpus_sample(beir: BeirData, query_ids: list[str], size: int, seed: int) -
 
 
 def evaluate_paths(
-    encoder: Encoder, paths: list[str | Path], **kwargs: Any
+    encoder: Encoder | Target, paths: list[str | Path], **kwargs: Any
 ) -> dict[str, dict[str, Any]]:
     """:func:`evaluate_encoder` on several data sets: ``{str(path): metrics}`` in order."""
     return {str(path): evaluate_encoder(encoder, path, **kwargs) for path in paths}

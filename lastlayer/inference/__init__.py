@@ -12,7 +12,8 @@ from lastlayer.inference.embedder import (
     AdapterInfo,
     BaseMismatchError,
     Embedder,
+    Embeddings,
     UnknownAdapterError,
 )
 
-__all__ = ["AdapterInfo", "BaseMismatchError", "Embedder", "UnknownAdapterError"]
+__all__ = ["AdapterInfo", "BaseMismatchError", "Embedder", "Embeddings", "UnknownAdapterError"]

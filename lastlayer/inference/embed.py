@@ -20,7 +20,7 @@ all processes see). A shard is always encoded in one call, whichever process run
 its batches, and hence its vectors, do not depend on the number of processes.
 
 The encoder is anything with ``encode(texts, adapter=..., batch_size=..., progress=...)``
-and ``encode_routed(texts, batch_size=..., progress=...)``, as
+returning vectors and (with ``adapter="auto"``) the routed names, as
 :class:`lastlayer.inference.Embedder` has.
 """
 
@@ -54,6 +54,9 @@ BARRIER_TIMEOUT = timedelta(days=7)
 """How long a process that has finished its shards waits for the others."""
 PARTS_SUFFIX = ".parts"
 JOB_FILE = "job.json"
+ROUTE = "auto"
+"""The adapter that routes each text (``lastlayer.core.engine.AUTO``; this module loads no
+torch, so it names it rather than importing the engine)."""
 _JOB_VERSION = 1
 
 
@@ -65,15 +68,11 @@ class TextEncoder(Protocol):
     """What :func:`run_embedding` needs from an encoder (``lastlayer.inference.Embedder``)."""
 
     def encode(self, texts: list[str], adapter: Any = None, batch_size: int = 32,
-               progress: bool | None = None) -> np.ndarray:
-        """(N, d) float32 vectors of ``texts`` in order; ``adapter``: None, a name, or one
-        name (or None) per text."""
-        ...
-
-    def encode_routed(self, texts: list[str], batch_size: int = 32,
-                      progress: bool | None = None) -> tuple[np.ndarray, list[str | None]]:
-        """Each text routed to the adapter that suits it: the vectors and, per text, the
-        adapter name (None: the base), from one pass."""
+               progress: bool | None = None) -> Any:
+        """``texts`` embedded (``lastlayer.core.engine.Embeddings``): ``.vectors`` (N, d)
+        float32 in order and, with ``adapter="auto"`` (each text routed to the adapter that
+        suits it, from one pass), ``.routed``: per text, the adapter name (None: the base).
+        ``adapter``: None, a name, ``"auto"``, or one name (or None) per text."""
         ...
 
 
@@ -96,7 +95,7 @@ class EmbedJob:
         ids: One id per text (ints, or strings), in input order.
         texts: The texts, in input order.
         adapter: The adapter name every text is encoded with (None: the base model).
-        route: Route each text to an adapter instead (``encoder.encode_routed``).
+        route: Route each text to an adapter instead (``adapter="auto"``).
         shard_size: Texts per shard.
         batch_size: Texts per forward pass (may change between a run and its resumption).
         overwrite: Replace an existing output, and discard the parts of another job.
@@ -402,16 +401,15 @@ def _encode(job: EmbedJob, encoder: TextEncoder,
             texts: list[str]) -> tuple[np.ndarray, list[str | None]]:
     """One shard's vectors (one encode call: routing and embedding share the bottom pass)
     and the adapter of each row."""
+    result = encoder.encode(texts, adapter=ROUTE if job.route else job.adapter,
+                            batch_size=job.batch_size, progress=False)
     if job.route:
-        vectors, names = encoder.encode_routed(texts, batch_size=job.batch_size, progress=False)
-        names = list(names)
+        names = list(result.routed)
         if len(names) != len(texts):
             raise RuntimeError(f"routing returned {len(names)} names for {len(texts)} texts")
     else:
         names = [job.adapter] * len(texts)
-        vectors = encoder.encode(texts, adapter=job.adapter, batch_size=job.batch_size,
-                                 progress=False)
-    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors = np.asarray(result.vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[0] != len(texts):
         raise RuntimeError(f"encode returned shape {vectors.shape} for {len(texts)} texts")
     return vectors, names

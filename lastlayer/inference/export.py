@@ -1,9 +1,11 @@
 """Export an adapter as a sentence-transformers model folder: the way into the ecosystem.
 
-``export_sentence_transformers(adapter, out)`` loads the artifact's base exactly as lastlayer
-does (``model_config_of`` + ``load_encoder``: Hub, packaged offline copy or GGUF), merges
-the adapter into the base weights (LoRA: ``W + BA``; full kind: the trained copies of the
-top-k blocks replace the originals) and writes a folder that
+``export_sentence_transformers(adapter, out)`` loads the artifact on the inference engine
+exactly as lastlayer embeds with it (``load_target``: its base from the Hub, a packaged
+offline copy or GGUF, and its merged head: LoRA ``W + BA`` merged into private copies of
+the top-k blocks, or the full kind's trained copies), puts the head's blocks in place of
+the base's top-k blocks (the adapter's kind does, :mod:`lastlayer.core.kinds`) and writes a
+folder that
 ``sentence_transformers.SentenceTransformer(out)`` loads, offline, with no lastlayer or
 PEFT installed:
 
@@ -35,17 +37,17 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from lastlayer import artifact
 from lastlayer.artifact import ArtifactError, ArtifactMeta
-from lastlayer.core.adapters import load_adapter, model_config_of
-from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.encoder import Encoder
+from lastlayer.core.kinds import kind_named
+from lastlayer.core.kinds.common import peft_leftovers
+from lastlayer.core.target import Target, adapter_target
 
 log = logging.getLogger(__name__)
 
@@ -189,14 +191,12 @@ def export_sentence_transformers(
     """
     meta = check_exportable(adapter)
     check_export_dir(out_dir, overwrite)
-    config = model_config_of(adapter)
-    if base is not None:
-        config = replace(config, name_or_path=str(base))
-    encoder = load_adapter(load_encoder(config, device="cpu"), adapter)
-    probes = probe_texts(encoder.max_length)
-    # lastlayer's own encoding, before merging changes the base weights in place.
-    reference = encoder.encode(probes, batch_size=4, progress=False).numpy()
-    fingerprint = encoder.fingerprint
+    overrides = {"name_or_path": str(base)} if base is not None else {}
+    target = adapter_target(adapter, merge=True, device="cpu", **overrides)
+    probes = probe_texts(target.max_length)
+    # lastlayer's own encoding (the Embedder's merged head), before the blocks move
+    reference = target.encode(probes, batch_size=4, progress=False).numpy()
+    fingerprint = target.fingerprint
     if fingerprint != meta.base.fingerprint:
         log.warning(
             "The base loaded for %s (weights fingerprint %s) is not the one it was trained on "
@@ -204,12 +204,12 @@ def export_sentence_transformers(
             "the adapter was trained and evaluated with.", adapter, fingerprint,
             meta.base.fingerprint,
         )
-    merge(encoder)
+    held = {"encoder": merge(target)}
+    del target
     checked: dict[str, Any] = {}
 
     def write(tmp: Path) -> None:
-        save_folder(tmp, encoder, meta)
-        encoder.model = None  # saved: free it before the check loads the folder's copy
+        save_folder(tmp, held.pop("encoder"), meta)  # saved: freed before the check loads it
         if verify:
             checked.update(check_folder(tmp, probes, reference, meta.base.dtype))
         marker = export_record(meta, fingerprint, checked or None)
@@ -227,43 +227,26 @@ def probe_texts(max_length: int) -> list[str]:
     return [*PROBE_TEXTS, long]
 
 
-def merge(encoder: Encoder) -> None:
-    """Merge the encoder's adapter into its base weights and drop the PEFT wrapper.
+def merge(target: Target) -> Encoder:
+    """The target's base with its adapter's merged blocks in place: the encoder to save.
 
-    LoRA: PEFT's ``merge_and_unload`` turns each wrapped linear into ``W + scale * B @ A``.
-    Full kind: the trained copy of each top-k block takes the original's place (PEFT's own
-    ``merge_and_unload`` handles only norm layers here: on a whole block it fails looking
-    for the block's ``weight``).
+    The adapter's kind puts the head's private blocks (merged LoRA, or the full kind's
+    trained copies) where the base's top-k blocks were; the target's engine must not be
+    used afterwards (its base changed).
 
     Raises:
         RuntimeError: Adapter weights were left behind (nothing would embed as trained).
     """
-    peft_model = encoder.model
-    if getattr(peft_model.active_peft_config, "peft_type", None) == "LN_TUNING":
-        encoder.model = swap_in_trained_blocks(peft_model)
-    else:
-        encoder.model = peft_model.merge_and_unload()
-    left = [n for n in encoder.model.state_dict() if "lora_" in n or "ln_tuning_layers" in n
-            or ".base_layer." in n]
+    encoder = target.encoder
+    model = kind_named(target.meta.kind).merged_model(encoder.model, list(target.head.blocks))
+    left = peft_leftovers(model)
     if left:
         raise RuntimeError(f"merging the adapter left PEFT weights in the model: {left[:3]}")
-    encoder.model.eval()
-    drop_gguf_marker(encoder.model)
-
-
-def swap_in_trained_blocks(peft_model) -> nn.Module:
-    """The base model of a full-kind ``PeftModel`` with its trained blocks in place."""
-    from peft.tuners.ln_tuning.layer import LNTuningLayer
-
-    adapter = peft_model.active_adapter
-    model = peft_model.get_base_model()
-    wrapped = [(name, m) for name, m in model.named_modules() if isinstance(m, LNTuningLayer)]
-    for name, layer in wrapped:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer.ln_tuning_layers[adapter])
-    if hasattr(model, "peft_config"):
-        del model.peft_config
-    return model
+    model.eval()
+    drop_gguf_marker(model)
+    return Encoder(model=model, tokenizer=encoder.tokenizer, pooling=target.pooling,
+                   normalize=target.normalize, max_length=target.max_length,
+                   resolved=encoder.resolved, fingerprint=encoder.fingerprint)
 
 
 def drop_gguf_marker(model) -> None:

@@ -10,7 +10,8 @@ runs it under uvicorn (``lastlayer serve``). Endpoints:
 - ``GET /health`` and ``GET /metrics`` (Prometheus).
 
 Requests arriving within a short window are gathered, whatever their adapters, and run
-through one ``Embedder.encode(texts, adapter=[one name per row])`` call in a worker thread:
+through one ``Embedder.encode(texts, adapter=[one name per row])`` call in a worker thread
+(each request checked first, so a bad one fails alone without being encoded):
 rows for different adapters share the base's bottom blocks, and the event loop never waits
 on the model. Errors use the OpenAI envelope ``{"error": {"message", "type", "param",
 "code"}}``. Needs the ``serve`` extra (fastapi, uvicorn, prometheus-client).
@@ -223,61 +224,69 @@ class Batcher:
         return jobs
 
     def _embed(self, jobs: list[_Job]) -> list[Any]:
-        """Worker thread: one encode call for the named-adapter jobs, one for the routed ones
-        (a failing call is retried job by job, so one bad request fails alone)."""
+        """Worker thread: the results of ``jobs``, in order (vectors and tokens, or an
+        :class:`APIError`).
+
+        Each job is first checked alone, without encoding anything (an adapter that is not
+        loaded, routing without signatures): such a job gets its error and stays out of the
+        batch. The others run in one encode call for the named-adapter jobs and one for the
+        routed ones; a call that still fails (an adapter unloaded meanwhile, a crash) is
+        run again job by job, and a job that fails alone gets that very error. No job is
+        encoded more than twice.
+        """
         results: list[Any] = [None] * len(jobs)
+        for i, job in enumerate(jobs):
+            try:
+                self.embedder.check_request(AUTO if job.keys is None else job.keys,
+                                            len(job.texts))
+            except Exception as err:
+                results[i] = _api_error(err)
         for routed in (False, True):
-            group = [i for i, job in enumerate(jobs) if (job.keys is None) == routed]
+            group = [i for i, job in enumerate(jobs)
+                     if results[i] is None and (job.keys is None) == routed]
             if not group:
                 continue
             try:
                 outs = self._encode([jobs[i] for i in group], routed)
-            except Exception:
-                if len(group) == 1:
-                    outs = [self._failure(group[0], jobs)]
-                else:
-                    outs = []
-                    for i in group:
-                        try:
-                            outs += self._encode([jobs[i]], routed)
-                        except Exception:
-                            outs.append(self._failure(i, jobs))
+            except Exception as err:
+                outs = ([_api_error(err)] if len(group) == 1
+                        else [self._alone(jobs[i], routed) for i in group])
             for i, out in zip(group, outs, strict=True):
                 results[i] = out
         return results
 
+    def _alone(self, job: _Job, routed: bool) -> tuple[np.ndarray, list[int]] | APIError:
+        """One job encoded on its own: its vectors and tokens, or its error."""
+        try:
+            return self._encode([job], routed)[0]
+        except Exception as err:
+            return _api_error(err)
+
     def _encode(self, jobs: list[_Job], routed: bool) -> list[tuple[np.ndarray, list[int]]]:
+        """One encode call for ``jobs``: each job's vectors and token counts (a routed row's
+        tokens are counted at its routed adapter's limit)."""
         texts = [text for job in jobs for text in job.texts]
-        size = self.settings.encode_batch_size
-        if routed:  # each row's tokens are counted at its routed adapter's limit
-            vectors, _, tokens = self.embedder.encode_routed(
-                texts, batch_size=size, progress=False, return_tokens=True)
-        else:
-            keys = [key for job in jobs for key in job.keys]
-            vectors, tokens = self.embedder.encode(texts, adapter=keys, batch_size=size,
-                                                   progress=False, return_tokens=True)
-        tokens = tokens.tolist()
+        adapter = AUTO if routed else [key for job in jobs for key in job.keys]
+        result = self.embedder.encode(texts, adapter=adapter,
+                                      batch_size=self.settings.encode_batch_size,
+                                      progress=False)
+        tokens = result.tokens.tolist()
         outs, start = [], 0
         for job in jobs:
             end = start + len(job.texts)
-            outs.append((vectors[start:end], tokens[start:end]))
+            outs.append((result.vectors[start:end], tokens[start:end]))
             start = end
         return outs
 
-    def _failure(self, i: int, jobs: list[_Job]) -> APIError:
-        """The error of job ``i`` (re-run alone to get its exception)."""
-        job = jobs[i]
-        try:
-            self._encode([job], job.keys is None)
-        except UnknownAdapterError as err:
-            return APIError(404, str(err), param="model", code="model_not_found")
-        except ValueError as err:
-            return APIError(400, str(err), param="model", code="invalid_value")
-        except Exception as err:  # a bug or the device: say what, keep serving
-            log.exception("embedding failed")
-            return APIError(500, f"embedding failed: {type(err).__name__}: {err}",
-                            "server_error")
-        return APIError(500, "embedding failed, then succeeded alone; retry.", "server_error")
+
+def _api_error(err: Exception) -> APIError:
+    """The OpenAI-shaped error for an exception raised while checking or encoding a job."""
+    if isinstance(err, UnknownAdapterError):
+        return APIError(404, str(err), param="model", code="model_not_found")
+    if isinstance(err, ValueError):
+        return APIError(400, str(err), param="model", code="invalid_value")
+    log.exception("embedding failed", exc_info=err)  # a bug or the device: say what, keep serving
+    return APIError(500, f"embedding failed: {type(err).__name__}: {err}", "server_error")
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,10 +319,8 @@ class _Models:
 
     def __init__(self, embedder: Embedder, model_id: str | None) -> None:
         self.embedder = embedder
-        resolved = embedder.encoder.resolved
-        hub_id = resolved.hub_id if resolved is not None else embedder.config.name_or_path
-        self.id = model_id or hub_id
-        self.base_names = {self.id, hub_id, embedder.config.name_or_path}
+        self.id = model_id or embedder.base_id
+        self.base_names = {self.id, *embedder.base_names}
 
     def check_name(self, name: str) -> None:
         """Refuse an adapter name that would shadow the base or the routing suffix."""

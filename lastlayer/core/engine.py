@@ -1,0 +1,421 @@
+"""The inference engine: one base in memory, each adapter's private heads, the trunk run once.
+
+Every lastlayer adapter changes only blocks L−k … L−1 of its base, so rows bound for
+different adapters share the frozen bottom exactly. For each batch the engine
+
+1. plans it (:func:`plan_batch`): which rows (text × token limit) it tokenizes, which
+   adapter's head runs on which rows, and how deep each row must be carried;
+2. runs the trunk once (:meth:`Engine.trunk`): the base's bottom up to the lowest block
+   any row needs, then the base blocks between split points on the rows that go further;
+3. runs each adapter's :class:`Head` (its private top-k blocks) on its rows, and the base's
+   remaining blocks on the rows for the base, then pools and normalises as each adapter
+   was trained to.
+
+Embedding one text under N adapters of top-k thus costs ``(L − k) + N·k`` block passes
+instead of ``N·L``, for LoRA and full adapters alike, side by side on one base. Everything
+that embeds with an adapter goes through here: ``eval``, ``probe``, ``export`` (through
+:func:`lastlayer.core.target.load_target`), ``embed``, ``serve`` and the Python API (through
+:class:`lastlayer.inference.Embedder`, the adapter registry on an engine).
+
+Nothing here changes the base model: heads run private copies of their blocks (built by
+the adapter's kind, :mod:`lastlayer.core.kinds`) and every forward goes through views of
+the model (:mod:`lastlayer.core.split`), so any number of threads may embed at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lastlayer.artifact import ArtifactMeta
+from lastlayer.core.encoder import POOLINGS, Encoder, longest_first_batches, mean_pool
+from lastlayer.core.kinds import kind_named
+from lastlayer.core.layers import find_layer_stack
+from lastlayer.core.split import BottomRunner, MiddleRunner, TopKHead
+
+AUTO = "auto"
+"""``adapter="auto"``: route each text to the adapter whose domain it belongs to."""
+
+Key = str | None
+"""Which head embeds a row: an adapter's name, or None for the base."""
+
+Assign = Callable[[Mapping[str, Any], dict[int, np.ndarray]], Sequence[Key]]
+"""The routing rule: (signatures by name, mean-pooled block inputs by block) -> one name
+(or None) per row (:func:`lastlayer.core.routing.assign`)."""
+
+
+@dataclass(frozen=True)
+class Head:
+    """An adapter as the engine runs it: its private top-k blocks and how it embeds.
+
+    Attributes:
+        module: Runs the private blocks over the base's masks, positions and final norm.
+        blocks: The private blocks L−k … L−1 (the adapter applied to copies of the base's).
+        top_k: k.
+        pooling, normalize, max_length: The adapter's own embedding settings.
+        merged: Plain blocks (merged LoRA, the full kind's trained copies) rather than
+            LoRA layers around the base's weights.
+    """
+
+    module: TopKHead
+    blocks: tuple[nn.Module, ...]
+    top_k: int
+    pooling: str
+    normalize: bool
+    max_length: int
+    merged: bool
+
+
+def build_head(base: nn.Module, folder: str | Path, meta: ArtifactMeta, merge: bool) -> Head:
+    """The head of the artifact at ``folder`` (already validated) on ``base``, built once.
+
+    ``merge`` applies to LoRA only (the full kind's blocks are always plain blocks).
+    """
+    kind = kind_named(meta.kind)
+    blocks = kind.private_blocks(base, folder, meta.top_k, merge)
+    emb = meta.embedding
+    return Head(TopKHead(base, meta.top_k, blocks=blocks), tuple(blocks), meta.top_k,
+                emb.pooling, emb.normalize, emb.max_length, merge or kind.always_merged)
+
+
+@dataclass(eq=False)  # ``==`` compares the vectors, as numpy does
+class Embeddings(np.lib.mixins.NDArrayOperatorsMixin):
+    """What an encode call gives: one result type, whatever was asked.
+
+    Attributes:
+        vectors: ``(N, d)`` float32, rows in the order of the texts.
+        tokens: ``(N,)`` int64: the tokens each text was embedded from (special tokens
+            included, after truncation to its adapter's limit), as the tokenizer gave them.
+        routed: With ``adapter="auto"``: per text, the adapter routing picked (None: the
+            base); else None.
+
+    ``numpy.asarray(result)`` is ``result.vectors``, and numpy's operators and functions
+    (``a - b``, ``np.abs``, ``@``) see the vectors, so code written when ``encode`` returned
+    the bare array keeps computing with it.
+    """
+
+    vectors: np.ndarray
+    tokens: np.ndarray
+    routed: list[Key] | None = None
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.vectors if dtype is None else self.vectors.astype(dtype)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = tuple(x.vectors if isinstance(x, Embeddings) else x for x in inputs)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+
+@dataclass
+class BatchPlan:
+    """One batch, planned: what to tokenize, what runs where.
+
+    Attributes:
+        items: The rows to tokenize: ``(text index, token limit)``.
+        jobs: Per head (None: the base), its rows: ``(row in items, text index, out)``;
+            row ``i`` of ``out`` receives the vector.
+        starts: The block each head starts at (L − k; the base: the deepest split point).
+    """
+
+    items: list[tuple[int, int]] = field(default_factory=list)
+    jobs: dict[Key, list[tuple[int, int, np.ndarray]]] = field(default_factory=dict)
+    starts: dict[Key, int] = field(default_factory=dict)
+
+    def depth(self) -> list[int]:
+        """How deep each row must be carried: the deepest start of a head that runs on it."""
+        depth = [0] * len(self.items)
+        for key, members in self.jobs.items():
+            for row, _, _ in members:
+                depth[row] = max(depth[row], self.starts[key])
+        return depth
+
+
+Requests = Sequence[Sequence[tuple[Key, np.ndarray]]]
+"""Per text, the ``(head, out)`` pairs it is embedded for (row i of ``out`` receives it)."""
+
+
+class Engine:
+    """The batch planner and runner over one base :class:`~lastlayer.core.encoder.Encoder`.
+
+    It holds the base and the views of it (built once, cached); the heads are given to
+    each call, so a registry (:class:`lastlayer.inference.Embedder`) can add and remove
+    adapters while calls run on their own snapshot.
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self.num_layers = find_layer_stack(encoder.model).num_layers
+        self._views: dict[tuple, nn.Module] = {}
+        self._views_lock = threading.Lock()
+
+    @property
+    def model(self) -> nn.Module:
+        """The base transformers model (frozen, eval mode; never modified)."""
+        return self.encoder.model
+
+    @property
+    def dim(self) -> int:
+        """The embedding size."""
+        return int(self.model.get_input_embeddings().embedding_dim)
+
+    def build_head(self, folder: str | Path, meta: ArtifactMeta, merge: bool) -> Head:
+        """:func:`build_head` on this engine's base."""
+        return build_head(self.model, folder, meta, merge)
+
+    # -----------------------------------------------------------------------------------
+    # Entry points.
+
+    def embed(self, texts: list[str], keys: Sequence[Key], heads: Mapping[str, Head],
+              batch_size: int = 32, normalize: bool | None = None,
+              progress: bool | None = None, desc: str = "embed") -> Embeddings:
+        """Text ``i`` embedded by ``heads[keys[i]]`` (None: the base); names are checked
+        by the caller."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        tokens = np.zeros(len(texts), dtype=np.int64)
+        self.embed_requests(texts, [[(key, out)] for key in keys], heads, batch_size,
+                            normalize, progress, tokens, desc)
+        return Embeddings(out, tokens)
+
+    def embed_each(self, texts: list[str], names: Sequence[Key], heads: Mapping[str, Head],
+                   batch_size: int = 32, normalize: bool | None = None,
+                   progress: bool | None = None) -> dict[Key, np.ndarray]:
+        """Every text under every one of ``names``, one bottom pass per batch."""
+        outs = {name: np.zeros((len(texts), self.dim), dtype=np.float32) for name in names}
+        if outs:
+            requests = [list(outs.items()) for _ in texts]
+            self.embed_requests(texts, requests, heads, batch_size, normalize, progress)
+        return outs
+
+    def route(self, texts: list[str], heads: Mapping[str, Head], signatures: Mapping[str, Any],
+              assign: Assign, batch_size: int = 32, progress: bool | None = None
+              ) -> list[Key]:
+        """The head each text is routed to (None: the base); runs only the base's bottom,
+        up to the deepest block a signature pools."""
+        names: list[Key] = [None] * len(texts)
+        with torch.inference_mode():
+            for idx in self._batches(texts, batch_size, progress, "embed"):
+                picked, _ = self._routed_batch(texts, idx, heads, signatures, assign, None,
+                                               None)
+                for i, name in zip(idx, picked, strict=True):
+                    names[i] = name
+        return names
+
+    def embed_routed(self, texts: list[str], heads: Mapping[str, Head],
+                     signatures: Mapping[str, Any], assign: Assign, batch_size: int = 32,
+                     normalize: bool | None = None, progress: bool | None = None
+                     ) -> Embeddings:
+        """Each text routed and embedded by the head routing picks, from one trunk pass.
+
+        Rows routed to an adapter whose token limit differs from the base's are embedded
+        again at their own limit (one more pass for those rows only)."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        tokens = np.zeros(len(texts), dtype=np.int64)
+        names: list[Key] = [None] * len(texts)
+        later: list[tuple[int, str]] = []
+        with torch.inference_mode():
+            for idx in self._batches(texts, batch_size, progress, "embed"):
+                picked, deferred = self._routed_batch(texts, idx, heads, signatures, assign,
+                                                      normalize, (out, tokens))
+                for i, name in zip(idx, picked, strict=True):
+                    names[i] = name
+                later += deferred
+        if later:
+            again = self.embed([texts[i] for i, _ in later], [name for _, name in later],
+                               heads, batch_size, normalize, False)
+            rows = [i for i, _ in later]
+            out[rows], tokens[rows] = again.vectors, again.tokens
+        return Embeddings(out, tokens, names)
+
+    # -----------------------------------------------------------------------------------
+    # Batches with explicit heads.
+
+    def embed_requests(self, texts: list[str], requests: Requests,
+                       heads: Mapping[str, Head], batch_size: int = 32,
+                       normalize: bool | None = None, progress: bool | None = None,
+                       tokens: np.ndarray | None = None, desc: str = "embed") -> None:
+        """Embed ``texts`` for ``requests`` (see :data:`Requests`); ``tokens[i]`` (if
+        given) receives the length of text ``i``'s input (one head per text)."""
+        limit = self._limits(heads)
+        with torch.inference_mode():
+            for idx in self._batches(texts, batch_size, progress, desc):
+                plan = plan_batch(idx, requests, limit, self.num_layers, heads)
+                batch = self._tokenize(plan.items, texts)
+                if tokens is not None:
+                    lengths = batch["attention_mask"].sum(1).tolist()
+                    for row, (i, _) in enumerate(plan.items):
+                        tokens[i] = lengths[row]
+                trunk = self.trunk(batch, plan.depth(), sorted(set(plan.starts.values())))
+                self._run_heads(plan.jobs, plan.starts, trunk, heads, normalize)
+
+    @staticmethod
+    def _batches(texts: list[str], batch_size: int, progress: bool | None, desc: str):
+        """The batches of ``texts``, longest first, behind a progress bar (None: only on a
+        terminal); run them under ``torch.inference_mode()``."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        disable = None if progress is None else not progress
+        return tqdm(longest_first_batches(texts, batch_size), desc=desc, unit="batch",
+                    disable=disable)
+
+    def _limits(self, heads: Mapping[str, Head]) -> Callable[[Key], int]:
+        base = self.encoder.max_length
+        return lambda key: base if key is None else heads[key].max_length
+
+    # -----------------------------------------------------------------------------------
+    # Routed batches.
+
+    def _routed_batch(self, texts: list[str], idx: list[int], heads: Mapping[str, Head],
+                      signatures: Mapping[str, Any], assign: Assign,
+                      normalize: bool | None, into: tuple[np.ndarray, np.ndarray] | None
+                      ) -> tuple[list[Key], list[tuple[int, str]]]:
+        """Route the texts ``idx`` by ``signatures`` at the base's token limit and, with
+        ``into = (out, tokens)``, embed them too. Returns the names, and the ``(text,
+        name)`` pairs left for a second pass (their adapter's token limit differs)."""
+        limit = self.encoder.max_length
+        route_layers = {sig.layer for sig in signatures.values()}
+        starts: dict[Key, int] = {}
+        if into is not None:
+            starts = {name: self.num_layers - heads[name].top_k for name in signatures}
+            starts[None] = max([*starts.values(), *route_layers])
+        layers = sorted(route_layers | set(starts.values()))
+        batch = self._tokenize([(i, limit) for i in idx], texts)
+        trunk = self.trunk(batch, [layers[-1]] * len(idx), layers)
+        pooled = {}
+        for layer in route_layers:  # every row reaches every layer: rows in batch order
+            _, states, mask = trunk[layer]
+            pooled[layer] = mean_pool(states.float(), mask).cpu().numpy()
+        names = list(assign(signatures, pooled))
+        if len(names) != len(idx) or not set(names) <= {*signatures, None}:
+            raise RuntimeError(f"routing returned {names!r} for {len(idx)} texts and "
+                               f"adapters {sorted(signatures)}.")
+        deferred: list[tuple[int, str]] = []
+        if into is not None:
+            out, tokens = into
+            tokens[idx] = batch["attention_mask"].sum(1).cpu().numpy()
+            jobs: dict[Key, list[tuple[int, int, np.ndarray]]] = {}
+            for row, (i, name) in enumerate(zip(idx, names, strict=True)):
+                if name is not None and heads[name].max_length != limit:
+                    deferred.append((i, name))
+                else:
+                    jobs.setdefault(name, []).append((row, i, out))
+            self._run_heads(jobs, starts, trunk, heads, normalize)
+        return names, deferred
+
+    # -----------------------------------------------------------------------------------
+    # The pieces: tokens, trunk, heads.
+
+    def _tokenize(self, items: list[tuple[int, int]], texts: list[str]) -> dict[str, Tensor]:
+        """Model inputs for ``(text index, max_length)`` items, each truncated to its own
+        limit and padded on the right to the longest."""
+        tokenizer = self.encoder.tokenizer
+        ids: list[list[int]] = [[]] * len(items)
+        by_length: dict[int, list[int]] = {}
+        for row, (_, limit) in enumerate(items):
+            by_length.setdefault(limit, []).append(row)
+        for limit, rows in by_length.items():
+            encoded = tokenizer([texts[items[r][0]] for r in rows], truncation=True,
+                                max_length=limit)["input_ids"]
+            for row, tokens in zip(rows, encoded, strict=True):
+                ids[row] = tokens
+        width = max(len(tokens) for tokens in ids)
+        input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, tokens in enumerate(ids):
+            input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = 1
+        device = self.encoder.device
+        return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+
+    def trunk(self, batch: dict[str, Tensor], depth: list[int], layers: list[int]
+              ) -> dict[int, tuple[list[int], Tensor, Tensor]]:
+        """The base's states at each of ``layers`` (block inputs), for the rows that need
+        them: row ``r`` is carried up to block ``depth[r]``.
+
+        Returns ``{layer: (rows, states, mask)}``; one bottom pass for every row, then the
+        base blocks between consecutive layers on the rows that go further.
+        """
+        mask = batch["attention_mask"]
+        states = self.view("bottom", self.num_layers - layers[0])(batch)
+        rows = list(range(len(depth)))
+        found = {layers[0]: (rows, states, mask)}
+        for below, layer in itertools.pairwise(layers):
+            going = [r for r in rows if depth[r] >= layer]
+            if len(going) != len(rows):
+                positions = {r: p for p, r in enumerate(rows)}
+                keep = torch.tensor([positions[r] for r in going], device=states.device)
+                states, mask, rows = states.index_select(0, keep), mask.index_select(0, keep), going
+            states = self.view("middle", below, layer)(states, mask)
+            found[layer] = (rows, states, mask)
+        return found
+
+    def view(self, kind: str, *args: int) -> nn.Module:
+        """A view of the base (``bottom``, ``middle`` or ``head``), built once and cached."""
+        key = (kind, *args)
+        view = self._views.get(key)
+        if view is None:
+            with self._views_lock:
+                view = self._views.get(key)
+                if view is None:
+                    build = {"bottom": BottomRunner, "middle": MiddleRunner, "head": TopKHead}
+                    view = self._views[key] = build[kind](self.model, *args)
+        return view
+
+    def _settings(self, key: Key, heads: Mapping[str, Head]
+                  ) -> tuple[nn.Module | None, str, bool]:
+        """(head module, pooling, normalize) of an adapter, or of the base (its module is
+        built by the caller: it depends on where the base's rows start)."""
+        if key is None:
+            return None, self.encoder.pooling, self.encoder.normalize
+        head = heads[key]
+        return head.module, head.pooling, head.normalize
+
+    def _run_heads(self, jobs: dict[Key, list[tuple[int, int, np.ndarray]]],
+                   starts: dict[Key, int], trunk, heads: Mapping[str, Head],
+                   normalize: bool | None) -> None:
+        """Run each head (or the base's remaining blocks) on its rows, pool, and write
+        row ``i`` of each ``out``; ``jobs[key]`` lists ``(row, i, out)``."""
+        for key, members in jobs.items():
+            rows, states, mask = trunk[starts[key]]
+            positions = {r: p for p, r in enumerate(rows)}
+            take = [positions[row] for row, _, _ in members]
+            if take != list(range(len(rows))):
+                keep = torch.tensor(take, device=states.device)
+                states, mask = states.index_select(0, keep), mask.index_select(0, keep)
+            module, pooling, own_normalize = self._settings(key, heads)
+            if module is None:
+                module = self.view("head", self.num_layers - starts[key])
+            vectors = POOLINGS[pooling](module(states, mask), mask).float()
+            if own_normalize if normalize is None else normalize:
+                vectors = nn.functional.normalize(vectors, dim=-1)
+            for vector, (_, i, out) in zip(vectors.cpu().numpy(), members, strict=True):
+                out[i] = vector
+
+
+def plan_batch(idx: list[int], requests: Requests, limit: Callable[[Key], int],
+               num_layers: int, heads: Mapping[str, Head]) -> BatchPlan:
+    """Plan one batch of texts ``idx``: one row per (text, token limit) it needs, each head
+    on its rows, each head's start block (the base: its remaining blocks from the deepest
+    split point)."""
+    plan = BatchPlan()
+    rows: dict[tuple[int, int], int] = {}
+    for i in idx:
+        for key, out in requests[i]:
+            row = rows.setdefault((i, limit(key)), len(rows))
+            plan.jobs.setdefault(key, []).append((row, i, out))
+    plan.items = list(rows)
+    plan.starts = {key: num_layers - heads[key].top_k for key in plan.jobs if key is not None}
+    if None in plan.jobs:
+        plan.starts[None] = max(plan.starts.values(), default=num_layers - 1)
+    return plan

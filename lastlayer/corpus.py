@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,6 +386,15 @@ def _text_of(path: Source, where: str, text: Any, text_field: str,
             f"{path} {where}: field '{text_field}' holds a {type(text).__name__}, not a "
             f"string. Set {key} to the field that holds the document text."
         )
+    if "\x00" in text:
+        raise DataError(f"{path} {where}: holds NUL bytes, so this is a binary file, not "
+                        "text. Point the recipe at the text corpus (UTF-8).")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON's "\ud800": no tokenizer takes it
+        raise DataError(f"{path} {where}: field '{text_field}' holds {text[e.start]!r}, half "
+                        "of a UTF-16 surrogate pair, which is not text. Fix or drop that "
+                        "record.") from None
     return text.strip()
 
 
@@ -455,11 +465,28 @@ def _records(
         else:
             yield from _arrow_records(path, fmt, fields, optional or [], keys)
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 text ({e}). Re-save the file as UTF-8.") from e
-    except (gzip.BadGzipFile, EOFError) as e:
+        raise DataError(_not_utf8(path, e)) from e
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise DataError(
             f"{path}: not a valid gzip file ({e}). Re-compress it or drop the .gz suffix."
         ) from e
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV file ({e}). Check its quoting, or save it "
+                        "as .jsonl.") from e
+
+
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> str:
+    """Why a file is not UTF-8 text, naming the UTF-16 case (a byte-order mark) outright."""
+    try:
+        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as f:
+            head = f.read(2)
+    except (OSError, EOFError, zlib.error):
+        head = b""
+    if head in (b"\xff\xfe", b"\xfe\xff"):
+        return (f"{path}: UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8. "
+                f"Re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8 {path} > new-file.")
+    return (f"{path}: not valid UTF-8 text ({err}): a binary file, or text in another "
+            "encoding (latin-1, cp1252). Re-save it as UTF-8.")
 
 
 def _txt_records(path: Path) -> Iterator[tuple[str, str]]:
@@ -483,6 +510,9 @@ def _jsonl_records(
                     f"{path} {where}: invalid JSON ({e.msg} at column {e.colno}). "
                     f"Each line must hold one JSON object."
                 ) from e
+            except (ValueError, RecursionError) as e:  # a 5000-digit number, deep nesting
+                raise DataError(f"{path} {where}: JSON this reader refuses ({e}). Each line "
+                                "must hold one JSON object of plain fields.") from None
             if not isinstance(record, dict):
                 raise DataError(
                     f"{path} {where}: expected a JSON object, got "

@@ -10,6 +10,7 @@ at the end.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,11 +37,24 @@ from lastlayer.training.loop import TrainResult
 
 
 def check_output(recipe: Recipe) -> None:
-    """Fail before any model is loaded when the artifact could not be saved at the end."""
+    """Fail before any model is loaded when the artifact could not be saved at the end.
+
+    Refused: what :func:`lastlayer.artifact.check_output_dir` refuses (a file, a user's
+    folder, an artifact without ``overwrite``), a path below a file, and a folder this
+    process may not write in.
+    """
     try:
         check_output_dir(recipe.output_dir, recipe.overwrite)
     except ArtifactError as err:
         raise ConfigError(str(err)) from None
+    out = Path(recipe.output_dir).absolute()
+    parent = next(p for p in out.parents if p.exists())  # the nearest existing ancestor
+    if not parent.is_dir():
+        raise ConfigError(f"output_dir {out}: {parent} is a file, so no folder can be made "
+                          "below it. Choose another output_dir.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {out}: {parent} is not writable by this user, so the "
+                          "artifact could not be saved at the end. Choose another output_dir.")
 
 
 def routing_signature(encoder: Encoder, docs: list[str], recipe: Recipe,
@@ -105,7 +119,12 @@ def save_artifact(encoder: Encoder, recipe: Recipe, result: TrainResult, base_mo
     + train log + routing signature, if given) atomically to ``output_dir`` (default: the
     recipe's); return the folder. ``overwrite`` (default: the recipe's) allows replacing an
     existing artifact there. ``top_k_choice``: the evidence of ``adapter.top_k: auto``,
-    saved in ``lastlayer.json`` and as a comment above the recipe."""
+    saved in ``lastlayer.json`` and as a comment above the recipe.
+
+    Raises:
+        ArtifactError: ``output_dir`` may not be replaced, or a write failed (a full disk):
+            then nothing is left half-written and a previous artifact there is untouched.
+    """
     meta = artifact_metadata(encoder, recipe, result, base_model, top_k_choice)
     recipe_yaml = recipe.to_yaml()
     if top_k_choice is not None:  # the saved recipe trains the chosen k; say where it came from
@@ -114,5 +133,14 @@ def save_artifact(encoder: Encoder, recipe: Recipe, result: TrainResult, base_mo
     files = side_files(meta, metrics, recipe_yaml, result.history,
                        model_card(meta, as_report(metrics)))
     overwrite = recipe.overwrite if overwrite is None else overwrite
-    return save_adapter(encoder.model, output_dir or recipe.output_dir, files,
-                        overwrite=overwrite, signature=signature)
+    out_dir = output_dir or recipe.output_dir
+    try:
+        return save_adapter(encoder.model, out_dir, files, overwrite=overwrite,
+                            signature=signature)
+    except OSError as err:
+        raise ArtifactError(
+            f"could not save the artifact to {out_dir} ({err.strerror or err}); nothing was "
+            "left half-written there and any artifact it held is untouched. Free space (or "
+            "fix permissions) and rerun; with train.checkpoint_every set, train.resume=true "
+            "continues from the last checkpoint."
+        ) from err

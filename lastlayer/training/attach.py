@@ -9,9 +9,10 @@ switched after reaches the adapter too (the ``dropout`` objective).
 
 from __future__ import annotations
 
-from lastlayer.config import Recipe
+from lastlayer.config import ConfigError, Recipe
 from lastlayer.core.adapters import attach
 from lastlayer.core.encoder import Encoder
+from lastlayer.core.layers import LayerStackError
 from lastlayer.training.objectives import objective_for
 
 
@@ -25,8 +26,19 @@ def attach_for_training(encoder: Encoder, recipe: Recipe) -> list[str]:
 
     Returns:
         One message per switch made, for the run's log.
+
+    Raises:
+        ConfigError: ``adapter.target_modules`` names modules the top-k blocks do not have
+            (the message lists the ones they have).
     """
     objective = objective_for(recipe.objective)
     messages = objective.before_attach(encoder.model, recipe.objective)
-    attach(encoder, recipe.adapter)
+    targets = recipe.adapter.target_modules
+    try:
+        attach(encoder, recipe.adapter)
+    except LayerStackError as err:
+        if targets is None:  # not about the targets: the model's own layer stack
+            raise
+        raise ConfigError(f"adapter.target_modules={targets}: {err}. Set it to some of those "
+                          "suffixes, or to null for every linear layer.") from None
     return messages + objective.after_attach(encoder.model, recipe.objective)

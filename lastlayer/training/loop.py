@@ -4,9 +4,11 @@ AdamW on the adapter's parameters with a linear warm-up schedule; each batch is 
 of the same documents (crop / span / dropout), fresh or from cached bottom-layer states
 (:mod:`lastlayer.training.pairs`), embedded and scored by InfoNCE over the global batch
 (embeddings are gathered with gradients). The same code runs on one CPU, one GPU, or many
-processes; ``train.batch_size`` is per process. Periodic checkpoints and resuming live in
-:mod:`lastlayer.training.checkpoint`; what comes before and after the loop (loading,
-measuring, saving) in :mod:`lastlayer.training.run`.
+processes; ``train.batch_size`` is per process. A NaN or infinite loss or weight stops the
+run (:func:`check_finite`, :func:`check_finite_weights`) before it reaches a checkpoint.
+Periodic checkpoints and resuming live in :mod:`lastlayer.training.checkpoint`; what
+comes before and after the loop (loading, measuring, saving) in
+:mod:`lastlayer.training.run`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lastlayer.config import Recipe
+from lastlayer.config import ConfigError, Recipe
 from lastlayer.core.encoder import Encoder
 from lastlayer.core.split import TopKHead
-from lastlayer.training.checkpoint import keep_trainable_weights_only, maybe_resume, save_checkpoint
+from lastlayer.training.checkpoint import (
+    checkpoint_root,
+    latest_checkpoint,
+    maybe_resume,
+    save_checkpoint,
+)
 from lastlayer.training.loss import info_nce
 from lastlayer.training.pairs import (
     CachedPairCollator,
@@ -33,6 +40,14 @@ from lastlayer.training.pairs import (
     length_grouped_sampler,
 )
 from lastlayer.training.views import ViewStats
+
+
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite: the run stops, its last good checkpoint is kept.
+
+    A :class:`~lastlayer.config.ConfigError` (its fix is in the recipe), so ``lastlayer
+    train`` reports it in one line with exit status 2.
+    """
 
 
 @dataclass
@@ -96,10 +111,8 @@ def train_adapter(
     cached = isinstance(pairs, CachedPairStream)
     trained = TopKHead(encoder.model, blocks) if cached else encoder.model
     model, optimizer, loader = accelerator.prepare(trained, optimizer, loader)
-    accelerator.register_for_checkpointing(scheduler)
-    accelerator.register_save_state_pre_hook(keep_trainable_weights_only)
 
-    start = maybe_resume(recipe, accelerator)
+    start = maybe_resume(recipe, accelerator, encoder.model, optimizer, scheduler)
     if start:
         loader = accelerator.skip_first_batches(loader, start * cfg.grad_accum_steps)
     step, history = start, []
@@ -126,14 +139,53 @@ def train_adapter(
             "accuracy": accelerator.reduce(acc.detach().float(), "mean").item(),
             "lr": scheduler.get_last_lr()[0],
         }
+        check_finite(record, recipe)
         history.append(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
-            save_checkpoint(recipe, accelerator, step)
+            check_finite_weights(params, step, recipe)
+            save_checkpoint(recipe, accelerator, step, encoder.model, optimizer, scheduler)
         if step >= cfg.max_steps:
             break
     bar.close()
     if not cached:
         encoder.model = accelerator.unwrap_model(model)
     return TrainResult(step, history, pairs.stats, start)
+
+
+def check_finite(record: dict[str, float], recipe: Recipe) -> None:
+    """Stop the run at the first step whose loss (averaged over processes) is NaN or inf.
+
+    Raises:
+        TrainingDiverged: The loss is not finite; the message names the step, the newest
+            checkpoint and the likely causes.
+    """
+    loss = record["loss"]
+    if not torch.isfinite(torch.tensor(loss)):
+        raise diverged(record["step"], f"the training loss is {loss}", recipe)
+
+
+def check_finite_weights(params: list[torch.Tensor], step: int, recipe: Recipe) -> None:
+    """Before a checkpoint: every trained weight is finite (a finite loss can still be
+    followed by an update with inf gradients), so no checkpoint ever holds NaN or inf.
+
+    Raises:
+        TrainingDiverged: A weight is not finite.
+    """
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise diverged(step, "a trained weight is NaN or inf after the update", recipe)
+
+
+def diverged(step: int, what: str, recipe: Recipe) -> TrainingDiverged:
+    """The error that stops a diverged run: the step, the likely causes, the checkpoint kept."""
+    cfg = recipe.train
+    found = latest_checkpoint(checkpoint_root(recipe))
+    kept = (f"The last good checkpoint, {found[0]}, is kept." if found else
+            "No checkpoint was saved before it (see train.checkpoint_every).")
+    causes = f"a learning rate too high (train.lr={cfg.lr:g}; try 10x lower)"
+    if cfg.mixed_precision != "no":
+        causes += (f" or too little precision (train.mixed_precision={cfg.mixed_precision}; "
+                   "try no)")
+    return TrainingDiverged(f"step {step}: {what}, so training stopped and no artifact was "
+                            f"saved. Likely cause: {causes}. {kept}")

@@ -480,8 +480,8 @@ def test_every_kind_is_a_plugin_of_one_shape():
     from lastlayer.core.kinds import KINDS, kind_named, kind_of
 
     shape = {"NAME", "PEFT_TYPE", "always_merged", "targets", "peft_config", "fix_saved",
-             "load_named", "expects_missing_keys", "private_blocks", "merged_model",
-             "block_change", "private_change"}
+             "load_named", "expects_missing_keys", "private_blocks", "private_blocks_from_model",
+             "merged_model", "block_change", "private_change"}
     assert sorted(KINDS) == ["full", "lora"]
     for name, kind in KINDS.items():
         assert shape <= set(vars(kind)), name

@@ -37,10 +37,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lastlayer.artifact import ArtifactMeta
-from lastlayer.core.encoder import POOLINGS, Encoder, longest_first_batches, mean_pool
-from lastlayer.core.kinds import kind_named
+from lastlayer.core.encoder import Encoder, longest_first_batches, mean_pool
+from lastlayer.core.heads import Head, build_head, pooled
 from lastlayer.core.layers import find_layer_stack
 from lastlayer.core.split import BottomRunner, MiddleRunner, TopKHead
+
+__all__ = ["AUTO", "Assign", "BatchPlan", "Embeddings", "Engine", "Head", "Key", "Requests",
+           "build_head", "plan_batch"]
 
 AUTO = "auto"
 """``adapter="auto"``: route each text to the adapter whose domain it belongs to."""
@@ -51,40 +54,6 @@ Key = str | None
 Assign = Callable[[Mapping[str, Any], dict[int, np.ndarray]], Sequence[Key]]
 """The routing rule: (signatures by name, mean-pooled block inputs by block) -> one name
 (or None) per row (:func:`lastlayer.core.routing.assign`)."""
-
-
-@dataclass(frozen=True)
-class Head:
-    """An adapter as the engine runs it: its private top-k blocks and how it embeds.
-
-    Attributes:
-        module: Runs the private blocks over the base's masks, positions and final norm.
-        blocks: The private blocks L−k … L−1 (the adapter applied to copies of the base's).
-        top_k: k.
-        pooling, normalize, max_length: The adapter's own embedding settings.
-        merged: Plain blocks (merged LoRA, the full kind's trained copies) rather than
-            LoRA layers around the base's weights.
-    """
-
-    module: TopKHead
-    blocks: tuple[nn.Module, ...]
-    top_k: int
-    pooling: str
-    normalize: bool
-    max_length: int
-    merged: bool
-
-
-def build_head(base: nn.Module, folder: str | Path, meta: ArtifactMeta, merge: bool) -> Head:
-    """The head of the artifact at ``folder`` (already validated) on ``base``, built once.
-
-    ``merge`` applies to LoRA only (the full kind's blocks are always plain blocks).
-    """
-    kind = kind_named(meta.kind)
-    blocks = kind.private_blocks(base, folder, meta.top_k, merge)
-    emb = meta.embedding
-    return Head(TopKHead(base, meta.top_k, blocks=blocks), tuple(blocks), meta.top_k,
-                emb.pooling, emb.normalize, emb.max_length, merge or kind.always_merged)
 
 
 @dataclass(eq=False)  # vectors compare with numpy, not ==
@@ -385,9 +354,8 @@ class Engine:
             module, pooling, own_normalize = self._settings(key, heads)
             if module is None:
                 module = self.view("head", self.num_layers - starts[key])
-            vectors = POOLINGS[pooling](module(states, mask), mask).float()
-            if own_normalize if normalize is None else normalize:
-                vectors = nn.functional.normalize(vectors, dim=-1)
+            vectors = pooled(module(states, mask), mask, pooling,
+                             own_normalize if normalize is None else normalize)
             for vector, (_, i, out) in zip(vectors.cpu().numpy(), members, strict=True):
                 out[i] = vector
 

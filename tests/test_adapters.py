@@ -6,7 +6,7 @@ For both adapter kinds (LoRA, full unfreeze) and an encoder (BERT) and a decoder
 - only the top-k blocks hold trainable weights, and only they change in a training step;
 - autograd never enters the blocks below the top k;
 - the saved artifact is a plain PEFT adapter (safetensors, Hub id as base) that
-  ``peft.PeftModel.from_pretrained`` and ``lastlayer.core.adapters.load_adapter`` load back
+  ``peft.PeftModel.from_pretrained`` and ``plain_peft.load_adapter`` (the plain PEFT way) load back
   to the very same embeddings;
 - artifact writes are atomic.
 """
@@ -19,20 +19,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from plain_peft import load_adapter
 from tiny import tiny_model, tiny_tokenizer
 from torch import nn
 
-import lastlayer.artifact as artifact_mod
+from lastlayer.artifact import write_atomically
 from lastlayer.config import AdapterConfig, ConfigError, ModelConfig
 from lastlayer.core.adapters import (
     adapter_targets,
     attach,
     check_top_k,
     layer_summary,
-    load_adapter,
     save_adapter,
     trainable_parameters,
-    write_atomically,
 )
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.layers import LayerStackError, find_layer_stack, layer_index_of
@@ -360,7 +359,7 @@ def test_write_atomically_failed_swap_restores_previous(
         return real_replace(src, dst)
 
     with monkeypatch.context() as patch:
-        patch.setattr(artifact_mod.os, "replace", replace)
+        patch.setattr(os, "replace", replace)
         with pytest.raises(OSError, match="rename failed"):
             write_atomically(out, _version("v2"), overwrite=True)
     assert _artifact(out) == {"lastlayer.json": "{}", "weights": "v1"}

@@ -133,14 +133,17 @@ def test_a_shared_base_is_never_trained(saved_models):
     base = shared.model
     weights = {n: p.clone() for n, p in base.named_parameters()}
     with shared.trainable() as encoder:
-        assert encoder is shared.encoder and encoder.model is not base
+        assert encoder is not shared.encoder and encoder.model is not base
+        assert (encoder.pooling, encoder.max_length) == (shared.encoder.pooling,
+                                                         shared.encoder.max_length)
         for p in encoder.model.parameters():
             p.data.add_(1.0)  # what training would do to the copy
+        encoder.model = None  # attaching an adapter replaces the copy's model
     assert shared.encoder.model is base
     assert all((p == weights[n]).all() for n, p in base.named_parameters())
     with pytest.raises(RuntimeError), shared.trainable():
         raise RuntimeError("a failed run")
-    assert shared.encoder.model is base  # put back even when a run fails
+    assert shared.encoder.model is base  # untouched even when a run fails
 
 
 # ---------------------------------------------------------------------------- speed.py

@@ -475,7 +475,9 @@ def test_the_package_exports_embedder_lazily():
 
 @pytest.mark.slow
 def test_the_shipped_artifacts_on_one_embedder_per_base():
-    from lastlayer.core.adapters import load_adapter, model_config_of
+    from plain_peft import load_adapter
+
+    from lastlayer.core.target import model_config_of
 
     folders = shipped_artifacts()
     by_base: dict[str, list[Path]] = {}

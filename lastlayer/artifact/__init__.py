@@ -25,8 +25,6 @@ on. The card's prose lives with the Hub code (:mod:`lastlayer.hub.card`).
 This package sits at the bottom of lastlayer: it imports no torch, peft or ``core``.
 """
 
-import os  # noqa: F401  # tests/test_adapters.py patches ``artifact.os.replace``; drop with it
-
 from lastlayer.artifact.atomic import atomic_path, replace_folder, write_text
 from lastlayer.artifact.folder import (
     check_output_dir,

@@ -9,7 +9,8 @@ adapter. There are three ways to get one, and each gives the same object type:
 - :func:`trained_head`: from a model the adapter is still attached to for training
   (training's own trainable copy); what training measures ``eval.json`` with, so its
   numbers come from the head the ``Embedder`` would run, on the same blocks it saves;
-- :func:`base_head`: the base's own top-k blocks (the "before" of training's table).
+- :func:`model_head`: a model's own top-k blocks, whatever it carries (the base: the
+  "before" of training's table).
 
 Training measures the held-out sample twice (the base before, the adapter after) and the
 bottom L−k blocks are the base's both times, so it embeds through a head while keeping
@@ -101,8 +102,10 @@ def trained_head(encoder: Encoder, kind: str, top_k: int) -> Head:
                  encoder.max_length, merged=plugin.always_merged)
 
 
-def base_head(encoder: Encoder, top_k: int) -> Head:
-    """The base's own top-k blocks as a head, pooled by the encoder's settings."""
+def model_head(encoder: Encoder, top_k: int) -> Head:
+    """``encoder.model``'s own top-k blocks as a head, pooled by the encoder's settings: the
+    base's, or (an adapter attached) the blocks as they are wrapped, the very computation
+    of the model's forward from block L−k up."""
     blocks = top_blocks(encoder.model, top_k)
     return _head(encoder.model, blocks, encoder.pooling, encoder.normalize,
                  encoder.max_length, merged=True)

@@ -40,7 +40,7 @@ from torch import nn
 from lastlayer.config import AUTO, Recipe
 from lastlayer.core.adapters import check_top_k, folder_size, trainable_parameters
 from lastlayer.core.encoder import Encoder, load_encoder
-from lastlayer.core.heads import base_head, embed_from_inputs, embed_keeping_inputs, trained_head
+from lastlayer.core.heads import embed_from_inputs, embed_keeping_inputs, model_head, trained_head
 from lastlayer.evaluation.datasets import EvalSet, load_eval_set
 from lastlayer.evaluation.metrics import KnnResult
 from lastlayer.training.accelerator import make_accelerator
@@ -157,7 +157,7 @@ def prepare(recipe: Recipe, *, encoder: Encoder | None = None,
     if held_out is not None and accelerator.is_main_process:
         # keep block L-k's inputs: the adapted pass in finish() reuses them
         vectors, cache = embed_keeping_inputs(encoder, held_out.texts,
-                                              base_head(encoder, top_k),
+                                              model_head(encoder, top_k),
                                               recipe.eval.batch_size, "embed (base)")
         base = evaluate_knn(vectors, held_out, recipe.eval)
 

@@ -103,17 +103,16 @@ def test_unknown_keys_are_refused_naming_the_key(copy):
         artifact.read(copy)
 
 
-def test_the_sections_are_typed_and_read_by_key_too(tiny_artifact):
+def test_the_sections_are_typed(tiny_artifact):
     from lastlayer.config import AdapterConfig, ObjectiveConfig
 
     meta = artifact.read(tiny_artifact)
     assert isinstance(meta.adapter, AdapterConfig) and isinstance(meta.objective, ObjectiveConfig)
-    assert meta.adapter.top_k == meta.adapter["top_k"] == meta.top_k == 2
-    assert meta.objective.get("kind") == "crop" and meta.objective.get("nothing") is None
+    assert meta.adapter.top_k == meta.top_k == 2 and meta.objective.kind == "crop"
     choice = {"top_k": 3, "curve": [0.1, 0.2], "signal": "crops"}
     typed = ArtifactMeta.from_dict({**meta.to_dict(), "top_k_choice": choice})
     assert isinstance(typed.top_k_choice, artifact.TopKChoice)
-    assert typed.top_k_choice.signal == typed.top_k_choice["signal"] == "crops"
+    assert typed.top_k_choice.signal == "crops" and typed.top_k_choice.curve == [0.1, 0.2]
     assert typed.top_k_choice.num_queries is None  # recorded later than the rest
 
 

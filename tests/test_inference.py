@@ -425,7 +425,7 @@ def test_auto_routes_with_real_signatures(saved_models, artifacts, tmp_path):
     folders = {}
     for name, source, domain in (("prose", "lora2", prose), ("digits", "full3", digits)):
         folder = shutil.copytree(artifacts["bert"][source], tmp_path / name)
-        k = artifact.read(folder).adapter["top_k"]
+        k = artifact.read(folder).adapter.top_k
         write_signature(folder, signature_for_texts(reference, domain[:48], k,
                                                     progress=False))
         folders[name] = folder

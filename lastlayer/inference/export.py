@@ -441,7 +441,7 @@ def model_card(meta: ArtifactMeta, hidden: int) -> str:
         "---", data.to_yaml(), "---", "",
         f"# {meta.name} (merged, sentence-transformers)", "",
         f"The lastlayer {meta.kind} adapter `{meta.name}` (top {meta.top_k} of "
-        f"{meta.layers.num_layers} layers, `{meta.objective['kind']}` objective, trained on "
+        f"{meta.layers.num_layers} layers, `{meta.objective.kind}` objective, trained on "
         f"`{meta.training.data}`) merged into its base, {base.describe()}.", "",
         f"Embeddings: {hidden} dimensions, {pooling}"
         + (", L2-normalised" if emb.normalize else "")

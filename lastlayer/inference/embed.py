@@ -1,5 +1,10 @@
 """Embed a corpus file into ``.npy``, ``.parquet`` or ``.jsonl``: resumable, on many processes.
 
+Why one module of ~600 lines: planning, the parts folder, resuming and the output writers
+all read and write one on-disk format (``OUTPUT.parts/``: ``job.json`` and the shards),
+which stays consistent most easily in one place; the shard store (``_prepare_parts`` …
+``_write_atomic``) is the seam to split along.
+
 ``lastlayer embed`` is built from two steps, so that every mistake a user can make is found
 before a model is loaded:
 

@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -356,6 +357,26 @@ def test_findings_ships_recipes_naming_the_hub_copy_of_unshipped_data():
             assert f"data:\n  train: {hub}\n" in text, recipe
             assert " ".join(line[2:] for line in text.splitlines() if line.startswith("# ")) \
                 .count(note) == 1, recipe
+
+
+def test_shipping_a_run_on_a_local_copy_records_the_hub_copy(tmp_path):
+    """A run kept with the local path of its data (as the benchmark trains) ships naming
+    the Hub copy, exactly as the shipped news artifact does: lastlayer.json, recipe.yaml
+    and the card; eval.json still names the copy it was measured on."""
+    from lastlayer import artifact
+
+    shipped = ROOT / "adapters" / "news" / "smollm2-135m_lora-top4_crop"
+    local = "../elsewhere/reuters_r8/r8.jsonl.gz"
+    kept = shutil.copytree(shipped, tmp_path / "kept")
+    hub = findings.HUB_SOURCES["reuters_r8"][0]
+    for name in ("lastlayer.json", "recipe.yaml"):
+        (kept / name).write_text((kept / name).read_text().replace(hub, local))
+    assert hub not in (kept / "lastlayer.json").read_text()
+    out, _ = findings.ship(kept, root=tmp_path / "repo")
+    assert artifact.read(out) == artifact.read(shipped)  # training.data: the Hub id
+    assert load_recipe(out / "recipe.yaml") == load_recipe(shipped / "recipe.yaml")
+    for name in ("README.md", "eval.json"):
+        assert (out / name).read_text() == (shipped / name).read_text(), name
 
 
 def test_findings_plan_answers_the_three_questions_first():

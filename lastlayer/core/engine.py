@@ -7,9 +7,9 @@ different adapters share the frozen bottom exactly. For each batch the engine
    adapter's head runs on which rows, and how deep each row must be carried;
 2. runs the trunk once (:meth:`Engine.trunk`): the base's bottom up to the lowest block
    any row needs, then the base blocks between split points on the rows that go further;
-3. runs each adapter's :class:`Head` (its private top-k blocks) on its rows, and the base's
-   remaining blocks on the rows for the base, then pools and normalises as each adapter
-   was trained to.
+3. runs each adapter's :class:`~lastlayer.core.heads.Head` (its private top-k blocks) on
+   its rows, and the base's remaining blocks on the rows for the base, then pools and
+   normalises as each adapter was trained to.
 
 Embedding one text under N adapters of top-k thus costs ``(L − k) + N·k`` block passes
 instead of ``N·L``, for LoRA and full adapters alike, side by side on one base. Everything
@@ -17,9 +17,10 @@ that embeds with an adapter goes through here: ``eval``, ``probe``, ``export`` (
 :func:`lastlayer.core.target.load_target`), ``embed``, ``serve`` and the Python API (through
 :class:`lastlayer.inference.Embedder`, the adapter registry on an engine).
 
-Nothing here changes the base model: heads run private copies of their blocks (built by
-the adapter's kind, :mod:`lastlayer.core.kinds`) and every forward goes through views of
-the model (:mod:`lastlayer.core.split`), so any number of threads may embed at once.
+Nothing here changes the base model: heads (:mod:`lastlayer.core.heads`) run private
+copies of their blocks (built by the adapter's kind, :mod:`lastlayer.core.kinds`) and every
+forward goes through views of the model (:mod:`lastlayer.core.split`), so any number of
+threads may embed at once.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from collections import Counter
 
 import torch
 
-import lastlayer.artifact as artifact
 import lastlayer.core.adapters as adapters
 import lastlayer.training.checkpoint as checkpoint
 from lastlayer.cli import main
@@ -68,14 +67,14 @@ def wrap_final_save() -> None:
         return original(out_dir, write_then_reach, overwrite, **kwargs)
 
     adapters.write_atomically = write_atomically
-    replace = artifact.os.replace
+    replace = os.replace  # every atomic write of lastlayer.artifact calls it
 
     def replace_then_reach(src, dst):
         replace(src, dst)
         if ".old-" in os.fspath(dst):  # the old artifact was just moved aside
             reached("swap")
 
-    artifact.os.replace = replace_then_reach
+    os.replace = replace_then_reach
 
 
 def install(kill_at: str) -> None:

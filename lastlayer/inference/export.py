@@ -116,12 +116,12 @@ def check_export_dir(path: str | Path, overwrite: bool = False) -> None:
     Raises:
         ExportError: The message says why and what to change.
     """
-    path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        return
-    if not path.is_dir():
+    path, found = Path(path), artifact.occupant(path)
+    if found == "file":
         raise ExportError(f"{path} is a file; lastlayer export never replaces it. Choose "
                           "another output folder.")
+    if found == "nothing":
+        return
     if artifact.is_artifact(path):
         raise ExportError(f"{path} is a lastlayer artifact; export never replaces it, even "
                           "with --overwrite. Choose another output folder.")
@@ -129,8 +129,7 @@ def check_export_dir(path: str | Path, overwrite: bool = False) -> None:
         if not overwrite:
             raise ExportError(f"{path} already holds an export; pass --overwrite to replace "
                               "it, or choose another output folder.")
-        return
-    if any(path.iterdir()):
+    else:
         raise ExportError(f"{path} is a folder with files but not a lastlayer export (no "
                           f"{MARKER}); export never replaces it, even with --overwrite. "
                           "Choose another output folder.")

@@ -6,8 +6,10 @@ For both adapter kinds (LoRA, full unfreeze) and an encoder (BERT) and a decoder
 - only the top-k blocks hold trainable weights, and only they change in a training step;
 - autograd never enters the blocks below the top k;
 - the saved artifact is a plain PEFT adapter (safetensors, Hub id as base) that
-  ``peft.PeftModel.from_pretrained`` and ``lastlayer.core.adapters.load_adapter`` load back
-  to the very same embeddings;
+  ``peft.PeftModel.from_pretrained`` and ``plain_peft.load_adapter`` (the plain PEFT way)
+  load back to the very same embeddings;
+- training measures through the engine's head type: the trained blocks picked out of the
+  attached copy embed as the model itself and as the head built from the saved artifact;
 - artifact writes are atomic.
 """
 
@@ -19,21 +21,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from plain_peft import load_adapter
 from tiny import tiny_model, tiny_tokenizer
 from torch import nn
 
 import lastlayer.artifact.atomic as atomic
-from lastlayer.artifact import ArtifactError
+from lastlayer.artifact import ArtifactError, write_atomically
 from lastlayer.config import AdapterConfig, ConfigError, ModelConfig
 from lastlayer.core.adapters import (
     adapter_targets,
     attach,
     check_top_k,
     layer_summary,
-    load_adapter,
     save_adapter,
     trainable_parameters,
-    write_atomically,
 )
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.layers import LayerStackError, find_layer_stack, layer_index_of
@@ -226,6 +227,37 @@ def test_save_and_reload_gives_same_embeddings(
     assert not loaded.model.training
     assert not any(p.requires_grad for p in loaded.model.parameters())
     torch.testing.assert_close(loaded.encode(PROBE, progress=False), emb, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_measures_through_the_head_the_embedder_builds(saved_models, tmp_path: Path,
+                                                                kind: str) -> None:
+    from conftest import artifact_meta
+
+    from lastlayer.core.heads import (
+        build_head,
+        embed_from_inputs,
+        embed_keeping_inputs,
+        model_head,
+        trained_head,
+    )
+
+    trained = attach(_load(saved_models, "bert"), AdapterConfig(kind=kind, top_k=TOP_K))
+    _train(trained, steps=2, lr=2e-2)
+    own = trained.encode(PROBE, batch_size=2, progress=False)
+    base = _load(saved_models, "bert")
+    before = _snapshot(base.model)
+    _, inputs = embed_keeping_inputs(base, PROBE, model_head(base, TOP_K), batch_size=2)
+    head = trained_head(trained, kind, TOP_K)
+    assert head.top_k == TOP_K and head.merged == (kind == "full")
+    measured = embed_from_inputs(trained, PROBE, inputs, head, batch_size=2)
+    torch.testing.assert_close(measured, own, atol=1e-6, rtol=0)
+
+    folder = save_adapter(trained.model, tmp_path / "a", files={"lastlayer.json": "{}"})
+    saved = build_head(base.model, folder, artifact_meta(kind=kind, top_k=TOP_K), merge=False)
+    loaded = embed_from_inputs(base, PROBE, inputs, saved, batch_size=2)
+    torch.testing.assert_close(loaded, measured, atol=1e-6, rtol=0)
+    assert all(torch.equal(p, before[n]) for n, p in base.model.named_parameters())
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -506,8 +538,8 @@ def test_every_kind_is_a_plugin_of_one_shape():
     from lastlayer.core.kinds import KINDS, kind_named, kind_of
 
     shape = {"NAME", "PEFT_TYPE", "always_merged", "targets", "peft_config", "fix_saved",
-             "load_named", "expects_missing_keys", "private_blocks", "merged_model",
-             "block_change", "private_change"}
+             "load_named", "expects_missing_keys", "private_blocks", "private_blocks_from_model",
+             "merged_model", "block_change", "private_change"}
     assert sorted(KINDS) == ["full", "lora"]
     for name, kind in KINDS.items():
         assert shape <= set(vars(kind)), name

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from lastlayer.config.decode import ByKey, Source, decode
+from lastlayer.config.decode import Source, decode
 from lastlayer.corpus import DataError, is_hub_dataset, parse_hub_dataset
 
 
@@ -60,7 +60,7 @@ class ModelConfig:
 
 
 @dataclass
-class AdapterConfig(ByKey):
+class AdapterConfig:
     """Where the adapter goes (the top-k blocks) and what it is (LoRA or full unfreeze)."""
 
     kind: AdapterKind = "lora"
@@ -94,7 +94,7 @@ class AdapterConfig(ByKey):
 
 
 @dataclass
-class ObjectiveConfig(ByKey):
+class ObjectiveConfig:
     """The self-supervised task: how two views of a document are made, and the loss."""
 
     kind: ObjectiveKind = "crop"

@@ -6,11 +6,11 @@ import gzip
 import importlib.metadata
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import MEDICAL, shipped_artifacts
+from helpers.artifacts import shipped_artifacts
+from helpers.data import MEDICAL, ROOT
 from peft import PeftModel
 from transformers import AutoModel
 
@@ -78,7 +78,7 @@ def test_smollm2_gguf_loads_through_the_resolver_and_embeds(caplog):
     assert torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
-ROOT_RECIPE = Path(__file__).resolve().parents[1] / "recipes/medical/minilm-l6_lora-top2_crop.yaml"
+ROOT_RECIPE = ROOT / "recipes/medical/minilm-l6_lora-top2_crop.yaml"
 
 
 SHIPPED = shipped_artifacts("*/smollm2-135m_*")

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, artifact_meta, shipped_artifacts
+from helpers.artifacts import artifact_meta, shipped_artifacts
+from helpers.data import ROOT
 
 from lastlayer import artifact, hub
 from lastlayer.artifact import SCHEMA_VERSION, ArtifactError, ArtifactMeta
@@ -331,7 +332,7 @@ def test_output_dir_checks(tmp_path, tiny_artifact):
 
 @pytest.mark.parametrize("existing", ["file", "folder", "artifact"])
 def test_save_adapter_refuses_to_replace(tmp_path, copy, existing):
-    from tiny import tiny_model, tiny_tokenizer
+    from helpers.tiny import tiny_model, tiny_tokenizer
 
     from lastlayer.core.adapters import load_adapter, save_adapter
     from lastlayer.core.encoder import Encoder

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from helpers.data import write_jsonl
 
 from benchmarks import budget, choose_k, eval_smoke, findings, inference, memory, routing, serve
 from benchmarks import speed as speed_script
@@ -397,7 +397,7 @@ def test_inference_counts_private_bytes_and_judges_ratios():
     import copy
 
     import torch
-    from tiny import tiny_model
+    from helpers.tiny import tiny_model
 
     base = tiny_model("bert", num_layers=2)
     block = base.encoder.layer[1]

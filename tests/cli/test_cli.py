@@ -12,7 +12,7 @@ from typing import Literal
 
 import pytest
 import yaml
-from conftest import MEDICAL, ROOT
+from helpers.data import MEDICAL, ROOT
 
 from lastlayer.cli import COMMANDS, build_parser, main
 from lastlayer.cli.flags import add_options, to_options

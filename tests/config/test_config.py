@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import shipped_artifacts
+from helpers.artifacts import shipped_artifacts
+from helpers.data import ROOT
 
 from lastlayer.artifact import nested_strings as artifact_strings  # keys and values, nested
 from lastlayer.config import (
@@ -18,7 +19,6 @@ from lastlayer.config import (
     parse_override,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
 MINIMAL = ["data.train=corpus.txt", "output_dir=out"]
 

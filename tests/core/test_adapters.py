@@ -1,4 +1,4 @@
-"""The core guarantees of lastlayer.adapters, on tiny real models (tests/tiny.py).
+"""The core guarantees of lastlayer.core.adapters, on tiny real models (helpers/tiny.py).
 
 For both adapter kinds (LoRA, full unfreeze) and an encoder (BERT) and a decoder (Llama),
 4 layers, top_k=2:
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_model, tiny_tokenizer
+from helpers.tiny import tiny_model, tiny_tokenizer
 from torch import nn
 
 import lastlayer.artifact as artifact_mod

@@ -1,6 +1,7 @@
-"""Tests for lastlayer.model: pooling, Encoder.encode, the model resolver, fingerprints, loading.
+"""Tests for lastlayer.core.encoder: pooling, Encoder.encode, the model resolver,
+fingerprints, loading.
 
-Every model is a tiny one built in code (tests/tiny.py) or the packaged offline copy's
+Every model is a tiny one built in code (helpers/tiny.py) or the packaged offline copy's
 folder; the Hub is never contacted (offline mode and an empty cache, see ``hub_offline``).
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_model, tiny_tokenizer
+from helpers.tiny import tiny_model, tiny_tokenizer
 
 import lastlayer.core.encoder as model_mod
 from lastlayer.config import ModelConfig

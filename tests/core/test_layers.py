@@ -1,10 +1,10 @@
-"""Tests for lastlayer.layers over every tiny architecture in tests/tiny.py."""
+"""Tests for lastlayer.core.layers over every tiny architecture in helpers/tiny.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from tiny import ARCHITECTURES, EXPECTED_PREFIX, tiny_model, tiny_tokenizer
+from helpers.tiny import ARCHITECTURES, EXPECTED_PREFIX, tiny_model, tiny_tokenizer
 from torch import nn
 
 from lastlayer.core.layers import (

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MEDICAL, shipped_artifacts
+from helpers.artifacts import shipped_artifacts
+from helpers.data import MEDICAL
 from safetensors.numpy import load_file, save_file
 
 from lastlayer import artifact

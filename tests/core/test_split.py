@@ -9,7 +9,8 @@ import threading
 import pytest
 import torch
 import transformers as tf
-from tiny import ARCHITECTURES, FFN, HEADS, HIDDEN, _special_ids, tiny_model, tiny_tokenizer
+from helpers.models import assert_unchanged, perturb, snapshot
+from helpers.tiny import ARCHITECTURES, FFN, HEADS, HIDDEN, _special_ids, tiny_model, tiny_tokenizer
 from torch import nn
 
 from lastlayer.config import AdapterConfig, ModelConfig
@@ -20,7 +21,6 @@ from lastlayer.core.split import (
     BottomRunner,
     MiddleRunner,
     TopKHead,
-    base_of,
     encode_from_cache,
     encode_with_cache,
     structural_copy,
@@ -37,15 +37,6 @@ TEXTS = [
 def _batch(texts: list[str] = TEXTS) -> dict[str, torch.Tensor]:
     batch = tiny_tokenizer()(texts, padding=True, return_tensors="pt")
     return {key: value for key, value in batch.items() if key != "token_type_ids"}
-
-
-def _perturb(model: nn.Module, seed: int = 0) -> None:
-    """A trained-looking adapter, not the identity it starts as (LoRA B is zero)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(0.05 * torch.randn(param.shape, generator=generator))
 
 
 # ---------------------------------------------------------------------------------------
@@ -74,7 +65,7 @@ def test_split_in_three_parts_and_over_private_blocks(arch: str):
     mask, valid = batch["attention_mask"], batch["attention_mask"].bool()
     with torch.inference_mode():  # (the model's own forward may install hooks on it)
         full = model(**batch, output_hidden_states=True)
-    before = _snapshot(model)
+    before = snapshot(model)
     stack = _stack(model)
     copies = [structural_copy(block) for block in stack[2:]]
     with torch.inference_mode():
@@ -85,7 +76,7 @@ def test_split_in_three_parts_and_over_private_blocks(arch: str):
     assert torch.equal(middle[valid], full.hidden_states[3][valid])
     torch.testing.assert_close(three[valid], full.last_hidden_state[valid], rtol=1e-5, atol=1e-5)
     assert torch.equal(private, own)
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     # copies: new module objects all the way down, the model's very tensors
     originals = {id(m) for m in model.modules()}
     for copy_, block in zip(copies, stack[2:], strict=True):
@@ -136,7 +127,7 @@ def test_adapted_embeddings_from_the_base_cache_equal_a_full_pass(arch, pooling,
     torch.testing.assert_close(base, encoder.encode(TEXTS, batch_size=3), rtol=1e-5, atol=1e-6)
 
     attach(encoder, AdapterConfig(kind=kind, top_k=2))
-    _perturb(encoder.model)
+    perturb(encoder.model)
     full = encoder.encode(TEXTS, batch_size=3)
     cached = encode_from_cache(encoder, TEXTS, cache, k=2, batch_size=3)
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
@@ -156,7 +147,7 @@ def test_training_from_cached_states_gives_the_same_loss_and_gradients(arch, poo
     )
     attach(encoder, AdapterConfig(kind=kind, top_k=2))
     encoder.model.eval()  # no dropout: both paths must agree exactly
-    _perturb(encoder.model)
+    perturb(encoder.model)
     views_a, views_b = TEXTS, list(reversed(TEXTS))
 
     def loss_and_grads(embed_a, embed_b):
@@ -208,47 +199,15 @@ def test_memory_mapped_cache_equals_the_in_memory_one_and_leaves_no_file(tmp_pat
 # No mutation, shared weights
 
 
-def _describe(value):
-    """A comparable picture of one attribute: containers by their members' identities."""
-    if isinstance(value, dict):
-        return tuple((repr(k), id(v)) for k, v in value.items())
-    if isinstance(value, (set, frozenset)):
-        return tuple(sorted(repr(v) for v in value))
-    if isinstance(value, (list, tuple)):
-        return tuple(id(v) for v in value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return id(value)
-
-
-def _snapshot(model: nn.Module):
-    """Every module's attributes (children, weights, hook tables, flags, methods by
-    identity), the config, and every tensor's bytes."""
-    tree = [(name, type(module).__name__, id(module),
-             tuple((key, _describe(value)) for key, value in vars(module).items()))
-            for name, module in model.named_modules(remove_duplicate=False)]
-    state = {name: (t.dtype, t.detach().cpu().clone()) for name, t in model.state_dict().items()}
-    return tree, state, base_of(model).config.to_json_string()
-
-
-def _assert_unchanged(model: nn.Module, before) -> None:
-    tree, state, config = _snapshot(model)
-    assert tree == before[0], "the module tree changed"
-    assert config == before[2], "the config changed"
-    assert state.keys() == before[1].keys()
-    for name, (dtype, tensor) in state.items():
-        assert dtype == before[1][name][0] and torch.equal(tensor, before[1][name][1]), name
-
-
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_building_and_running_the_parts_never_changes_the_model(arch):
     model, batch = tiny_model(arch, num_layers=4), _batch()
-    before = _snapshot(model)
+    before = snapshot(model)
     with torch.inference_mode():
         for k in (1, 2, 4):
             head, bottom = TopKHead(model, k), BottomRunner(model, k)
             head(bottom(batch), batch["attention_mask"])
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
 
     # The parts hold the model's own blocks and weights; the head no vocabulary matrix.
     head, bottom = TopKHead(model, 2), BottomRunner(model, 2)
@@ -271,15 +230,15 @@ def _stack(part: nn.Module) -> nn.ModuleList:
 def test_training_through_a_head_changes_only_the_adapters_gradients(kind):
     encoder = Encoder(model=tiny_model("llama", num_layers=4), tokenizer=tiny_tokenizer())
     attach(encoder, AdapterConfig(kind=kind, top_k=2))  # in train mode
-    _perturb(encoder.model)
+    perturb(encoder.model)
     model, batch = encoder.model, _batch()
     with torch.no_grad():
         states = BottomRunner(model, 2)(batch)
-    before = _snapshot(model)
+    before = snapshot(model)
     head = TopKHead(model, 2)
     assert head.training and all(block.training for block in _stack(head))
     head(states, batch["attention_mask"]).pow(2).mean().backward()
-    _assert_unchanged(model, before)  # .grad is no attribute of a module
+    assert_unchanged(model, before)  # .grad is no attribute of a module
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == trainable and trainable
@@ -296,7 +255,7 @@ def test_threads_serving_two_adapters_and_the_base_match_sequential_runs():
     for seed, kind in enumerate(["lora", "full"]):
         encoder = Encoder(model=copy.deepcopy(base), tokenizer=tiny_tokenizer())
         attach(encoder, AdapterConfig(kind=kind, top_k=2))
-        _perturb(encoder.model, seed)
+        perturb(encoder.model, seed)
         adapted.append(encoder.model.eval())
     bottom = BottomRunner(base, 2)  # one, shared by every adapter
     heads = [TopKHead(model, 2) for model in adapted]
@@ -353,13 +312,13 @@ def test_split_forward_of_an_8bit_base_with_lora(saved_models):
     cfg = ModelConfig(name_or_path=str(saved_models["bert"]), quantization="8bit")
     encoder = load_encoder(cfg, device="cpu")
     attach(encoder, AdapterConfig(kind="lora", top_k=2))
-    _perturb(encoder.model)
+    perturb(encoder.model)
     model, batch = encoder.model.eval(), _batch()
-    before = _snapshot(model)
+    before = snapshot(model)
     with torch.no_grad():
         states = BottomRunner(model, 2)(batch)
         split = TopKHead(model, 2)(states, batch["attention_mask"])
-    _assert_unchanged(model, before)
+    assert_unchanged(model, before)
     with torch.no_grad():
         full = model(**batch).last_hidden_state
     valid = batch["attention_mask"].bool()

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_jsonl
+from helpers.data import write_jsonl
+from helpers.tiny import tiny_model, tiny_tokenizer
 from scipy.sparse import csr_matrix
 from sklearn.metrics import ndcg_score
-from tiny import tiny_model, tiny_tokenizer
 
 from lastlayer.config import EvalConfig
 from lastlayer.core.encoder import Encoder
@@ -437,7 +437,7 @@ def test_evaluate_tiny_bert_end_to_end(tmp_path):
 
 def test_eval_cli_json_and_errors(saved_models, tmp_path, capsys):
 
-    from conftest import MEDICAL
+    from helpers.data import MEDICAL
 
     from lastlayer.cli import main
 
@@ -464,7 +464,7 @@ def test_eval_json_equals_lastlayer_eval_and_the_embedder(saved_models, tmp_path
     """An artifact's eval.json (measured in training) is what ``lastlayer eval`` and the
     ``Embedder`` (its heads unmerged, and merged as it loads them by default) give for it:
     the same held-out sample, the same protocol, the same heads on the engine."""
-    from conftest import medical_sample
+    from helpers.data import medical_sample
 
     from lastlayer import train  # the public API: wherever training's modules live
     from lastlayer.cli import main

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MEDICAL, artifact_meta
-from tiny import tiny_model, tiny_tokenizer
+from helpers.artifacts import artifact_meta, make_artifact
+from helpers.data import MEDICAL
+from helpers.models import perturb
+from helpers.tiny import tiny_model, tiny_tokenizer
 
 from lastlayer.config import AdapterConfig
-from lastlayer.core.adapters import attach, save_adapter
+from lastlayer.core.adapters import attach
 from lastlayer.core.encoder import Encoder
 from lastlayer.evaluation.probe import (
     MIN_TOP_K,
@@ -40,15 +42,6 @@ def tiny_encoder(arch: str = "bert") -> Encoder:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.sep_token
     return Encoder(model=tiny_model(arch, num_layers=4), tokenizer=tokenizer, max_length=32)
-
-
-def perturb(model: torch.nn.Module, seed: int = 0) -> None:
-    """Move every trainable (adapter) weight, as training would."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(0.05 * torch.randn(param.shape, generator=generator))
 
 
 @pytest.mark.parametrize("arch", ["bert", "llama"])
@@ -152,20 +145,16 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_artifact(base_folder: Path, out: Path, kind: str) -> Path:
-    from lastlayer.config import ModelConfig
-    from lastlayer.core.encoder import load_encoder
-
-    encoder = load_encoder(ModelConfig(name_or_path=str(base_folder), max_length=32), "cpu")
-    encoder = attach(encoder, AdapterConfig(kind=kind, top_k=2))
-    perturb(encoder.model, seed=1)
+def probe_files(base_folder: Path, kind: str) -> dict[str, str]:
+    """Only a ``lastlayer.json``, naming the base by its folder (the probe loads it there)."""
     meta = artifact_meta(str(base_folder), kind=kind, top_k=2, num_layers=4, max_length=32)
-    return save_adapter(encoder.model, out, files={"lastlayer.json": meta.to_json()})
+    return {"lastlayer.json": meta.to_json()}
 
 
 @pytest.mark.parametrize("kind", ["lora", "full"])
 def test_probe_an_adapter_writes_json_and_png(saved_models, labelled, tmp_path, kind):
-    artifact = make_artifact(saved_models["bert"], tmp_path / "adapter", kind)
+    artifact = make_artifact(saved_models["bert"], tmp_path / "adapter", kind, seed=1,
+                             files=probe_files(saved_models["bert"], kind))
     result = probe(artifact, labelled, max_docs=40, k=5, batch_size=16, progress=False)
 
     rows = result["layers"]
@@ -199,7 +188,7 @@ def test_probe_an_adapter_writes_json_and_png(saved_models, labelled, tmp_path, 
 def test_probe_cli_writes_json_and_png(saved_models, tmp_path, capsys):
     import gzip
 
-    from conftest import MEDICAL
+    from helpers.data import MEDICAL
 
     from lastlayer.cli import main
 
@@ -224,7 +213,8 @@ def test_the_engine_curve_equals_the_peft_models(saved_models, labelled, tmp_pat
     from lastlayer.core.target import load_target
     from lastlayer.evaluation.probe import adapted_layer_embeddings, head_weight_change
 
-    folder = make_artifact(saved_models["bert"], tmp_path / "adapter", kind)
+    folder = make_artifact(saved_models["bert"], tmp_path / "adapter", kind, seed=1,
+                           files=probe_files(saved_models["bert"], kind))
     texts = [line for line in labelled.read_text(encoding="utf-8").splitlines()[:12]]
     target = load_target(folder)
     peft = load_adapter(load_encoder(model_config_of(folder), "cpu"), folder)

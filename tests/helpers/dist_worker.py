@@ -1,11 +1,12 @@
 """One InfoNCE step on a fixed global batch, single-process or under torchrun (gloo, CPU).
 
-Used by ``tests/test_distributed.py``:
+Used by ``tests/training/test_distributed.py`` (``helpers.processes.child_env``'s
+``PYTHONPATH``, from the checkout):
 
-- ``torchrun --nproc_per_node 2 tests/dist_worker.py OUT``: rank ``r`` embeds rows
+- ``torchrun --nproc_per_node 2 -m helpers.dist_worker OUT``: rank ``r`` embeds rows
   ``[r*4:(r+1)*4]`` of the global batch of 8 pairs, ``info_nce`` gathers the embeddings
   across processes with gradients, DDP averages the parameter gradients.
-- ``python tests/dist_worker.py OUT``: one plain process on the whole global batch of 8.
+- ``python -m helpers.dist_worker OUT``: one plain process on the whole global batch of 8.
 
 Variants ending in ``-cached`` train from cached bottom states instead: every process
 caches block L-2's inputs of the whole global batch, pads its own rows, and runs a
@@ -30,12 +31,12 @@ import argparse
 import gzip
 import json
 import random
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from tiny import tiny_model, tiny_tokenizer
 
+from helpers.data import MEDICAL
+from helpers.tiny import tiny_model, tiny_tokenizer
 from lastlayer.config import AdapterConfig
 from lastlayer.core.adapters import attach
 from lastlayer.core.encoder import Encoder
@@ -44,8 +45,6 @@ from lastlayer.training.cache import cache_views, embed_top_k, pad_cached
 from lastlayer.training.loss import info_nce
 from lastlayer.training.objectives import make_views
 
-ROOT = Path(__file__).resolve().parents[1]
-MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
 GLOBAL_BATCH = 8
 TOP_K = 2
 TEMPERATURE = 0.05

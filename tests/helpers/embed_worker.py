@@ -1,8 +1,9 @@
 """Run ``lastlayer embed`` (the real command line) with ``PlainEmbedder`` as the Embedder.
 
-Used by ``tests/test_embed.py``, alone or under ``torchrun --nproc_per_node 2``::
+Used by ``tests/inference/test_embed.py``, alone or under ``torchrun --nproc_per_node 2``,
+with ``helpers.processes.child_env``'s ``PYTHONPATH``::
 
-    python tests/embed_worker.py CALLS embed --model ... --output ...
+    python -m helpers.embed_worker CALLS embed --model ... --output ...
 
 Each process writes the texts of its encode calls to ``CALLS.<rank>.json``, so the test
 can see which process embedded which shard.
@@ -15,13 +16,11 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's lastlayer
+import torch
 
-import torch  # noqa: E402
-from plain_embedder import PlainEmbedder  # noqa: E402
-
-import lastlayer.inference  # noqa: E402
-from lastlayer.cli import main  # noqa: E402
+import lastlayer.inference
+from helpers.plain_embedder import PlainEmbedder
+from lastlayer.cli import main
 
 
 def run() -> int:

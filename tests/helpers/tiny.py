@@ -1,7 +1,7 @@
 """Tiny real transformers models, built in code, for the test suite (no downloads).
 
 Every model has hidden size 32, 2 heads, FFN size 64, the vocab of the committed
-tokenizer in ``tests/fixtures/tiny_tokenizer/`` and deterministic weights.
+tokenizer in ``tests/helpers/fixtures/tiny_tokenizer/`` and deterministic weights.
 """
 
 from __future__ import annotations

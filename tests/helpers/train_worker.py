@@ -1,6 +1,6 @@
 """``lastlayer train`` in a process that SIGKILLs itself at a chosen point (tests only).
 
-``python tests/train_worker.py RECIPE [OVERRIDES...]`` runs ``lastlayer.cli.main(["train",
+``python -m helpers.train_worker RECIPE [OVERRIDES...]`` runs ``lastlayer.cli.main(["train",
 ...])``; :func:`train_in_child` does the same in a forked child of the test process (no
 second start-up of torch). ``LASTLAYER_TEST_KILL_AT=<point>:<n>`` (read here and nowhere
 else; lastlayer has no test hook of its own) kills the process with SIGKILL, as an OOM

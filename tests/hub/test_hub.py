@@ -20,8 +20,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 import huggingface_hub
 import numpy as np
 import pytest
-import torch
-from conftest import artifact_meta, write_jsonl
+from helpers.artifacts import artifact_meta, make_artifact
+from helpers.data import ROOT, write_jsonl
 
 from lastlayer import artifact, hub
 from lastlayer.cli import main
@@ -77,20 +77,12 @@ def use_cache(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
 
 
-def make_artifact(encoder, out: Path, seed: int) -> Path:
-    """A LoRA artifact on ``encoder`` whose lora_B weights are seeded noise (an untrained
-    LoRA changes nothing; these make each seed's vectors differ)."""
+def hub_files(encoder, seed: int) -> dict[str, str]:
+    """The side files of a trained artifact on ``encoder``'s Hub base: metadata naming the
+    Hub id and commit, metrics, the recipe, a history and the model card. (Its weights:
+    ``make_artifact(..., noise="lora_B")``, since an untrained LoRA changes nothing.)"""
     from lastlayer.artifact import BaseWeights
-    from lastlayer.config import AdapterConfig
-    from lastlayer.core.adapters import attach, save_adapter
 
-    torch.manual_seed(seed)  # attach draws lora_A from the global generator
-    attach(encoder, AdapterConfig(top_k=2))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in encoder.model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
     r = encoder.resolved
     meta = dataclasses.replace(
         artifact_meta(BASE_ID), name=f"tiny-medical-{seed}",
@@ -101,11 +93,8 @@ def make_artifact(encoder, out: Path, seed: int) -> Path:
                "delta": {"delta": 0.125, "ci95_low": 0.05, "ci95_high": 0.2},
                "data": "data/labelled.jsonl", "num_documents": 40,
                "protocol": "kNN accuracy, k=10."}
-    files = artifact.side_files(meta, metrics, RECIPE, [{"step": 1, "loss": 1.5}],
-                                 hub.model_card(meta, artifact.as_report(metrics)))
-    path = save_adapter(encoder.model, out, files)
-    encoder.model = encoder.model.unload()  # the base again, for the next artifact
-    return path
+    return artifact.side_files(meta, metrics, RECIPE, [{"step": 1, "loss": 1.5}],
+                               hub.model_card(meta, artifact.as_report(metrics)))
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +113,10 @@ def world(saved_models, tmp_path_factory) -> dict:
         mp.setenv("HF_HUB_OFFLINE", "1")
         encoder = load_encoder(ModelConfig(name_or_path=BASE_ID, max_length=32), "cpu")
         assert encoder.resolved.origin == "hub"  # the real cache lookup found it
-        v1 = make_artifact(encoder, root / "local" / "v1", seed=1)
-        v2 = make_artifact(encoder, root / "local" / "v2", seed=2)
+        v1 = make_artifact(encoder, root / "local" / "v1", seed=1, noise="lora_B",
+                           files=hub_files(encoder, 1))
+        v2 = make_artifact(encoder, root / "local" / "v2", seed=2, noise="lora_B",
+                           files=hub_files(encoder, 2))
     put_in_cache(cache, REPO, v1, C_MAIN, refs=("main",))
     put_in_cache(cache, REPO, v2, C_V2, refs=("v2",))
     put_in_cache(cache, "acme/plain-model", saved_models["bert"], "c" * 40)
@@ -629,7 +620,7 @@ def test_hub_dataset_ids_are_told_from_local_paths():
 
 
 def test_a_packaged_gguf_base_still_names_its_hub_id():
-    from conftest import shipped_artifacts
+    from helpers.artifacts import shipped_artifacts
 
     (folder,) = shipped_artifacts("medical/smollm2*")
     meta = artifact.read(folder)
@@ -646,7 +637,7 @@ def test_the_hub_module_imports_no_torch():
     code = ("import sys, lastlayer.hub as h, lastlayer.cli; h.parse_ref('a/b'); "
             "print(sorted(m for m in ('torch', 'huggingface_hub', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).resolve().parents[1])
+                         check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
 
 

@@ -1,6 +1,6 @@
 """``lastlayer embed``: formats, ids, input order, resuming, overwriting, errors, processes.
 
-The encoder is ``tests/plain_embedder.PlainEmbedder``: the Embedder's API on tiny real
+The encoder is ``helpers.plain_embedder.PlainEmbedder``: the Embedder's API on tiny real
 models (a saved 4-layer BERT, two perturbed LoRA artifacts on it), without a shared trunk.
 Expected vectors are each text encoded alone, so a row in the wrong place, under the wrong
 adapter, or a shard encoded twice shows.
@@ -12,14 +12,15 @@ import dataclasses
 import gzip
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import MEDICAL, artifact_meta, write_jsonl
-from plain_embedder import Interrupted, PlainEmbedder
+from helpers.artifacts import artifact_meta
+from helpers.data import MEDICAL, ROOT, write_jsonl
+from helpers.plain_embedder import Interrupted, PlainEmbedder
+from helpers.processes import child_env, launcher
 
 import lastlayer.inference
 from lastlayer.cli import main
@@ -33,7 +34,6 @@ from lastlayer.inference.embed import (
     run_embedding,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARD = 8
 DOCS = 29  # 4 shards: 8, 8, 8, 5
 
@@ -432,13 +432,8 @@ def test_cli_adapter_options_exclude_each_other(capsys):
 
 
 def _launch(args: list[str], processes: int) -> subprocess.Popen:
-    from test_distributed import _env, _free_port
-
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-              str(processes), "--master_addr", "127.0.0.1", "--master_port",
-              str(_free_port())] if processes > 1 else [sys.executable]
-    return subprocess.Popen([*launch, str(ROOT / "tests" / "embed_worker.py"), *args],
-                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+    return subprocess.Popen([*launcher(processes), "-m", "helpers.embed_worker", *args],
+                            cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -512,17 +507,12 @@ def test_real_cli_refuses_to_route_without_signatures(saved_models, artifacts, c
 @pytest.mark.distributed
 def test_two_processes_of_the_real_command_write_what_one_writes(
         saved_models, artifacts, corpus, alone, tmp_path):
-    from test_distributed import _env, _free_port
-
     outputs, procs = {}, {}
     for n in (2, 1):
         outputs[n] = tmp_path / f"p{n}.npy"
-        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                  "--master_addr", "127.0.0.1", "--master_port", str(_free_port())] if n > 1 \
-            else [sys.executable]
-        cmd = [*launch, "-m", "lastlayer", *_real_cli(saved_models, artifacts, corpus,
-                                                      outputs[n])]
-        procs[n] = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+        cmd = [*launcher(n), "-m", "lastlayer", *_real_cli(saved_models, artifacts, corpus,
+                                                           outputs[n])]
+        procs[n] = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)
     _wait_for(procs, outputs)
     two, one = np.load(outputs[2]), np.load(outputs[1])

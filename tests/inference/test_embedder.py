@@ -13,59 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, artifact_meta, shipped_artifacts
-from test_cache import _assert_unchanged, _snapshot
-from tiny import tiny_model, tiny_tokenizer
+from helpers.artifacts import MAX_LENGTH, make_artifact, shipped_artifacts
+from helpers.data import ROOT, TEXTS
+from helpers.models import assert_unchanged, snapshot
+from helpers.tiny import tiny_model, tiny_tokenizer
 
 from lastlayer import artifact
 from lastlayer.artifact import ArtifactError
-from lastlayer.config import AdapterConfig, ConfigError, ModelConfig
+from lastlayer.config import ConfigError, ModelConfig
 from lastlayer.core import split as split_module
-from lastlayer.core.adapters import attach, save_adapter
 from lastlayer.core.encoder import load_encoder, mean_pool
 from lastlayer.inference import BaseMismatchError, Embedder, UnknownAdapterError
 from lastlayer.inference import embedder as embedder_module
 
-MAX_LENGTH = 32
-TEXTS = [
-    "The patient was admitted with chest pain and shortness of breath after a long walk "
-    "in the cold, and was given aspirin and oxygen on arrival.",
-    "Aspirin",
-    "Chronic kidney disease in elderly patients with diabetes mellitus.",
-    "A short one.",
-    "Markets fell sharply on Monday as investors weighed new tariffs on steel imports.",
-    "great film",
-    "Randomised trial of two doses of a new antibiotic in children with pneumonia.",
-]
-PREFIX = {"bert": "encoder.layer", "llama": "layers"}
 ADAPTERS = {  # name: (kind, top_k, seed): three split points, both kinds
     "lora2": ("lora", 2, 1),
     "full3": ("full", 3, 2),
     "lora1": ("lora", 1, 3),
 }
-
-
-def make_artifact(model_dir: Path, out: Path, kind: str, top_k: int, seed: int, arch: str,
-                  quantization: str | None = None, **embedding) -> Path:
-    """A trained-looking artifact (random adapter weights; LoRA B is zero untrained) on the
-    weights at ``model_dir``, with its real fingerprint."""
-    cfg = ModelConfig(name_or_path=str(model_dir), max_length=MAX_LENGTH,
-                      quantization=quantization)
-    encoder = attach(load_encoder(cfg, device="cpu"), AdapterConfig(kind=kind, top_k=top_k))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in encoder.model.parameters():
-            if param.requires_grad:
-                param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    meta = artifact_meta(base_model=model_dir.name, kind=kind, top_k=top_k,
-                         prefix=PREFIX[arch], max_length=MAX_LENGTH)
-    meta = dataclasses.replace(
-        meta, name=out.name,
-        base=dataclasses.replace(meta.base, fingerprint=encoder.fingerprint,
-                                 quantization=quantization),
-        embedding=dataclasses.replace(meta.embedding, **embedding),
-    )
-    return save_adapter(encoder.model, out, artifact.side_files(meta, None, "", [], ""))
 
 
 @pytest.fixture(scope="module")
@@ -248,17 +213,17 @@ def test_two_threads_with_two_adapters_equal_sequential_runs(saved_models, artif
 
 def test_the_base_never_changes(saved_models, artifacts):
     emb = embedder(saved_models, "llama")
-    before = _snapshot(emb.model)
+    before = snapshot(emb.model)
     base_vectors = emb.encode(TEXTS).vectors
     for name, folder in artifacts["llama"].items():
         emb.load(folder, name=f"{name}-m", merge=True)
         emb.load(folder, name=f"{name}-u", merge=False)
-    _assert_unchanged(emb.model, before)
+    assert_unchanged(emb.model, before)
     emb.encode(TEXTS, adapter=[f"{n}-{m}" for n in ADAPTERS for m in "mu"] + [None])
     emb.encode_all(TEXTS)
     for name in list(emb.adapters):
         emb.unload(name)
-    _assert_unchanged(emb.model, before)
+    assert_unchanged(emb.model, before)
     assert emb.adapters == {}
     np.testing.assert_array_equal(emb.encode(TEXTS).vectors, base_vectors)
     # the base rows equal the plain base model's
@@ -449,7 +414,7 @@ def test_an_8bit_base_mixes_unmerged_lora_and_base_rows(saved_models, artifacts,
     folder = make_artifact(saved_models["bert"], tmp_path / "q8", "lora", 2, 4, "bert",
                            quantization="8bit")
     emb = embedder(saved_models, quantization="8bit")
-    before = _snapshot(emb.model)
+    before = snapshot(emb.model)
     with pytest.raises(ValueError, match="cannot merge LoRA adapter 'q8' into a 8bit"):
         emb.load(folder, merge=True)
     with pytest.raises(BaseMismatchError, match="quantization 8bit here vs None in training"):
@@ -462,7 +427,7 @@ def test_an_8bit_base_mixes_unmerged_lora_and_base_rows(saved_models, artifacts,
         expected = plain_peft(saved_models["bert"], folder if key else None, text, "8bit")
         np.testing.assert_allclose(row, expected, rtol=0, atol=1e-5)
     assert not np.allclose(got[0], emb.encode(TEXTS[:1]).vectors[0], atol=1e-4)
-    _assert_unchanged(emb.model, before)
+    assert_unchanged(emb.model, before)
 
 
 def test_the_package_exports_embedder_lazily():

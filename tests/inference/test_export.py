@@ -17,9 +17,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import MEDICAL, ROOT
+from helpers.data import MEDICAL, ROOT
+from helpers.tiny import tiny_model, tiny_tokenizer
 from safetensors.torch import load_file, save_file
-from tiny import tiny_model, tiny_tokenizer
 
 import lastlayer.inference.export as export_module
 from lastlayer.artifact import ArtifactError

@@ -11,8 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
-from test_inference import MAX_LENGTH, TEXTS, make_artifact
+from helpers.artifacts import MAX_LENGTH, make_artifact
+from helpers.data import ROOT, TEXTS
+from helpers.server import KEY, launch, stop, wait_ready
 
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
@@ -33,50 +32,7 @@ from lastlayer.inference import Embedder  # noqa: E402
 
 pytestmark = pytest.mark.serve
 
-KEY = "test-key-not-secret"
 LONG = "word " * 200  # far beyond MAX_LENGTH tokens: truncated as the model is
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch(args: list[str], tmp: Path) -> tuple[subprocess.Popen, str, Path]:
-    """``python -m lastlayer serve ARGS`` on a free loopback port (not waited for)."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "LASTLAYER_KEY": KEY}
-    log = tmp / f"server-{port}.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lastlayer", "serve", *args, "--port",
-                                 str(port), "--log-level", "warning"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}", log
-
-
-def wait_ready(proc: subprocess.Popen, url: str, log: Path) -> str:
-    """Wait for ``/health`` to answer (the server loads the model first)."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"server did not start: {log.read_text()}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import medical_sample
+from helpers.data import medical_sample
 from safetensors.torch import load_file
 
 from lastlayer.cli import main

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import artifact_meta, medical_sample
+from helpers.artifacts import artifact_meta
+from helpers.data import medical_sample
 
 from lastlayer import artifact
 from lastlayer.cli import main

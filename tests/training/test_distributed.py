@@ -1,6 +1,6 @@
 """Global-batch negatives: 2 CPU processes (torchrun, gloo) match 1 process on the same batch.
 
-``tests/dist_worker.py`` runs one InfoNCE step of a tiny bert with a top-2 adapter. Run
+``helpers.dist_worker`` runs one InfoNCE step of a tiny bert with a top-2 adapter. Run
 under ``torchrun --nproc_per_node 2`` each process embeds half of a fixed global batch of 8
 pairs, ``info_nce`` all-gathers embeddings with gradients and DDP averages the parameter
 gradients; run as one plain process it embeds all 8 pairs. If the negatives really are
@@ -19,43 +19,24 @@ saved loss history and adapter weights agree.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers.data import ROOT, medical_sample
+from helpers.processes import child_env, launcher
 
 pytestmark = pytest.mark.distributed
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "dist_worker.py"
 VARIANTS = ["lora", "lora-sym", "full", "full-sym", "lora-cached", "full-sym-cached"]
 TIMEOUT_S = 180
 RTOL, ATOL = 1e-4, 1e-6
-# Launcher variables a surrounding torchrun would leave behind; the children set their own.
-_DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
-             "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "ACCELERATE_USE_CPU")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+WORKER = ["-m", "helpers.dist_worker"]
 
 
 def _distributed_cmd(out: Path) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-            str(WORKER), str(out)]
+    return [*launcher(2), *WORKER, str(out)]
 
 
 def _wait(name: str, proc: subprocess.Popen) -> tuple[int, str]:
@@ -78,10 +59,10 @@ def _load(name: str, rc: int, output: str, out: Path) -> dict:
 def runs(tmp_path_factory) -> tuple[dict, dict]:
     """(2-process results, 1-process results), both launched at once."""
     tmp = tmp_path_factory.mktemp("dist")
-    popen = {"cwd": ROOT, "env": _env(), "stdout": subprocess.PIPE,
+    popen = {"cwd": ROOT, "env": child_env(), "stdout": subprocess.PIPE,
              "stderr": subprocess.STDOUT, "text": True}
     dist_out, ref_out = tmp / "dist.pt", tmp / "ref.pt"
-    ref = subprocess.Popen([sys.executable, str(WORKER), str(ref_out)], **popen)
+    ref = subprocess.Popen([*launcher(1), *WORKER, str(ref_out)], **popen)
     try:
         name = "torchrun --nproc_per_node 2"
         rc, output = _wait(name, subprocess.Popen(_distributed_cmd(dist_out), **popen))
@@ -160,23 +141,13 @@ CLI_LOSS_ATOL, CLI_WEIGHT_ATOL = 1e-5, 1e-4
 
 
 def _corpus(folder: Path) -> Path:
-    import gzip
-
-    medical = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
-    with gzip.open(medical, "rt", encoding="utf-8") as src:
-        lines = [next(src) for _ in range(60)]
-    path = folder / "medical.jsonl"
-    path.write_text("".join(lines), encoding="utf-8")
-    return path
+    return medical_sample(folder / "medical.jsonl", docs=60)
 
 
 def _train_cmd(recipe: Path, out: Path, processes: int, *overrides: str) -> list[str]:
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-              str(processes), "--master_addr", "127.0.0.1", "--master_port",
-              str(_free_port())] if processes > 1 else [sys.executable]
     batch = PER_PROCESS * 2 // processes  # the same global batch of 8 pairs
-    return [*launch, "-m", "lastlayer", "train", str(recipe), f"train.batch_size={batch}",
-            f"output_dir={out}", *overrides]
+    return [*launcher(processes), "-m", "lastlayer", "train", str(recipe),
+            f"train.batch_size={batch}", f"output_dir={out}", *overrides]
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +167,7 @@ def cli_runs(saved_models, tmp_path_factory) -> dict[tuple[str, int], Path]:
         "seed: 0",
         f"output_dir: {tmp / 'unused'}",
     ]) + "\n", encoding="utf-8")
-    popen = {"cwd": ROOT, "env": _env(), "stdout": subprocess.PIPE,
+    popen = {"cwd": ROOT, "env": child_env(), "stdout": subprocess.PIPE,
              "stderr": subprocess.STDOUT, "text": True}
     outs = {}
     for views, cached in (("fresh", "0"), ("cached", str(CLI_STEPS * 2 * PER_PROCESS))):

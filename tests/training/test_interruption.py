@@ -1,7 +1,7 @@
 """Interruption and faults: a run killed (SIGKILL) anywhere resumes bit-exact; a failing
 write or a NaN loss stops it with a clear error and loses nothing already saved.
 
-The killed runs are real subprocesses (``tests/train_worker.py``) that SIGKILL themselves at
+The killed runs are real subprocesses (``helpers.train_worker``) that SIGKILL themselves at
 a chosen point; each then resumes in-process with ``train.resume=true`` and must end with
 the very tensors of an uninterrupted run with the same seed (CPU, ``torch.equal``).
 """
@@ -13,22 +13,21 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import medical_sample
+from helpers.data import medical_sample
+from helpers.processes import child_env, launcher
+from helpers.train_worker import train_in_child
 from safetensors.torch import load_file
-from train_worker import train_in_child
 
 import lastlayer.training.checkpoint as checkpoint
 import lastlayer.training.loop as loop
 from lastlayer.cli import main
 from lastlayer.training.checkpoint import latest_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = Path(__file__).resolve().parent / "train_worker.py"
+WORKER = ["-m", "helpers.train_worker"]
 WEIGHTS = "adapter_model.safetensors"
 
 
@@ -66,11 +65,10 @@ def killed_run(recipe: Path, args: list[str], kill_at: str, cwd: Path) -> None:
 
 def test_the_worker_dies_of_sigkill_as_a_fresh_process(saved_models, corpus, recipe_file,
                                                        tmp_path):
-    """The same kill in a new interpreter (``python tests/train_worker.py``), not a fork."""
+    """The same kill in a new interpreter (``python -m helpers.train_worker``), not a fork."""
     out = tmp_path / "out"
-    env = {**os.environ, "LASTLAYER_TEST_KILL_AT": "step:3", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(WORKER.parent)])}
-    done = subprocess.run([sys.executable, str(WORKER), str(recipe_file),
+    env = child_env(LASTLAYER_TEST_KILL_AT="step:3", HF_HUB_OFFLINE="1")
+    done = subprocess.run([*launcher(1), *WORKER, str(recipe_file),
                            *overrides(saved_models["bert"], corpus, out, False)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
@@ -233,25 +231,17 @@ def test_nan_loss_message_names_the_precision_when_mixed(tmp_path):
 def test_two_processes_killed_mid_step_resume_bit_exact(saved_models, corpus, recipe_file,
                                                         tmp_path):
     """torchrun, 2 CPU processes: each one's RNG state is checkpointed and given back."""
-    import socket
 
     def torchrun(script: list[str], out: Path, *more: str, kill_at: str = "") -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-        env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", LASTLAYER_TEST_KILL_AT=kill_at,
-                   PYTHONPATH=os.pathsep.join([str(ROOT), str(WORKER.parent)]))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(port), *script,
-               str(recipe_file), *overrides(saved_models["bert"], corpus, out, False, *more)]
+        env = child_env(HF_HUB_OFFLINE="1", LASTLAYER_TEST_KILL_AT=kill_at)
+        cmd = [*launcher(2), *script, str(recipe_file),
+               *overrides(saved_models["bert"], corpus, out, False, *more)]
         return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True,
                               timeout=300).returncode
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert torchrun(["-m", "lastlayer", "train"], straight) == 0
-    assert torchrun([str(WORKER)], resumed, kill_at="step:3") != 0
+    assert torchrun(WORKER, resumed, kill_at="step:3") != 0
     path, step = latest_checkpoint(tmp_path / "resumed.checkpoints")
     assert step == 2 and {"torch.0", "torch.1"} <= load_file(path / "rng.safetensors").keys()
     assert torchrun(["-m", "lastlayer", "train"], resumed, "train.resume=true") == 0

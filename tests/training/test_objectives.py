@@ -9,11 +9,11 @@ import json
 import math
 import random
 import typing
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.data import ROOT
 
 from lastlayer.config import AdapterConfig, DataConfig, ObjectiveConfig, ObjectiveKind, Recipe
 from lastlayer.training.loss import info_nce
@@ -32,7 +32,6 @@ from lastlayer.training.views import (
     split_sentences,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
 
 
@@ -286,7 +285,7 @@ def test_same_text_says_what_the_views_are(kind, abstracts):
 
 
 def _attach(model, objective: str, *overrides):
-    from tiny import tiny_tokenizer
+    from helpers.tiny import tiny_tokenizer
 
     from lastlayer.core.encoder import Encoder
     from lastlayer.training.attach import attach_for_training
@@ -304,7 +303,7 @@ def _attach(model, objective: str, *overrides):
 
 
 def test_crop_without_model_dropout_keeps_the_adapters_dropout():
-    from tiny import tiny_model
+    from helpers.tiny import tiny_model
 
     messages, rates = _attach(tiny_model("bert", num_layers=2), "crop", ("model_dropout", False))
     assert messages == ["objective.model_dropout=false: switched dropout off in 7 places."]
@@ -317,7 +316,7 @@ def test_crop_without_model_dropout_keeps_the_adapters_dropout():
 
 
 def test_dropout_objective_switches_dropout_on_after_the_adapter():
-    from tiny import tiny_model
+    from helpers.tiny import tiny_model
 
     messages, rates = _attach(tiny_model("llama", num_layers=2), "dropout", ("dropout", 0.3))
     # each layer's attention_dropout (module and config: 3 places), LoRA dropout kept

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import medical_sample
+from helpers.data import medical_sample
 from safetensors.torch import load_file
 
 import lastlayer.training.run as run_module

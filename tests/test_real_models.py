@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.metadata
 import json
 import logging
@@ -10,7 +9,7 @@ import logging
 import pytest
 import torch
 from helpers.artifacts import shipped_artifacts
-from helpers.data import MEDICAL, ROOT
+from helpers.data import ROOT, medical_sample
 from peft import PeftModel
 from transformers import AutoModel
 
@@ -26,9 +25,7 @@ TEXTS = ["Myocardial infarction in young adults.", "Gastric ulcer bleeding after
 
 
 def test_minilm_trains_and_its_artifact_round_trips(tmp_path):
-    corpus = tmp_path / "medical.jsonl"
-    with gzip.open(MEDICAL, "rt", encoding="utf-8") as src:
-        corpus.write_text("".join(next(src) for _ in range(200)), encoding="utf-8")
+    corpus = medical_sample(tmp_path / "medical.jsonl", docs=200)
     out = tmp_path / "adapters" / "medical" / "minilm"
     recipe = load_recipe(ROOT_RECIPE, [
         f"data.train={corpus}", f"eval.data={corpus}", "eval.max_docs=100", "train.max_steps=3",

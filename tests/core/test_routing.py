@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.artifacts import shipped_artifacts
-from helpers.data import MEDICAL
+from helpers.data import medical_sample
 from safetensors.numpy import load_file, save_file
 
 from lastlayer import artifact
@@ -200,10 +199,7 @@ def test_pooled_block_inputs_are_the_hidden_states_entering_block_l_minus_k(save
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "medical.jsonl"
-    with gzip.open(MEDICAL, "rt", encoding="utf-8") as src:
-        path.write_text("".join(next(src) for _ in range(120)), encoding="utf-8")
-    return path
+    return medical_sample(tmp_path_factory.mktemp("data") / "medical.jsonl", docs=120)
 
 
 def _recipe(model: Path, corpus: Path, out: Path, *overrides: str):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import math
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.data import write_jsonl
+from helpers.data import medical_sample, write_jsonl
 from helpers.tiny import tiny_model, tiny_tokenizer
 from scipy.sparse import csr_matrix
 from sklearn.metrics import ndcg_score
@@ -437,13 +436,10 @@ def test_evaluate_tiny_bert_end_to_end(tmp_path):
 
 def test_eval_cli_json_and_errors(saved_models, tmp_path, capsys):
 
-    from helpers.data import MEDICAL
 
     from lastlayer.cli import main
 
-    data = tmp_path / "labelled.jsonl"
-    with gzip.open(MEDICAL, "rt", encoding="utf-8") as src:
-        data.write_text("".join(next(src) for _ in range(40)), encoding="utf-8")
+    data = medical_sample(tmp_path / "labelled.jsonl", docs=40)
     assert main(["eval", str(saved_models["bert"]), "--data", str(data), "--json", "--k", "3"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"knn_accuracy", "knn_accuracy_split_90_10", "v_measure", "ari",
@@ -464,7 +460,6 @@ def test_eval_json_equals_lastlayer_eval_and_the_embedder(saved_models, tmp_path
     """An artifact's eval.json (measured in training) is what ``lastlayer eval`` and the
     ``Embedder`` (its heads unmerged, and merged as it loads them by default) give for it:
     the same held-out sample, the same protocol, the same heads on the engine."""
-    from helpers.data import medical_sample
 
     from lastlayer import train  # the public API: wherever training's modules live
     from lastlayer.cli import main

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.artifacts import artifact_meta, make_artifact
-from helpers.data import MEDICAL
+from helpers.data import medical_sample
 from helpers.models import perturb
 from helpers.tiny import tiny_model, tiny_tokenizer
 
@@ -139,10 +138,7 @@ def test_recommend_top_k_rule(curve, n, expected):
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "medical.jsonl"
-    with gzip.open(MEDICAL, "rt", encoding="utf-8") as src:
-        path.write_text("".join(next(src) for _ in range(80)), encoding="utf-8")
-    return path
+    return medical_sample(tmp_path_factory.mktemp("data") / "medical.jsonl", docs=80)
 
 
 def probe_files(base_folder: Path, kind: str) -> dict[str, str]:
@@ -186,15 +182,12 @@ def test_probe_an_adapter_writes_json_and_png(saved_models, labelled, tmp_path, 
 
 
 def test_probe_cli_writes_json_and_png(saved_models, tmp_path, capsys):
-    import gzip
 
-    from helpers.data import MEDICAL
+    from helpers.data import medical_sample
 
     from lastlayer.cli import main
 
-    data = tmp_path / "labelled.jsonl"
-    with gzip.open(MEDICAL, "rt", encoding="utf-8") as src:
-        data.write_text("".join(next(src) for _ in range(40)), encoding="utf-8")
+    data = medical_sample(tmp_path / "labelled.jsonl", docs=40)
     out = tmp_path / "probe"
     rc = main(["probe", str(saved_models["bert"]), "--data", str(data), "--max-docs", "30",
                "--k", "5", "--out", str(out)])

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers.data import MEDICAL, ROOT
+from helpers.data import MEDICAL, ROOT, medical_sample
 from helpers.tiny import tiny_model, tiny_tokenizer
 from safetensors.torch import load_file, save_file
 
@@ -65,10 +65,7 @@ def case_id(case: tuple) -> str:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "medical.jsonl"
-    with gzip.open(MEDICAL, "rt", encoding="utf-8") as src:
-        path.write_text("".join(next(src) for _ in range(48)), encoding="utf-8")
-    return path
+    return medical_sample(tmp_path_factory.mktemp("data") / "medical.jsonl", docs=48)
 
 
 def train_artifact(model: Path, corpus: Path, out: Path, kind: str, pooling: str,

@@ -22,7 +22,8 @@ import torch
 from helpers.tiny import tiny_model, tiny_tokenizer
 from torch import nn
 
-import lastlayer.artifact as artifact_mod
+import lastlayer.artifact.atomic as atomic
+from lastlayer.artifact import ArtifactError
 from lastlayer.config import AdapterConfig, ConfigError, ModelConfig
 from lastlayer.core.adapters import (
     adapter_targets,
@@ -349,7 +350,8 @@ def test_write_atomically_failure_on_first_write(tmp_path: Path) -> None:
 def test_write_atomically_failed_swap_restores_previous(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """If the final rename fails, the previous artifact must not be lost."""
+    """If the final rename fails, the previous artifact must not be lost (the two-rename
+    swap of systems without an atomic exchange)."""
     out = tmp_path / "med"
     write_atomically(out, _version("v1"))
     real_replace = os.replace
@@ -360,9 +362,33 @@ def test_write_atomically_failed_swap_restores_previous(
         return real_replace(src, dst)
 
     with monkeypatch.context() as patch:
-        patch.setattr(artifact_mod.os, "replace", replace)
+        patch.setattr(os, "replace", replace)
+        patch.setattr(atomic, "_exchange", lambda a, b: False)
         with pytest.raises(OSError, match="rename failed"):
             write_atomically(out, _version("v2"), overwrite=True)
+    assert _artifact(out) == {"lastlayer.json": "{}", "weights": "v1"}
+    assert os.listdir(tmp_path) == ["med"]
+
+
+def test_write_atomically_swaps_in_one_exchange(tmp_path: Path) -> None:
+    """Where the system can exchange two paths, the final name never goes missing."""
+    out = tmp_path / "med"
+    write_atomically(out, _version("v1"))
+    assert atomic._exchange(tmp_path / "med", tmp_path / "med") in (True, False)
+    write_atomically(out, _version("v2"), overwrite=True)
+    assert _artifact(out) == {"lastlayer.json": "{}", "weights": "v2"}
+    assert os.listdir(tmp_path) == ["med"]
+
+
+def test_a_swap_killed_between_two_renames_is_undone_by_the_next_write(tmp_path: Path) -> None:
+    """A process killed between the two renames leaves the old folder aside and stale
+    temporaries: the next write puts the old one back (and refuses to overwrite it)."""
+    out = tmp_path / "med"
+    write_atomically(out, _version("v1"))
+    os.replace(out, tmp_path / ".med.old-deadbeef")
+    (tmp_path / ".med.tmp-cafebabe").mkdir()
+    with pytest.raises(ArtifactError, match="already holds an artifact"):
+        write_atomically(out, _version("v2"))
     assert _artifact(out) == {"lastlayer.json": "{}", "weights": "v1"}
     assert os.listdir(tmp_path) == ["med"]
 

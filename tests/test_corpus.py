@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from helpers.data import ROOT, write_jsonl
 
 from lastlayer.corpus import DataError, read_labelled, read_texts
 
-ROOT = Path(__file__).resolve().parents[1]
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
 
 RECORDS = [

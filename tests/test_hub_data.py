@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MEDICAL
+from helpers.data import MEDICAL, ROOT
 
 from lastlayer.config import ConfigError, load_recipe
 from lastlayer.corpus import (
@@ -35,7 +35,6 @@ from lastlayer.corpus import (
 
 datasets = pytest.importorskip("datasets")
 
-ROOT = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
 

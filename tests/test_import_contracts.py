@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.data import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LINT = ("import sys; from importlinter.cli import lint_imports; "
         "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))")
 CONTRACTS = 3

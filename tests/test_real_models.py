@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.metadata
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import MEDICAL, shipped_artifacts
+from helpers.artifacts import shipped_artifacts
+from helpers.data import ROOT, medical_sample
+from helpers.plain_peft import load_adapter
 from peft import PeftModel
-from plain_peft import load_adapter
 from transformers import AutoModel
 
 from lastlayer.config import ModelConfig, load_recipe
@@ -26,9 +25,7 @@ TEXTS = ["Myocardial infarction in young adults.", "Gastric ulcer bleeding after
 
 
 def test_minilm_trains_and_its_artifact_round_trips(tmp_path):
-    corpus = tmp_path / "medical.jsonl"
-    with gzip.open(MEDICAL, "rt", encoding="utf-8") as src:
-        corpus.write_text("".join(next(src) for _ in range(200)), encoding="utf-8")
+    corpus = medical_sample(tmp_path / "medical.jsonl", docs=200)
     out = tmp_path / "adapters" / "medical" / "minilm"
     recipe = load_recipe(ROOT_RECIPE, [
         f"data.train={corpus}", f"eval.data={corpus}", "eval.max_docs=100", "train.max_steps=3",
@@ -78,7 +75,7 @@ def test_smollm2_gguf_loads_through_the_resolver_and_embeds(caplog):
     assert torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
-ROOT_RECIPE = Path(__file__).resolve().parents[1] / "recipes/medical/minilm-l6_lora-top2_crop.yaml"
+ROOT_RECIPE = ROOT / "recipes/medical/minilm-l6_lora-top2_crop.yaml"
 
 
 SHIPPED = shipped_artifacts("*/smollm2-135m_*")

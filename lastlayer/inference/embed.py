@@ -246,6 +246,7 @@ def plan_embedding(
                     "to; write .parquet or .jsonl to keep it.", output)
     ids, texts = read_with_ids(input, text_field, id_field or "id",
                                id_required=id_field is not None, keys=field_keys)
+    check_unique_ids(input, ids, id_field or "id")
     identity = {
         "version": _JOB_VERSION, "records": len(texts), "corpus_sha256": _digest(ids, texts),
         "shard_size": shard_size, "adapter": adapter, "route": route,
@@ -254,6 +255,23 @@ def plan_embedding(
     return EmbedJob(output=output, ids=ids, texts=texts, adapter=adapter, route=route,
                     shard_size=shard_size, batch_size=batch_size, overwrite=overwrite,
                     identity=identity)
+
+
+def check_unique_ids(input: str | Path, ids: Sequence[int | str], field: str) -> None:
+    """Refuse a corpus whose ids repeat: rows of the output could not be told apart.
+
+    Raises:
+        EmbedError: Naming the first repeated id and the records (0-based) that hold it.
+    """
+    seen: dict[int | str, int] = {}
+    for row, id_ in enumerate(ids):
+        if id_ in seen:
+            raise EmbedError(
+                f"{input}: the id {id_!r} (field '{field}') is used by records {seen[id_]} and "
+                f"{row} (0-based, empty texts skipped); ids must be unique. Fix the ids, or "
+                "set --id-field to a field whose values are."
+            )
+        seen[id_] = row
 
 
 def _digest(ids: Sequence[int | str], texts: Sequence[str]) -> str:

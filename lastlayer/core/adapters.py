@@ -27,7 +27,6 @@ from lastlayer.core.kinds.common import ignore_block_size_warning
 from lastlayer.core.layers import LayerStack, find_layer_stack
 from lastlayer.core.routing import RoutingSignature, write_signature
 from lastlayer.core.target import load_target, model_config_of
-from lastlayer.core.weights_check import check_adapter_weights
 
 __all__ = [
     "adapter_targets", "attach", "check_top_k", "folder_size", "layer_summary",
@@ -153,11 +152,6 @@ def load_adapter(encoder: Encoder, path: str | Path, name: str = "default") -> E
 
     if Path(path).is_dir():  # a damaged folder fails here, naming the file, not inside PEFT
         artifact.check_peft_files(path)
-        if artifact.is_artifact(path):  # names and shapes fit this base, before PEFT reads them
-            target = encoder.model
-            if isinstance(target, PeftModel):
-                target = target.get_base_model()
-            check_adapter_weights(target, path, artifact.read(path).top_k)
     config = PeftConfig.from_pretrained(str(path))
     kind = kind_of(config)
     if isinstance(encoder.model, PeftModel):

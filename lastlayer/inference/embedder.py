@@ -292,7 +292,7 @@ class Embedder:
         if trained.fingerprint == self.fingerprint:
             return
         ours = self.base_id
-        if trained.model != ours:
+        if trained.model not in self.base_names:
             raise BaseMismatchError(
                 f"adapter {path} was trained on {trained.model!r}, but this Embedder's base "
                 f"is {ours!r}: load it onto Embedder({trained.model!r})."

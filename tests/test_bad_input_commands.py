@@ -34,6 +34,11 @@ SHIPPED = ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"
 @pytest.fixture(scope="module")
 def lora(saved_models, tmp_path_factory) -> Path:
     """A top-2 LoRA artifact on the saved tiny BERT (its real fingerprint)."""
+    return lora_artifact(saved_models, tmp_path_factory.mktemp("art") / "tiny")
+
+
+def lora_artifact(saved_models: dict[str, Path], out: Path) -> Path:
+    """Save a top-2 LoRA artifact on the saved tiny BERT at ``out``."""
     from lastlayer.core.adapters import attach, save_adapter
     from lastlayer.core.encoder import load_encoder
 
@@ -43,8 +48,7 @@ def lora(saved_models, tmp_path_factory) -> Path:
     meta = artifact_meta(str(base), kind="lora", top_k=2, num_layers=4, max_length=32)
     meta = dataclasses.replace(meta, base=dataclasses.replace(
         meta.base, fingerprint=encoder.fingerprint))
-    return save_adapter(encoder.model, tmp_path_factory.mktemp("art") / "tiny",
-                        files={"lastlayer.json": meta.to_json()})
+    return save_adapter(encoder.model, out, files={"lastlayer.json": meta.to_json()})
 
 
 @dataclass

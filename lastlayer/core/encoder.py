@@ -8,11 +8,12 @@ will name; ``load_encoder`` loads them (optionally bitsandbytes-quantized) into 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lastlayer.config import ModelConfig
+from lastlayer.config import ConfigError, ModelConfig
 from lastlayer.extras import require
 from lastlayer.offline import hub_available, offline_requested
 
@@ -115,6 +116,29 @@ PACKAGED: dict[str, PackagedCopy] = {
 }
 
 
+class RemoteCodeError(ConfigError):
+    """The model needs ``trust_remote_code``: its repo ships Python code lastlayer never runs."""
+
+
+@contextlib.contextmanager
+def refusing_remote_code(name: str) -> Iterator[None]:
+    """Turn transformers' "pass trust_remote_code=True" refusal into a clear error.
+
+    lastlayer always loads with ``trust_remote_code=False``: a model whose architecture
+    lives in its repo's Python files would run that code on this machine.
+    """
+    try:
+        yield
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise RemoteCodeError(
+            f"model {name!r} needs trust_remote_code: its repository ships Python code that "
+            "loading it would run on this machine, and lastlayer never runs it. Use a model "
+            "whose architecture transformers has built in (or a converted copy of it)."
+        ) from None
+
+
 def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     """Find the weights for ``cfg.name_or_path``: local path, then Hub (or cache), then packaged.
 
@@ -129,7 +153,9 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     try:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(name, revision=cfg.revision, gguf_file=cfg.gguf_file)
+        with refusing_remote_code(name):
+            config = AutoConfig.from_pretrained(name, revision=cfg.revision,
+                                                gguf_file=cfg.gguf_file, trust_remote_code=False)
         return ResolvedModel(
             name, name, cfg.gguf_file, "Hugging Face Hub (or its local cache)", cfg.revision,
             origin="hub", commit=getattr(config, "_commit_hash", None), file=cfg.gguf_file,
@@ -365,13 +391,17 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None) -> 
     quant = quantization_config(cfg.quantization, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
-    model = AutoModel.from_pretrained(resolved.path, dtype=dtype, **kwargs)
+    with refusing_remote_code(cfg.name_or_path):
+        model = AutoModel.from_pretrained(resolved.path, dtype=dtype, trust_remote_code=False,
+                                          **kwargs)
     if quant is None:
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if quant is not None:
         disable_cpu_4bit_repacking(model)
     model.eval().requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path, **_tokenizer_kwargs(kwargs))
+    with refusing_remote_code(cfg.name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=False,
+                                                  **_tokenizer_kwargs(kwargs))
     if tokenizer.pad_token is None:  # decoders: pad with EOS, the mask hides it anyway
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

@@ -134,7 +134,8 @@ def load_target(target: str | Path, merge: bool = False, **model_overrides) -> T
         name, revision = (str(target), None) if local else hub.split_revision(str(target))
         config = ModelConfig(name_or_path=name, revision=revision)
         try:
-            return Target(Engine(load_encoder(replace(config, **model_overrides))))
+            encoder = load_encoder(replace(config, **model_overrides), for_artifact=False)
+            return Target(Engine(encoder))
         except ModelNotFoundError as err:
             if local or hub.parse_ref(str(target)) is None:
                 raise
@@ -193,7 +194,7 @@ def adapter_target(folder: str | Path, merge: bool = False, device: str | None =
     if downloaded(folder):  # a stranger's strings are never paths
         check_downloaded(meta, str(folder), model_overrides)
     config = replace(model_config_of(folder), **model_overrides)
-    engine = Engine(load_encoder(config, device))
+    engine = Engine(load_encoder(config, device, for_artifact=False))
     head = engine.build_head(folder, meta, merge)
     # the artifact's settings, unless overridden (as the adapted encoder's always were)
     head = replace(head, pooling=config.pooling, normalize=config.normalize,

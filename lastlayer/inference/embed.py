@@ -41,6 +41,7 @@ import numpy as np
 
 from lastlayer.artifact import atomic_path
 from lastlayer.config import ConfigError
+from lastlayer.core.progress import progress as progress_bar
 from lastlayer.corpus import read_with_ids
 from lastlayer.extras import require
 
@@ -342,11 +343,9 @@ def run_embedding(job: EmbedJob, encoder: TextEncoder, state: ProcessState | Non
     total = sum(len(job.rows(i)) for i in mine)
     desc = "embed" if state.num_processes == 1 else (
         f"embed (process 0 of {state.num_processes})")
-    from tqdm.auto import tqdm
-
     done = 0
-    with tqdm(total=total, desc=desc, unit="text",
-              disable=not (progress and state.is_main_process)) as bar:
+    with progress_bar(total=total, desc=desc, unit="text",
+                      enabled=bool(progress and state.is_main_process)) as bar:
         for shard in mine:
             rows = job.rows(shard)
             if _read_shard(job.shard_path(shard), len(rows)) is not None:

@@ -153,7 +153,7 @@ class Embedder:
                 )
             config = ModelConfig(name_or_path=str(base), **overrides)
         self.config = config
-        self.encoder: Encoder = load_encoder(config, device)
+        self.encoder: Encoder = load_encoder(config, device, for_artifact=False)
         self.engine = Engine(self.encoder)
         self.num_layers = self.engine.num_layers
         self._lock = threading.Lock()  # registration (load / unload)

@@ -166,7 +166,7 @@ CLI_CASES = [
     Case("eval --k abc", lambda c: ["eval", c.copy(), "--data", c.data(), "--k", "abc"],
          "invalid int value"),
     Case("eval data missing", lambda c: ["eval", c.copy(), "--data", str(c.tmp / "no.jsonl")],
-         "no such file"),
+         "no.jsonl: no such file or folder"),
     Case("eval data with one class", lambda c: ["eval", c.copy(), "--data", c.data(
         [{**r, "label": "a"} for r in LABELLED])], "at least 2 labels"),
     Case("probe --k 0", lambda c: ["probe", c.copy(), "--k", "0"], "--k must be >= 1"),
@@ -205,7 +205,7 @@ CLI_CASES = [
                                                "--format", "onnx"], "invalid choice: 'onnx'"),
     Case("export into a user's folder", lambda c: ["export", c.copy(), str(
         (c.tmp / "mine").mkdir() or (c.tmp / "mine" / "notes.txt").write_text("x") and
-        c.tmp / "mine")], "mine"),
+        c.tmp / "mine")], "export never replaces it, even with --overwrite"),
     Case("export a damaged adapter", lambda c: ["export", c.copy(weights(lambda b: b[:-40])),
                                                 str(c.tmp / "x")], "truncated or corrupt"),
     # ---- serve flags
@@ -234,19 +234,21 @@ CLI_CASES = [
          "not a lastlayer artifact"),
     Case("ls --root missing", lambda c: ["ls", "--root", str(c.tmp / "nowhere")],
          "no such folder"),
-    Case("validate a missing recipe", lambda c: ["validate", str(c.tmp / "r.yaml")], "r.yaml"),
+    Case("validate a missing recipe", lambda c: ["validate", str(c.tmp / "r.yaml")],
+         "r.yaml does not exist"),
     Case("validate invalid YAML", lambda c: ["validate", str(
         (c.tmp / "r.yaml").write_text("a: [1\n") and c.tmp / "r.yaml")], "not valid YAML"),
-    Case("choose-k a missing recipe", lambda c: ["choose-k", str(c.tmp / "r.yaml")], "r.yaml"),
+    Case("choose-k a missing recipe", lambda c: ["choose-k", str(c.tmp / "r.yaml")],
+         "r.yaml does not exist"),
     Case("choose-k an unknown key", lambda c: ["choose-k", str(
         (c.tmp / "r.yaml").write_text("{}\n") and c.tmp / "r.yaml"), "train.nope=1"],
         "unknown key train.nope"),
     # ---- model and adapter
     Case("a Hub id that cannot be resolved offline", lambda c: ["eval", "acme/no-such-model",
                                                                 "--data", c.data()],
-         "acme/no-such-model"),
+         "is neither a lastlayer adapter in the Hugging Face cache nor a loadable base model"),
     Case("a local model folder that does not exist", lambda c: [
-        "eval", str(c.tmp / "no-model"), "--data", c.data()], "no-model"),
+        "eval", str(c.tmp / "no-model"), "--data", c.data()], "no-model': it is not a local path"),
     Case("truncated adapter_model.safetensors", eval_of(weights(lambda b: b[:-40])),
          "truncated or corrupt safetensors file"),
     Case("adapter_model.safetensors of zeros", eval_of(weights(lambda b: b"\0" * len(b))),
@@ -257,17 +259,20 @@ CLI_CASES = [
          "has shape [4, 64] but this base needs [r, 32]"),
     Case("a tensor aimed at a bottom block", eval_of(header(renamed_to_bottom)),
          "is not in the top-2 blocks of this base"),
-    Case("adapter weights missing", eval_of(unlink("adapter_model.safetensors")), "missing"),
+    Case("adapter weights missing", eval_of(unlink("adapter_model.safetensors")),
+         "adapter_model.safetensors: missing"),
     Case("lastlayer.json missing (a bare PEFT folder)", eval_of(unlink("lastlayer.json")),
          "holds a PEFT adapter but no lastlayer.json"),
     Case("lastlayer.json malformed", eval_of(metadata("{not json")), "not valid JSON"),
     Case("lastlayer.json from a newer schema", eval_of(metadata(
         lambda d: d.update(schema_version=99))), "newer lastlayer"),
     Case("lastlayer.json with a wrong type", eval_of(metadata(
-        lambda d: d["adapter"].update(top_k="two"))), "lastlayer.json"),
+        lambda d: d["adapter"].update(top_k="two"))),
+         "lastlayer.json: adapter.top_k must be a positive integer, got 'two'"),
     Case("top_k larger than the base", eval_of(metadata(
         lambda d: (d["adapter"].update(top_k=9), d["layers"].update(
-            num_layers=12, trained_layers=list(range(3, 12)))))), "the base has 4"),
+            num_layers=12, trained_layers=list(range(3, 12)))))),
+         "trains the top 9 blocks, but the base has 4"),
     Case("a routing file of another adapter", eval_of(routing_of_another),
          "belongs to another adapter"),
 ]
@@ -312,12 +317,13 @@ API_CASES = [
     ("Embedder(a Hub id that cannot be resolved offline)", "missing model",
      "acme/no-such-model"),
     ("Embedder(an adapter folder)", "an adapter as the base", "is an adapter, not a base model"),
-    ("Embedder(max_length=0)", "max_length 0", "max_length"),
-    ("load_recipe(a missing file)", "missing recipe", "missing.yaml"),
+    ("Embedder(max_length=0)", "max_length 0", "model.max_length must be >= 1, got 0"),
+    ("load_recipe(a missing file)", "missing recipe", "missing.yaml does not exist"),
     ("load_recipe(not a mapping)", "recipe not a mapping", "must be a YAML mapping"),
-    ("Embedder.load(a missing folder)", "load a missing folder", "nowhere"),
+    ("Embedder.load(a missing folder)", "load a missing folder",
+     "nowhere is not an artifact folder"),
     ("Embedder.load(a Hub id not in the cache)", "load a Hub id not in the cache",
-     "acme/not-cached"),
+     "acme/not-cached: not in the Hugging Face cache"),
     ("Embedder.load(other weights of the same base)", "load other weights of the same base",
      "trained on other weights"),
     ("Embedder.load(a tensor that does not fit)", "load a damaged header",

@@ -146,22 +146,7 @@ def test_modules_to_save_is_refused(lora, saved_models, tmp_path):
 @pytest.fixture(scope="module")
 def full(saved_models, tmp_path_factory) -> Path:
     """A top-1 full-kind artifact on the saved tiny BERT."""
-    import dataclasses
-
-    from conftest import artifact_meta
-
-    from lastlayer.config import AdapterConfig, ModelConfig
-    from lastlayer.core.adapters import attach, save_adapter
-    from lastlayer.core.encoder import load_encoder
-
-    base = saved_models["bert"]
-    encoder = load_encoder(ModelConfig(name_or_path=str(base), max_length=32), "cpu")
-    attach(encoder, AdapterConfig(kind="full", top_k=1))
-    meta = artifact_meta(str(base), kind="full", top_k=1, num_layers=4, max_length=32)
-    meta = dataclasses.replace(meta, base=dataclasses.replace(
-        meta.base, fingerprint=encoder.fingerprint))
-    return save_adapter(encoder.model, tmp_path_factory.mktemp("full") / "f",
-                        files={"lastlayer.json": meta.to_json()})
+    return lora_artifact(saved_models, tmp_path_factory.mktemp("full") / "f", "full", 1)
 
 
 @pytest.mark.parametrize("change,expected", [

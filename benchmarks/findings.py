@@ -55,6 +55,8 @@ from benchmarks.bench.protocol import BATCH, EVAL_SEED, SEEDS, STEPS
 from benchmarks.bench.results import read_rows
 from benchmarks.bench.runs import Group, Keyed, add_run_arguments, load_views, provenance, scores
 from benchmarks.bench.runs import execute as execute_plan
+from lastlayer import artifact as artifacts
+from lastlayer import hub as hubs
 from lastlayer.artifact import check_output_dir
 from lastlayer.config import Recipe, load_recipe
 from lastlayer.evaluation.datasets import EvalSet
@@ -339,6 +341,7 @@ def ship(artifact: Path, root: Path = ROOT) -> tuple[Path, Path]:
     if hub:  # a local copy users do not have: the recipe names where they get the data
         recipe.data.train = hub
         recipe.eval.data = hub if recipe.eval.data else None
+        name_hub_data(out, recipe)
     header = [
         f"# {MODELS_BY_PATH.get(recipe.model.name_or_path, recipe.model.name_or_path)}: "
         f"{recipe.adapter.kind} adapter on the top {recipe.adapter.top_k} layers, "
@@ -352,6 +355,19 @@ def ship(artifact: Path, root: Path = ROOT) -> tuple[Path, Path]:
     ]
     target.write_text("\n".join(header) + "\n" + recipe.to_yaml(), encoding="utf-8")
     return out, target
+
+
+def name_hub_data(folder: Path, recipe: Recipe) -> None:
+    """Make a shipped artifact record the data its shipped recipe names (the Hub copy):
+    ``lastlayer.json``'s ``training.data`` and the artifact's ``recipe.yaml``, with its card
+    rendered again from ``lastlayer.json`` and ``eval.json`` (read typed).
+
+    ``eval.json`` is left as measured: its numbers are those of the local copy it names.
+    """
+    meta = artifacts.read(folder)
+    meta = replace(meta, training=replace(meta.training, data=recipe.data.train))
+    artifacts.write_text(folder / artifacts.RECIPE, recipe.to_yaml())
+    artifacts.write(folder, meta, hubs.model_card(meta, artifacts.read_metrics(folder)))
 
 
 def _hub_source(data: str) -> tuple[str | None, str]:

@@ -110,6 +110,12 @@ def private_bytes(module, base) -> int:
     return total
 
 
+def head_module(embedder, name: str):
+    """The module running adapter ``name``'s private blocks in ``embedder`` (the Embedder
+    has no public accessor for its heads; its registry maps a name to the head)."""
+    return embedder._loaded[name].head.module
+
+
 def timed(fn) -> tuple[float, Any]:
     """``(seconds, (fn(), RSS growth in MB or None))``, after a garbage collection."""
     gc.collect()
@@ -240,18 +246,18 @@ def bench_model(key: str, args: argparse.Namespace, texts: list[str]) -> dict[st
     for name, path in adapters.items():
         seconds, (_, rss) = timed(lambda n=name, p=path: embedder.load(p, n))
         per[name] = {"load_s": seconds, "rss_mb": rss,
-                     "private_bytes": private_bytes(embedder._loaded[name].head, embedder.model)}
+                     "private_bytes": private_bytes(head_module(embedder, name), embedder.model)}
     memory["lastlayer_lora_merged"] = _summary(per)
     seconds, (_, rss) = timed(lambda: embedder.load(adapters[names[0]], "unmerged", merge=False))
     memory["lastlayer_lora_unmerged"] = {
         "load_s": seconds, "rss_mb": rss,
-        "private_bytes": private_bytes(embedder._loaded["unmerged"].head, embedder.model)}
+        "private_bytes": private_bytes(head_module(embedder, "unmerged"), embedder.model)}
     full = args.full_adapter if key == "smollm2" else None
     if full:
         seconds, (_, rss) = timed(lambda: embedder.load(full, "full"))
         memory["lastlayer_full"] = {
             "load_s": seconds, "rss_mb": rss, "path": str(full),
-            "private_bytes": private_bytes(embedder._loaded["full"].head, embedder.model)}
+            "private_bytes": private_bytes(head_module(embedder, "full"), embedder.model)}
     print(f"[{key}] loading PEFT ...", flush=True)
     encoder, peft_loads, peft_bytes = peft_model(spec["model"], adapters, settings)
     memory["peft_lora"] = {"load_s": statistics.median(peft_loads.values()),

@@ -21,9 +21,9 @@ medical_abstracts, ohsumed = ohsumed23, news = reuters_r8, movie_reviews = mr):
 
 Everything comes from one bottom pass per text: block L−k's inputs (the same for the base
 and every top-k adapter on it) are computed once by the base, mean-pooled for routing,
-and handed to each adapter's top 4 blocks (``encode_from_cache``), as an inference engine
-that shares the trunk does; the adapters are loaded with ``load_adapter`` onto copies of
-the one base. ``--regenerate`` first rewrites each shipped artifact's
+and handed to each adapter's head, its private top 4 blocks
+(:func:`lastlayer.core.heads.embed_from_inputs`), as the inference engine that shares the
+trunk does; the base is never changed. ``--regenerate`` first rewrites each shipped artifact's
 ``routing.safetensors`` with :func:`lastlayer.training.sign.sign_artifact` (what training
 writes: a seeded sample of ``--signature-docs`` training documents), timing each.
 
@@ -51,9 +51,10 @@ from benchmarks.bench.measure import cpu_description
 from benchmarks.bench.results import write_json
 from lastlayer.config import Recipe, load_recipe
 from lastlayer.core.encoder import Encoder, mean_pool
+from lastlayer.core.heads import embed_from_inputs, embed_keeping_inputs, model_head
 from lastlayer.core.layers import find_layer_stack
 from lastlayer.core.routing import assign, read_signature
-from lastlayer.core.split import encode_from_cache, encode_with_cache, pooled_block_inputs
+from lastlayer.core.split import pooled_block_inputs
 from lastlayer.evaluation.datasets import load_eval_set, read_beir
 from lastlayer.evaluation.metrics import knn_accuracy
 
@@ -125,7 +126,8 @@ def regenerate(data_root: Path, max_docs: int, base: Encoder) -> dict[str, Any]:
 def bottom_pass(base: Encoder, texts: list[str], k: int, batch_size: int):
     """Base embeddings, block L−k input cache and mean-pooled block L−k inputs of ``texts``:
     one forward of the whole model, split at L−k."""
-    vectors, cache = encode_with_cache(base, texts, k, batch_size, desc="base + bottom")
+    vectors, cache = embed_keeping_inputs(base, texts, model_head(base, k), batch_size,
+                                          desc="base + bottom")
     batches = iter(cache)
     pooled = base.encode(texts, batch_size, progress=False, embed=lambda batch: mean_pool(
         next(batches), batch["attention_mask"]).float())
@@ -229,12 +231,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for adapter in DOMAINS:
         wanted = [d for d in DOMAINS if adapter == d or adapter in routed_of[d]
                   or {adapter, d} <= MEDICAL_FAMILY]
-        encoder = models.with_adapter(base, folder_of(adapter))
+        head = models.adapter_head(base, folder_of(adapter))
+        if head.top_k != top_k:
+            raise SystemExit(f"{adapter}: top {head.top_k} blocks, but the cached inputs are "
+                             f"block {layer}'s (top {top_k}).")
         for d in wanted:
-            vectors[d, adapter] = encode_from_cache(
-                encoder, texts[d], caches[d], top_k, args.batch_size,
+            vectors[d, adapter] = embed_from_inputs(
+                base, texts[d], caches[d], head, args.batch_size,
                 desc=f"{d} under top {top_k} of {adapter}").numpy()
-        del encoder
+        del head
     heads_seconds = time.perf_counter() - start
 
     knn = {}

@@ -1,5 +1,10 @@
 """Speed, memory and quality of lastlayer against sentence-transformers, side by side.
 
+Why one script of ~600 lines: the worker (one system's run, in its own subprocess:
+``--worker SPEC``) and the orchestrating process (plan, specs, rows, table) share the spec
+and row format (``plan``, ``specs_for``, ``REQUIRED_KEYS``), and a worker is this very
+module run again; the shared measuring code is already :mod:`benchmarks.bench`'s.
+
 Every system trains the same model on the same positive pairs (seeded crop views of
 medical abstracts, made by ``lastlayer.training.views.crop_views`` through lastlayer's own
 ``PairStream``), with the same batch size, sequence length, precision (fp32, or bf16

@@ -1,5 +1,11 @@
 """Corpus readers: one document per record, from the file formats people actually have.
 
+Why one module of ~600 lines: every format goes through the same record checks (the
+fields asked for, empty texts skipped and counted, ids, one error message style naming
+the file and the line or row), so the per-format readers are short functions over one
+shared core; splitting them would spread that core. The Hub data-set references
+(``hf://``, :class:`HubDataset`) are the seam to split along if they grow.
+
 Supported inputs (chosen by suffix):
 
 - ``.txt`` / ``.txt.gz``: one document per non-empty line (no fields, no labels).

@@ -13,11 +13,12 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+from plain_peft import load_adapter
 
 from lastlayer.config import ModelConfig
-from lastlayer.core.adapters import load_adapter, model_config_of
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.engine import AUTO, Embeddings
+from lastlayer.core.target import model_config_of
 
 MAX_LENGTH = 32
 

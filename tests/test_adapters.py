@@ -6,8 +6,10 @@ For both adapter kinds (LoRA, full unfreeze) and an encoder (BERT) and a decoder
 - only the top-k blocks hold trainable weights, and only they change in a training step;
 - autograd never enters the blocks below the top k;
 - the saved artifact is a plain PEFT adapter (safetensors, Hub id as base) that
-  ``peft.PeftModel.from_pretrained`` and ``lastlayer.core.adapters.load_adapter`` load back
-  to the very same embeddings;
+  ``peft.PeftModel.from_pretrained`` and ``plain_peft.load_adapter`` (the plain PEFT way)
+  load back to the very same embeddings;
+- training measures through the engine's head type: the trained blocks picked out of the
+  attached copy embed as the model itself and as the head built from the saved artifact;
 - artifact writes are atomic.
 """
 
@@ -19,20 +21,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from plain_peft import load_adapter
 from tiny import tiny_model, tiny_tokenizer
 from torch import nn
 
-import lastlayer.artifact as artifact_mod
+import lastlayer.artifact.atomic as atomic
+from lastlayer.artifact import ArtifactError, write_atomically
 from lastlayer.config import AdapterConfig, ConfigError, ModelConfig
 from lastlayer.core.adapters import (
     adapter_targets,
     attach,
     check_top_k,
     layer_summary,
-    load_adapter,
     save_adapter,
     trainable_parameters,
-    write_atomically,
 )
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.layers import LayerStackError, find_layer_stack, layer_index_of
@@ -228,6 +230,37 @@ def test_save_and_reload_gives_same_embeddings(
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_training_measures_through_the_head_the_embedder_builds(saved_models, tmp_path: Path,
+                                                                kind: str) -> None:
+    from conftest import artifact_meta
+
+    from lastlayer.core.heads import (
+        build_head,
+        embed_from_inputs,
+        embed_keeping_inputs,
+        model_head,
+        trained_head,
+    )
+
+    trained = attach(_load(saved_models, "bert"), AdapterConfig(kind=kind, top_k=TOP_K))
+    _train(trained, steps=2, lr=2e-2)
+    own = trained.encode(PROBE, batch_size=2, progress=False)
+    base = _load(saved_models, "bert")
+    before = _snapshot(base.model)
+    _, inputs = embed_keeping_inputs(base, PROBE, model_head(base, TOP_K), batch_size=2)
+    head = trained_head(trained, kind, TOP_K)
+    assert head.top_k == TOP_K and head.merged == (kind == "full")
+    measured = embed_from_inputs(trained, PROBE, inputs, head, batch_size=2)
+    torch.testing.assert_close(measured, own, atol=1e-6, rtol=0)
+
+    folder = save_adapter(trained.model, tmp_path / "a", files={"lastlayer.json": "{}"})
+    saved = build_head(base.model, folder, artifact_meta(kind=kind, top_k=TOP_K), merge=False)
+    loaded = embed_from_inputs(base, PROBE, inputs, saved, batch_size=2)
+    torch.testing.assert_close(loaded, measured, atol=1e-6, rtol=0)
+    assert all(torch.equal(p, before[n]) for n, p in base.model.named_parameters())
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_load_second_adapter_and_switch(saved_models, tmp_path: Path, kind: str) -> None:
     cfg = AdapterConfig(kind=kind, top_k=TOP_K)
     embs = {}
@@ -349,7 +382,8 @@ def test_write_atomically_failure_on_first_write(tmp_path: Path) -> None:
 def test_write_atomically_failed_swap_restores_previous(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """If the final rename fails, the previous artifact must not be lost."""
+    """If the final rename fails, the previous artifact must not be lost (the two-rename
+    swap of systems without an atomic exchange)."""
     out = tmp_path / "med"
     write_atomically(out, _version("v1"))
     real_replace = os.replace
@@ -360,9 +394,33 @@ def test_write_atomically_failed_swap_restores_previous(
         return real_replace(src, dst)
 
     with monkeypatch.context() as patch:
-        patch.setattr(artifact_mod.os, "replace", replace)
+        patch.setattr(os, "replace", replace)
+        patch.setattr(atomic, "_exchange", lambda a, b: False)
         with pytest.raises(OSError, match="rename failed"):
             write_atomically(out, _version("v2"), overwrite=True)
+    assert _artifact(out) == {"lastlayer.json": "{}", "weights": "v1"}
+    assert os.listdir(tmp_path) == ["med"]
+
+
+def test_write_atomically_swaps_in_one_exchange(tmp_path: Path) -> None:
+    """Where the system can exchange two paths, the final name never goes missing."""
+    out = tmp_path / "med"
+    write_atomically(out, _version("v1"))
+    assert atomic._exchange(tmp_path / "med", tmp_path / "med") in (True, False)
+    write_atomically(out, _version("v2"), overwrite=True)
+    assert _artifact(out) == {"lastlayer.json": "{}", "weights": "v2"}
+    assert os.listdir(tmp_path) == ["med"]
+
+
+def test_a_swap_killed_between_two_renames_is_undone_by_the_next_write(tmp_path: Path) -> None:
+    """A process killed between the two renames leaves the old folder aside and stale
+    temporaries: the next write puts the old one back (and refuses to overwrite it)."""
+    out = tmp_path / "med"
+    write_atomically(out, _version("v1"))
+    os.replace(out, tmp_path / ".med.old-deadbeef")
+    (tmp_path / ".med.tmp-cafebabe").mkdir()
+    with pytest.raises(ArtifactError, match="already holds an artifact"):
+        write_atomically(out, _version("v2"))
     assert _artifact(out) == {"lastlayer.json": "{}", "weights": "v1"}
     assert os.listdir(tmp_path) == ["med"]
 
@@ -480,8 +538,8 @@ def test_every_kind_is_a_plugin_of_one_shape():
     from lastlayer.core.kinds import KINDS, kind_named, kind_of
 
     shape = {"NAME", "PEFT_TYPE", "always_merged", "targets", "peft_config", "fix_saved",
-             "load_named", "expects_missing_keys", "private_blocks", "merged_model",
-             "block_change", "private_change"}
+             "load_named", "expects_missing_keys", "private_blocks", "private_blocks_from_model",
+             "merged_model", "block_change", "private_change"}
     assert sorted(KINDS) == ["full", "lora"]
     for name, kind in KINDS.items():
         assert shape <= set(vars(kind)), name

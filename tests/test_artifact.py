@@ -103,17 +103,16 @@ def test_unknown_keys_are_refused_naming_the_key(copy):
         artifact.read(copy)
 
 
-def test_the_sections_are_typed_and_read_by_key_too(tiny_artifact):
+def test_the_sections_are_typed(tiny_artifact):
     from lastlayer.config import AdapterConfig, ObjectiveConfig
 
     meta = artifact.read(tiny_artifact)
     assert isinstance(meta.adapter, AdapterConfig) and isinstance(meta.objective, ObjectiveConfig)
-    assert meta.adapter.top_k == meta.adapter["top_k"] == meta.top_k == 2
-    assert meta.objective.get("kind") == "crop" and meta.objective.get("nothing") is None
+    assert meta.adapter.top_k == meta.top_k == 2 and meta.objective.kind == "crop"
     choice = {"top_k": 3, "curve": [0.1, 0.2], "signal": "crops"}
     typed = ArtifactMeta.from_dict({**meta.to_dict(), "top_k_choice": choice})
     assert isinstance(typed.top_k_choice, artifact.TopKChoice)
-    assert typed.top_k_choice.signal == typed.top_k_choice["signal"] == "crops"
+    assert typed.top_k_choice.signal == "crops" and typed.top_k_choice.curve == [0.1, 0.2]
     assert typed.top_k_choice.num_queries is None  # recorded later than the rest
 
 
@@ -240,8 +239,9 @@ def test_damaged_weights_are_caught_before_peft(copy, damage, message, monkeypat
     assert str(weights) in str(err.value)
 
     from peft import PeftModel
+    from plain_peft import load_adapter
 
-    from lastlayer.core.adapters import load_adapter, load_target
+    from lastlayer.core.target import load_target
 
     def no_peft(*args, **kwargs):
         raise AssertionError("PEFT saw the damaged folder")
@@ -262,7 +262,7 @@ def test_weights_without_tensors(copy):
 
 
 def test_a_bad_pooling_is_named_when_the_base_is_configured(copy):
-    from lastlayer.core.adapters import model_config_of
+    from lastlayer.core.target import model_config_of
 
     edit_json(copy / "lastlayer.json", lambda d: d["embedding"].update(pooling="max"))
     with pytest.raises(ArtifactError, match=r"lastlayer\.json: .*pooling must be one of"):
@@ -270,7 +270,7 @@ def test_a_bad_pooling_is_named_when_the_base_is_configured(copy):
 
 
 def test_a_hub_base_is_pinned_to_the_commit_it_was_trained_on(copy):
-    from lastlayer.core.adapters import model_config_of
+    from lastlayer.core.target import model_config_of
 
     def hub(revision, file=None):
         def change(d):
@@ -331,9 +331,10 @@ def test_output_dir_checks(tmp_path, tiny_artifact):
 
 @pytest.mark.parametrize("existing", ["file", "folder", "artifact"])
 def test_save_adapter_refuses_to_replace(tmp_path, copy, existing):
+    from plain_peft import load_adapter
     from tiny import tiny_model, tiny_tokenizer
 
-    from lastlayer.core.adapters import load_adapter, save_adapter
+    from lastlayer.core.adapters import save_adapter
     from lastlayer.core.encoder import Encoder
 
     encoder = load_adapter(Encoder(model=tiny_model("bert"), tokenizer=tiny_tokenizer()), copy)

@@ -204,10 +204,8 @@ CASES = [
         t / "e.jsonl", [{**r, "label": "a"} for r in HELD_OUT])), "one class"),
     # ---- recipe and overrides
     Case("invalid YAML", recipe_text("train: [1, 2\n"), "recipe.yaml is not valid YAML"),
-    Case("a recipe that is not UTF-8", recipe_text(b"seed: \xff\n"), "recipe.yaml",
-         marks=[pytest.mark.xfail(strict=True, reason=(
-             "lastlayer.config.read_yaml lets UnicodeDecodeError out (a traceback); it should "
-             "be a ConfigError naming the file (helper base owns config)"))]),
+    Case("a recipe that is not UTF-8", recipe_text(b"seed: \xff\n"),
+         "recipe.yaml is not UTF-8 text (byte 6"),
     Case("not a mapping", recipe_text("- a\n- b\n"), "must be a YAML mapping"),
     Case("unknown section", recipe_text("trian: {max_steps: 3}\n"),
          "unknown key trian in the recipe; valid keys: adapter"),

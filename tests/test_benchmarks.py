@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -133,14 +134,17 @@ def test_a_shared_base_is_never_trained(saved_models):
     base = shared.model
     weights = {n: p.clone() for n, p in base.named_parameters()}
     with shared.trainable() as encoder:
-        assert encoder is shared.encoder and encoder.model is not base
+        assert encoder is not shared.encoder and encoder.model is not base
+        assert (encoder.pooling, encoder.max_length) == (shared.encoder.pooling,
+                                                         shared.encoder.max_length)
         for p in encoder.model.parameters():
             p.data.add_(1.0)  # what training would do to the copy
+        encoder.model = None  # attaching an adapter replaces the copy's model
     assert shared.encoder.model is base
     assert all((p == weights[n]).all() for n, p in base.named_parameters())
     with pytest.raises(RuntimeError), shared.trainable():
         raise RuntimeError("a failed run")
-    assert shared.encoder.model is base  # put back even when a run fails
+    assert shared.encoder.model is base  # untouched even when a run fails
 
 
 # ---------------------------------------------------------------------------- speed.py
@@ -353,6 +357,26 @@ def test_findings_ships_recipes_naming_the_hub_copy_of_unshipped_data():
             assert f"data:\n  train: {hub}\n" in text, recipe
             assert " ".join(line[2:] for line in text.splitlines() if line.startswith("# ")) \
                 .count(note) == 1, recipe
+
+
+def test_shipping_a_run_on_a_local_copy_records_the_hub_copy(tmp_path):
+    """A run kept with the local path of its data (as the benchmark trains) ships naming
+    the Hub copy, exactly as the shipped news artifact does: lastlayer.json, recipe.yaml
+    and the card; eval.json still names the copy it was measured on."""
+    from lastlayer import artifact
+
+    shipped = ROOT / "adapters" / "news" / "smollm2-135m_lora-top4_crop"
+    local = "../elsewhere/reuters_r8/r8.jsonl.gz"
+    kept = shutil.copytree(shipped, tmp_path / "kept")
+    hub = findings.HUB_SOURCES["reuters_r8"][0]
+    for name in ("lastlayer.json", "recipe.yaml"):
+        (kept / name).write_text((kept / name).read_text().replace(hub, local))
+    assert hub not in (kept / "lastlayer.json").read_text()
+    out, _ = findings.ship(kept, root=tmp_path / "repo")
+    assert artifact.read(out) == artifact.read(shipped)  # training.data: the Hub id
+    assert load_recipe(out / "recipe.yaml") == load_recipe(shipped / "recipe.yaml")
+    for name in ("README.md", "eval.json"):
+        assert (out / name).read_text() == (shipped / name).read_text(), name
 
 
 def test_findings_plan_answers_the_three_questions_first():

@@ -188,12 +188,12 @@ def test_train_with_auto_records_the_choice(saved_models, corpus, tmp_path, caps
     printed = capsys.readouterr().out
     meta = artifact.read(out)
     choice = meta.top_k_choice
-    assert choice is not None and choice["signal"] == "crops"
-    assert isinstance(meta.top_k, int) and meta.top_k == choice["top_k"]
+    assert choice is not None and choice.signal == "crops"
+    assert isinstance(meta.top_k, int) and meta.top_k == choice.top_k
     assert meta.layers.trained_layers == list(range(4 - meta.top_k, 4))
-    assert (choice["top_k"], choice["plateau_layer"]) == recommend_top_k(choice["curve"], 48)
-    assert choice["num_documents"] == 24 and choice["num_queries"] == 48
-    assert len(choice["curve"]) == 5
+    assert (choice.top_k, choice.plateau_layer) == recommend_top_k(choice.curve, 48)
+    assert choice.num_documents == 24 and choice.num_queries == 48
+    assert len(choice.curve) == 5
     raw = json.loads((out / "lastlayer.json").read_text())
     assert raw["adapter"]["top_k"] == meta.top_k  # what every existing reader reads
     saved = (out / "recipe.yaml").read_text()
@@ -227,6 +227,6 @@ def test_old_artifacts_without_a_choice_still_read(tmp_path):
     again = artifact.ArtifactMeta.from_dict(data)
     assert again.top_k_choice is None and again.top_k == 2
     with_choice = {**data, "top_k_choice": {"top_k": 3, "curve": [0.1, 0.2]}}
-    assert artifact.ArtifactMeta.from_dict(with_choice).top_k_choice["top_k"] == 3
+    assert artifact.ArtifactMeta.from_dict(with_choice).top_k_choice.top_k == 3
     with pytest.raises(artifact.ArtifactError, match="top_k_choice"):
         artifact.ArtifactMeta.from_dict({**data, "top_k_choice": [3]})

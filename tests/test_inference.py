@@ -425,7 +425,7 @@ def test_auto_routes_with_real_signatures(saved_models, artifacts, tmp_path):
     folders = {}
     for name, source, domain in (("prose", "lora2", prose), ("digits", "full3", digits)):
         folder = shutil.copytree(artifacts["bert"][source], tmp_path / name)
-        k = artifact.read(folder).adapter["top_k"]
+        k = artifact.read(folder).adapter.top_k
         write_signature(folder, signature_for_texts(reference, domain[:48], k,
                                                     progress=False))
         folders[name] = folder
@@ -475,7 +475,9 @@ def test_the_package_exports_embedder_lazily():
 
 @pytest.mark.slow
 def test_the_shipped_artifacts_on_one_embedder_per_base():
-    from lastlayer.core.adapters import load_adapter, model_config_of
+    from plain_peft import load_adapter
+
+    from lastlayer.core.target import model_config_of
 
     folders = shipped_artifacts()
     by_base: dict[str, list[Path]] = {}

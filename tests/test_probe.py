@@ -219,9 +219,10 @@ def test_probe_cli_writes_json_and_png(saved_models, tmp_path, capsys):
 def test_the_engine_curve_equals_the_peft_models(saved_models, labelled, tmp_path, kind):
     """The probe's adapted layers (base up to block L−k, then the adapter's private blocks on
     the engine) and weight changes equal those of the plain PEFT model of the artifact."""
-    from lastlayer.core.adapters import load_adapter, model_config_of
+    from plain_peft import load_adapter
+
     from lastlayer.core.encoder import load_encoder
-    from lastlayer.core.target import load_target
+    from lastlayer.core.target import load_target, model_config_of
     from lastlayer.evaluation.probe import adapted_layer_embeddings, head_weight_change
 
     folder = make_artifact(saved_models["bert"], tmp_path / "adapter", kind)

@@ -140,9 +140,6 @@ def test_any_recipe_text_gives_a_recipe_or_a_config_error(tmp_path_factory, text
         pass
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason=(
-    "lastlayer.config.read_yaml lets UnicodeDecodeError out of a recipe that is not UTF-8; "
-    "it should be a ConfigError naming the file (helper base owns config)"))
 def test_a_recipe_file_that_is_not_utf8_is_a_config_error(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_bytes(b"seed: \x80\n")

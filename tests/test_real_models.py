@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import MEDICAL, shipped_artifacts
 from peft import PeftModel
+from plain_peft import load_adapter
 from transformers import AutoModel
 
 from lastlayer.config import ModelConfig, load_recipe
-from lastlayer.core.adapters import load_adapter
 from lastlayer.core.encoder import load_encoder, resolve_model
 from lastlayer.training.run import run
 
@@ -88,7 +88,7 @@ def test_shipped_smollm2_adapters_share_one_base_and_change_its_embeddings():
     """Every committed SmolLM2 artifact was trained on exactly the base the resolver loads
     (same weights fingerprint) and loads onto one shared base, under its domain's name."""
     from lastlayer.artifact import read as read_metadata
-    from lastlayer.core.adapters import load_adapter, model_config_of
+    from lastlayer.core.target import model_config_of
 
     assert len(SHIPPED) >= 3
     encoder = load_encoder(model_config_of(SHIPPED[0]))

@@ -11,8 +11,8 @@ killer or a pulled plug would, at the ``n``-th (1-based) time it reaches ``point
 - ``checkpoint``: a checkpoint's file write, with earlier files of that folder written;
 - ``save``: the final save, with every file of the artifact written to its temporary
   folder and nothing renamed yet;
-- ``swap``: the final save between its two renames (the old artifact moved aside, the new
-  one not yet in place).
+- ``swap``: the final save right after its atomic exchange (the new artifact in place, the
+  old one in the temporary folder, not yet deleted).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections import Counter
 
 import torch
 
-import lastlayer.artifact as artifact
+import lastlayer.artifact.atomic as atomic
 import lastlayer.core.adapters as adapters
 import lastlayer.training.checkpoint as checkpoint
 from lastlayer.cli import main
@@ -58,7 +58,8 @@ def wrap(owner, attribute: str, name: str, before: bool = True) -> None:
 
 
 def wrap_final_save() -> None:
-    """``save``: after the artifact's files are written; ``swap``: between the renames."""
+    """``save``: after the artifact's files are written; ``swap``: right after the atomic
+    exchange that puts the new artifact in the old one's place."""
     original = adapters.write_atomically
 
     def write_atomically(out_dir, write, overwrite=False, **kwargs):
@@ -68,14 +69,14 @@ def wrap_final_save() -> None:
         return original(out_dir, write_then_reach, overwrite, **kwargs)
 
     adapters.write_atomically = write_atomically
-    replace = artifact.os.replace
+    exchange = atomic._exchange
 
-    def replace_then_reach(src, dst):
-        replace(src, dst)
-        if ".old-" in os.fspath(dst):  # the old artifact was just moved aside
-            reached("swap")
+    def exchange_then_reach(a, b):
+        done = exchange(a, b)
+        reached("swap")  # the new artifact just took the old one's place
+        return done
 
-    artifact.os.replace = replace_then_reach
+    atomic._exchange = exchange_then_reach
 
 
 def install(kill_at: str) -> None:

@@ -1,11 +1,16 @@
 """Loading bases and adapters: the one place the benchmarks touch lastlayer's model loading.
 
 Every script loads its base models, artifacts and baselines' adapters through these
-functions, so that when lastlayer's loading API changes (an inference engine that never
-reassigns ``encoder.model``, say) this module is the one to change. The rule kept here:
-a shared base is never changed; a run that trains gets a deep copy of it
-(:meth:`SharedBase.trainable`), an adapter to embed with goes onto a copy
-(:func:`with_adapter`).
+functions, so that when lastlayer's loading API changes this module is the one to change.
+The rules kept here:
+
+- what only embeds goes through lastlayer's inference engine, which never changes its
+  base: an artifact as ``lastlayer eval`` opens it (:func:`load_target`), or an adapter's
+  head on a base already loaded (:func:`adapter_head`);
+- a run that trains gets an encoder of its own on a deep copy of the shared base
+  (:meth:`SharedBase.trainable`), the trainable copy lastlayer's training attaches to;
+- the PEFT baseline (:func:`add_peft_adapter`) is PEFT's own multi-adapter model, which
+  wraps its encoder's model: it is what the engine is measured against.
 
 lastlayer is imported inside the functions: the orchestrating processes of ``speed`` and
 ``memory`` import this module without importing torch.
@@ -14,6 +19,7 @@ lastlayer is imported inside the functions: the orchestrating processes of ``spe
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +29,8 @@ from lastlayer.config import AdapterConfig, ModelConfig
 
 if TYPE_CHECKING:
     from lastlayer.core.encoder import Encoder, ResolvedModel
+    from lastlayer.core.heads import Head
+    from lastlayer.core.target import Target
 
 
 def resolve(name: str | None = None) -> ResolvedModel:
@@ -43,26 +51,27 @@ def load_base(cfg: ModelConfig | str, device: str | None = None) -> Encoder:
 
 def base_of(artifact: str | Path) -> Encoder:
     """The base an artifact was trained on, with its settings (pooling, max_length, ...)."""
-    from lastlayer.core.adapters import model_config_of
+    from lastlayer.core.target import model_config_of
 
     return load_base(model_config_of(artifact))
 
 
-def load_target(target: str | Path, **model_overrides: Any) -> Encoder:
-    """An artifact (its base + adapter) or a base model, as ``lastlayer eval`` loads it."""
-    from lastlayer.core.adapters import load_target as load
+def load_target(target: str | Path, **model_overrides: Any) -> Target:
+    """An artifact (its base + adapter) or a base model on the inference engine, as
+    ``lastlayer eval`` opens it (``encode`` as an encoder's)."""
+    from lastlayer.core.target import load_target as load
 
     return load(target, **model_overrides)
 
 
-def with_adapter(base: Encoder, artifact: str | Path) -> Encoder:
-    """An encoder embedding with ``artifact``'s adapter on a copy of ``base`` (``base`` and
-    its model are left as they are)."""
-    from lastlayer.core.adapters import load_adapter
+def adapter_head(base: Encoder, folder: str | Path, merge: bool = False) -> Head:
+    """The head of the artifact at ``folder`` on ``base`` (its private top-k blocks; by
+    default unmerged, the computation training measured); ``base`` is left as it is."""
+    from lastlayer import artifact
+    from lastlayer.core.heads import build_head
 
-    encoder = copy.copy(base)
-    encoder.model = copy.deepcopy(base.model)
-    return load_adapter(encoder, artifact)
+    artifact.check_peft_files(folder)  # a damaged folder fails here, naming the file
+    return build_head(base.model, folder, artifact.read(folder), merge)
 
 
 def attach_lora(encoder: Encoder, top_k: int) -> Encoder:
@@ -74,7 +83,10 @@ def attach_lora(encoder: Encoder, top_k: int) -> Encoder:
 
 def add_peft_adapter(encoder: Encoder, name: str, artifact: str | Path) -> Encoder:
     """The PEFT baseline: wrap ``encoder``'s model in a ``PeftModel`` holding ``artifact``
-    under ``name`` (the first call), or add it to the ``PeftModel`` (later calls)."""
+    under ``name`` (the first call), or add it to the ``PeftModel`` (later calls).
+
+    This changes ``encoder`` (PEFT's way, the one measured against): give it an encoder
+    of its own."""
     from peft import PeftModel
 
     if isinstance(encoder.model, PeftModel):
@@ -89,8 +101,9 @@ class SharedBase:
     """A base loaded once and shared by many runs; each run trains a deep copy of it.
 
     Attributes:
-        encoder: the encoder every run uses (outside :meth:`trainable`: the base itself).
-        model: the base's own model, never trained.
+        encoder: the base's encoder (measuring the base, caching its block inputs); never
+            trained.
+        model: the base's own model (``encoder.model``).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -99,9 +112,7 @@ class SharedBase:
 
     @contextmanager
     def trainable(self) -> Iterator[Encoder]:
-        """The encoder on a fresh copy of the base for one run; the base again afterwards."""
-        self.encoder.model = copy.deepcopy(self.model)
-        try:
-            yield self.encoder
-        finally:
-            self.encoder.model = self.model
+        """A training copy for one run: an encoder of its own (the base's settings) on a
+        deep copy of the base's model, which training may wrap and change; the shared
+        encoder is not touched, whatever the run does."""
+        yield dataclasses.replace(self.encoder, model=copy.deepcopy(self.model))

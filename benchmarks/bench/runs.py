@@ -31,7 +31,7 @@ from benchmarks.bench.models import SharedBase
 from benchmarks.bench.protocol import EVAL_SEED, EvalData
 from benchmarks.bench.results import append_row, read_rows
 from lastlayer.config import ModelConfig, Recipe
-from lastlayer.core.split import encode_from_cache, encode_with_cache
+from lastlayer.core.heads import embed_from_inputs, embed_keeping_inputs, model_head
 from lastlayer.evaluation.metrics import paired_delta
 from lastlayer.training.cache import CachedViews
 from lastlayer.training.pairs import CachedPairStream, cached_pair_stream
@@ -178,8 +178,9 @@ class Group:
         if path.exists():
             saved = torch.load(path, mmap=True)
             return saved["value"], saved["correct"], saved["cache"]
-        vectors, cache = encode_with_cache(self.shared.encoder, self.data.texts, self.k, 32,
-                                           f"embed {self.dataset} (base)")
+        base = self.shared.encoder
+        vectors, cache = embed_keeping_inputs(base, self.data.texts, model_head(base, self.k),
+                                              32, f"embed {self.dataset} (base)")
         value, correct = self.data.score(vectors)
         torch.save({"value": value, "correct": correct, "cache": cache}, path)
         return value, correct, cache
@@ -221,8 +222,10 @@ class Group:
             train_cpu_s = cpu_seconds() - cpu_before
             load_after = os.getloadavg()
             if from_cache:
-                vectors = encode_from_cache(encoder, self.data.texts, self.eval_cache, self.k,
-                                            32, "embed (adapted, from cache)")
+                # the trained model's top k blocks (the adapter's and any base ones below)
+                vectors = embed_from_inputs(encoder, self.data.texts, self.eval_cache,
+                                            model_head(encoder, self.k), 32,
+                                            "embed (adapted, from cache)")
             else:
                 vectors = encoder.encode(self.data.texts, 32, desc="embed (adapted)")
             value, correct = self.data.score(vectors)

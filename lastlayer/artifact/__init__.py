@@ -25,14 +25,13 @@ on. The card's prose lives with the Hub code (:mod:`lastlayer.hub.card`).
 This package sits at the bottom of lastlayer: it imports no torch, peft or ``core``.
 """
 
-import os  # noqa: F401  # tests/test_adapters.py patches ``artifact.os.replace``; drop with it
-
 from lastlayer.artifact.atomic import atomic_path, replace_folder, write_text
 from lastlayer.artifact.folder import (
     check_output_dir,
     check_peft_files,
     files,
     is_artifact,
+    occupant,
     read,
     read_json,
     read_metrics,
@@ -87,7 +86,8 @@ __all__ = [
     "ArtifactError", "ArtifactMeta", "BaseWeights", "Delta", "Embedding", "EvalReport",
     "Layers", "Origin", "TopKChoice", "Training", "as_report", "atomic_path",
     "check_output_dir", "check_peft_files", "check_portable", "file_text", "files",
-    "is_artifact", "looks_absolute", "machine_paths", "nested_strings", "read", "read_json",
+    "is_artifact", "looks_absolute", "machine_paths", "nested_strings", "occupant", "read",
+    "read_json",
     "read_metrics", "read_routing", "replace_folder", "side_files", "upgrade", "write",
     "write_atomically", "write_routing", "write_text",
 ]

@@ -124,6 +124,18 @@ def files(folder: str | Path) -> list[str]:
     return [name for name in FILES if (Path(folder) / name).is_file()]
 
 
+def occupant(path: str | Path) -> str:
+    """What a writer that replaces whole folders finds at ``path``: ``"nothing"`` (no such
+    path, or an empty folder), ``"file"`` (a file, or a link to nothing), or ``"folder"``
+    (a folder with files, which only its own kind of writer may replace)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return "nothing"
+    if not path.is_dir():
+        return "file"
+    return "folder" if any(path.iterdir()) else "nothing"
+
+
 def check_output_dir(path: str | Path, overwrite: bool = False) -> None:
     """Refuse to write an artifact where it would replace something it should not.
 
@@ -134,18 +146,15 @@ def check_output_dir(path: str | Path, overwrite: bool = False) -> None:
     Raises:
         ArtifactError: The message says why and what to change.
     """
-    path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        return
-    if not path.is_dir():
+    path, found = Path(path), occupant(path)
+    if found == "file":
         raise ArtifactError(f"output_dir {path} is a file, not an artifact folder; lastlayer "
                             "never replaces it. Choose another output_dir.")
-    if is_artifact(path):
+    if found == "folder" and is_artifact(path):
         if not overwrite:
             raise ArtifactError(f"output_dir {path} already holds an artifact; set "
                                 "overwrite=true to replace it, or choose another output_dir.")
-        return
-    if any(path.iterdir()):
+    elif found == "folder":
         raise ArtifactError(f"output_dir {path} is a folder with files but not a lastlayer "
                             f"artifact (no {METADATA}); lastlayer never replaces it, even with "
                             "overwrite=true. Choose another output_dir.")

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from lastlayer.artifact.layout import EVAL, METADATA, ArtifactError
 from lastlayer.artifact.migrate import MIGRATIONS
 from lastlayer.config import AdapterConfig, ObjectiveConfig
-from lastlayer.config.decode import ByKey, Source, decode
+from lastlayer.config.decode import Source, decode
 
 SCHEMA_VERSION = 2
 """The ``lastlayer.json`` schema this lastlayer writes (and the newest it reads)."""
@@ -122,7 +122,7 @@ class Training:
 
 
 @dataclass(frozen=True)
-class TopKChoice(ByKey):
+class TopKChoice:
     """How ``adapter.top_k: auto`` chose k (``lastlayer.training.choose_k.KChoice`` as saved).
 
     Only ``top_k`` is required: the rest is evidence for people, and records written
@@ -251,7 +251,7 @@ def _check_adapter(data: dict[str, Any], where: str) -> None:
 
 
 @dataclass(frozen=True)
-class Delta(ByKey):
+class Delta:
     """The adapter's gain over its base, with its 95% paired-bootstrap interval."""
 
     delta: float
@@ -260,7 +260,7 @@ class Delta(ByKey):
 
 
 @dataclass(frozen=True)
-class EvalReport(ByKey):
+class EvalReport:
     """The content of ``eval.json``: base and adapted side by side, and how they were measured.
 
     Attributes:

@@ -49,8 +49,8 @@ def _artifact_line(folder: Path) -> str:
         return f"DAMAGED: {err}"
     line = f"{meta.base.model} {meta.kind} top-{meta.top_k}"
     if meta.top_k_choice:  # chosen by adapter.top_k: auto
-        line += f" (auto: {meta.top_k_choice.get('signal', '?')})"
+        line += f" (auto: {meta.top_k_choice.signal or '?'})"
     if metrics:
-        base, adapted = metrics["base"]["knn_accuracy"], metrics["adapted"]["knn_accuracy"]
+        base, adapted = metrics.base["knn_accuracy"], metrics.adapted["knn_accuracy"]
         line += f"  kNN {base:.3f} -> {adapted:.3f}"
     return line

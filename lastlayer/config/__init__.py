@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from lastlayer.config.decode import ByKey, Source, decode
+from lastlayer.config.decode import Source, decode
 from lastlayer.corpus import DataError, is_hub_dataset, parse_hub_dataset
 
 
@@ -60,7 +60,7 @@ class ModelConfig:
 
 
 @dataclass
-class AdapterConfig(ByKey):
+class AdapterConfig:
     """Where the adapter goes (the top-k blocks) and what it is (LoRA or full unfreeze)."""
 
     kind: AdapterKind = "lora"
@@ -94,7 +94,7 @@ class AdapterConfig(ByKey):
 
 
 @dataclass
-class ObjectiveConfig(ByKey):
+class ObjectiveConfig:
     """The self-supervised task: how two views of a document are made, and the loss."""
 
     kind: ObjectiveKind = "crop"
@@ -329,6 +329,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"recipe {path} is not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"recipe {path} is not UTF-8 text (byte {err.start}: "
+                          f"{err.object[err.start:err.start + 1]!r}); save it as UTF-8.") from err
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a YAML mapping at the top level.")
     return data

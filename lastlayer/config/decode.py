@@ -140,27 +140,3 @@ def _scalar(hint: Any, value: Any, source: Source, key: str) -> Any:
     ):
         raise source.fail(f"{key} must be {hint.__name__}, got {value!r}.")
     return value
-
-
-class ByKey:
-    """Read access by key (``section["kind"]``, ``section.get("signal")``) on a dataclass.
-
-    ``lastlayer.json``'s ``adapter``, ``objective`` and ``top_k_choice`` sections and
-    ``eval.json`` were plain dicts before they were typed; code written against them keeps
-    working. New code reads attributes.
-    """
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in {f.name for f in dataclasses.fields(self)}:  # type: ignore[arg-type]
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __contains__(self, key: object) -> bool:
-        return key in {f.name for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value of field ``key``, or ``default`` when there is no such field."""
-        try:
-            return self[key]
-        except KeyError:
-            return default

@@ -6,8 +6,8 @@ every artifact loads with ``peft.PeftModel.from_pretrained(base, folder)``.
 
 Training attaches a trainable copy (:func:`attach`) and saves it (:func:`save_adapter`);
 everything that *embeds* with a saved adapter goes through the inference engine
-(:mod:`lastlayer.core.engine`, :func:`load_target`). :func:`load_adapter` loads an
-artifact the plain PEFT way, onto a model of its own, as a reference to compare with.
+(:mod:`lastlayer.core.engine`, :func:`~lastlayer.core.target.load_target`, re-exported here
+for the commands that import it from this module).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 
 from torch import nn
 
-from lastlayer import artifact
 from lastlayer.artifact import write_atomically
 from lastlayer.config import AdapterConfig, ConfigError
 from lastlayer.core.encoder import Encoder
@@ -26,12 +25,11 @@ from lastlayer.core.kinds import kind_named, kind_of
 from lastlayer.core.kinds.common import ignore_block_size_warning
 from lastlayer.core.layers import LayerStack, find_layer_stack
 from lastlayer.core.routing import RoutingSignature, write_signature
-from lastlayer.core.target import load_target, model_config_of
+from lastlayer.core.target import load_target
 
 __all__ = [
     "adapter_targets", "attach", "check_top_k", "folder_size", "layer_summary",
-    "load_adapter", "load_target", "model_config_of", "peft_config", "save_adapter",
-    "trainable_parameters",
+    "load_target", "peft_config", "save_adapter", "trainable_parameters",
 ]
 
 
@@ -138,43 +136,3 @@ def save_adapter(
 def folder_size(path: str | Path) -> int:
     """Total size in bytes of the files under ``path``."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
-def load_adapter(encoder: Encoder, path: str | Path, name: str = "default") -> Encoder:
-    """Load an artifact onto ``encoder``'s model the plain PEFT way (eval mode, frozen).
-
-    The first call wraps the model in a ``PeftModel``; later calls add adapters under new
-    names. This changes ``encoder``: lastlayer itself embeds through the engine
-    (:func:`load_target`, :class:`lastlayer.inference.Embedder`), which never does; this is
-    the reference it is compared with (tests, benchmarks).
-    """
-    from peft import PeftConfig, PeftModel
-
-    if Path(path).is_dir():  # a damaged folder fails here, naming the file, not inside PEFT
-        artifact.check_peft_files(path)
-    config = PeftConfig.from_pretrained(str(path))
-    kind = kind_of(config)
-    if isinstance(encoder.model, PeftModel):
-        _check_same_kind(encoder.model, kind.NAME, path)
-    with warnings.catch_warnings():
-        ignore_block_size_warning()
-        if kind.expects_missing_keys(name):  # expected: kind.load_named loads them
-            warnings.filterwarnings("ignore", message="Found missing adapter keys")
-        if isinstance(encoder.model, PeftModel):
-            encoder.model.load_adapter(str(path), adapter_name=name)
-        else:
-            encoder.model = PeftModel.from_pretrained(encoder.model, str(path), adapter_name=name)
-    kind.load_named(encoder.model, path, name)
-    encoder.model.eval()
-    return encoder
-
-
-def _check_same_kind(model, kind: str, path: str | Path) -> None:
-    """PEFT holds one adapter type per model: say so before it fails deep inside."""
-    held = {name: kind_of(c).NAME for name, c in model.peft_config.items()}
-    if set(held.values()) - {kind}:
-        raise ValueError(
-            f"{path} is a {kind!r} artifact, but this model already holds "
-            f"{', '.join(f'{n!r} ({k})' for n, k in held.items())}: PEFT keeps adapters of one "
-            f"kind per model. Load it onto a separate encoder (load_encoder again)."
-        )

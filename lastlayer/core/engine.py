@@ -7,9 +7,9 @@ different adapters share the frozen bottom exactly. For each batch the engine
    adapter's head runs on which rows, and how deep each row must be carried;
 2. runs the trunk once (:meth:`Engine.trunk`): the base's bottom up to the lowest block
    any row needs, then the base blocks between split points on the rows that go further;
-3. runs each adapter's :class:`Head` (its private top-k blocks) on its rows, and the base's
-   remaining blocks on the rows for the base, then pools and normalises as each adapter
-   was trained to.
+3. runs each adapter's :class:`~lastlayer.core.heads.Head` (its private top-k blocks) on
+   its rows, and the base's remaining blocks on the rows for the base, then pools and
+   normalises as each adapter was trained to.
 
 Embedding one text under N adapters of top-k thus costs ``(L − k) + N·k`` block passes
 instead of ``N·L``, for LoRA and full adapters alike, side by side on one base. Everything
@@ -17,9 +17,10 @@ that embeds with an adapter goes through here: ``eval``, ``probe``, ``export`` (
 :func:`lastlayer.core.target.load_target`), ``embed``, ``serve`` and the Python API (through
 :class:`lastlayer.inference.Embedder`, the adapter registry on an engine).
 
-Nothing here changes the base model: heads run private copies of their blocks (built by
-the adapter's kind, :mod:`lastlayer.core.kinds`) and every forward goes through views of
-the model (:mod:`lastlayer.core.split`), so any number of threads may embed at once.
+Nothing here changes the base model: heads (:mod:`lastlayer.core.heads`) run private
+copies of their blocks (built by the adapter's kind, :mod:`lastlayer.core.kinds`) and every
+forward goes through views of the model (:mod:`lastlayer.core.split`), so any number of
+threads may embed at once.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ import torch
 from torch import Tensor, nn
 
 from lastlayer.artifact import ArtifactMeta
-from lastlayer.core.encoder import POOLINGS, Encoder, longest_first_batches, mean_pool
-from lastlayer.core.kinds import kind_named
+from lastlayer.core.encoder import Encoder, longest_first_batches, mean_pool
+from lastlayer.core.heads import Head, build_head, pooled
 from lastlayer.core.layers import find_layer_stack
 from lastlayer.core.progress import progress as progress_bar
 from lastlayer.core.split import BottomRunner, MiddleRunner, TopKHead
+
+__all__ = ["AUTO", "Assign", "BatchPlan", "Embeddings", "Engine", "Head", "Key", "Requests",
+           "build_head", "plan_batch"]
 
 AUTO = "auto"
 """``adapter="auto"``: route each text to the adapter whose domain it belongs to."""
@@ -51,40 +55,6 @@ Key = str | None
 Assign = Callable[[Mapping[str, Any], dict[int, np.ndarray]], Sequence[Key]]
 """The routing rule: (signatures by name, mean-pooled block inputs by block) -> one name
 (or None) per row (:func:`lastlayer.core.routing.assign`)."""
-
-
-@dataclass(frozen=True)
-class Head:
-    """An adapter as the engine runs it: its private top-k blocks and how it embeds.
-
-    Attributes:
-        module: Runs the private blocks over the base's masks, positions and final norm.
-        blocks: The private blocks L−k … L−1 (the adapter applied to copies of the base's).
-        top_k: k.
-        pooling, normalize, max_length: The adapter's own embedding settings.
-        merged: Plain blocks (merged LoRA, the full kind's trained copies) rather than
-            LoRA layers around the base's weights.
-    """
-
-    module: TopKHead
-    blocks: tuple[nn.Module, ...]
-    top_k: int
-    pooling: str
-    normalize: bool
-    max_length: int
-    merged: bool
-
-
-def build_head(base: nn.Module, folder: str | Path, meta: ArtifactMeta, merge: bool) -> Head:
-    """The head of the artifact at ``folder`` (already validated) on ``base``, built once.
-
-    ``merge`` applies to LoRA only (the full kind's blocks are always plain blocks).
-    """
-    kind = kind_named(meta.kind)
-    blocks = kind.private_blocks(base, folder, meta.top_k, merge)
-    emb = meta.embedding
-    return Head(TopKHead(base, meta.top_k, blocks=blocks), tuple(blocks), meta.top_k,
-                emb.pooling, emb.normalize, emb.max_length, merge or kind.always_merged)
 
 
 @dataclass(eq=False)  # vectors compare with numpy, not ==
@@ -384,9 +354,8 @@ class Engine:
             module, pooling, own_normalize = self._settings(key, heads)
             if module is None:
                 module = self.view("head", self.num_layers - starts[key])
-            vectors = POOLINGS[pooling](module(states, mask), mask).float()
-            if own_normalize if normalize is None else normalize:
-                vectors = nn.functional.normalize(vectors, dim=-1)
+            vectors = pooled(module(states, mask), mask, pooling,
+                             own_normalize if normalize is None else normalize)
             for vector, (_, i, out) in zip(vectors.cpu().numpy(), members, strict=True):
                 out[i] = vector
 

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
+from lastlayer.config import KnnMetric
+
 log = logging.getLogger(__name__)
 
-KNN_METRICS = ("euclidean", "cosine")
+KNN_METRICS: tuple[str, ...] = get_args(KnnMetric)
+"""The kNN distances: the menu of ``eval.metric``, defined once in :mod:`lastlayer.config`."""
 TEST_FRACTION = 0.1  # the paper's 90/10 split
 KMEANS_N_INIT = 10
 NDCG_AT, RECALL_AT = 10, 100

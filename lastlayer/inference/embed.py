@@ -1,5 +1,10 @@
 """Embed a corpus file into ``.npy``, ``.parquet`` or ``.jsonl``: resumable, on many processes.
 
+Why one module of ~600 lines: planning, the parts folder, resuming and the output writers
+all read and write one on-disk format (``OUTPUT.parts/``: ``job.json`` and the shards),
+which stays consistent most easily in one place; the shard store (``_prepare_parts`` …
+``_write_atomic``) is the seam to split along.
+
 ``lastlayer embed`` is built from two steps, so that every mistake a user can make is found
 before a model is loaded:
 
@@ -32,7 +37,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +46,7 @@ import numpy as np
 
 from lastlayer.artifact import atomic_path
 from lastlayer.config import ConfigError
+from lastlayer.config.commands import EmbedOptions
 from lastlayer.core.progress import progress as progress_bar
 from lastlayer.corpus import read_with_ids
 from lastlayer.extras import require
@@ -49,8 +55,14 @@ log = logging.getLogger(__name__)
 
 FORMATS = (".npy", ".parquet", ".jsonl")
 """Output suffixes: vectors only (input order), or id / adapter / vector rows."""
-SHARD_SIZE = 1024
-"""Texts per shard by default: a few seconds of work to lose on a GPU, few files on disk."""
+_DEFAULTS = {f.name: f.default for f in fields(EmbedOptions)}
+SHARD_SIZE: int = _DEFAULTS["shard_size"]
+"""Texts per shard by default (``lastlayer embed --shard-size``'s): a few seconds of work to
+lose on a GPU, few files on disk."""
+BATCH_SIZE: int = _DEFAULTS["batch_size"]
+"""Texts per forward pass by default (``--batch-size``'s)."""
+TEXT_FIELD: str = _DEFAULTS["text_field"]
+"""The field holding the text by default (``--text-field``'s)."""
 BARRIER_TIMEOUT = timedelta(days=7)
 """How long a process that has finished its shards waits for the others."""
 PARTS_SUFFIX = ".parts"
@@ -109,7 +121,7 @@ class EmbedJob:
     adapter: str | None = None
     route: bool = False
     shard_size: int = SHARD_SIZE
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     overwrite: bool = False
     identity: dict[str, Any] = field(default_factory=dict)
 
@@ -194,10 +206,11 @@ def check_adapter_choice(names: Sequence[str], adapter: str | None, route: bool)
 
 
 def plan_embedding(
-    input: str | Path, output: str | Path, *, text_field: str = "text",
+    input: str | Path, output: str | Path, *, text_field: str = TEXT_FIELD,
     id_field: str | None = None, adapter: str | None = None, route: bool = False,
     adapter_names: Sequence[str] | None = None, shard_size: int = SHARD_SIZE,
-    batch_size: int = 32, overwrite: bool = False, settings: Mapping[str, Any] | None = None,
+    batch_size: int = BATCH_SIZE, overwrite: bool = False,
+    settings: Mapping[str, Any] | None = None,
     field_keys: tuple[str, str] = ("text_field", "id_field"),
 ) -> EmbedJob:
     """Read the corpus and check the output: everything that needs no model.
@@ -544,8 +557,8 @@ def _write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
 def embed_file(
     input: str | Path, output: str | Path, load: Callable[[Any], TextEncoder], *,
     adapters: Mapping[str, str] | None = None, adapter: str | None = None,
-    route: bool = False, text_field: str = "text", id_field: str | None = None,
-    shard_size: int = SHARD_SIZE, batch_size: int = 32, overwrite: bool = False,
+    route: bool = False, text_field: str = TEXT_FIELD, id_field: str | None = None,
+    shard_size: int = SHARD_SIZE, batch_size: int = BATCH_SIZE, overwrite: bool = False,
     cpu: bool = False, settings: Mapping[str, Any] | None = None, progress: bool = True,
     field_keys: tuple[str, str] = ("--text-field", "--id-field"),
 ) -> EmbedJob:

@@ -1,5 +1,9 @@
 """One base model in memory, many domain adapters, chosen per call, per row, or by routing.
 
+Why one module of ~480 lines: it is one class, the registry, whose every method reads the
+same lock and snapshot of loaded adapters (load checks, names, signatures, the encode
+entry points); the work itself is the engine's (:mod:`lastlayer.core.engine`).
+
 The :class:`Embedder` is the adapter registry on the inference engine
 (:mod:`lastlayer.core.engine`): it loads and checks adapters (their base, their names,
 their routing signatures), builds each one's head once, and hands every ``encode`` call to

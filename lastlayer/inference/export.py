@@ -19,6 +19,9 @@ PEFT installed:
 - a model card ``README.md`` and ``lastlayer_export.json`` (where it came from, how it
   was checked).
 
+The sentence-transformers files and the card are :mod:`lastlayer.inference.st_layout`'s;
+this module loads, merges, saves, checks and refuses.
+
 The exported model embeds like lastlayer: the same tokenizer object (decoders pad with EOS
 on the right), truncation at ``max_length``, the same pooling over the attention mask and
 the same normalisation. When sentence-transformers is installed the export checks it
@@ -48,6 +51,7 @@ from lastlayer.core.encoder import Encoder
 from lastlayer.core.kinds import kind_named
 from lastlayer.core.kinds.common import peft_leftovers
 from lastlayer.core.target import Target, adapter_target
+from lastlayer.inference.st_layout import hidden_size, model_card, sentence_transformers_files
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +67,6 @@ MIN_COSINE = {"float32": 0.99999, "bfloat16": 0.999, "float16": 0.999}
 Half-precision bases round their pooled vectors differently in the two implementations
 (sentence-transformers pools in float32 and rounds back to the model dtype; lastlayer
 pools in the model dtype and returns float32), hence the looser bound."""
-
-ST_POOLING = {"mean": "mean", "cls": "cls", "last": "lasttoken"}
-"""lastlayer pooling -> sentence-transformers pooling mode (both over the attention mask)."""
 
 PROBE_TEXTS = (
     "Chest pain radiating to the left arm in a 58-year-old smoker.",
@@ -115,12 +116,12 @@ def check_export_dir(path: str | Path, overwrite: bool = False) -> None:
     Raises:
         ExportError: The message says why and what to change.
     """
-    path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        return
-    if not path.is_dir():
+    path, found = Path(path), artifact.occupant(path)
+    if found == "file":
         raise ExportError(f"{path} is a file; lastlayer export never replaces it. Choose "
                           "another output folder.")
+    if found == "nothing":
+        return
     if artifact.is_artifact(path):
         raise ExportError(f"{path} is a lastlayer artifact; export never replaces it, even "
                           "with --overwrite. Choose another output folder.")
@@ -128,8 +129,7 @@ def check_export_dir(path: str | Path, overwrite: bool = False) -> None:
         if not overwrite:
             raise ExportError(f"{path} already holds an export; pass --overwrite to replace "
                               "it, or choose another output folder.")
-        return
-    if any(path.iterdir()):
+    else:
         raise ExportError(f"{path} is a folder with files but not a lastlayer export (no "
                           f"{MARKER}); export never replaces it, even with --overwrite. "
                           "Choose another output folder.")
@@ -301,64 +301,6 @@ def readable_by_all(folder: Path) -> None:
             path.chmod(path.stat().st_mode | read)
 
 
-def hidden_size(encoder: Encoder) -> int:
-    """The width of the token states that are pooled."""
-    config = encoder.model.config
-    size = getattr(config, "hidden_size", None)
-    return int(size) if size else int(encoder.model.get_input_embeddings().embedding_dim)
-
-
-def sentence_transformers_files(meta: ArtifactMeta, hidden: int) -> dict[str, Any]:
-    """The sentence-transformers configuration files (path in the folder -> JSON data).
-
-    The module types and pooling keys are the long-standing ones (``sentence_transformers
-    .models.*``, ``pooling_mode_*_tokens``) of the Hub's original sentence-transformers
-    models, which newer releases still read (checked with 6.2), not a newer release's own
-    names that older releases would not know.
-    """
-    emb = meta.embedding
-    names = [("", "Transformer"), ("1_Pooling", "Pooling")]
-    if emb.normalize:
-        names.append(("2_Normalize", "Normalize"))
-    modules = [
-        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{cls}"}
-        for i, (path, cls) in enumerate(names)
-    ]
-    mode = ST_POOLING[emb.pooling]
-    pooling = {
-        "word_embedding_dimension": hidden,
-        "pooling_mode_cls_token": mode == "cls",
-        "pooling_mode_mean_tokens": mode == "mean",
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-        "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": mode == "lasttoken",
-        "include_prompt": True,
-    }
-    return {
-        "modules.json": modules,
-        "sentence_bert_config.json": {"max_seq_length": emb.max_length, "do_lower_case": False},
-        "1_Pooling/config.json": pooling,
-        "config_sentence_transformers.json": {
-            "__version__": _versions(),
-            "model_type": "SentenceTransformer",
-            "prompts": {},
-            "default_prompt_name": None,
-            "similarity_fn_name": "cosine",
-        },
-    }
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    from lastlayer._version import __version__
-
-    return {"lastlayer": __version__, "transformers": transformers.__version__,
-            "pytorch": torch.__version__}
-
-
 def export_record(meta: ArtifactMeta, fingerprint: str, checked: dict[str, Any] | None) -> dict:
     """The content of :data:`MARKER`: the source artifact, the base loaded, the check."""
     from lastlayer._version import __version__
@@ -418,48 +360,3 @@ def cosines(a, b) -> list[float]:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return ((a * b).sum(axis=1) / np.maximum(norms, 1e-30)).tolist()
-
-
-# ---------------------------------------------------------------------------------------
-# The model card.
-
-
-def model_card(meta: ArtifactMeta, hidden: int) -> str:
-    """The exported folder's ``README.md``: what it is, how it embeds, how to load it."""
-    from huggingface_hub import ModelCardData
-
-    base, emb = meta.base, meta.embedding
-    data = ModelCardData(
-        model_name=f"{meta.name} (merged)", base_model=base.model,
-        library_name="sentence-transformers", pipeline_tag="sentence-similarity",
-        tags=["sentence-transformers", "feature-extraction", "sentence-similarity", "lastlayer",
-              meta.kind],
-    )
-    pooling = {"mean": "mean pooling over the attention mask", "cls": "the first token's state",
-               "last": "the last non-padding token's state"}[emb.pooling]
-    lines = [
-        "---", data.to_yaml(), "---", "",
-        f"# {meta.name} (merged, sentence-transformers)", "",
-        f"The lastlayer {meta.kind} adapter `{meta.name}` (top {meta.top_k} of "
-        f"{meta.layers.num_layers} layers, `{meta.objective['kind']}` objective, trained on "
-        f"`{meta.training.data}`) merged into its base, {base.describe()}.", "",
-        f"Embeddings: {hidden} dimensions, {pooling}"
-        + (", L2-normalised" if emb.normalize else "")
-        + f"; inputs truncated to {emb.max_length} tokens.", "",
-        "## Use", "",
-        "```python",
-        "from sentence_transformers import SentenceTransformer",
-        "",
-        "model = SentenceTransformer('path/to/this/folder')",
-        "vectors = model.encode(['some in-domain text'])",
-        "```", "",
-        "It gives the vectors lastlayer gives for the adapter (cosine > 0.99999 per text in "
-        "float32; `lastlayer_export.json` records the check). The merged model alone loads "
-        "with `transformers.AutoModel.from_pretrained('path/to/this/folder')`.",
-    ]
-    if base.dequantized_gguf:
-        lines += ["", f"The base was the GGUF file `{base.file}`, dequantized on load: the "
-                  "weights saved here are that dequantized copy (in "
-                  f"{base.dtype}), which differs slightly from the original checkpoint of "
-                  f"`{base.model}`. The adapter was trained on exactly these weights."]
-    return "\n".join(lines) + "\n"

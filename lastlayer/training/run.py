@@ -14,6 +14,14 @@ also be called one by one:
   atomically (:mod:`~lastlayer.training.assemble`), the checkpoints removed, and a
   before/after table (:mod:`~lastlayer.training.report`).
 
+Both kNN measurements run the inference engine's head type
+(:class:`~lastlayer.core.heads.Head`): the base's own top-k blocks before, and after training
+the trained blocks the adapter's kind picks out of training's attached copy
+(:func:`~lastlayer.core.heads.trained_head`), pooled as the artifact records, so
+``eval.json`` measures what the ``Embedder`` runs. The held-out sample's block L-k inputs are
+kept from the base pass (the bottom is the base's in both), so the adapted pass runs the
+head alone on them.
+
 The same code runs on one CPU, one GPU, or many processes: launch it with
 ``accelerate launch -m lastlayer train RECIPE`` or ``torchrun --nproc_per_node N -m
 lastlayer train RECIPE``. ``train.batch_size`` is per process; the negatives of the
@@ -32,7 +40,7 @@ from torch import nn
 from lastlayer.config import AUTO, Recipe
 from lastlayer.core.adapters import check_top_k, folder_size, trainable_parameters
 from lastlayer.core.encoder import Encoder, load_encoder
-from lastlayer.core.split import encode_from_cache, encode_with_cache
+from lastlayer.core.heads import embed_from_inputs, embed_keeping_inputs, model_head, trained_head
 from lastlayer.evaluation.datasets import EvalSet, load_eval_set
 from lastlayer.evaluation.metrics import KnnResult
 from lastlayer.training.accelerator import make_accelerator
@@ -148,8 +156,9 @@ def prepare(recipe: Recipe, *, encoder: Encoder | None = None,
     base, cache, top_k = None, [], recipe.adapter.top_k
     if held_out is not None and accelerator.is_main_process:
         # keep block L-k's inputs: the adapted pass in finish() reuses them
-        vectors, cache = encode_with_cache(encoder, held_out.texts, top_k,
-                                           recipe.eval.batch_size, "embed (base)")
+        vectors, cache = embed_keeping_inputs(encoder, held_out.texts,
+                                              model_head(encoder, top_k),
+                                              recipe.eval.batch_size, "embed (base)")
         base = evaluate_knn(vectors, held_out, recipe.eval)
 
     base_model = encoder.model
@@ -180,7 +189,8 @@ def finish(job: TrainingJob, result: TrainResult) -> RunResult:
     metrics = None
     if job.base is not None:
         top_k = recipe.adapter.top_k
-        vectors = encode_from_cache(job.encoder, job.held_out.texts, job.eval_cache, top_k,
+        head = trained_head(job.encoder, recipe.adapter.kind, top_k)
+        vectors = embed_from_inputs(job.encoder, job.held_out.texts, job.eval_cache, head,
                                     recipe.eval.batch_size,
                                     f"embed (adapted, top {top_k} layers from cache)")
         adapted = evaluate_knn(vectors, job.held_out, recipe.eval)

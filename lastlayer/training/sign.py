@@ -15,7 +15,6 @@ from pathlib import Path
 from lastlayer import artifact
 from lastlayer.artifact import RECIPE
 from lastlayer.config import load_recipe
-from lastlayer.core.adapters import model_config_of
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.routing import (
     DEFAULT_MAX_DOCS,
@@ -23,6 +22,7 @@ from lastlayer.core.routing import (
     signature_for_texts,
     write_signature,
 )
+from lastlayer.core.target import model_config_of
 from lastlayer.evaluation.datasets import load_eval_set
 from lastlayer.training.data import training_documents
 

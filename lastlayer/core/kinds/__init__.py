@@ -10,6 +10,8 @@ layer, model), each kind here is one module that answers the same questions:
 - ``load_named(model, path, name)``: finish loading it under another adapter name;
 - ``private_blocks(base, folder, top_k, merge)``: the adapter applied to private copies of
   the base's top-k blocks (what the inference engine runs; the base is never touched);
+- ``private_blocks_from_model(model, top_k)``: the trained blocks of a model the adapter
+  is attached to for training (what training measures, through the same head type);
 - ``merged_model(base, blocks)``: the base with those blocks in place (what export saves);
 - ``block_change(block, adapter_name)`` / ``private_change(original, private)``: how far
   a block moved (the probe's ``ΔW/W``), on a training copy or on private blocks;

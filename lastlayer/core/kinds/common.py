@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lastlayer.core.layers import find_layer_stack
-from lastlayer.core.split import structural_copy
+from lastlayer.core.split import base_of, structural_copy
 from lastlayer.core.weights_check import check_adapter_weights
 
 
@@ -86,6 +86,15 @@ def blocks_of(container: nn.Module, base: nn.Module, top_k: int) -> list[nn.Modu
     prefix, indices = top_indices(base, top_k)
     held = container.get_submodule(prefix)
     return [held[str(i)] for i in indices]
+
+
+def top_blocks(model: nn.Module, top_k: int) -> list[nn.Module]:
+    """A model's (a ``PeftModel``'s base's) own blocks L−k … L−1: the modules themselves,
+    not copies."""
+    model = base_of(model)
+    prefix, indices = top_indices(model, top_k)
+    held = model.get_submodule(prefix)
+    return [held[i] for i in indices]
 
 
 def frozen(base: nn.Module, blocks: list[nn.Module]) -> list[nn.Module]:

@@ -30,6 +30,7 @@ from lastlayer.core.kinds.common import (
     frozen,
     load_onto_copies,
     params_change,
+    top_blocks,
     with_blocks,
 )
 from lastlayer.core.layers import top_k_module_names
@@ -109,6 +110,14 @@ def private_blocks(base: nn.Module, folder: str | Path, top_k: int,
     model = load_onto_copies(base, folder, top_k, deep=False)
     layers = blocks_of(model.base_model.model, base, top_k)
     return frozen(base, [layer.ln_tuning_layers["default"] for layer in layers])
+
+
+def private_blocks_from_model(model: nn.Module, top_k: int) -> list[nn.Module]:
+    """The trained blocks of a model the adapter is attached to for training (training's
+    own copy, PEFT-wrapped in place): PEFT's trainable copy of each top-k block
+    (``ln_tuning_layers["default"]``), what its wrapper runs and what the artifact saves,
+    so they are the blocks :func:`private_blocks` loads back (no copy is made)."""
+    return [layer.ln_tuning_layers["default"] for layer in top_blocks(model, top_k)]
 
 
 def merged_model(base: nn.Module, blocks: list[nn.Module]) -> nn.Module:

@@ -25,6 +25,7 @@ from lastlayer.core.kinds.common import (
     dense_params,
     frozen,
     load_onto_copies,
+    top_blocks,
     with_blocks,
 )
 from lastlayer.core.layers import top_k_linear_names
@@ -80,6 +81,13 @@ def private_blocks(base: nn.Module, folder: str | Path, top_k: int,
     model = load_onto_copies(base, folder, top_k, deep=merge)
     container = model.merge_and_unload() if merge else model.base_model.model
     return frozen(base, blocks_of(container, base, top_k))
+
+
+def private_blocks_from_model(model: nn.Module, top_k: int) -> list[nn.Module]:
+    """The trained blocks of a model the adapter is attached to for training (training's
+    own copy, PEFT-wrapped in place): its top-k blocks, LoRA layers and all, unmerged, the
+    very modules training updated (no copy: the head sees every later change)."""
+    return top_blocks(model, top_k)
 
 
 def merged_model(base: nn.Module, blocks: list[nn.Module]) -> nn.Module:

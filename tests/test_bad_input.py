@@ -125,11 +125,6 @@ def folder(tmp: Path) -> Path:
     return tmp / "corpus"
 
 
-ONE_CLASS = pytest.mark.xfail(strict=True, reason=(
-    "lastlayer.evaluation.datasets.load_eval_set accepts a labelled set with one class and "
-    "training reports a meaningless kNN accuracy; it should raise DataError naming the file "
-    "and eval.label_field (helper engine owns evaluation)"))
-
 CASES = [
     # ---- corpus (data.train)
     Case("missing file", train_on(lambda t: t / "missing.jsonl"), "no such file or folder"),
@@ -206,8 +201,7 @@ CASES = [
         "e.jsonl line 4: field 'label' is empty"),
     Case("eval file in .txt", eval_on(text("e.txt", "a\nb\n")), "has no labels"),
     Case("eval with one class only", eval_on(lambda t: jsonl(
-        t / "e.jsonl", [{**r, "label": "a"} for r in HELD_OUT])), "one class",
-        marks=[ONE_CLASS]),
+        t / "e.jsonl", [{**r, "label": "a"} for r in HELD_OUT])), "one class"),
     # ---- recipe and overrides
     Case("invalid YAML", recipe_text("train: [1, 2\n"), "recipe.yaml is not valid YAML"),
     Case("a recipe that is not UTF-8", recipe_text(b"seed: \xff\n"),

@@ -35,6 +35,7 @@ from lastlayer.artifact.layout import (
     ArtifactError,
 )
 from lastlayer.artifact.routing_file import read_routing
+from lastlayer.artifact.safetensors_check import check_safetensors
 from lastlayer.artifact.schema import SCHEMA_VERSION, ArtifactMeta, EvalReport, as_report
 
 
@@ -80,8 +81,6 @@ def read(path: str | Path) -> ArtifactMeta:
 def check_peft_files(folder: str | Path) -> None:
     """Raise :class:`ArtifactError` unless ``folder`` holds a readable PEFT config and whole
     safetensors weights (checked from the header: names, shapes, offsets, file size)."""
-    from safetensors import SafetensorError, safe_open
-
     folder = Path(folder)
     config = read_json(folder / PEFT_CONFIG)
     if not isinstance(config, dict) or "peft_type" not in config:
@@ -90,12 +89,7 @@ def check_peft_files(folder: str | Path) -> None:
     if not weights.is_file():
         raise ArtifactError(f"{weights}: missing; the artifact has no adapter weights "
                             "(copy the whole folder, or train it again).")
-    try:
-        with safe_open(str(weights), framework="numpy") as f:
-            names = list(f.keys())
-    except (SafetensorError, OSError) as err:
-        raise ArtifactError(f"{weights}: truncated or corrupt safetensors file ({err}); copy "
-                            "it again or train the adapter again.") from None
+    names = check_safetensors(weights)  # the header, proven sound before any tensor is read
     if not names:
         raise ArtifactError(f"{weights}: holds no tensors.")
 

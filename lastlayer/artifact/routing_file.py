@@ -60,10 +60,13 @@ def read_routing(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | 
     """
     from safetensors import SafetensorError, safe_open
 
+    from lastlayer.artifact.safetensors_check import check_safetensors
+
     path = Path(folder) / ROUTING
     if not path.is_file():
         return None
     fix = "delete it (routing then ignores this adapter) or write it again"
+    check_safetensors(path)  # the header, proven sound before any tensor is read
     try:
         with safe_open(str(path), framework="numpy") as f:
             raw = dict(f.metadata() or {})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lastlayer import artifact
+from lastlayer.config import ConfigError
 from lastlayer.config.commands import LsOptions as Options
 
 HELP = ("List recipes and trained adapters (also those in the Hugging Face cache) with their "
@@ -19,6 +20,9 @@ def run(args: Options) -> int:
     """Recipes under recipes/, artifacts under adapters/, and the lastlayer adapters in the
     Hugging Face cache (pulled by id)."""
     root = Path(args.root)
+    if not root.is_dir():
+        raise ConfigError(f"--root {root}: no such folder; pass the project folder that holds "
+                          "recipes/ and adapters/ (default: the current folder).")
     recipes = sorted((root / "recipes").rglob("*.yaml"))
     print(f"Recipes ({len(recipes)}):")
     for path in recipes:

@@ -32,14 +32,18 @@ layout of their own. The generator (``lastlayer.cli.flags``) is a few dozen line
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lastlayer.config import DType, EvalConfig, KnnMetric, Quantization, Recipe
+from lastlayer.config import ConfigError, DType, EvalConfig, KnnMetric, Quantization, Recipe
 
 ExportFormat = Literal["sentence-transformers"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+"""The shape of a Hub repo id (``huggingface_hub``'s own check imports too much for here)."""
 
 ADAPTER_TARGET = ("adapter folder or Hub id (ORG/NAME[@REVISION]), base model Hub id, or "
                   "local model folder")
@@ -65,6 +69,20 @@ def option(default: Any = dataclasses.MISSING, *, help: str | None = None,
             "nargs": nargs, "group": group}
     meta = {key: value for key, value in meta.items() if value not in (None, False)}
     return field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def at_least(options: Any, minimum: int | float, *names: str) -> None:
+    """Refuse any of the fields ``names`` of ``options`` below ``minimum`` (None: not given).
+
+    Raises:
+        ConfigError: Naming the flag, its value and the range (exit status 2, no traceback).
+    """
+    for name in names:
+        value = getattr(options, name)
+        if value is not None and value < minimum:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} must be >= {minimum}, got {value}; pass {flag} "
+                              f"{minimum} or more (or leave it out for the default).")
 
 
 def _recipe_argument() -> Any:
@@ -151,6 +169,9 @@ class EvalOptions:
     text_field: str | None = _protocol_option("text_field")
     label_field: str | None = _protocol_option("label_field")
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "k", "max_docs", "max_length", "batch_size")
+
 
 @dataclass(kw_only=True)
 class ProbeOptions:
@@ -169,6 +190,9 @@ class ProbeOptions:
     label_field: str | None = _protocol_option("label_field")
     out: str | None = option(None, help="output folder (default: the adapter folder, or "
                              "runs/probe)")
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "k", "max_docs")
 
 
 @dataclass(kw_only=True)
@@ -201,6 +225,9 @@ class EmbedOptions:
     overwrite: bool = option(False, help="replace an existing output, and discard another "
                              "job's parts")
     no_progress: bool = option(False, help="no progress bar")
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "batch_size", "shard_size")
 
 
 @dataclass(kw_only=True)
@@ -300,6 +327,18 @@ class ServeOptions:
                                   "/v1/models (default: the id adapters record)")
     log_level: LogLevel = option("info")
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be 0..65535, got {self.port}; pass a free port "
+                              "such as 8000 (0: any free port).")
+        at_least(self, 1, "max_batch", "max_queue", "max_inputs", "max_body_bytes",
+                 "max_length")
+        at_least(self, 0, "batch_window_ms")
+        if self.max_inputs > self.max_queue:
+            raise ConfigError(f"--max-inputs ({self.max_inputs}) cannot exceed --max-queue "
+                              f"({self.max_queue}): such a request could never be queued; "
+                              "raise --max-queue or lower --max-inputs.")
+
 
 @dataclass(kw_only=True)
 class PushOptions:
@@ -315,3 +354,9 @@ class PushOptions:
     create_pr: bool = option(False, help="open a pull request against the default branch "
                              "instead of committing")
     commit_message: str | None = option(None, help="default: one line naming the adapter")
+
+    def __post_init__(self) -> None:
+        if not _REPO_ID.fullmatch(self.repo_id) or ".." in self.repo_id or "--" in self.repo_id:
+            raise ConfigError(f"{self.repo_id!r} is not a Hub repo id: write ORG/NAME (letters, "
+                              "digits, '-', '_', '.'; at most 96 characters), e.g. "
+                              "acme/minilm-medical.")

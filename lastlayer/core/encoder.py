@@ -8,20 +8,22 @@ will name; ``load_encoder`` loads them (optionally bitsandbytes-quantized) into 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from lastlayer.config import ModelConfig
+from lastlayer.config import ConfigError, ModelConfig
+from lastlayer.core.progress import library_bars_on_terminals_only
+from lastlayer.core.progress import progress as progress_bar
 from lastlayer.extras import require
 from lastlayer.offline import hub_available, offline_requested
 
@@ -115,8 +117,35 @@ PACKAGED: dict[str, PackagedCopy] = {
 }
 
 
-def resolve_model(cfg: ModelConfig) -> ResolvedModel:
+class RemoteCodeError(ConfigError):
+    """The model needs ``trust_remote_code``: its repo ships Python code lastlayer never runs."""
+
+
+@contextlib.contextmanager
+def refusing_remote_code(name: str) -> Iterator[None]:
+    """Turn transformers' "pass trust_remote_code=True" refusal into a clear error.
+
+    lastlayer always loads with ``trust_remote_code=False``: a model whose architecture
+    lives in its repo's Python files would run that code on this machine.
+    """
+    try:
+        yield
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise RemoteCodeError(
+            f"model {name!r} needs trust_remote_code: its repository ships Python code that "
+            "loading it would run on this machine, and lastlayer never runs it. Use a model "
+            "whose architecture transformers has built in (or a converted copy of it)."
+        ) from None
+
+
+def resolve_model(cfg: ModelConfig, for_artifact: bool = True) -> ResolvedModel:
     """Find the weights for ``cfg.name_or_path``: local path, then Hub (or cache), then packaged.
+
+    ``for_artifact``: the caller will record the id in an artifact (training), so a local
+    folder is warned about (artifacts then name the folder, not a Hub id); embedding,
+    evaluation and serving write no artifact and stay quiet about it.
 
     Raises:
         ModelNotFoundError: Nothing worked; the message says how to get the model.
@@ -124,12 +153,14 @@ def resolve_model(cfg: ModelConfig) -> ResolvedModel:
     name = cfg.name_or_path
     local = Path(name).expanduser()
     if local.exists():
-        return _resolve_local(local, cfg.gguf_file)
+        return _resolve_local(local, cfg.gguf_file, for_artifact)
     hub_available()  # unreachable: offline at once, not ~30 s of retries per file
     try:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(name, revision=cfg.revision, gguf_file=cfg.gguf_file)
+        with refusing_remote_code(name):
+            config = AutoConfig.from_pretrained(name, revision=cfg.revision,
+                                                gguf_file=cfg.gguf_file, trust_remote_code=False)
         return ResolvedModel(
             name, name, cfg.gguf_file, "Hugging Face Hub (or its local cache)", cfg.revision,
             origin="hub", commit=getattr(config, "_commit_hash", None), file=cfg.gguf_file,
@@ -167,7 +198,7 @@ def _resolve_packaged(name: str, packaged: PackagedCopy, pkg_dir: Path,
                          package_version=version, file="/".join(inner) or None)
 
 
-def _resolve_local(folder: Path, gguf_file: str | None) -> ResolvedModel:
+def _resolve_local(folder: Path, gguf_file: str | None, for_artifact: bool) -> ResolvedModel:
     """A local folder (or GGUF file); the recorded id is its name, never the full path."""
     if folder.is_file() and folder.suffix == ".gguf":
         folder, gguf_file = folder.parent, folder.name
@@ -175,7 +206,7 @@ def _resolve_local(folder: Path, gguf_file: str | None) -> ResolvedModel:
         ggufs = sorted(p.name for p in folder.glob("*.gguf"))
         if len(ggufs) == 1:
             gguf_file = ggufs[0]
-    log.warning(
+    (log.warning if for_artifact else log.debug)(
         "Loading a local folder: artifacts will record %r as the base model id. "
         "Prefer a Hub id in model.name_or_path when the model is on the Hub.", folder.name
     )
@@ -303,7 +334,7 @@ class Encoder:
         try:
             with torch.inference_mode():
                 batches = longest_first_batches(texts, batch_size)
-                for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+                for idx in progress_bar(batches, enabled=progress, desc=desc, unit="batch"):
                     vectors = embed(self.tokenize([texts[i] for i in idx])).cpu()
                     for row, i in enumerate(idx):
                         out[i] = vectors[row]
@@ -345,19 +376,21 @@ def disable_cpu_4bit_repacking(model: nn.Module) -> int:
     return changed
 
 
-def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None) -> Encoder:
+def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
+                 for_artifact: bool = True) -> Encoder:
     """Load the encoder a recipe names, ready to embed (eval mode, frozen weights).
 
     Args:
         cfg: The recipe's ``model`` section.
         device: Where to put the model when not quantized (default: CUDA if present).
+        for_artifact: Its id will be recorded in an artifact (see ``resolve_model``).
 
     Raises:
         ModelNotFoundError: The model cannot be found (see ``resolve_model``).
     """
     from transformers import AutoModel, AutoTokenizer
 
-    resolved = resolve_model(cfg)
+    resolved = resolve_model(cfg, for_artifact)
     dtype = getattr(torch, cfg.dtype)
     kwargs = {"revision": cfg.revision} if resolved.path == resolved.hub_id else {}
     if resolved.gguf_file:
@@ -365,13 +398,17 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None) -> 
     quant = quantization_config(cfg.quantization, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
-    model = AutoModel.from_pretrained(resolved.path, dtype=dtype, **kwargs)
+    with refusing_remote_code(cfg.name_or_path), library_bars_on_terminals_only():
+        model = AutoModel.from_pretrained(resolved.path, dtype=dtype, trust_remote_code=False,
+                                          **kwargs)
     if quant is None:
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if quant is not None:
         disable_cpu_4bit_repacking(model)
     model.eval().requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path, **_tokenizer_kwargs(kwargs))
+    with refusing_remote_code(cfg.name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=False,
+                                                  **_tokenizer_kwargs(kwargs))
     if tokenizer.pad_token is None:  # decoders: pad with EOS, the mask hides it anyway
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from lastlayer.artifact import ArtifactMeta
 from lastlayer.core.encoder import Encoder, longest_first_batches, mean_pool
 from lastlayer.core.heads import Head, build_head, pooled
 from lastlayer.core.layers import find_layer_stack
+from lastlayer.core.progress import progress as progress_bar
 from lastlayer.core.split import BottomRunner, MiddleRunner, TopKHead
 
 __all__ = ["AUTO", "Assign", "BatchPlan", "Embeddings", "Engine", "Head", "Key", "Requests",
@@ -224,9 +224,8 @@ class Engine:
         terminal); run them under ``torch.inference_mode()``."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        disable = None if progress is None else not progress
-        return tqdm(longest_first_batches(texts, batch_size), desc=desc, unit="batch",
-                    disable=disable)
+        return progress_bar(longest_first_batches(texts, batch_size), enabled=progress,
+                            desc=desc, unit="batch")
 
     def _limits(self, heads: Mapping[str, Head]) -> Callable[[Key], int]:
         base = self.encoder.max_length

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -133,13 +134,52 @@ def load_target(target: str | Path, merge: bool = False, **model_overrides) -> T
         name, revision = (str(target), None) if local else hub.split_revision(str(target))
         config = ModelConfig(name_or_path=name, revision=revision)
         try:
-            return Target(Engine(load_encoder(replace(config, **model_overrides))))
+            encoder = load_encoder(replace(config, **model_overrides), for_artifact=False)
+            return Target(Engine(encoder))
         except ModelNotFoundError as err:
             if local or hub.parse_ref(str(target)) is None:
                 raise
             raise ModelNotFoundError(f"{target} is neither a lastlayer adapter in the Hugging "
                                      f"Face cache nor a loadable base model: {err}") from None
     return adapter_target(folder, merge=merge, **model_overrides)
+
+
+def downloaded(folder: str | Path) -> bool:
+    """Whether ``folder`` lies in the Hugging Face cache (a Hub adapter's snapshot)."""
+    from huggingface_hub import constants
+
+    return Path(folder).resolve().is_relative_to(Path(constants.HF_HUB_CACHE).resolve())
+
+
+def check_downloaded(meta: ArtifactMeta, source: str, model_overrides: dict[str, Any]) -> None:
+    """Refuse a downloaded adapter whose ``lastlayer.json`` would make lastlayer read a path.
+
+    A stranger writes those strings: the base it names must be a Hub id (never a folder of
+    this machine, an absolute or a ``..`` path) unless the caller names the base itself
+    (``name_or_path``, e.g. ``lastlayer export --base``), and a GGUF file name must be a
+    plain name inside the base's repo.
+
+    Raises:
+        ArtifactError: Naming the field and what to do.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    base = meta.base
+    if "name_or_path" not in model_overrides:
+        try:
+            validate_repo_id(base.model)
+        except HFValidationError:
+            raise ArtifactError(
+                f"{source}: its {artifact.METADATA} names the base {base.model!r}, which is not "
+                "a Hub id; lastlayer never uses a downloaded adapter's strings as paths. Load "
+                "the base yourself (lastlayer export --base FOLDER, or Embedder(FOLDER)"
+                ".load(...))."
+            ) from None
+    if base.file and (Path(base.file).is_absolute() or ".." in Path(base.file).parts
+                      or "\\" in base.file):
+        raise ArtifactError(f"{source}: its {artifact.METADATA} names the base file "
+                            f"{base.file!r}, which is not a plain file name in the base's repo; "
+                            "it is refused.")
 
 
 def adapter_target(folder: str | Path, merge: bool = False, device: str | None = None,
@@ -151,8 +191,10 @@ def adapter_target(folder: str | Path, merge: bool = False, device: str | None =
     """
     artifact.check_peft_files(folder)  # a damaged folder fails here, naming the file
     meta = artifact.read(folder)
+    if downloaded(folder):  # a stranger's strings are never paths
+        check_downloaded(meta, str(folder), model_overrides)
     config = replace(model_config_of(folder), **model_overrides)
-    engine = Engine(load_encoder(config, device))
+    engine = Engine(load_encoder(config, device, for_artifact=False))
     head = engine.build_head(folder, meta, merge)
     # the artifact's settings, unless overridden (as the adapted encoder's always were)
     head = replace(head, pooling=config.pooling, normalize=config.normalize,

@@ -53,6 +53,10 @@ def load_eval_set(cfg: EvalConfig, seed: int) -> EvalSet | None:
 
     Training holds this sample out and reports kNN on it; ``lastlayer probe`` and
     ``lastlayer eval`` draw the same sample from the same data, ``max_docs`` and seed.
+
+    Raises:
+        DataError: The file cannot be read, or its sample holds one class only (a kNN
+            accuracy on it would be 1.0 and mean nothing).
     """
     if cfg.data is None:
         return None
@@ -60,6 +64,12 @@ def load_eval_set(cfg: EvalConfig, seed: int) -> EvalSet | None:
     keep = sample_rows(len(texts), cfg.max_docs, seed)
     if keep is not None:
         texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    if len(set(labels)) < 2:
+        raise DataError(
+            f"{cfg.data}: every document has the one class {labels[0]!r} in field "
+            f"'{cfg.label_field}', so a kNN accuracy would mean nothing; use a file with at "
+            "least 2 classes, or set eval.label_field to the field that holds them."
+        )
     return EvalSet(texts, labels, cfg.data)
 
 

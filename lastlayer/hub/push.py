@@ -114,9 +114,13 @@ def push(folder: str | os.PathLike, repo_id: str, *, private: bool = False,
 
 
 def _server_message(err: Exception) -> str:
-    """The Hub's own error text (never the request's headers, where the token is)."""
+    """The Hub's own error text (never the request's headers, where the token is), with
+    the token masked should a server echo it back."""
+    from huggingface_hub import get_token
+
     server = getattr(err, "server_message", None)
-    return (server or str(err).splitlines()[0])[:300]
+    text, token = server or str(err).splitlines()[0], get_token()
+    return (text.replace(token, "hf_***") if token else text)[:300]
 
 
 def _stage(folder: Path, stage: Path, names: list[str], texts: dict[str, str]) -> None:

@@ -47,6 +47,7 @@ import numpy as np
 from lastlayer.artifact import atomic_path
 from lastlayer.config import ConfigError
 from lastlayer.config.commands import EmbedOptions
+from lastlayer.core.progress import progress as progress_bar
 from lastlayer.corpus import read_with_ids
 from lastlayer.extras import require
 
@@ -259,6 +260,7 @@ def plan_embedding(
                     "to; write .parquet or .jsonl to keep it.", output)
     ids, texts = read_with_ids(input, text_field, id_field or "id",
                                id_required=id_field is not None, keys=field_keys)
+    check_unique_ids(input, ids, id_field or "id")
     identity = {
         "version": _JOB_VERSION, "records": len(texts), "corpus_sha256": _digest(ids, texts),
         "shard_size": shard_size, "adapter": adapter, "route": route,
@@ -267,6 +269,23 @@ def plan_embedding(
     return EmbedJob(output=output, ids=ids, texts=texts, adapter=adapter, route=route,
                     shard_size=shard_size, batch_size=batch_size, overwrite=overwrite,
                     identity=identity)
+
+
+def check_unique_ids(input: str | Path, ids: Sequence[int | str], field: str) -> None:
+    """Refuse a corpus whose ids repeat: rows of the output could not be told apart.
+
+    Raises:
+        EmbedError: Naming the first repeated id and the records (0-based) that hold it.
+    """
+    seen: dict[int | str, int] = {}
+    for row, id_ in enumerate(ids):
+        if id_ in seen:
+            raise EmbedError(
+                f"{input}: the id {id_!r} (field '{field}') is used by records {seen[id_]} and "
+                f"{row} (0-based, empty texts skipped); ids must be unique. Fix the ids, or "
+                "set --id-field to a field whose values are."
+            )
+        seen[id_] = row
 
 
 def _digest(ids: Sequence[int | str], texts: Sequence[str]) -> str:
@@ -337,11 +356,9 @@ def run_embedding(job: EmbedJob, encoder: TextEncoder, state: ProcessState | Non
     total = sum(len(job.rows(i)) for i in mine)
     desc = "embed" if state.num_processes == 1 else (
         f"embed (process 0 of {state.num_processes})")
-    from tqdm.auto import tqdm
-
     done = 0
-    with tqdm(total=total, desc=desc, unit="text",
-              disable=not (progress and state.is_main_process)) as bar:
+    with progress_bar(total=total, desc=desc, unit="text",
+                      enabled=bool(progress and state.is_main_process)) as bar:
         for shard in mine:
             rows = job.rows(shard)
             if _read_shard(job.shard_path(shard), len(rows)) is not None:

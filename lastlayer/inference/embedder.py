@@ -157,7 +157,7 @@ class Embedder:
                 )
             config = ModelConfig(name_or_path=str(base), **overrides)
         self.config = config
-        self.encoder: Encoder = load_encoder(config, device)
+        self.encoder: Encoder = load_encoder(config, device, for_artifact=False)
         self.engine = Engine(self.encoder)
         self.num_layers = self.engine.num_layers
         self._lock = threading.Lock()  # registration (load / unload)
@@ -296,7 +296,7 @@ class Embedder:
         if trained.fingerprint == self.fingerprint:
             return
         ours = self.base_id
-        if trained.model != ours:
+        if trained.model not in self.base_names:
             raise BaseMismatchError(
                 f"adapter {path} was trained on {trained.model!r}, but this Embedder's base "
                 f"is {ours!r}: load it onto Embedder({trained.model!r})."

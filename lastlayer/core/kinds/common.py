@@ -19,6 +19,7 @@ from torch import nn
 
 from lastlayer.core.layers import find_layer_stack
 from lastlayer.core.split import base_of, structural_copy
+from lastlayer.core.weights_check import check_adapter_weights
 
 
 def ignore_block_size_warning() -> None:
@@ -68,6 +69,7 @@ def load_onto_copies(base: nn.Module, folder: str | Path, top_k: int, deep: bool
     """
     from peft import PeftModel
 
+    check_adapter_weights(base, folder, top_k)  # names and shapes, before PEFT reads them
     prefix, indices = top_indices(base, top_k)
     originals = list(base.get_submodule(prefix))
     memo: dict[int, nn.Module] = {}

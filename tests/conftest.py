@@ -13,6 +13,8 @@ import pytest
 import torch
 from helpers.tiny import tiny_model, tiny_tokenizer
 
+pytest_plugins = ["helpers.hub"]  # the Hub world and the recording Hub, for hub/ and trust
+
 
 @pytest.fixture(autouse=True)
 def hub_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -13,18 +13,24 @@ The adapter rows damage a copy of a tiny LoRA artifact trained on the saved tiny
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, artifact_meta, write_jsonl
+from helpers.artifacts import lora_artifact
+from helpers.damage import (
+    header,
+    huge,
+    metadata,
+    renamed_to_bottom,
+    weights,
+    widened,
+)
+from helpers.data import ROOT, write_jsonl
 
 from lastlayer.cli import _user_errors, main
-from lastlayer.config import AdapterConfig, ModelConfig
 
 LABELLED = [{"id": f"d{i}", "text": f"Document {i} is about topic {i % 2}.", "label": str(i % 2)}
             for i in range(12)]
@@ -35,21 +41,6 @@ SHIPPED = ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"
 def lora(saved_models, tmp_path_factory) -> Path:
     """A top-2 LoRA artifact on the saved tiny BERT (its real fingerprint)."""
     return lora_artifact(saved_models, tmp_path_factory.mktemp("art") / "tiny")
-
-
-def lora_artifact(saved_models: dict[str, Path], out: Path, kind: str = "lora",
-                  top_k: int = 2) -> Path:
-    """Save an untrained ``kind`` top-``top_k`` artifact on the saved tiny BERT at ``out``."""
-    from lastlayer.core.adapters import attach, save_adapter
-    from lastlayer.core.encoder import load_encoder
-
-    base = saved_models["bert"]
-    encoder = load_encoder(ModelConfig(name_or_path=str(base), max_length=32), "cpu")
-    attach(encoder, AdapterConfig(kind=kind, top_k=top_k))
-    meta = artifact_meta(str(base), kind=kind, top_k=top_k, num_layers=4, max_length=32)
-    meta = dataclasses.replace(meta, base=dataclasses.replace(
-        meta.base, fingerprint=encoder.fingerprint))
-    return save_adapter(encoder.model, out, files={"lastlayer.json": meta.to_json()})
 
 
 @dataclass
@@ -78,59 +69,6 @@ class Ctx:
 
     def serve(self, *more: str) -> list[str]:
         return ["serve", "--model", str(self.models["bert"]), *more]
-
-
-def weights(change: Callable[[bytes], bytes]) -> Callable[[Path], None]:
-    def apply(folder: Path) -> None:
-        file = folder / "adapter_model.safetensors"
-        file.write_bytes(change(file.read_bytes()))
-    return apply
-
-
-def header(change: Callable[[dict], None]) -> Callable[[Path], None]:
-    """Rewrite the weights' JSON header (the data bytes stay)."""
-    def apply(folder: Path) -> None:
-        file = folder / "adapter_model.safetensors"
-        raw = file.read_bytes()
-        n = int.from_bytes(raw[:8], "little")
-        head = json.loads(raw[8:8 + n])
-        change(head)
-        text = json.dumps(head).encode()
-        file.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
-    return apply
-
-
-def metadata(change: Callable[[dict], None] | str) -> Callable[[Path], None]:
-    def apply(folder: Path) -> None:
-        file = folder / "lastlayer.json"
-        if isinstance(change, str):
-            file.write_text(change)
-            return
-        data = json.loads(file.read_text())
-        change(data)
-        file.write_text(json.dumps(data))
-    return apply
-
-
-def first_lora_a(head: dict) -> str:
-    return sorted(k for k in head if k.endswith("lora_A.weight"))[0]
-
-
-def renamed_to_bottom(head: dict) -> None:
-    name = first_lora_a(head)
-    head[name.replace("encoder.layer.2.", "encoder.layer.0.")] = head.pop(name)
-
-
-def widened(head: dict) -> None:
-    """lora_A of shape [8, 32] claims [4, 64]: the same bytes, a shape the base cannot take."""
-    head[first_lora_a(head)]["shape"] = [4, 64]
-
-
-def huge(head: dict) -> None:
-    entry = head[first_lora_a(head)]
-    entry["shape"] = [50_000_000, 512]  # 100 GB of float32
-    start = entry["data_offsets"][0]
-    entry["data_offsets"] = [start, start + 4 * 512 * 50_000_000]
 
 
 def routing_of_another(folder: Path) -> None:

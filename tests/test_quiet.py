@@ -18,7 +18,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from conftest import ROOT
+from helpers.data import ROOT
 from test_trust import full  # noqa: F401 (a fixture)
 
 from lastlayer.core import progress as progress_module

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.artifacts import lora_artifact
+from helpers.damage import header, widened
+from helpers.hub import REPO, TOKEN
 from safetensors.numpy import save_file
-from test_bad_input_commands import header, lora_artifact, widened
-from test_hub import REPO, TOKEN, hub_server, pushable, world  # noqa: F401 (fixtures)
 
 from lastlayer import artifact
 from lastlayer.artifact import ArtifactError

@@ -113,3 +113,19 @@ def make_artifact(base, out: Path, kind: str = "lora", top_k: int = 2, seed: int
     if given:
         encoder.model = encoder.model.unload()  # the base again, for the next artifact
     return path
+
+
+def lora_artifact(saved_models: dict[str, Path], out: Path, kind: str = "lora",
+                  top_k: int = 2) -> Path:
+    """Save an untrained ``kind`` top-``top_k`` artifact on the saved tiny BERT at ``out``."""
+    from lastlayer.config import AdapterConfig, ModelConfig
+    from lastlayer.core.adapters import attach, save_adapter
+    from lastlayer.core.encoder import load_encoder
+
+    base = saved_models["bert"]
+    encoder = load_encoder(ModelConfig(name_or_path=str(base), max_length=32), "cpu")
+    attach(encoder, AdapterConfig(kind=kind, top_k=top_k))
+    meta = artifact_meta(str(base), kind=kind, top_k=top_k, num_layers=4, max_length=32)
+    meta = dataclasses.replace(meta, base=dataclasses.replace(
+        meta.base, fingerprint=encoder.fingerprint))
+    return save_adapter(encoder.model, out, files={"lastlayer.json": meta.to_json()})

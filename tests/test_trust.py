@@ -189,7 +189,8 @@ def test_a_downloaded_adapters_base_is_never_a_path(lora, tmp_path, monkeypatch,
            "paths" in err and "Traceback" not in err
 
 
-def test_a_model_that_needs_remote_code_is_refused_unrun(tmp_path, capsys):
+def remote_code_model(tmp_path: Path) -> tuple[Path, Path]:
+    """A local model folder whose ``auto_map`` points at code that writes a marker file."""
     model = tmp_path / "custom"
     model.mkdir()
     marker = tmp_path / "ran"
@@ -197,13 +198,33 @@ def test_a_model_that_needs_remote_code_is_refused_unrun(tmp_path, capsys):
         "model_type": "lastlayer-custom",
         "auto_map": {"AutoConfig": "code.Config", "AutoModel": "code.Model"}}))
     (model / "code.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    return model, marker
+
+
+def test_a_model_that_needs_remote_code_is_refused_unrun(tmp_path, capsys):
+    model, marker = remote_code_model(tmp_path)
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"text": f"t {i}", "label": str(i % 2)}) + "\n"
                             for i in range(12)))
     assert main(["eval", str(model), "--data", str(data)]) == 2
     err = capsys.readouterr().err
-    assert "needs trust_remote_code" in err and "lastlayer never runs it" in err
+    assert "needs trust_remote_code" in err and "set model.trust_remote_code=true" in err
     assert "Traceback" not in err and not marker.exists()
+
+
+def test_remote_code_runs_only_when_the_model_config_opts_in(tmp_path, monkeypatch):
+    from lastlayer.config import ModelConfig, load_recipe
+    from lastlayer.core.encoder import load_encoder
+
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    model, marker = remote_code_model(tmp_path)
+    recipe = load_recipe(None, ["model.trust_remote_code=true", "data.train=docs.txt",
+                                 "output_dir=out"])
+    assert recipe.model.trust_remote_code
+    assert not ModelConfig().trust_remote_code  # off by default
+    with pytest.raises(Exception):  # noqa: B017 (the marker code defines no model class)
+        load_encoder(ModelConfig(name_or_path=str(model), trust_remote_code=True), "cpu")
+    assert marker.exists(), "opted in, the repo's code ran"
 
 
 def everything_written(root: Path) -> str:

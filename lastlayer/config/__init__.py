@@ -49,6 +49,9 @@ class ModelConfig:
     max_length: int = 128
     dtype: DType = "float32"
     quantization: Quantization | None = None
+    # Run Python code shipped in the model's repo (models transformers lacks): only for
+    # code you trust; an artifact never switches it on by itself.
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         _positive("model.max_length", self.max_length)

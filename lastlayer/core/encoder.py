@@ -125,7 +125,8 @@ class RemoteCodeError(ConfigError):
 def refusing_remote_code(name: str) -> Iterator[None]:
     """Turn transformers' "pass trust_remote_code=True" refusal into a clear error.
 
-    lastlayer always loads with ``trust_remote_code=False``: a model whose architecture
+    lastlayer loads with ``trust_remote_code=False`` unless the recipe (or the caller's
+    ``ModelConfig``) sets ``model.trust_remote_code: true``: a model whose architecture
     lives in its repo's Python files would run that code on this machine.
     """
     try:
@@ -135,8 +136,9 @@ def refusing_remote_code(name: str) -> Iterator[None]:
             raise
         raise RemoteCodeError(
             f"model {name!r} needs trust_remote_code: its repository ships Python code that "
-            "loading it would run on this machine, and lastlayer never runs it. Use a model "
-            "whose architecture transformers has built in (or a converted copy of it)."
+            "loading it would run on this machine, and lastlayer does not run it unless you "
+            "opt in. Use a model whose architecture transformers has built in, or, if you "
+            "trust its code, set model.trust_remote_code=true."
         ) from None
 
 
@@ -160,7 +162,8 @@ def resolve_model(cfg: ModelConfig, for_artifact: bool = True) -> ResolvedModel:
 
         with refusing_remote_code(name):
             config = AutoConfig.from_pretrained(name, revision=cfg.revision,
-                                                gguf_file=cfg.gguf_file, trust_remote_code=False)
+                                                gguf_file=cfg.gguf_file,
+                                                trust_remote_code=cfg.trust_remote_code)
         return ResolvedModel(
             name, name, cfg.gguf_file, "Hugging Face Hub (or its local cache)", cfg.revision,
             origin="hub", commit=getattr(config, "_commit_hash", None), file=cfg.gguf_file,
@@ -399,15 +402,16 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
     if quant is not None:
         kwargs["quantization_config"] = quant
     with refusing_remote_code(cfg.name_or_path), library_bars_on_terminals_only():
-        model = AutoModel.from_pretrained(resolved.path, dtype=dtype, trust_remote_code=False,
-                                          **kwargs)
+        model = AutoModel.from_pretrained(resolved.path, dtype=dtype,
+                                          trust_remote_code=cfg.trust_remote_code, **kwargs)
     if quant is None:
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if quant is not None:
         disable_cpu_4bit_repacking(model)
     model.eval().requires_grad_(False)
     with refusing_remote_code(cfg.name_or_path):
-        tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=False,
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path,
+                                                  trust_remote_code=cfg.trust_remote_code,
                                                   **_tokenizer_kwargs(kwargs))
     if tokenizer.pad_token is None:  # decoders: pad with EOS, the mask hides it anyway
         tokenizer.pad_token = tokenizer.eos_token

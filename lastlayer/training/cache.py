@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from lastlayer.core.encoder import Encoder, longest_first_batches
+from lastlayer.core.progress import progress
 from lastlayer.core.split import BottomRunner
 
 # ---------------------------------------------------------------------------------------
@@ -108,8 +108,8 @@ def cache_views(
     bottom = BottomRunner(encoder.model, k)  # in eval mode, as the model now is
     try:
         with torch.inference_mode():
-            for rows, batch in tqdm(list(zip(chunks, batches, strict=True)), desc=desc,
-                                    unit="batch"):
+            for rows, batch in progress(list(zip(chunks, batches, strict=True)), desc=desc,
+                                        unit="batch", enabled=True):
                 hidden = bottom(batch).to("cpu", dtype)
                 if views is None:
                     views = CachedViews.allocate(lengths, hidden.shape[-1], dtype, folder)

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from lastlayer.config import ConfigError, Recipe
 from lastlayer.core.encoder import Encoder
+from lastlayer.core.progress import progress
 from lastlayer.core.split import TopKHead
 from lastlayer.training.checkpoint import (
     checkpoint_root,
@@ -116,8 +116,8 @@ def train_adapter(
     if start:
         loader = accelerator.skip_first_batches(loader, start * cfg.grad_accum_steps)
     step, history = start, []
-    bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step",
-               disable=not accelerator.is_local_main_process)
+    bar = progress(total=cfg.max_steps, initial=start, desc="train", unit="step",
+                   enabled=accelerator.is_local_main_process)
     model.train()
     for batch in loader:
         with accelerator.accumulate(model):

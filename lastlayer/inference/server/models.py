@@ -1,0 +1,126 @@
+"""The request and response bodies of the HTTP API, as pydantic models.
+
+The request models validate what clients send (the handlers parse bodies themselves, to
+enforce the size limit and answer in the OpenAI envelope); every model here is also written
+into the OpenAPI schema (:func:`lastlayer.inference.server.app.create_app` passes them to
+FastAPI), so the schema describes each body and a fuzzer such as Schemathesis generates
+bodies that reach the handlers and checks the answers against these shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+
+class EmbeddingRequest(BaseModel):
+    """The body of ``POST /v1/embeddings`` (unknown fields are ignored, as OpenAI does)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr = Field(description="the base (its id or an alias), BASE:ADAPTER, an "
+                             "adapter name, or BASE:auto (each input routed)")
+    input: StrictStr | list[StrictStr | StrictInt | list[StrictInt]] = Field(
+        description="a text or a list of texts (token-id arrays are refused)")
+    encoding_format: StrictStr = Field("float", description="'float' or 'base64' "
+                                       "(little-endian float32)")
+    dimensions: StrictInt | None = Field(None, description="must be the model's dimension")
+    user: StrictStr | None = None
+
+
+class AdapterRequest(BaseModel):
+    """The body of ``POST /v1/adapters``: an artifact folder under ``--adapters``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr
+    path: StrictStr = Field(description="relative to the --adapters directory")
+
+
+class ErrorDetail(BaseModel):
+    """The inside of the OpenAI error envelope."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorDetail
+
+
+class Embedding(BaseModel):
+    """One vector: floats, or base64 of little-endian float32."""
+
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    """Tokens the model read (after truncation)."""
+
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    """The answer of ``POST /v1/embeddings``, in input order."""
+
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    """One served model: the base (``parent`` None) or an adapter of it."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    root: str
+    parent: str | None
+    kind: str | None = None
+    top_k: int | None = None
+    routable: bool | None = None
+
+
+class ModelList(BaseModel):
+    """The answer of ``GET /v1/models``."""
+
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class AdapterAdded(BaseModel):
+    """The answer of ``POST /v1/adapters``."""
+
+    id: str
+    object: Literal["model"]
+    owned_by: str
+    parent: str
+    kind: str
+    top_k: int
+    routable: bool
+
+
+class AdapterDeleted(BaseModel):
+    """The answer of ``DELETE /v1/adapters/{name}``."""
+
+    id: str
+    object: Literal["model"]
+    deleted: bool
+
+
+class Health(BaseModel):
+    """The answer of ``GET /health`` (with an API key it names no model)."""
+
+    status: Literal["ok"]
+    model: str | None = None
+    adapters: list[str] | None = None

@@ -45,12 +45,20 @@ def allowed_path(given: str, root: Path | None) -> Path:
                        "none was given.", "permission_error", param="path",
                        code="path_not_allowed")
     base = Path(root).resolve()
-    path = (base / given).resolve()  # an absolute `given` replaces base
+    try:
+        path = (base / given).resolve()  # an absolute `given` replaces base
+    except (ValueError, OSError) as err:  # a NUL byte (found by the fuzzer: it was a 500)
+        raise APIError(400, f"the path is not a usable file name: {err}.", param="path",
+                       code="invalid_adapter") from err
     if not path.is_relative_to(base):
         raise APIError(403, f"{given!r} is outside the adapters directory; only artifacts "
                        "under it can be loaded.", "permission_error", param="path",
                        code="path_not_allowed")
-    if not path.is_dir() or not artifact.is_artifact(path):
+    try:
+        found = path.is_dir() and artifact.is_artifact(path)
+    except (ValueError, OSError):  # a name too long for the file system, ...
+        found = False
+    if not found:
         raise APIError(400, f"{given!r} is not an adapter artifact folder under the adapters "
                        "directory.", param="path", code="invalid_adapter")
     return path

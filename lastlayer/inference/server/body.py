@@ -72,40 +72,31 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return data
 
 
-def _constant(name: str) -> float:
-    raise _Refused(f"{name} is not a JSON number; send finite numbers only.")
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _Refused(f"the number {text[:40]} is beyond float range.")
-    return value
-
-
-def _depth(value: Any, limit: int) -> int:
-    """How deep ``value`` nests (stops counting past ``limit``), without recursion."""
-    deepest, stack = 0, [(value, 1)]
+def _walk(value: Any):
+    """Every value inside ``value`` with its depth (1: ``value``), without recursion."""
+    stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if depth > limit:
-            return depth
-        deepest = max(deepest, depth)
+        yield item, depth
         children = item.values() if isinstance(item, dict) else item if isinstance(
             item, list) else ()
         stack.extend((child, depth + 1) for child in children)
-    return deepest
 
 
-def _check_strings(data: dict[str, Any]) -> None:
-    """Refuse lone surrogates (``"\\ud800"``): valid JSON, but not text anything can encode."""
-    for key, value in data.items():
-        try:
-            json.dumps([key, value], ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise _Refused("the body holds a lone UTF-16 surrogate (an escape like \\ud800 "
-                           "without its pair): send valid Unicode text.",
-                           key[:100] if key.isprintable() else None) from err
+def _check_value(key: str, value: Any) -> None:
+    """Refuse ``NaN``/``Infinity`` (Python's parser takes them; JSON has no such numbers),
+    numbers beyond float range (``1e999``), and lone surrogates (``"\ud800"``): valid JSON,
+    but not text the tokenizer or the answer's encoder can take."""
+    param = key[:100] if key.isprintable() else None
+    for item, _ in _walk(value):
+        if isinstance(item, float) and not math.isfinite(item):
+            raise _Refused(f"{param or 'a field'} holds NaN, Infinity or a number beyond "
+                           "float range; send finite numbers only.", param)
+    try:
+        json.dumps([key, value], ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise _Refused("the body holds a lone UTF-16 surrogate (an escape like \\ud800 "
+                       "without its pair): send valid Unicode text.", param) from err
 
 
 def decode(body: bytes) -> dict[str, Any]:
@@ -116,23 +107,29 @@ def decode(body: bytes) -> dict[str, Any]:
         raise APIError(400, f"the request body is not valid UTF-8 (byte {err.start}).",
                        code="invalid_json") from err
     try:
-        data = json.loads(text, object_pairs_hook=_object, parse_constant=_constant,
-                          parse_float=_float)
-        if isinstance(data, dict):
-            _check_strings(data)
+        data = json.loads(text, object_pairs_hook=_object)
     except _Refused as err:
         raise APIError(400, f"the request body is not acceptable JSON: {err}", param=err.param,
                        code="invalid_json") from err
     except RecursionError as err:
         raise APIError(400, "the request body nests too deeply.", code="invalid_json") from err
-    except ValueError as err:  # JSONDecodeError, and integers beyond Python's digit limit
+    except json.JSONDecodeError as err:
         raise APIError(400, f"the request body is not valid JSON: {err}",
+                       code="invalid_json") from err
+    except ValueError as err:  # an integer beyond Python's digit limit (4300 digits)
+        raise APIError(400, "the request body holds a number with too many digits.",
                        code="invalid_json") from err
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object.", code="invalid_json")
-    if _depth(data, MAX_DEPTH) > MAX_DEPTH:
+    if max(depth for _, depth in _walk(data)) > MAX_DEPTH:
         raise APIError(400, f"the request body nests more than {MAX_DEPTH} levels deep.",
                        code="invalid_json")
+    try:
+        for key, value in data.items():
+            _check_value(key, value)
+    except _Refused as err:
+        raise APIError(400, f"the request body is not acceptable JSON: {err}", param=err.param,
+                       code="invalid_json") from err
     return data
 
 

@@ -9,9 +9,18 @@ bodies that reach the handlers and checks the answers against these shapes.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema
+
+# What the schema promises is accepted (the validator also takes token-id arrays and any
+# string, to refuse them with a message of its own rather than pydantic's).
+_TEXT = {"type": "string", "minLength": 1}
+_INPUT_SCHEMA = {"anyOf": [_TEXT, {"type": "array", "items": _TEXT, "minItems": 1}],
+                 "description": "a text or a non-empty list of texts (token-id arrays are "
+                 "refused)"}
+_FORMAT_SCHEMA = {"type": "string", "enum": ["float", "base64"], "default": "float",
+                  "description": "'float', or 'base64' of little-endian float32"}
 
 
 class EmbeddingRequest(BaseModel):
@@ -21,10 +30,9 @@ class EmbeddingRequest(BaseModel):
 
     model: StrictStr = Field(description="the base (its id or an alias), BASE:ADAPTER, an "
                              "adapter name, or BASE:auto (each input routed)")
-    input: StrictStr | list[StrictStr | StrictInt | list[StrictInt]] = Field(
-        description="a text or a list of texts (token-id arrays are refused)")
-    encoding_format: StrictStr = Field("float", description="'float' or 'base64' "
-                                       "(little-endian float32)")
+    input: Annotated[StrictStr | list[StrictStr | StrictInt | list[StrictInt]],
+                     WithJsonSchema(_INPUT_SCHEMA)]
+    encoding_format: Annotated[StrictStr, WithJsonSchema(_FORMAT_SCHEMA)] = "float"
     dimensions: StrictInt | None = Field(None, description="must be the model's dimension")
     user: StrictStr | None = None
 

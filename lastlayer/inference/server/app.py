@@ -32,20 +32,21 @@ from lastlayer.inference.embedder import AUTO, BaseMismatchError, Embedder, Unkn
 from lastlayer.inference.server import models as m
 from lastlayer.inference.server.adapters import allowed_path, check_updates
 from lastlayer.inference.server.batcher import Batcher
-from lastlayer.inference.server.body import parse
+from lastlayer.inference.server.body import BodyDeadline, parse
 from lastlayer.inference.server.errors import TYPES, APIError, validation_error
 from lastlayer.inference.server.metrics import Metrics
 from lastlayer.inference.server.names import OWNER, ModelNames
 
 _ERRORS = {400: "malformed body or invalid value", 401: "missing or wrong API key",
-           404: "unknown model or adapter", 413: "body or input list too large",
+           404: "unknown model or adapter", 408: "the body stopped arriving",
+           413: "body or input list too large",
            415: "body not JSON", 429: "queue full (Retry-After)",
            500: "the model failed", 503: "shutting down"}
 
 
 def _responses(ok: type[BaseModel], *extra: int) -> dict[int | str, dict[str, Any]]:
     """The ``responses`` of a route: ``ok`` for 200, the envelope for each error status."""
-    statuses = sorted({400, 401, 404, 413, 415, 429, 500, 503, *extra})
+    statuses = sorted({400, 401, 404, 408, 413, 415, 429, 500, 503, *extra})
     out: dict[int | str, dict[str, Any]] = {200: {"model": ok}}
     for status in statuses:
         out[status] = {"model": m.ErrorResponse, "description": _ERRORS.get(status, "refused")}
@@ -167,6 +168,7 @@ def create_app(embedder: Embedder, settings: ServeSettings | None = None) -> Fas
     app.state.batcher = batcher
     _install_error_handlers(app)
     _install_auth_and_metrics(app, settings, metrics)
+    app.add_middleware(BodyDeadline)  # outermost: every read of the body is timed
 
     @app.post("/v1/embeddings", response_model=None, openapi_extra=_body(m.EmbeddingRequest),
               responses=_responses(m.EmbeddingResponse))

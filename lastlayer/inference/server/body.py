@@ -11,6 +11,7 @@ where there is one, so it is answered in the OpenAI envelope, never as a 500.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -22,6 +23,40 @@ from starlette.requests import ClientDisconnect
 from lastlayer.inference.server.errors import APIError, validation_error
 
 MAX_DEPTH = 32  # the API's bodies nest 3 deep; far deeper is an attack on the parser
+BODY_TIMEOUT_S = 10.0  # a body that stops arriving for this long is answered 408
+
+
+TIMED_OUT = "lastlayer.body_timed_out"  # set in the ASGI scope when the body stopped arriving
+
+
+class BodyDeadline:
+    """ASGI middleware: a request body whose next chunk takes over :data:`BODY_TIMEOUT_S`
+    seconds reads as a disconnect, marked in the scope (answered 408), so a client that
+    sends half a body and hangs frees its connection, and a graceful stop does not wait on
+    it. Once the body is complete, ``receive`` (which then only reports a disconnect) is
+    not timed."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        done = False
+
+        async def timed_receive() -> dict:
+            nonlocal done
+            if done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), BODY_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                scope[TIMED_OUT] = done = True
+                return {"type": "http.disconnect"}
+            done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed_receive, send)
 
 
 class _Refused(ValueError):
@@ -46,7 +81,11 @@ async def read_body(request: Request, limit: int) -> bytes:
                 raise APIError(413, f"the request body exceeds {limit} bytes "
                                "(--max-body-bytes).", code="body_too_large")
             chunks.append(chunk)
-    except ClientDisconnect as err:  # nobody reads the answer; say so in the access log only
+    except ClientDisconnect as err:
+        if request.scope.get(TIMED_OUT):
+            raise APIError(408, f"the request body stopped arriving for {BODY_TIMEOUT_S:g} s.",
+                           code="body_timeout") from err
+        # nobody reads the answer; the access log shows it
         raise APIError(400, "the client disconnected before sending the whole body.",
                        code="incomplete_body") from err
     return b"".join(chunks)

@@ -3,7 +3,7 @@ checked.
 
 Usage (offline; loopback only; stops by itself)::
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.soak                  # 6,000 requests
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.soak                  # 6,000 + warm-up
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.soak --requests 200 200 --out /tmp/s.json
 
 The server (a ``lastlayer serve`` subprocess on 127.0.0.1) serves the base (``--model``,
@@ -13,8 +13,9 @@ draws its model (the base, ``med``, ``med2``, ``BASE:med``), 1-4 texts from a fi
 and ``float`` or ``base64``; about ``--malformed`` of them are malformed bodies of known
 kinds (not JSON, NaN, a duplicate key, the wrong content type, lists of the wrong type, an
 unknown model, an empty input, too many inputs, a lone surrogate, deep nesting), each
-expecting its own 4xx. Each phase (a warm-up of ``--warmup`` requests at 8 clients, then
-``--requests`` at each of ``--clients``) counts:
+expecting its own 4xx. Each phase (a warm-up of ``--warmup`` requests at the most
+clients, so that the allocator has seen the largest batches, then ``--requests`` at each
+of ``--clients``) counts:
 
 - wrong answers: a vector that differs from the in-process ``Embedder``'s for the same text
   and adapter (beyond ``--atol``), a wrong count, index or model, or a 4xx other than the
@@ -263,13 +264,15 @@ def soak(model: str, adapter: Path, *, phases: list[tuple[int, int]], warmup: in
         rss = {"start": rss_mb(proc.pid)}
         kw = {"seed": seed, "pool": pool, "models": models, "base": base,
               "malformed": malformed, "max_inputs": max_inputs}
-        results = [{"phase": "warm-up", **drive(url, plans(warmup, **kw), 8, expected,
+        most = max(clients for clients, _ in phases)  # the largest batches: the allocator's
+        results = [{"phase": "warm-up", **drive(url, plans(warmup, **kw), most, expected,
                                                 atol=atol, deadline=deadline)}]
         rss["after_warmup"] = rss_mb(proc.pid)
         for i, (clients, n) in enumerate(phases):
             kw["seed"] = seed + i + 1
             results.append({"phase": f"{clients} clients", **drive(
-                url, plans(n, **kw), clients, expected, atol=atol, deadline=deadline)})
+                url, plans(n, **kw), clients, expected, atol=atol, deadline=deadline),
+                "rss_mb_after": round(rss_mb(proc.pid), 1)})
         rss["end"] = rss_mb(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -293,7 +296,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--requests", type=int, nargs="+", default=[3000, 3000],
                         help="requests per phase (one number per --clients)")
-    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--malformed", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=1200)

@@ -134,3 +134,45 @@ def test_runtime_adapter_paths_the_fuzzer_found(saved_models, tmp_path):
             assert_error(updates.post("/v1/adapters", json={"name": "n", "path": path}), 400,
                          "path")
         assert_error(updates.delete("/v1/adapters/a%00b"), 404, "name")
+
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                        | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+
+
+def test_any_bytes_decode_to_an_object_or_a_400():
+    """Property (issue 20 section 7, the server's request model): any bytes -> a dict or an
+    APIError 400 from the body decoder (no other exception); any JSON object -> an
+    EmbeddingRequest or a 400 naming a field."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from pydantic import ValidationError
+
+    from lastlayer.inference.server import APIError, EmbeddingRequest
+    from lastlayer.inference.server.body import decode
+    from lastlayer.inference.server.errors import validation_error
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+    def any_bytes(body):
+        try:
+            assert isinstance(decode(body), dict)
+        except APIError as err:
+            assert err.status == 400
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.dictionaries(st.sampled_from(["model", "input", "encoding_format", "dimensions",
+                                            "user", "other"]), _json_values()))
+    def any_object(data):
+        try:
+            EmbeddingRequest.model_validate(data)
+        except ValidationError as err:  # nothing else escapes
+            error = validation_error(err)  # a field given, or a required one missing
+            assert error.status == 400 and error.param in (*data, "model", "input")
+
+    any_bytes()
+    any_object()

@@ -292,3 +292,15 @@ def test_sigterm_under_load_answers_every_accepted_request(setup):
     assert proc.wait(30) == 0
     assert outcomes.count("answered") > 16 and "refused" in outcomes
     assert not [o for o in outcomes if o.startswith("dropped")], sorted(set(outcomes))
+
+
+def test_the_uvicorn_limits_are_set(setup):
+    """The documented limits (docs/serve.md) are the ones uvicorn runs with."""
+    from lastlayer.config.commands import ServeSettings
+    from lastlayer.inference.server import run
+
+    config = run.uvicorn_config(setup["embedder"], ServeSettings(), "127.0.0.1", 0, "info", 30)
+    assert (config.timeout_keep_alive, config.limit_concurrency,
+            config.h11_max_incomplete_event_size) == (5, 1024, 64 * 1024)
+    assert config.timeout_graceful_shutdown == 30 and run.HEAD_TIMEOUT_S == 10
+    assert config.http.__name__ == "HeadDeadlineProtocol"

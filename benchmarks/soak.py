@@ -210,19 +210,21 @@ def _free_port() -> int:
 
 
 def start_server(model: str, adapters: dict[str, Path], args: list[str], log: Path,
-                 max_length: int | None = None) -> tuple[subprocess.Popen, str]:
-    """``lastlayer serve`` on a free loopback port, waited for."""
+                 max_length: int | None = None, *, launcher: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``lastlayer serve`` on a free loopback port, waited for (``launcher``: the command
+    before ``serve``, default ``python -m lastlayer``; ``args`` come last and win)."""
     import httpx
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "lastlayer", "serve", "--model", model, "--device", "cpu",
-           "--port", str(port), "--log-level", "warning", *args]
+    cmd = [*(launcher or [sys.executable, "-m", "lastlayer"]), "serve", "--model", model,
+           "--device", "cpu", "--port", str(port), "--log-level", "warning"]
     cmd += [flag for name, path in adapters.items() for flag in ("--adapter", f"{name}={path}")]
     if max_length:
         cmd += ["--max-length", str(max_length)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*cmd, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -9,7 +9,6 @@ The server's timeouts are shortened for the test (2 s instead of 10 s / 5 s) by 
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -21,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
 from test_inference import MAX_LENGTH, TEXTS, make_artifact
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
+from benchmarks.soak import start_server  # noqa: E402
 from lastlayer.inference import Embedder  # noqa: E402
 
 pytestmark = pytest.mark.serve
@@ -35,36 +34,18 @@ KEY = "sk-clients-test-6b1f0c9e"  # must never appear in the server's output
 WRONG = "sk-wrong-key-4d2a"
 LAUNCHER = ("import sys; from lastlayer.inference.server import body, run; "
             "body.BODY_TIMEOUT_S = run.HEAD_TIMEOUT_S = 2.0; run.KEEP_ALIVE_S = 1; "
-            "from lastlayer.cli import main; sys.exit(main(sys.argv[1:]))")
+            "from lastlayer.cli import main; sys.exit(main(sys.argv[1:]))")  # then: serve ...
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(args: list[str], log: Path, key: bool = True) -> tuple[subprocess.Popen, int]:
     """``lastlayer serve ARGS`` (shortened timeouts, debug logging) on a free loopback port,
     waited for."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "LASTLAYER_KEY": KEY}
     flags = ["--api-key-env", "LASTLAYER_KEY"] if key else []
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "serve", *args, *flags,
-                                 "--port", str(port), "--log-level", "debug"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-            return proc, port
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"server did not start: {log.read_text()}")
+    proc, url = start_server(args[1], {}, [*args[2:], *flags, "--log-level", "debug"], log,
+                             launcher=[sys.executable, "-c", LAUNCHER],
+                             env={"LASTLAYER_KEY": KEY})
+    return proc, int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ and the shipped MiniLM adapter (``--adapter``), loaded under two names, with ada
 on and the adapters folder set, so every operation is reachable. Its schema
 (``app.openapi()``, which describes every request and response body) drives Schemathesis:
 for each operation, ``--examples`` bodies that fit the schema (with ``model`` often set to
-a served name, so they reach the model) and as many that do not, each sent through the ASGI
+a served name and ``path`` to the adapters folder's artifact, so they reach the model and
+load adapters) and as many that do not, each sent through the ASGI
 app and checked with ``not_a_server_error`` (no 5xx) and ``response_schema_conformance``
 (the answer, success or error, has the shape the schema declares). Failures are recorded
 with their request, not raised; the result file counts statuses per operation.
@@ -34,15 +35,17 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 ADAPTER = ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"
 
 
-def fuzz(app: Any, *, examples: int, served: list[str], seed: int = 0,
+def fuzz(app: Any, *, examples: int, served: list[str], paths: list[str] = (), seed: int = 0,
          headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Fuzz every operation of ``app`` (a FastAPI app) from ``app.openapi()``.
 
     Args:
         app: The app; its lifespan is started once by Schemathesis' ASGI client.
         examples: Examples per operation and generation mode (positive, negative).
-        served: Model names to put into ``model`` half of the time (so bodies reach the
+        served: Model names to put into ``model`` most of the time (so bodies reach the
             model instead of a 404).
+        paths: Artifact folders under the adapters folder to put into ``path`` of
+            ``POST /v1/adapters`` most of the time (so adapters get loaded, and deleted).
         seed: Hypothesis' seed (a run is reproducible).
         headers: Sent with every request (an API key).
 
@@ -59,7 +62,8 @@ def fuzz(app: Any, *, examples: int, served: list[str], seed: int = 0,
         statuses: collections.Counter = collections.Counter()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             failure = _fuzz_operation(operation, mode, app, statuses, examples=examples,
-                                      served=served, seed=seed, headers=headers)
+                                      served=served, paths=list(paths), seed=seed,
+                                      headers=headers)
             if failure:
                 report["failures"].append({"operation": operation.label, "mode": str(mode),
                                            "error": failure})
@@ -69,7 +73,7 @@ def fuzz(app: Any, *, examples: int, served: list[str], seed: int = 0,
 
 
 def _fuzz_operation(operation: Any, mode: Any, app: Any, statuses: collections.Counter, *,
-                    examples: int, served: list[str], seed: int,
+                    examples: int, served: list[str], paths: list[str], seed: int,
                     headers: dict[str, str] | None) -> str | None:
     """One operation in one generation mode; the minimal failing example's error, or None."""
     import hypothesis
@@ -83,10 +87,13 @@ def _fuzz_operation(operation: Any, mode: Any, app: Any, statuses: collections.C
                          phases=[hypothesis.Phase.generate, hypothesis.Phase.shrink])
     @hypothesis.seed(seed)
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode),
-                      pick=st.sampled_from([None, *served]))
-    def check(case: Any, pick: str | None) -> None:
+                      pick=st.sampled_from([None, *served]),
+                      where=st.sampled_from([None, *paths]))
+    def check(case: Any, pick: str | None, where: str | None) -> None:
         if pick and isinstance(case.body, dict) and "model" in case.body:
             case.body["model"] = pick
+        if where and isinstance(case.body, dict) and "path" in case.body:
+            case.body["path"] = where
         response = case.call(app=app, headers=headers)
         statuses[str(response.status_code)] += 1
         case.validate_response(response, checks=[not_a_server_error,
@@ -102,7 +109,8 @@ def _fuzz_operation(operation: Any, mode: Any, app: Any, statuses: collections.C
 
 
 def build_app(model: str, adapter: Path, work: Path):
-    """The app around ``model`` with ``adapter`` under two names, updates on."""
+    """The app around ``model`` with ``adapter`` under two names, updates on; the model
+    names it serves and the artifact folders under its adapters folder."""
     import shutil
 
     from lastlayer.inference import Embedder
@@ -117,7 +125,7 @@ def build_app(model: str, adapter: Path, work: Path):
     settings = ServeSettings(batch_window_ms=0, allow_adapter_updates=True,
                              adapters_dir=folder, max_inputs=64, max_body_bytes=256 * 1024)
     return create_app(embedder, settings), [embedder.base_id, "med", "med2",
-                                            f"{embedder.base_id}:med"]
+                                            f"{embedder.base_id}:med"], ["copy"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -136,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     load_start, start = load_1min(), time.perf_counter()
-    app, served = build_app(args.model, args.adapter, args.work)
-    report = fuzz(app, examples=args.examples, served=served, seed=args.seed)
+    app, served, paths = build_app(args.model, args.adapter, args.work)
+    report = fuzz(app, examples=args.examples, served=served, paths=paths, seed=args.seed)
     report.update(model=args.model, adapter=str(args.adapter.relative_to(ROOT))
                   if args.adapter.is_relative_to(ROOT) else str(args.adapter),
                   examples_per_operation_and_mode=args.examples, seed=args.seed,

@@ -1,0 +1,181 @@
+"""Batching across requests: concurrent requests, whatever their adapters, run as one batch.
+
+Requests arriving within ``batch_window_ms`` are gathered and run through one
+``Embedder.encode(texts, adapter=[one name per row])`` call in a worker thread, so rows for
+different adapters share the base's bottom blocks and the event loop never waits on the
+model. Each request is checked first (an adapter that is not loaded, routing without
+signatures), so a bad one fails alone without being encoded. Past ``max_queue`` texts a new
+request is refused with 429 (:class:`~lastlayer.inference.server.errors.QueueFullError`)
+before it is queued: an accepted request is always answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lastlayer.config.commands import ServeSettings
+from lastlayer.inference.embedder import AUTO, Embedder
+from lastlayer.inference.server.errors import APIError, QueueFullError, for_exception, server_error
+from lastlayer.inference.server.metrics import Metrics
+
+log = logging.getLogger(__package__)
+
+
+@dataclass
+class _Job:
+    """One request's texts: ``keys`` holds one adapter (or None) per text; None: routed."""
+
+    texts: list[str]
+    keys: list[str | None] | None
+    future: asyncio.Future
+
+
+class Batcher:
+    """Gathers concurrent requests into batches and runs each in one worker thread.
+
+    One batch runs at a time; while it runs the next one gathers, so a busy server makes
+    large batches and an idle one answers after ``window`` seconds.
+    """
+
+    def __init__(self, embedder: Embedder, settings: ServeSettings, metrics: Metrics) -> None:
+        self.embedder = embedder
+        self.settings = settings
+        self.metrics = metrics
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._queued = 0
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastlayer-embed")
+
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(), name="lastlayer-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for job in self._jobs:
+            if not job.future.done():
+                job.future.set_exception(APIError(503, "the server is shutting down.",
+                                                  "server_error", code="shutting_down"))
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, texts: list[str], keys: list[str | None] | None
+                     ) -> tuple[np.ndarray, list[int]]:
+        """Queue a request; return its vectors and its token counts.
+
+        Raises:
+            QueueFullError: Too many texts are waiting already.
+        """
+        limit = self.settings.max_queue
+        if self._queued + len(texts) > limit:
+            raise QueueFullError(self._queued, limit)
+        job = _Job(texts, keys, asyncio.get_running_loop().create_future())
+        self._jobs.append(job)
+        self._queued += len(texts)
+        self.metrics.queue.set(self._queued)
+        self._wake.set()
+        return await job.future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._jobs:
+                continue
+            if self._queued < self.settings.max_batch and self.settings.batch_window_ms:
+                await asyncio.sleep(self.settings.batch_window_ms / 1000)
+            jobs = self._take()
+            if self._jobs:
+                self._wake.set()  # leftovers form the next batch
+            try:
+                results = await loop.run_in_executor(self._executor, self._embed, jobs)
+            except Exception as err:  # never leave requests waiting, never stop batching
+                log.exception("batch failed")
+                results = [server_error(err)] * len(jobs)
+            for job, result in zip(jobs, results, strict=True):
+                if job.future.done():  # the client went away
+                    continue
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+
+    def _take(self) -> list[_Job]:
+        """The oldest jobs, up to ``max_batch`` texts (at least one job)."""
+        jobs, size = [], 0
+        while self._jobs and (not jobs or size + len(self._jobs[0].texts)
+                              <= self.settings.max_batch):
+            job = self._jobs.popleft()
+            jobs.append(job)
+            size += len(job.texts)
+        self._queued -= size
+        self.metrics.queue.set(self._queued)
+        self.metrics.batch.observe(size)
+        return jobs
+
+    def _embed(self, jobs: list[_Job]) -> list[Any]:
+        """Worker thread: the results of ``jobs``, in order (vectors and tokens, or an
+        :class:`APIError`).
+
+        Each job is first checked alone, without encoding anything (an adapter that is not
+        loaded, routing without signatures): such a job gets its error and stays out of the
+        batch. The others run in one encode call for the named-adapter jobs and one for the
+        routed ones; a call that still fails (an adapter unloaded meanwhile, a crash) is
+        run again job by job, and a job that fails alone gets that very error. No job is
+        encoded more than twice.
+        """
+        results: list[Any] = [None] * len(jobs)
+        for i, job in enumerate(jobs):
+            try:
+                self.embedder.check_request(AUTO if job.keys is None else job.keys,
+                                            len(job.texts))
+            except Exception as err:
+                results[i] = for_exception(err)
+        for routed in (False, True):
+            group = [i for i, job in enumerate(jobs)
+                     if results[i] is None and (job.keys is None) == routed]
+            if not group:
+                continue
+            try:
+                outs = self._encode([jobs[i] for i in group], routed)
+            except Exception as err:
+                outs = ([for_exception(err)] if len(group) == 1
+                        else [self._alone(jobs[i], routed) for i in group])
+            for i, out in zip(group, outs, strict=True):
+                results[i] = out
+        return results
+
+    def _alone(self, job: _Job, routed: bool) -> tuple[np.ndarray, list[int]] | APIError:
+        """One job encoded on its own: its vectors and tokens, or its error."""
+        try:
+            return self._encode([job], routed)[0]
+        except Exception as err:
+            return for_exception(err)
+
+    def _encode(self, jobs: list[_Job], routed: bool) -> list[tuple[np.ndarray, list[int]]]:
+        """One encode call for ``jobs``: each job's vectors and token counts (a routed row's
+        tokens are counted at its routed adapter's limit)."""
+        texts = [text for job in jobs for text in job.texts]
+        adapter = AUTO if routed else [key for job in jobs for key in job.keys]
+        result = self.embedder.encode(texts, adapter=adapter,
+                                      batch_size=self.settings.encode_batch_size,
+                                      progress=False)
+        tokens = result.tokens.tolist()
+        outs, start = [], 0
+        for job in jobs:
+            end = start + len(job.texts)
+            outs.append((result.vectors[start:end], tokens[start:end]))
+            start = end
+        return outs

@@ -53,3 +53,12 @@ def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         tiny_tokenizer().save_pretrained(folder)
         folders[arch] = folder
     return folders
+
+
+@pytest.fixture(scope="module")
+def full(saved_models, tmp_path_factory) -> Path:
+    """A top-1 full-kind artifact on the saved tiny BERT (untrained: its blocks are the
+    base's own copies)."""
+    from helpers.artifacts import lora_artifact
+
+    return lora_artifact(saved_models, tmp_path_factory.mktemp("full") / "f", "full", 1)

@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 
 from helpers.data import ROOT
-from test_trust import full  # noqa: F401 (a fixture)
 
 from lastlayer.core import progress as progress_module
 from lastlayer.core.progress import progress
@@ -79,7 +78,7 @@ def test_embed_to_a_log_file_is_quiet(saved_models, tmp_path):
     assert "embed:" in err and "100%" in err  # the progress is there, as lines
 
 
-def test_eval_of_a_full_adapter_to_a_log_file_is_quiet(full, tmp_path):  # noqa: F811
+def test_eval_of_a_full_adapter_to_a_log_file_is_quiet(full, tmp_path):
     """No PEFT "Unsupported layer type" warning: lastlayer knowingly wraps whole blocks."""
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"text": f"text {i} about {i % 2}", "label": str(i % 2)})
@@ -89,7 +88,7 @@ def test_eval_of_a_full_adapter_to_a_log_file_is_quiet(full, tmp_path):  # noqa:
     assert_quiet(err, max_lines=6)
 
 
-def test_loading_a_full_adapter_warns_nothing(full, saved_models):  # noqa: F811
+def test_loading_a_full_adapter_warns_nothing(full, saved_models):
     from lastlayer.inference import Embedder
 
     embedder = Embedder(saved_models["bert"], device="cpu")

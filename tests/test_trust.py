@@ -144,12 +144,6 @@ def test_modules_to_save_is_refused(lora, saved_models, tmp_path):
         Embedder(saved_models["bert"], device="cpu").load(folder)
 
 
-@pytest.fixture(scope="module")
-def full(saved_models, tmp_path_factory) -> Path:
-    """A top-1 full-kind artifact on the saved tiny BERT."""
-    return lora_artifact(saved_models, tmp_path_factory.mktemp("full") / "f", "full", 1)
-
-
 @pytest.mark.parametrize("change,expected", [
     (None, None),
     (renamed(".ln_tuning_layers.default.", ".ln_tuning_layers.other."), "is not a weight"),
@@ -232,7 +226,7 @@ def everything_written(root: Path) -> str:
                      if p.is_file())
 
 
-def test_the_token_appears_nowhere(hub_server, pushable, tmp_path, capsys, caplog,  # noqa: F811
+def test_the_token_appears_nowhere(hub_server, pushable, tmp_path, capsys, caplog,
                                    monkeypatch):
     """Push (ok, refused, and against a Hub that echoes the token), then ``env``: the token
     is in no output, log, exception, card or file written."""

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_inference import MAX_LENGTH, TEXTS, make_artifact
+from helpers.artifacts import MAX_LENGTH, make_artifact
+from helpers.data import TEXTS
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")

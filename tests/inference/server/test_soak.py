@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from test_inference import MAX_LENGTH, make_artifact  # noqa: E402
+from helpers.artifacts import MAX_LENGTH, make_artifact  # noqa: E402
 
 from benchmarks.soak import soak  # noqa: E402
 

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("schemathesis")
 
-from test_inference import make_artifact  # noqa: E402
+from helpers.artifacts import make_artifact  # noqa: E402
 
 from benchmarks.fuzz_server import fuzz  # noqa: E402
 from lastlayer.inference import Embedder  # noqa: E402

@@ -1,7 +1,7 @@
 """The server's trust rows, in process: it binds loopback unless told otherwise, the API key
 is in no repr or error, only adapters loaded at start (or added under ``--adapters``) are
 served, and runtime additions cannot reach outside ``--adapters``. (The key in the output of
-a real server, under every error path: tests/test_server_clients.py.)"""
+a real server, under every error path: tests/inference/server/test_clients.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from test_inference import make_artifact  # noqa: E402
+from helpers.artifacts import make_artifact  # noqa: E402
 
 from lastlayer.config.commands import ServeOptions  # noqa: E402
 from lastlayer.inference import Embedder  # noqa: E402

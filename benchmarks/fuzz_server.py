@@ -15,8 +15,8 @@ load adapters) and as many that do not, each sent through the ASGI
 app and checked with ``not_a_server_error`` (no 5xx) and ``response_schema_conformance``
 (the answer, success or error, has the shape the schema declares). Failures are recorded
 with their request, not raised; the result file counts statuses per operation.
-``tests/test_server_fuzz.py`` runs :func:`fuzz` with a few examples in CI; the bodies that
-found bugs are regression tests in ``tests/test_server_bodies.py``.
+``tests/inference/server/test_fuzz.py`` runs :func:`fuzz` with a few examples in CI; the bodies that
+found bugs are regression tests in ``tests/inference/server/test_bodies.py``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ of ``--clients``) counts:
 
 Bounded: ``--max-seconds`` stops every phase early (then the result says so). The machine
 may be shared: the 1-minute load average at start and end is recorded with the result.
-``tests/test_server_soak.py`` runs :func:`soak` for a few hundred requests in CI.
+``tests/inference/server/test_soak.py`` runs :func:`soak` for a few hundred requests in CI.
 """
 
 from __future__ import annotations

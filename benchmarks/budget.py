@@ -1,5 +1,8 @@
 """Gain against training budget: held-out quality after ~40, 150 and 500 steps.
 
+(~410 lines: the plan, the runner and the report of one benchmark; the shared parts are
+in ``benchmarks.bench``.)
+
 The findings (``benchmarks.findings``) trained 40 steps x 32 pairs, a fraction of an
 epoch. This benchmark asks what more steps buy, on a raw base (SmolLM2-135M, full unfreeze
 of the top k, crops, lr 2e-4, batch 32, 64 tokens; the findings' protocol and held-out

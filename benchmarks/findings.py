@@ -1,5 +1,8 @@
 """The paper's three findings, reproduced with lastlayer on real corpora (issue 3).
 
+(~410 lines: the plan, the runner, shipping and the report of one benchmark; the shared
+parts are in ``benchmarks.bench``.)
+
 One command runs a fixed plan of training runs, in priority order, and appends one JSON
 row per finished run to ``benchmarks/results/findings.jsonl``; run it again and it skips
 what is done (resumable), ``--report`` prints the tables of docs/results.md from that file.

@@ -1,5 +1,8 @@
 """Multi-adapter inference: lastlayer's Embedder against PEFT and sentence-transformers.
 
+(~410 lines: three systems measured side by side in one run, each with its own loader;
+the shared parts are in ``benchmarks.bench``.)
+
 Usage (offline; one run, every ratio taken between systems measured in that same run)::
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.inference \

@@ -242,22 +242,35 @@ def test_the_api_key_appears_in_nothing_the_server_prints(server):
 
 def test_sigterm_under_load_answers_every_accepted_request(setup):
     """16 clients sending back to back, fresh connections; SIGTERM after 1.5 s: every request
-    whose connection was accepted gets its whole answer (exact vectors), later ones are
-    refused at connect; the process exits 0."""
+    sent before the signal gets its whole answer (exact vectors), later ones are refused at
+    connect; the process exits 0.
+
+    A request sent as the signal arrives may find its connection in the kernel's accept
+    queue, or not yet read, when the server stops listening: it is closed unanswered
+    without the server having seen it (``RemoteProtocolError``; clients such as openai's
+    retry it). That is counted apart for requests sent less than ``GRACE`` s before the
+    signal or after it; one sent earlier and dropped fails the test."""
     proc, port = start(setup["common"], setup["root"] / "sigterm.log", key=False)
     url = f"http://127.0.0.1:{port}"
     outcomes: list[str] = []
     stop_at = time.monotonic() + 6
+    signal_at = [float("inf")]
+    grace = 0.1
 
     def client(i: int) -> None:
         texts = [f"{TEXTS[i % 7]} {i}", TEXTS[(i + 1) % 7]]
         while time.monotonic() < stop_at:
+            sent = time.monotonic()
             try:
                 r = httpx.post(f"{url}/v1/embeddings", json={"model": "a", "input": texts},
                                timeout=30)
             except httpx.ConnectError:
                 outcomes.append("refused")  # never accepted: the server had stopped
                 time.sleep(0.05)
+                continue
+            except httpx.RemoteProtocolError as err:
+                late = sent >= signal_at[0] - grace
+                outcomes.append("closed unread" if late else f"dropped: {type(err).__name__}")
                 continue
             except httpx.TransportError as err:  # accepted, then dropped
                 outcomes.append(f"dropped: {type(err).__name__}")
@@ -268,6 +281,7 @@ def test_sigterm_under_load_answers_every_accepted_request(setup):
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(client, i) for i in range(16)]
         time.sleep(1.5)
+        signal_at[0] = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         for future in futures:
             future.result()

@@ -37,7 +37,6 @@ import types
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from lastlayer.core.encoder import Encoder, mean_pool
@@ -316,51 +315,6 @@ def _mirror_quantization(view: nn.Module, base: nn.Module) -> None:
     for name in ("is_loaded_in_8bit", "is_loaded_in_4bit", "hf_device_map"):
         if name in vars(base):
             setattr(view, name, getattr(base, name))
-
-
-# ---------------------------------------------------------------------------------------
-# Embedding many texts with a cache of block L−k's inputs.
-
-
-def encode_with_cache(
-    encoder: Encoder, texts: Sequence[str], k: int, batch_size: int = 32, desc: str = "embed"
-) -> tuple[Tensor, list[Tensor]]:
-    """Embed ``texts`` with the full model and keep block L−k's inputs, one tensor per batch.
-
-    Runs the bottom and then the top k blocks, which is the full forward split in two.
-
-    Returns:
-        ``(embeddings (N, d), cache)``; pass both the texts and the cache, unchanged, to
-        :func:`encode_from_cache`.
-    """
-    # Eval mode throughout, as encode() sets it (and restores the model's mode afterwards).
-    bottom, head = BottomRunner(encoder.model, k).eval(), TopKHead(encoder.model, k).eval()
-    cache: list[Tensor] = []
-
-    def embed(batch: dict[str, Tensor]) -> Tensor:
-        cache.append(bottom(batch))
-        return encoder.pool(head(cache[-1], batch["attention_mask"]), batch["attention_mask"])
-
-    return encoder.encode(texts, batch_size, desc=desc, embed=embed), cache
-
-
-def encode_from_cache(
-    encoder: Encoder, texts: Sequence[str], cache: list[Tensor], k: int, batch_size: int = 32,
-    desc: str = "embed (top-k from cache)",
-) -> Tensor:
-    """Embed ``texts`` running only the top ``k`` blocks of ``encoder.model`` on ``cache``.
-
-    ``texts``, ``batch_size`` and the tokenizer settings must be those used to build the
-    cache, so every batch has the same composition and padding.
-    """
-    head, batches = TopKHead(encoder.model, k).eval(), iter(cache)
-
-    def embed(batch: dict[str, Tensor]) -> Tensor:
-        mask = batch["attention_mask"]
-        return encoder.pool(head(next(batches), mask), mask)
-
-    with torch.inference_mode():
-        return encoder.encode(texts, batch_size, desc=desc, embed=embed)
 
 
 def pooled_block_inputs(

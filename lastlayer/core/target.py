@@ -125,8 +125,8 @@ def load_target(target: str | Path, merge: bool = False, **model_overrides) -> T
     if not artifact.is_artifact(target) and (Path(target) / artifact.PEFT_CONFIG).is_file():
         raise ArtifactError(
             f"{target} holds a PEFT adapter but no {artifact.METADATA}, so it is not a "
-            "lastlayer artifact: load its base with load_encoder and the adapter with "
-            "load_adapter."
+            "lastlayer artifact: load it with peft.PeftModel.from_pretrained, or train a "
+            "lastlayer adapter (lastlayer train) to get one."
         )
     folder = hub.adapter_folder(target)
     if folder is None:

@@ -242,8 +242,9 @@ def probe(
 
     The documents are the seeded sample that ``lastlayer train`` holds out with the same
     ``data``, ``max_docs`` and ``seed`` (so with a recipe's eval settings, none of them was
-    trained on). For an adapter, the base curve comes from the same loaded model with the
-    adapter disabled, and every block's relative weight change is reported.
+    trained on). For an adapter, the base curve is the base model's own, the adapted one runs
+    the adapter's private blocks from block L−k up (the inference engine's head, the base
+    never changed), and every block's relative weight change is reported.
 
     Args:
         target: An adapter artifact folder or Hub id (``ORG/NAME[@REVISION]``), a base

@@ -16,13 +16,12 @@ from torch import nn
 from lastlayer.config import AdapterConfig, ModelConfig
 from lastlayer.core.adapters import attach
 from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.heads import embed_from_inputs, embed_keeping_inputs, model_head, trained_head
 from lastlayer.core.layers import LayerStackError
 from lastlayer.core.split import (
     BottomRunner,
     MiddleRunner,
     TopKHead,
-    encode_from_cache,
-    encode_with_cache,
     structural_copy,
 )
 
@@ -123,13 +122,14 @@ def test_adapted_embeddings_from_the_base_cache_equal_a_full_pass(arch, pooling,
     encoder = Encoder(
         model=tiny_model(arch, num_layers=4), tokenizer=tiny_tokenizer(), pooling=pooling
     )
-    base, cache = encode_with_cache(encoder, TEXTS, k=2, batch_size=3, desc="base")
+    base, cache = embed_keeping_inputs(encoder, TEXTS, model_head(encoder, 2), batch_size=3)
     torch.testing.assert_close(base, encoder.encode(TEXTS, batch_size=3), rtol=1e-5, atol=1e-6)
 
     attach(encoder, AdapterConfig(kind=kind, top_k=2))
     perturb(encoder.model)
     full = encoder.encode(TEXTS, batch_size=3)
-    cached = encode_from_cache(encoder, TEXTS, cache, k=2, batch_size=3)
+    cached = embed_from_inputs(encoder, TEXTS, cache, trained_head(encoder, kind, 2),
+                               batch_size=3)
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(full, base, atol=1e-3), "the adapter changed the embeddings"
 

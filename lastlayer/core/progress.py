@@ -13,6 +13,7 @@ a terminal only, as tqdm's ``disable=None`` does. The libraries' own bars (trans
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -80,10 +81,16 @@ def progress(iterable: Iterable | None = None, *, enabled: bool | None = None,
 @contextlib.contextmanager
 def library_bars_on_terminals_only() -> Iterator[None]:
     """Within this block, transformers' and huggingface_hub's own bars (``Loading weights``,
-    downloads) are off unless stderr is a terminal; their previous state is restored."""
+    downloads, the GGUF dequantization) are off unless stderr is a terminal; their previous
+    state is restored.
+
+    transformers' GGUF loader calls tqdm directly, past its own progress-bar switch, so its
+    module's ``tqdm`` is swapped for a disabled one for the duration of the block.
+    """
     if sys.stderr.isatty():
         yield
         return
+    import transformers.modeling_gguf_pytorch_utils as gguf_loader
     from huggingface_hub.utils import (
         are_progress_bars_disabled,
         disable_progress_bars,
@@ -92,11 +99,14 @@ def library_bars_on_terminals_only() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     was_on = hf_logging.is_progress_bar_enabled(), not are_progress_bars_disabled()
+    gguf_bar = gguf_loader.tqdm
     hf_logging.disable_progress_bar()
     disable_progress_bars()
+    gguf_loader.tqdm = functools.partial(std_tqdm, disable=True)
     try:
         yield
     finally:
+        gguf_loader.tqdm = gguf_bar
         if was_on[0]:
             hf_logging.enable_progress_bar()
         if was_on[1]:

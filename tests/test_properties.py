@@ -284,3 +284,59 @@ def test_two_views_are_drawn_independently():
     assert abs(same - 1 / starts) < 0.03
     spans = [span_views(doc, rng) for _ in range(500)]
     assert sum(a == b for a, b in spans) < 50  # span views, too, are two separate draws
+
+
+# ---------------------------------------------------------------------------------------
+# The artifact reader: any lastlayer.json gives an ArtifactMeta or an ArtifactError.
+
+SHIPPED_META = json.loads((Path(__file__).parent.parent / "adapters" / "medical"
+                           / "minilm-l6_lora-top2_crop" / "lastlayer.json").read_text())
+any_json = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=10,
+)
+
+
+def _paths(value, prefix=()):
+    """Every key path of a nested mapping (the places a mutation may hit)."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield (*prefix, key)
+            yield from _paths(inner, (*prefix, key))
+
+
+META_PATHS = list(_paths(SHIPPED_META))
+
+
+def _read_meta(data) -> None:
+    from lastlayer.artifact import ArtifactError, ArtifactMeta
+
+    try:
+        meta = ArtifactMeta.from_dict(data, "lastlayer.json")
+    except ArtifactError:
+        return
+    assert isinstance(meta, ArtifactMeta)
+
+
+@settings(suppress_health_check=list(HealthCheck))
+@given(any_json)
+def test_any_json_gives_an_artifact_meta_or_an_artifact_error(data):
+    _read_meta(data)
+
+
+@settings(suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(META_PATHS), st.one_of(any_json, st.just(DELETE := object())))
+def test_a_valid_lastlayer_json_with_one_value_changed_reads_or_is_refused(path, value):
+    """The shipped MiniLM artifact's metadata with one value replaced (or its key deleted)."""
+    data = json.loads(json.dumps(SHIPPED_META))
+    *parents, last = path
+    holder = data
+    for key in parents:
+        holder = holder[key]
+    if value is DELETE:
+        del holder[last]
+    else:
+        holder[last] = value
+    _read_meta(data)

@@ -31,6 +31,7 @@ returning vectors and (with ``adapter="auto"``) the routed names, as
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -447,7 +448,21 @@ def _encode(job: EmbedJob, encoder: TextEncoder,
 
 def _write_shard(path: Path, vectors: np.ndarray, names: list[str | None]) -> None:
     adapters = np.array(["" if n is None else n for n in names], dtype=str)
-    _write_atomic(path, lambda f: np.savez(f, vectors=vectors, adapters=adapters))
+    with _kept_on_failure(path, path.parent):
+        _write_atomic(path, lambda f: np.savez(f, vectors=vectors, adapters=adapters))
+
+
+@contextlib.contextmanager
+def _kept_on_failure(path: Path, parts: Path) -> Iterator[None]:
+    """A failing write (a full disk, a quota) is an :class:`EmbedError` that says the
+    finished shards are kept: nothing half-written is left under ``path``'s name."""
+    try:
+        yield
+    except OSError as err:
+        raise EmbedError(
+            f"could not write {path}: {err.strerror or err}; the finished shards are kept in "
+            f"{parts}: free space (or fix the folder) and run the same command again to "
+            "resume.") from err
 
 
 def _read_shard(path: Path, rows: int) -> tuple[np.ndarray, list[str | None]] | None:
@@ -490,7 +505,8 @@ def _assemble(job: EmbedJob) -> None:
     suffix = output_format(job.output)
     writers: dict[str, Callable[[EmbedJob, Path], None]] = {
         ".npy": _write_npy, ".parquet": _write_parquet, ".jsonl": _write_jsonl}
-    with atomic_path(job.output, tmp=job.parts / f"assembling{suffix}") as tmp:
+    with _kept_on_failure(job.output, job.parts), \
+            atomic_path(job.output, tmp=job.parts / f"assembling{suffix}") as tmp:
         writers[suffix](job, tmp)
     shutil.rmtree(job.parts)
     log.info("Wrote %d vectors to %s", len(job.texts), job.output)

@@ -263,6 +263,48 @@ def test_an_interrupted_run_resumes_where_it_stopped(embedder, corpus, texts, tm
     assert not parts.exists()
 
 
+@pytest.mark.parametrize("failing", ["shard", "output"])
+def test_a_full_disk_keeps_the_finished_shards_and_the_run_resumes(
+        embedder, corpus, texts, tmp_path, monkeypatch, failing):
+    """ENOSPC while writing a shard (the 3rd) or the assembled output: a clear error that
+    says what is kept, no half-written file under a final name, and the same command then
+    resumes to the same bytes."""
+    import errno
+    import os
+
+    import lastlayer.inference.embed as embed_module
+    from lastlayer.inference.embed import EmbedError
+
+    ref = embed(embedder, corpus, tmp_path / "ref.jsonl", adapter="a")
+    out, parts = tmp_path / "out.jsonl", tmp_path / "out.jsonl.parts"
+    real_savez, real_writer = np.savez, embed_module._write_jsonl
+    calls = []
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        if failing == "output" or len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_savez(*args, **kwargs)
+
+    if failing == "shard":
+        monkeypatch.setattr(np, "savez", full_disk)
+    else:
+        monkeypatch.setattr(embed_module, "_write_jsonl", lambda job, path: full_disk())
+    with pytest.raises(EmbedError, match="No space left on device; the finished shards are "
+                                         "kept in"):
+        embed(embedder, corpus, out, adapter="a")
+    assert not out.exists()
+    done = sorted(p.name for p in parts.iterdir())
+    assert done == (["job.json", "shard-000000.npz", "shard-000001.npz"] if failing == "shard"
+                    else ["job.json"] + [f"shard-00000{i}.npz" for i in range(4)])
+    monkeypatch.setattr(np, "savez", real_savez)
+    monkeypatch.setattr(embed_module, "_write_jsonl", real_writer)
+    embedder.calls = []
+    embed(embedder, corpus, out, adapter="a")
+    assert embedder.calls == ([texts[16:24], texts[24:]] if failing == "shard" else [])
+    assert out.read_bytes() == ref.read_bytes() and not parts.exists()
+
+
 def test_a_run_resumes_with_another_batch_size(embedder, corpus, texts, alone, tmp_path):
     out = tmp_path / "out.npy"
     _interrupt(embedder, corpus, out, on_call=2, adapter="b")

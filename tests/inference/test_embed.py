@@ -515,6 +515,31 @@ def test_two_processes_write_what_one_writes(saved_models, artifacts, corpus, te
     assert calls[1] == [texts[8:16], texts[24:]]
 
 
+@pytest.mark.parametrize("kill_at", ["written:2", "writing:3"])
+def test_a_killed_embed_resumes_from_its_last_finished_shard(saved_models, artifacts, corpus,
+                                                             texts, tmp_path, kill_at):
+    """SIGKILL after the 2nd shard was written, or while the 3rd was half written: the
+    same command then embeds only the shards not finished and writes the same bytes."""
+    def command(out: Path, calls: str, kill: str | None = None) -> subprocess.CompletedProcess:
+        env = child_env() | ({"LASTLAYER_TEST_KILL_AT": kill} if kill else {})
+        return subprocess.run(
+            [*launcher(1), "-m", "helpers.embed_worker", str(tmp_path / calls), "embed",
+             "--model", str(saved_models["bert"]), "--adapter", f"a={artifacts['a']}",
+             "--adapter-for-all", "a", "--input", str(corpus), "--output", str(out),
+             "--shard-size", str(SHARD), "--no-progress"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    ref, out = tmp_path / "ref.jsonl", tmp_path / "out.jsonl"
+    assert command(ref, "ref").returncode == 0
+    killed = command(out, "killed", kill_at)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert not out.exists()
+    resumed = command(out, "resumed")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert out.read_bytes() == ref.read_bytes()
+    assert json.loads((tmp_path / "resumed.0.json").read_text()) == [texts[16:24], texts[24:]]
+
+
 # ---------------------------------------------------------------------------------------
 # The real Embedder (shared trunk) through the real command.
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.artifacts import artifact_meta
-from helpers.data import medical_sample
 
 from lastlayer import artifact
 from lastlayer.cli import main
@@ -27,12 +26,6 @@ from lastlayer.training.choose_k import (
 # below, seed 0, batches of 8 (48 retrievals: 24 pairs, both ways). A change means the
 # signal no longer measures what it did: check why before updating it.
 GOLDEN_CROP_CURVE = [17 / 48, 18 / 48, 17 / 48, 17 / 48, 17 / 48]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 120 medical abstracts (text + label), as a small jsonl file."""
-    return medical_sample(tmp_path_factory.mktemp("data") / "medical.jsonl")
 
 
 def auto_recipe(model: Path, corpus: Path, out: Path, *overrides: str):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.data import medical_sample
 from safetensors.torch import load_file
 
 import lastlayer.training.run as run_module
@@ -36,12 +35,6 @@ GOLDEN_CACHED_LOSSES = {"lora": [2.0203, 1.9418, 1.9439, 2.0303],
                         "full": [2.0203, 1.9359, 1.9317, 2.0206]}
 GOLDEN_DROPOUT_CACHED_LOSSES = [1.7745, 1.7492, 1.7650]
 GOLDEN_GROUPED_LOSSES = [2.8742, 2.5053, 1.5613]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 120 medical abstracts (text + label), as a small jsonl file."""
-    return medical_sample(tmp_path_factory.mktemp("data") / "medical.jsonl")
 
 
 def recipe_for(model: Path, corpus: Path, out: Path, *overrides: str):

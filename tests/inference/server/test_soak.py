@@ -1,5 +1,5 @@
 """A short soak in CI: ``benchmarks/soak.py``'s driver against a real ``lastlayer serve``
-subprocess on loopback (tiny model), 8 then 32 clients, base and two adapters, float and
+subprocess on loopback (tiny model), 8 then 32 clients, base and two different adapters, float and
 base64, about 10 % malformed bodies: no wrong answer, no 5xx, no dropped connection, a clean
 exit. (The long run, >= 5,000 requests: ``python -m benchmarks.soak``.)"""
 
@@ -29,3 +29,22 @@ def test_short_soak_loses_nothing(saved_models, tmp_path):
     assert all(phase["complete"] for phase in result["phases"])
     assert result["server_exit_code"] == 0
     assert result["rss_mb"]["end"] > 0 and result["phases"][-1]["p99_ms"] > 0
+
+
+def test_the_soaks_second_adapter_is_another_adapter(saved_models, tmp_path):
+    """``med2`` is not ``med`` under a second name: its vectors differ from both others'."""
+    import numpy as np
+    from helpers.data import TEXTS
+
+    from benchmarks.soak import mirrored_adapter
+    from lastlayer.inference import Embedder
+
+    model = saved_models["bert"]
+    med = make_artifact(model, tmp_path / "med", "lora", 2, 1, "bert")
+    embedder = Embedder(model, device="cpu", max_length=MAX_LENGTH)
+    embedder.load(med, "med")
+    embedder.load(mirrored_adapter(med, tmp_path / "med2"), "med2")
+    vectors = {head: embedder.encode(TEXTS, adapter=head).vectors
+               for head in (None, "med", "med2")}
+    for a, b in (("med", "med2"), (None, "med2")):
+        assert np.abs(vectors[a] - vectors[b]).max() > 1e-3, (a, b)

@@ -413,11 +413,12 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
     if resolved.gguf_file:
         kwargs["gguf_file"] = resolved.gguf_file
     quant = quantization_config(cfg.quantization, dtype)
-    path = resolved.path
     if quant is not None:
         kwargs["quantization_config"] = quant
-        if resolved.gguf_file:  # bitsandbytes needs plain weights: a dequantized copy
-            path, kwargs = str(dequantized_folder(gguf_path(resolved))), {"quantization_config": quant}
+    path = resolved.path
+    if quant is not None and resolved.gguf_file:  # bitsandbytes needs plain weights:
+        path = str(dequantized_folder(gguf_path(resolved)))  # the file's dequantized copy
+        kwargs = {"quantization_config": quant}
     with refusing_remote_code(cfg.name_or_path), library_bars_on_terminals_only():
         model = AutoModel.from_pretrained(path, dtype=dtype,
                                           trust_remote_code=cfg.trust_remote_code, **kwargs)

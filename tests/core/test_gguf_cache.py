@@ -177,3 +177,13 @@ def test_the_packaged_smollm2_gguf_in_8bit_and_4bit_stays_close_to_fp32(cache):
         assert encoder.resolved.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
         cosine = (encoder.encode(texts, progress=False) * reference).sum(1)
         assert cosine.min() > floor, (bits, cosine)
+
+
+@pytest.mark.bnb
+def test_an_8bit_forward_logs_no_cast_notice_per_matmul(gguf, cache, caplog):
+    pytest.importorskip("bitsandbytes")
+    encoder = load_encoder(ModelConfig(name_or_path=str(gguf), quantization="8bit",
+                                       max_length=32), for_artifact=False)
+    with caplog.at_level(logging.WARNING):
+        encoder.encode(TEXTS[:2], progress=False)
+    assert "inputs will be cast" not in caplog.text

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lastlayer.config import ConfigError, ModelConfig
+from lastlayer.core.gguf_cache import dequantized_folder
 from lastlayer.core.progress import library_bars_on_terminals_only
 from lastlayer.core.progress import progress as progress_bar
 from lastlayer.extras import require
@@ -51,6 +52,16 @@ class _QuantizedOnly(logging.Filter):
 
 _BNB_NOTICES = _QuantizedOnly()
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_BNB_NOTICES)
+
+
+def _not_a_cast_notice(record: logging.LogRecord) -> bool:
+    """Drop bitsandbytes' "MatMul8bitLt: inputs will be cast ... to float16" notice: it is
+    logged at every 8-bit matmul (some 20,000 lines in one demo run), says nothing to act
+    on, and the cast is how 8-bit matmuls work."""
+    return "inputs will be cast" not in str(record.msg)
+
+
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(_not_a_cast_notice)
 
 
 class ModelNotFoundError(OSError):
@@ -388,6 +399,15 @@ def disable_cpu_4bit_repacking(model: nn.Module) -> int:
     return changed
 
 
+def gguf_path(resolved: ResolvedModel) -> Path:
+    """The local GGUF file of ``resolved`` (a Hub repo's is fetched or taken from the cache)."""
+    if resolved.origin != "hub":
+        return Path(resolved.path) / str(resolved.gguf_file)
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(resolved.path, str(resolved.gguf_file), revision=resolved.revision))
+
+
 def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
                  for_artifact: bool = True) -> Encoder:
     """Load the encoder a recipe names, ready to embed (eval mode, frozen weights).
@@ -410,8 +430,12 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
     quant = quantization_config(cfg.quantization, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
+    path = resolved.path
+    if quant is not None and resolved.gguf_file:  # bitsandbytes needs plain weights:
+        path = str(dequantized_folder(gguf_path(resolved)))  # the file's dequantized copy
+        kwargs = {"quantization_config": quant}
     with refusing_remote_code(cfg.name_or_path), library_bars_on_terminals_only():
-        model = AutoModel.from_pretrained(resolved.path, dtype=dtype,
+        model = AutoModel.from_pretrained(path, dtype=dtype,
                                           trust_remote_code=cfg.trust_remote_code, **kwargs)
     if quant is None:
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -419,7 +443,7 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
         disable_cpu_4bit_repacking(model)
     model.eval().requires_grad_(False)
     with refusing_remote_code(cfg.name_or_path):
-        tokenizer = AutoTokenizer.from_pretrained(resolved.path,
+        tokenizer = AutoTokenizer.from_pretrained(path,
                                                   trust_remote_code=cfg.trust_remote_code,
                                                   **_tokenizer_kwargs(kwargs))
     if tokenizer.pad_token is None:  # decoders: pad with EOS, the mask hides it anyway

@@ -195,7 +195,10 @@ def _usage(meta: ArtifactMeta, repo_id: str | None) -> list[str]:
     blocks = [_fill("use", model=base.model, model_repr=repr(base.model), where=where,
                     where_repr=repr(where), pooling=pooling, max_length=emb.max_length,
                     load=load)]
-    if base.quantization:
+    if base.quantization and base.dequantized_gguf:  # transformers alone cannot load it so
+        blocks.append(_fill("use_quantized_gguf", quantization=base.quantization,
+                            file=base.file, model_repr=repr(base.model)))
+    elif base.quantization:
         blocks.append(_fill("use_quantized", quantization=base.quantization))
     else:
         blocks.append(_fill("use_sentence_transformers", where=where, name=meta.name))

@@ -6,6 +6,7 @@
 - ``artifacts``: ``lastlayer.json`` metadata, tiny artifacts, the artifacts the project ships;
 - ``processes``: free ports, the environment and launch line of a worker subprocess;
 - ``server``: ``lastlayer serve`` started, awaited and stopped in a subprocess;
+- ``gguf``: a tiny Llama written as a real GGUF file;
 - workers the tests start as subprocesses (``python -m helpers.<name>``): ``dist_worker``,
   ``embed_worker``, ``train_worker``; and ``plain_embedder``, the Embedder's API without a
   shared trunk.

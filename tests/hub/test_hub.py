@@ -371,6 +371,18 @@ def test_the_card_round_trips_through_huggingface_hub(tmp_path):
     assert "[`acme/med-abstracts`](https://huggingface.co/datasets/acme/med-abstracts)" in body
 
 
+def test_a_quantized_gguf_base_is_loaded_through_lastlayer_on_the_card():
+    meta = card_meta(origin="package")
+    base = dataclasses.replace(meta.base, file="m.Q4_1.gguf", dequantized_gguf=True,
+                               quantization="8bit")
+    body = huggingface_hub.ModelCard(hub.model_card(dataclasses.replace(meta, base=base),
+                                                    METRICS)).text
+    assert "The base was the GGUF file `m.Q4_1.gguf`, dequantized and then loaded in 8bit" in body
+    assert ("Embedder('sentence-transformers/all-MiniLM-L6-v2', quantization='8bit')"
+            in body)
+    assert "lastlayer export" not in body
+
+
 def test_a_local_training_path_names_no_dataset_and_no_gain_is_said():
     metrics = {**METRICS, "data": "data/x.jsonl",
                "delta": {"delta": -0.001, "ci95_low": -0.003, "ci95_high": 0.0}}

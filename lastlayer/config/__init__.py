@@ -55,11 +55,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _positive("model.max_length", self.max_length)
-        if self.quantization and self.gguf_file:
-            raise ConfigError(
-                "model.quantization cannot be combined with model.gguf_file: a GGUF file is "
-                "already quantized and is dequantized on load. Set model.quantization=null."
-            )
 
 
 @dataclass
@@ -241,6 +236,16 @@ class Recipe:
                               "or a Hub data set hf://ORG/NAME.")
         if not self.output_dir:
             raise ConfigError("output_dir is required, e.g. output_dir=adapters/<domain>/<name>.")
+        quantization = self.model.quantization
+        if self.adapter.kind == "full" and quantization:
+            # Caught here, not minutes into a run: the full kind trains whole copies of the
+            # top-k blocks, and bitsandbytes' 8-/4-bit weights are integers (no gradient).
+            raise ConfigError(
+                f"adapter.kind=full cannot train on a {quantization} (bitsandbytes) base: it "
+                f"trains whole copies of the top-k blocks, and {quantization} weights are "
+                "integers that take no gradient. Use adapter.kind=lora (its low-rank weights "
+                "train in full precision beside the quantized ones), or model.quantization=null."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (what is printed and saved as recipe.yaml)."""

@@ -47,7 +47,9 @@ from typing import Any
 
 from lastlayer import artifact
 from lastlayer.artifact import ArtifactError, ArtifactMeta
+from lastlayer.config import ConfigError
 from lastlayer.core.encoder import Encoder
+from lastlayer.core.gguf_cache import drop_gguf_marker
 from lastlayer.core.kinds import kind_named
 from lastlayer.core.kinds.common import peft_leftovers
 from lastlayer.core.target import Target, adapter_target
@@ -243,33 +245,13 @@ def merge(target: Target) -> Encoder:
     if left:
         raise RuntimeError(f"merging the adapter left PEFT weights in the model: {left[:3]}")
     model.eval()
-    drop_gguf_marker(model)
+    try:
+        drop_gguf_marker(model)
+    except ConfigError as err:  # the GGUF weights kept packed: nothing plain to save
+        raise ExportError(str(err)) from None
     return Encoder(model=model, tokenizer=encoder.tokenizer, pooling=target.pooling,
                    normalize=target.normalize, max_length=target.max_length,
                    resolved=encoder.resolved, fingerprint=encoder.fingerprint)
-
-
-def drop_gguf_marker(model) -> None:
-    """Let a model loaded from a dequantized GGUF file be saved as the plain weights it holds.
-
-    transformers marks a model loaded from a GGUF file as quantized and refuses to save it,
-    even when every weight was dequantized on load (the case lastlayer trains on).
-
-    Raises:
-        ExportError: The GGUF weights were kept packed in GGUF blocks (transformers does so
-            when the ``kernels`` package is installed): they cannot be saved as plain weights.
-    """
-    quantizer = getattr(model, "hf_quantizer", None)
-    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
-    if quantizer is None or getattr(method, "value", method) != "gguf":
-        return
-    if getattr(quantizer, "packed_modules", None):
-        raise ExportError(
-            "the GGUF base was loaded with its weights kept in GGUF blocks (transformers does "
-            "so when the `kernels` package is installed), so there are no plain weights to "
-            "save: export from an environment without `kernels` (pip uninstall kernels)."
-        )
-    quantizer.remove_quantization_config(model)
 
 
 def save_folder(folder: Path, encoder: Encoder, meta: ArtifactMeta) -> None:

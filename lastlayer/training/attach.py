@@ -29,10 +29,8 @@ def attach_for_training(encoder: Encoder, recipe: Recipe) -> list[str]:
 
     Raises:
         ConfigError: ``adapter.target_modules`` names modules the top-k blocks do not have
-            (the message lists the ones they have), or the recipe asks for a combination
-            that cannot train (:func:`check_trainable`).
+            (the message lists the ones they have).
     """
-    check_trainable(recipe)
     objective = objective_for(recipe.objective)
     messages = objective.before_attach(encoder.model, recipe.objective)
     targets = recipe.adapter.target_modules
@@ -44,23 +42,3 @@ def attach_for_training(encoder: Encoder, recipe: Recipe) -> list[str]:
         raise ConfigError(f"adapter.target_modules={targets}: {err}. Set it to some of those "
                           "suffixes, or to null for every linear layer.") from None
     return messages + objective.after_attach(encoder.model, recipe.objective)
-
-
-def check_trainable(recipe: Recipe) -> None:
-    """Refuse a recipe whose adapter cannot train on its base, before anything is attached.
-
-    The ``full`` kind trains whole copies of the top-k blocks; on a bitsandbytes base those
-    copies hold 8-bit or 4-bit integer weights, which take no gradient (torch: "only Tensors
-    of floating point dtype can require gradients"). LoRA trains beside them instead.
-
-    Raises:
-        ConfigError: ``adapter.kind: full`` with ``model.quantization`` set.
-    """
-    quantization = recipe.model.quantization
-    if recipe.adapter.kind == "full" and quantization:
-        raise ConfigError(
-            f"adapter.kind=full cannot train on a {quantization} (bitsandbytes) base: it trains "
-            f"whole copies of the top-k blocks, and {quantization} weights are integers that "
-            "take no gradient. Use adapter.kind=lora (its low-rank weights train in full "
-            "precision beside the quantized ones), or model.quantization=null."
-        )

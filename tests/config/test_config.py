@@ -119,8 +119,10 @@ def test_cross_field_checks():
         ObjectiveConfig(kind="dropout", model_dropout=False)
     with pytest.raises(ConfigError, match="data.train is required"):
         load_recipe(None, ["output_dir=o"])
-    with pytest.raises(ConfigError, match="cannot be combined"):
-        load_recipe(None, [*MINIMAL, "model.gguf_file=a.gguf", "model.quantization=8bit"])
+    with pytest.raises(ConfigError, match="adapter.kind=full cannot train on a 8bit"):
+        load_recipe(None, [*MINIMAL, "adapter.kind=full", "model.quantization=8bit"])
+    assert load_recipe(None, [*MINIMAL, "model.gguf_file=a.gguf",  # dequantized, then quantized
+                              "model.quantization=8bit"]).model.quantization == "8bit"
 
 
 def test_override_parsing_and_types():
@@ -283,5 +285,5 @@ def test_one_decoder_for_recipes_and_artifacts():
     assert from_dict(TrainConfig, {"lr": "1e-4"}).lr == 1e-4
     assert from_dict(TrainConfig, {"lr": 1}).lr == 1.0
     # a failed cross-field check comes back as the source's error, naming the file
-    with pytest.raises(ArtifactError, match=r"^x\.json: model\.quantization cannot be combined"):
-        decode(ModelConfig, {"quantization": "8bit", "gguf_file": "m.gguf"}, art)
+    with pytest.raises(ArtifactError, match=r"^x\.json: model\.max_length must be"):
+        decode(ModelConfig, {"max_length": 0}, art)

@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +21,6 @@ from helpers.tiny import tiny_model, tiny_tokenizer
 from safetensors.torch import load_file, save_file
 
 import lastlayer.inference.export as export_module
-from lastlayer.artifact import ArtifactError
 from lastlayer.cli import main
 from lastlayer.config import ModelConfig, load_recipe
 from lastlayer.core.adapters import load_target
@@ -31,7 +29,6 @@ from lastlayer.inference.export import (
     MARKER,
     ExportError,
     cosines,
-    drop_gguf_marker,
     export_sentence_transformers,
 )
 from lastlayer.training.run import run
@@ -349,16 +346,6 @@ def test_without_sentence_transformers_the_export_is_written_unchecked(artifacts
     assert result.min_cosine is None and result.texts == 0
     assert read_json(result.path / MARKER)["verified"] is None
     assert "was not checked" in caplog.text
-
-
-def test_packed_gguf_weights_are_refused():
-    # transformers keeps GGUF blocks packed when `kernels` is installed: nothing plain to save.
-    config = SimpleNamespace(quant_method="gguf")
-    packed = SimpleNamespace(hf_quantizer=SimpleNamespace(quantization_config=config,
-                                                          packed_modules={"q_proj": object()}))
-    with pytest.raises(ExportError, match="kept in GGUF blocks"):
-        drop_gguf_marker(packed)
-    assert issubclass(ExportError, ArtifactError)  # exit status 2 in the command
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from benchmarks.soak import start_server  # noqa: E402
 pytestmark = pytest.mark.serve
 
 LIMIT = 8
-LAUNCHER = (f"import sys; from lastlayer.inference.server import run; run.MAX_CONNECTIONS = {LIMIT}; "
-            "from lastlayer.cli import main; sys.exit(main(sys.argv[1:]))")  # then: serve ...
+LAUNCHER = ("import sys; from lastlayer.inference.server import run; "
+            f"run.MAX_CONNECTIONS = {LIMIT}; from lastlayer.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")  # then: serve ...
 
 
 def _embed(url: str) -> httpx.Response:

@@ -22,6 +22,7 @@ wrong vectors, each with a message that says how to fix the call.)
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import threading
 from collections.abc import Sequence
@@ -39,13 +40,20 @@ from lastlayer.config import ConfigError, ModelConfig
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.engine import AUTO, Embeddings, Engine, Head, Key
 from lastlayer.core.kinds import kind_named
+from lastlayer.inference.residency import HeadCache, head_bytes, parse_memory
+from lastlayer.inference.residency import storages as _storages
 
-__all__ = ["AUTO", "AdapterInfo", "BaseMismatchError", "Embedder", "Embeddings",
-           "UnknownAdapterError"]
+__all__ = ["AUTO", "AdapterInfo", "AdapterLoadError", "BaseMismatchError", "Embedder",
+           "Embeddings", "UnknownAdapterError"]
 
 
 class BaseMismatchError(ConfigError):
     """An adapter was trained on another base model, or on other weights of the same one."""
+
+
+class AdapterLoadError(RuntimeError):
+    """A registered adapter's head cannot be built now (a file gone or damaged since it was
+    registered, or larger than ``adapter_memory``): only the calls that need it fail."""
 
 
 class UnknownAdapterError(KeyError):
@@ -96,10 +104,13 @@ class AdapterInfo:
 
 @dataclass(frozen=True)
 class _Loaded:
-    """A registered adapter: its info, its head (private top-k blocks) and signature."""
+    """A registered adapter: its info, its key in the head cache (one per registration, so
+    a name loaded again never gets the old head), the form asked for, and its signature
+    (with ``adapter_memory``: read on first use)."""
 
     info: AdapterInfo
-    head: Head
+    key: int
+    merge: bool | None
     signature: Any = None  # lastlayer.core.routing.RoutingSignature
 
 
@@ -129,6 +140,12 @@ class Embedder:
             (default 128, or the ``ModelConfig``'s). Adapters use their own.
         pooling: ``mean``, ``cls`` or ``last`` for the base (default ``mean``).
         normalize: L2-normalise the base's embeddings (default True).
+        adapter_memory: Bytes the adapters' heads may use (an int, or ``"2GB"``,
+            ``"512MB"``, ``"1.5GiB"``). Then ``load`` only registers an adapter (its
+            metadata, checked), its head is built by the first call that needs it, and the
+            least recently used heads are dropped when the budget is reached (a dropped
+            adapter is built again, to the same vectors, when next needed). None (default):
+            every head is built at ``load`` and stays. See :meth:`stats`.
 
     Each adapter embeds its rows exactly as it was trained to: with its own pooling,
     normalisation and token limit (``lastlayer.json``), whatever the base's settings.
@@ -142,7 +159,9 @@ class Embedder:
                  device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, quantization: str | None = None, *,
                  max_length: int | None = None, pooling: str | None = None,
-                 normalize: bool | None = None) -> None:
+                 normalize: bool | None = None, adapter_memory: int | str | None = None
+                 ) -> None:
+        budget = parse_memory(adapter_memory)
         overrides = {"dtype": _dtype_name(dtype), "quantization": quantization,
                      "max_length": max_length, "pooling": pooling, "normalize": normalize}
         overrides = {key: value for key, value in overrides.items() if value is not None}
@@ -162,6 +181,15 @@ class Embedder:
         self.num_layers = self.engine.num_layers
         self._lock = threading.Lock()  # registration (load / unload)
         self._loaded: dict[str, _Loaded] = {}
+        self._infos: dict[str, AdapterInfo] = {}  # the same registry, as load gave it
+        self._keys = itertools.count()
+        self._by_key: dict[int, _Loaded] = {}
+        self._forms: dict[int, bool] = {}  # merged or not, fixed at its first build
+        self._lazy = budget is not None
+        self._cache = HeadCache(budget, self._build, self._estimate)
+        self._shared: frozenset[int] | None = None  # the base's storages
+        self._block_sizes: dict[int, int] = {}  # top_k -> bytes of the base's top-k blocks
+        self._signature_cache: dict[int, Any] = {}  # with adapter_memory: read on first use
 
     # -----------------------------------------------------------------------------------
     # The base.
@@ -209,15 +237,23 @@ class Embedder:
 
     @property
     def adapters(self) -> dict[str, AdapterInfo]:
-        """The loaded adapters by name."""
-        return {name: loaded.info for name, loaded in self._snapshot().items()}
+        """The loaded (with ``adapter_memory``: registered) adapters by name, resident or not."""
+        with self._lock:
+            return dict(self._infos)
+
+    @property
+    def adapter_memory(self) -> int | None:
+        """The heads' byte budget (None: no budget, every head resident)."""
+        return self._cache.budget
 
     def load(self, path: str | os.PathLike, name: str | None = None,
-             merge: bool | None = None) -> str:
+             merge: bool | None = None, *, meta: ArtifactMeta | None = None) -> str:
         """Load an adapter artifact next to the others, and return its name.
 
         Builds the adapter's private top-k blocks once (the base stays as it is), so later
-        calls only run them.
+        calls only run them. With ``adapter_memory`` it only registers the adapter (reads
+        and checks its metadata and base; no weights): the first call that needs it builds
+        its head.
 
         Args:
             path: An artifact folder (``lastlayer.json`` + PEFT files), or a Hub adapter
@@ -227,8 +263,12 @@ class Embedder:
             merge: LoRA only: merge the adapter into a private copy of its k blocks
                 (fastest; k blocks of memory) or keep it unmerged around the base's
                 weights (a few MB; the only choice on a quantized base). Default: merged
-                on an unquantized base, unmerged on a quantized one. Ignored for the full
-                kind, whose trained blocks are already plain blocks.
+                on an unquantized base, unmerged on a quantized one; with
+                ``adapter_memory``, merged only while the budget holds every registered
+                adapter merged (docs/many-adapters.md). Ignored for the full kind, whose
+                trained blocks are already plain blocks.
+            meta: The folder's metadata, already read by :func:`lastlayer.artifact.read`
+                (an index of many adapters), so it is not read again.
 
         Raises:
             ArtifactError: ``path`` is not a valid artifact; a Hub id that cannot be
@@ -240,25 +280,40 @@ class Embedder:
         from lastlayer import hub
 
         source, path = str(path), hub.resolve_adapter(path)
-        meta = artifact.read(path)
+        meta = artifact.read(path) if meta is None else meta
         name = meta.name if name is None else name
         self._check_name(name)
         self._check_base(meta, source)
-        if kind_named(meta.kind).always_merged:
-            merge = True
-        elif merge is None:
-            merge = not self.quantized
-        elif merge and self.quantized:
+        if merge and self.quantized and not kind_named(meta.kind).always_merged:
             raise ValueError(f"cannot merge LoRA adapter {name!r} into a {self.config.quantization}"
                              " quantized base; load it with merge=False (or merge=None).")
-        head = self.engine.build_head(path, meta, merge)
-        signature = self._signature(path, name)
+        if self._lazy:
+            signature = None
+            routable = (Path(path) / artifact.ROUTING).is_file()
+        else:
+            signature = self._signature(path, name)
+            routable = signature is not None
         info = AdapterInfo(name=name, path=Path(path), kind=meta.kind, top_k=meta.top_k,
-                           merged=head.merged, routable=signature is not None, meta=meta,
-                           source=source)
+                           merged=self._merge_for(meta.kind, merge), routable=routable,
+                           meta=meta, source=source)
+        entry = _Loaded(info, next(self._keys), merge, signature)
+        if not self._lazy:
+            self._by_key[entry.key] = entry
+            try:
+                self._cache.get(entry.key)  # built now, as without a budget it always was
+            finally:
+                self._by_key.pop(entry.key, None)
+            entry = dataclasses.replace(
+                entry, info=dataclasses.replace(info, merged=self._forms[entry.key]))
         with self._lock:
-            self._check_name(name)  # another thread may have taken it meanwhile
-            self._loaded = {**self._loaded, name: _Loaded(info, head, signature)}
+            try:
+                self._check_name(name)  # another thread may have taken it meanwhile
+            except ValueError:
+                self._cache.forget(entry.key)
+                raise
+            self._loaded = {**self._loaded, name: entry}
+            self._infos[name] = entry.info
+            self._by_key[entry.key] = entry
         return name
 
     def unload(self, name: str) -> None:
@@ -270,13 +325,154 @@ class Embedder:
         with self._lock:
             if name not in self._loaded:
                 raise self._unknown(name, self._loaded)
+            entry = self._loaded[name]
             self._loaded = {n: a for n, a in self._loaded.items() if n != name}
+            del self._infos[name]
+            self._by_key.pop(entry.key, None)
+            self._forms.pop(entry.key, None)
+            self._signature_cache.pop(entry.key, None)
+        self._cache.forget(entry.key)
 
     def _snapshot(self) -> dict[str, _Loaded]:
         """The registry as it is now; calls use one snapshot throughout (the dict is
         replaced, never changed, on load / unload)."""
         with self._lock:
             return self._loaded
+
+    # -----------------------------------------------------------------------------------
+    # Residency (with adapter_memory: which heads are in memory).
+
+    def stats(self) -> dict[str, Any]:
+        """How the adapters' heads use memory, and how often calls found them resident.
+
+        Returns:
+            ``registered``, ``resident`` (heads in memory), ``bytes_used`` (their tensors'
+            bytes), ``budget`` (``adapter_memory``; None), ``hits`` / ``misses`` (an
+            adapter a call needed was resident / had to be built), ``evictions``,
+            ``loads``, ``load_failures``, ``loading`` (builds running now), ``merged`` and
+            ``unmerged`` (resident heads of each form), ``hit_rate``, ``load_seconds``
+            (count, mean, p50, p99, max of the last 4,096 builds), plus the load-latency
+            histogram (``load_buckets``: cumulative ``(upper bound, count)``,
+            ``load_seconds_sum``) for Prometheus.
+        """
+        stats = self._cache.stats()
+        with self._lock:
+            resident = [self._forms.get(key) for key in self._cache.order()]
+            stats["registered"] = len(self._loaded)
+        stats["merged"] = sum(1 for form in resident if form)
+        stats["unmerged"] = sum(1 for form in resident if form is False)
+        asked = stats["hits"] + stats["misses"]
+        stats["hit_rate"] = stats["hits"] / asked if asked else None
+        return stats
+
+    def resident(self, names) -> dict[str, Head] | None:
+        """The heads of ``names`` if every one is in memory (each a hit), else None;
+        never builds (the server asks this on its event loop)."""
+        loaded = self._snapshot()
+        if any(name not in loaded or not self._cache.resident(loaded[name].key)
+               for name in names):
+            return None
+        heads = {}
+        for name in names:
+            head = self._cache.peek(loaded[name].key)
+            if head is None:  # evicted in between
+                return None
+            heads[name] = head
+        return heads
+
+    def warm(self, names) -> dict[str, Head]:
+        """Make the adapters ``names`` resident now (each cold head built once, however
+        many threads ask) and return their heads, for ``encode(..., heads=...)``.
+
+        Raises:
+            UnknownAdapterError: A name that is not loaded.
+            AdapterLoadError: A head cannot be built (its file is gone or damaged, or it is
+                larger than ``adapter_memory``).
+        """
+        loaded = self._snapshot()
+        return self._heads_of([n for n in dict.fromkeys(names) if n is not None], loaded)
+
+    def _heads_of(self, names, loaded: dict[str, _Loaded],
+                  given: dict[str, Head] | None = None) -> dict[str, Head]:
+        heads = {}
+        for name in names:
+            if given is not None and name in given:
+                heads[name] = given[name]
+                continue
+            if name not in loaded:
+                raise self._unknown(name, loaded)
+            heads[name] = self._head(loaded[name])
+        return heads
+
+    def _head(self, entry: _Loaded) -> Head:
+        try:
+            return self._cache.get(entry.key)
+        except Exception as err:
+            if not self._lazy:
+                raise
+            raise AdapterLoadError(
+                f"adapter {entry.info.name!r} cannot be loaded from {entry.info.path}: {err} "
+                "(the other adapters keep serving; fix or unload this one)."
+            ) from err
+
+    def _build(self, key: int) -> tuple[Head, int]:
+        """The head of the registration ``key`` and the bytes it owns (the cache's builder)."""
+        with self._lock:
+            entry = self._by_key[key]
+            merge = self._forms.get(key)
+        if merge is None:
+            merge = self._merge_for(entry.info.kind, entry.merge)
+        info = entry.info
+        if self._lazy:  # registered from metadata: check the files again, they may be gone
+            artifact.read(info.path)
+        head = self.engine.build_head(info.path, info.meta, merge)
+        with self._lock:
+            self._forms.setdefault(key, head.merged)
+            if self._infos.get(info.name) is info and info.merged != head.merged:
+                self._infos[info.name] = dataclasses.replace(info, merged=head.merged)
+        return head, head_bytes(head.blocks, self._base_storages())
+
+    def _estimate(self, key: int) -> int:
+        """A head's bytes before building it: k blocks merged, the LoRA file unmerged."""
+        with self._lock:
+            entry = self._by_key[key]
+            merge = self._forms.get(key)
+        if merge is None:
+            merge = self._merge_for(entry.info.kind, entry.merge)
+        if merge:
+            return self._block_bytes(entry.info.top_k)
+        weights = entry.info.path / artifact.WEIGHTS
+        return weights.stat().st_size if weights.is_file() else 0
+
+    def _merge_for(self, kind: str, merge: bool | None) -> bool:
+        """The form a head is built in: the full kind merged; an explicit ``merge``; on a
+        quantized base unmerged; without a budget merged; with one, merged while the budget
+        holds every registered adapter merged, else unmerged (docs/many-adapters.md)."""
+        if kind_named(kind).always_merged:
+            return True
+        if merge is not None:
+            return merge
+        if self.quantized:
+            return False
+        budget = self._cache.budget
+        if budget is None:
+            return True
+        loaded = self._snapshot()
+        return sum(self._block_bytes(e.info.top_k) for e in loaded.values()) <= budget
+
+    def _base_storages(self) -> frozenset[int]:
+        if self._shared is None:
+            model = self.model
+            self._shared = frozenset(_storages([*model.parameters(), *model.buffers()]))
+        return self._shared
+
+    def _block_bytes(self, top_k: int) -> int:
+        """The bytes of the base's top-k blocks (a merged or full head's size)."""
+        if top_k not in self._block_sizes:
+            from lastlayer.core.kinds.common import top_blocks
+
+            self._block_sizes[top_k] = head_bytes(top_blocks(self.model, top_k), frozenset())
+        return self._block_sizes[top_k]
 
     def _check_name(self, name: str) -> None:
         if not isinstance(name, str) or not name:
@@ -328,6 +524,16 @@ class Embedder:
             )
         return signature
 
+    def _signature_of(self, entry: _Loaded):
+        """An adapter's routing signature (with ``adapter_memory``: read on first use)."""
+        if entry.signature is not None or not self._lazy:
+            return entry.signature
+        cached = self._signature_cache.get(entry.key)
+        if cached is None:
+            cached = self._signature_cache[entry.key] = self._signature(entry.info.path,
+                                                                        entry.info.name)
+        return cached
+
     @staticmethod
     def _unknown(name: object, loaded: dict[str, _Loaded]) -> UnknownAdapterError:
         names = ", ".join(repr(n) for n in loaded) or "none (load one with Embedder.load)"
@@ -341,7 +547,8 @@ class Embedder:
 
     def encode(self, texts: Sequence[str], adapter: str | Sequence[str | None] | None = None,
                batch_size: int = 32, normalize: bool | None = None,
-               progress: bool | None = None) -> Embeddings:
+               progress: bool | None = None, *, heads: dict[str, Head] | None = None
+               ) -> Embeddings:
         """Embed texts with the base, one adapter, one adapter per text, or by routing.
 
         Args:
@@ -354,6 +561,9 @@ class Embedder:
             normalize: L2-normalise every row (True / False); None: as each row's
                 adapter was trained (the base: as the Embedder was set up).
             progress: Show a progress bar (None: only on a terminal).
+            heads: Heads already fetched with :meth:`warm` or :meth:`resident` (the
+                server fetches them before the batch, so the batch never builds one);
+                the adapters not in it are fetched (built if cold) here.
 
         Returns:
             :class:`~lastlayer.core.engine.Embeddings`: ``vectors`` (``(N, d)`` float32,
@@ -367,16 +577,24 @@ class Embedder:
             UnknownAdapterError: A name that is not loaded.
             ValueError: A list whose length differs from the number of texts; routing
                 without any routing signature loaded.
+            AdapterLoadError: With ``adapter_memory``: a cold adapter's head cannot be
+                built (the call fails; other calls and adapters are not affected).
         """
         texts = self._texts(texts)
         loaded = self._snapshot()
         if isinstance(adapter, str) and adapter == AUTO:
-            return self.engine.embed_routed(texts, self._heads(loaded),
+            if self._lazy:  # route first, then build only the heads the texts went to
+                names = self.engine.route(texts, {}, self._signatures(loaded),
+                                          _routing().assign, batch_size, progress)
+                picked = self._heads_of(dict.fromkeys(n for n in names if n), loaded, heads)
+                out = self.engine.embed(texts, names, picked, batch_size, normalize, False)
+                return Embeddings(out.vectors, out.tokens, names)
+            return self.engine.embed_routed(texts, self._heads_of(loaded, loaded, heads),
                                             self._signatures(loaded), _routing().assign,
                                             batch_size, normalize, progress)
         keys = self.check_keys(adapter, len(texts), loaded)
-        return self.engine.embed(texts, keys, self._heads(loaded), batch_size, normalize,
-                                 progress)
+        used = self._heads_of(dict.fromkeys(k for k in keys if k is not None), loaded, heads)
+        return self.engine.embed(texts, keys, used, batch_size, normalize, progress)
 
     def encode_all(self, texts: Sequence[str], adapters: Sequence[str | None] | None = None,
                    batch_size: int = 32, normalize: bool | None = None,
@@ -397,8 +615,8 @@ class Embedder:
         for name in names:
             if name is not None and name not in loaded:
                 raise self._unknown(name, loaded)
-        return self.engine.embed_each(texts, names, self._heads(loaded), batch_size,
-                                      normalize, progress)
+        used = self._heads_of([n for n in names if n is not None], loaded)
+        return self.engine.embed_each(texts, names, used, batch_size, normalize, progress)
 
     def route(self, texts: Sequence[str], batch_size: int = 32,
               progress: bool | None = None) -> list[str | None]:
@@ -413,8 +631,8 @@ class Embedder:
         """
         texts = self._texts(texts)
         loaded = self._snapshot()
-        return self.engine.route(texts, self._heads(loaded), self._signatures(loaded),
-                                 _routing().assign, batch_size, progress)
+        return self.engine.route(texts, {}, self._signatures(loaded), _routing().assign,
+                                 batch_size, progress)
 
     def check_request(self, adapter: str | Sequence[str | None] | None, n: int) -> None:
         """Raise what :meth:`encode` would raise for ``adapter`` on ``n`` texts, before any
@@ -442,10 +660,6 @@ class Embedder:
             raise TypeError(f"texts must be strings, got {bad[0]}.")
         return texts
 
-    @staticmethod
-    def _heads(loaded: dict[str, _Loaded]) -> dict[str, Head]:
-        return {name: entry.head for name, entry in loaded.items()}
-
     def check_keys(self, adapter, n: int, loaded: dict[str, _Loaded] | None = None
                    ) -> list[Key]:
         """One adapter name (or None) per text, every name checked against ``loaded``
@@ -469,9 +683,8 @@ class Embedder:
                 raise self._unknown(key, loaded)
         return keys
 
-    @staticmethod
-    def _signatures(loaded: dict[str, _Loaded]) -> dict[str, Any]:
-        signatures = {n: a.signature for n, a in loaded.items() if a.signature is not None}
+    def _signatures(self, loaded: dict[str, _Loaded]) -> dict[str, Any]:
+        signatures = {n: self._signature_of(a) for n, a in loaded.items() if a.info.routable}
         if not signatures:
             names = ", ".join(repr(n) for n in loaded) or "none"
             raise ValueError(

@@ -365,6 +365,11 @@ class Embedder:
         stats["hit_rate"] = stats["hits"] / asked if asked else None
         return stats
 
+    def resident_names(self) -> set[str]:
+        """The adapters whose head is in memory now."""
+        keys = set(self._cache.order())
+        return {name for name, entry in self._snapshot().items() if entry.key in keys}
+
     def resident(self, names) -> dict[str, Head] | None:
         """The heads of ``names`` if every one is in memory (each a hit), else None;
         never builds (the server asks this on its event loop)."""

@@ -34,6 +34,7 @@ from lastlayer.inference.server.adapters import allowed_path, check_updates
 from lastlayer.inference.server.batcher import Batcher
 from lastlayer.inference.server.body import BodyDeadline, parse
 from lastlayer.inference.server.errors import TYPES, APIError, validation_error
+from lastlayer.inference.server.hub_adapters import HubAdapters
 from lastlayer.inference.server.metrics import Metrics
 from lastlayer.inference.server.names import OWNER, ModelNames
 
@@ -147,7 +148,9 @@ def create_app(embedder: Embedder, settings: ServeSettings | None = None) -> Fas
     """
     settings = settings or ServeSettings()
     metrics = Metrics()
+    metrics.watch(embedder)
     models = ModelNames(embedder, settings.model_id)
+    from_hub = HubAdapters(embedder, settings.hub_adapters, models.base_names)
     for name in embedder.adapters:
         models.check_name(name)
     batcher = Batcher(embedder, settings, metrics)
@@ -174,6 +177,7 @@ def create_app(embedder: Embedder, settings: ServeSettings | None = None) -> Fas
               responses=_responses(m.EmbeddingResponse))
     async def embeddings(request: Request):
         req = await parse(request, m.EmbeddingRequest, settings.max_body_bytes)
+        await from_hub.ensure(req.model)  # an allowed Hub id: registered on first use
         adapter = models.resolve(req.model)
         request.state.model = req.model
         _check_format(req, embedder.dim)

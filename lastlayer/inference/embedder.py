@@ -189,6 +189,7 @@ class Embedder:
         self._cache = HeadCache(budget, self._build, self._estimate)
         self._shared: frozenset[int] | None = None  # the base's storages
         self._block_sizes: dict[int, int] = {}  # top_k -> bytes of the base's top-k blocks
+        self._merged_total = 0  # bytes of every registered adapter's head, merged
         self._signature_cache: dict[int, Any] = {}  # with adapter_memory: read on first use
 
     # -----------------------------------------------------------------------------------
@@ -314,6 +315,7 @@ class Embedder:
             self._loaded = {**self._loaded, name: entry}
             self._infos[name] = entry.info
             self._by_key[entry.key] = entry
+            self._count_merged(entry, +1)
         return name
 
     def unload(self, name: str) -> None:
@@ -328,6 +330,7 @@ class Embedder:
             entry = self._loaded[name]
             self._loaded = {n: a for n, a in self._loaded.items() if n != name}
             del self._infos[name]
+            self._count_merged(entry, -1)
             self._by_key.pop(entry.key, None)
             self._forms.pop(entry.key, None)
             self._signature_cache.pop(entry.key, None)
@@ -433,8 +436,10 @@ class Embedder:
         head = self.engine.build_head(info.path, info.meta, merge)
         with self._lock:
             self._forms.setdefault(key, head.merged)
-            if self._infos.get(info.name) is info and info.merged != head.merged:
-                self._infos[info.name] = dataclasses.replace(info, merged=head.merged)
+            current = self._loaded.get(info.name)
+            if current is not None and current.key == key:
+                self._infos[info.name] = dataclasses.replace(self._infos[info.name],
+                                                             merged=head.merged)
         return head, head_bytes(head.blocks, self._base_storages())
 
     def _estimate(self, key: int) -> int:
@@ -460,10 +465,21 @@ class Embedder:
         if self.quantized:
             return False
         budget = self._cache.budget
-        if budget is None:
-            return True
-        loaded = self._snapshot()
-        return sum(self._block_bytes(e.info.top_k) for e in loaded.values()) <= budget
+        return budget is None or self._merged_total <= budget
+
+    def _count_merged(self, entry: _Loaded, sign: int) -> None:
+        """Add (remove) an adapter to the bytes every registered adapter would use merged;
+        when that crosses the budget, the adapters not built yet change their form (their
+        :attr:`adapters` entry says so). Holds the lock."""
+        before = self._merge_for("lora", None)
+        self._merged_total += sign * self._block_bytes(entry.info.top_k)
+        now = self._merge_for("lora", None)
+        if now == before:
+            return
+        for name, other in self._loaded.items():
+            undecided = other.key not in self._forms and other.merge is None
+            if undecided and not kind_named(other.info.kind).always_merged:
+                self._infos[name] = dataclasses.replace(self._infos[name], merged=now)
 
     def _base_storages(self) -> frozenset[int]:
         if self._shared is None:

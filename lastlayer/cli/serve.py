@@ -3,7 +3,6 @@ API (``POST /v1/embeddings``), batching across requests (needs ``lastlayer[serve
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
@@ -83,9 +82,9 @@ def run(args: Options) -> int:
     print(f"Serving {args.model} with adapters: {_names(embedder.adapters)} on "
           f"http://{args.host}:{args.port}/v1/embeddings", flush=True)
     if memory is not None:
-        logging.getLogger("lastlayer").info(
-            "%d adapters registered in %.2f s; heads load on first use within %s bytes",
-            len(embedder.adapters), time.perf_counter() - start, memory)
+        print(f"Registered {len(embedder.adapters)} adapters in "
+              f"{time.perf_counter() - start:.2f} s; their heads load on first use, within "
+              f"--adapter-memory {args.adapter_memory} ({memory} bytes)", flush=True)
     try:
         serve(embedder, settings, host=args.host, port=args.port, log_level=args.log_level)
     except ValueError as err:

@@ -368,6 +368,11 @@ class Embedder:
         stats["hit_rate"] = stats["hits"] / asked if asked else None
         return stats
 
+    def is_resident(self, name: str) -> bool:
+        """Whether adapter ``name`` is loaded and its head in memory (no hit counted)."""
+        entry = self._snapshot().get(name)
+        return entry is not None and self._cache.resident(entry.key)
+
     def resident_names(self) -> set[str]:
         """The adapters whose head is in memory now."""
         keys = set(self._cache.order())

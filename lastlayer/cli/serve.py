@@ -62,7 +62,7 @@ def run(args: Options) -> int:
             max_body_bytes=args.max_body_bytes, api_key=api_key,
             allow_adapter_updates=args.allow_adapter_updates,
             adapters_dir=Path(args.adapters) if args.adapters else None, model_id=args.model_id,
-            hub_adapters=tuple(args.hub_adapters))
+            hub_allowlist=tuple(args.hub_adapters))
         indexing = time.perf_counter()
         found = index_adapters(args.adapters) if args.adapters else {}
         indexing = time.perf_counter() - indexing

@@ -263,7 +263,7 @@ class ServeSettings:
         allow_adapter_updates: Enable ``POST /v1/adapters`` and ``DELETE /v1/adapters/x``.
         adapters_dir: The only folder runtime-added adapters may come from.
         model_id: The base's id in ``/v1/models`` (default: the id artifacts record).
-        hub_adapters: ``fnmatch`` patterns of Hub ids (``ORG/*``) a request may name as
+        hub_allowlist: ``fnmatch`` patterns of Hub ids (``ORG/*``) a request may name as
             ``model``: such an adapter is fetched through the Hugging Face cache on its
             first request; none by default (nothing comes from the Hub).
     """
@@ -278,10 +278,10 @@ class ServeSettings:
     allow_adapter_updates: bool = False
     adapters_dir: Path | None = None
     model_id: str | None = None
-    hub_adapters: tuple[str, ...] = ()
+    hub_allowlist: tuple[str, ...] = ()  # --hub-adapters
 
     def __post_init__(self) -> None:
-        self.hub_adapters = hub_patterns(self.hub_adapters)
+        self.hub_allowlist = hub_patterns(self.hub_allowlist)
         for name in ("max_batch", "max_queue", "max_inputs", "max_body_bytes",
                      "encode_batch_size"):
             if getattr(self, name) < 1:

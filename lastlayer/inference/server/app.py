@@ -154,7 +154,7 @@ def create_app(embedder: Embedder, settings: ServeSettings | None = None) -> Fas
     metrics = Metrics()
     metrics.watch(embedder)
     models = ModelNames(embedder, settings.model_id)
-    from_hub = HubAdapters(embedder, settings.hub_adapters, models.base_names)
+    from_hub = HubAdapters(embedder, settings.hub_allowlist, models.base_names)
     for name in embedder.adapters:
         models.check_name(name)
     batcher = Batcher(embedder, settings, metrics)

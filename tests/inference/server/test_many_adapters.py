@@ -84,7 +84,7 @@ def test_bad_flags_exit_2(capsys):
     for bad in ("*", "*/x", "acme"):
         assert main(["serve", "--model", "x", "--hub-adapters", bad]) == 2
         assert "ORG/NAME or ORG/*" in capsys.readouterr().err
-    assert ServeSettings(hub_adapters=["a/*,b/x", "c/*"]).hub_adapters == ("a/*", "b/x", "c/*")
+    assert ServeSettings(hub_allowlist=["a/*,b/x", "c/*"]).hub_allowlist == ("a/*", "b/x", "c/*")
 
 
 def test_a_broken_adapter_fails_only_its_own_requests(saved_models, folder, tmp_path):
@@ -144,7 +144,7 @@ def hub_embedder(world, cache):
 
 def test_allowed_hub_ids_load_on_first_request_from_the_cache(world, cache, hub_embedder,
                                                                embedder):
-    settings = ServeSettings(batch_window_ms=0, hub_adapters=("acme/tiny-*",))
+    settings = ServeSettings(batch_window_ms=0, hub_allowlist=("acme/tiny-*",))
     expected = {}
     for spec, local in ((REPO, world["v1"]), (f"{REPO}@v2", world["v2"])):
         name = embedder.load(local, name=f"local-{spec}")
@@ -162,7 +162,7 @@ def test_allowed_hub_ids_load_on_first_request_from_the_cache(world, cache, hub_
         r = client.post("/v1/embeddings", json={"model": "acme/other-base", "input": "x"})
         assert r.status_code == 404  # outside the allowlist: never looked up
         assert "acme/other-base" not in hub_embedder.adapters
-    wide = ServeSettings(batch_window_ms=0, hub_adapters=("acme/*",))
+    wide = ServeSettings(batch_window_ms=0, hub_allowlist=("acme/*",))
     with TestClient(create_app(hub_embedder, wide)) as client:
         r = client.post("/v1/embeddings", json={"model": "acme/other-base", "input": "x"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_adapter"
@@ -173,7 +173,7 @@ def test_nothing_outside_the_allowlist_reaches_the_hub(world, cache, embedder, h
                                                        monkeypatch):
     use_cache(monkeypatch, world["cache"])
     for patterns in ((), ("acme/*",)):
-        settings = ServeSettings(batch_window_ms=0, hub_adapters=patterns)
+        settings = ServeSettings(batch_window_ms=0, hub_allowlist=patterns)
         with TestClient(create_app(embedder, settings)) as client:
             for model in ("evil/adapter", "acme-evil/x", "tiny-org/tiny-bert-x", "acme"):
                 r = client.post("/v1/embeddings", json={"model": model, "input": "x"})

@@ -9,7 +9,8 @@ For each adapter set (``minilm-lora``: MiniLM top-2 LoRA; ``minilm-full``: MiniL
 ``smollm2-lora``: SmolLM2-135M top-4 LoRA) and each N, it writes N artifacts for the base
 (random, non-zero weights of the shipped adapter's shapes; the shipped trained adapters of
 that base join the set; the full kind's weight files repeat after ``--distinct-full``,
-hard-linked, to bound the disk), starts ``lastlayer serve --adapters DIR --adapter-memory
+hard-linked, to bound the disk; that set runs only with ``--full-template DIR``, a full-kind
+MiniLM top-2 artifact whose shapes it copies), starts ``lastlayer serve --adapters DIR --adapter-memory
 BUDGET`` once, and drives it from 8 and 32 client threads for ``--seconds`` per phase:
 
 1. ``single``: every request to one adapter (the baseline of the same run);
@@ -30,7 +31,6 @@ against a fresh single-adapter ``Embedder`` (no budget, only that adapter loaded
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 import shutil
@@ -51,7 +51,7 @@ SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM_LORA = ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"
 SETS = {  # name: (base, shipped adapters of that base, kind)
     "minilm-lora": (MINILM, [MINILM_LORA], "lora"),
-    "minilm-full": (MINILM, [], "full"),
+    "minilm-full": (MINILM, [], "full"),  # needs --full-template
     "smollm2-lora": (SMOLLM2, sorted(ROOT.glob("adapters/*/smollm2-135m_lora-top4_crop")),
                      "lora"),
 }
@@ -62,21 +62,19 @@ OUT = RESULTS / "many_adapters.json"
 # Artifacts
 
 
-def full_template(base: str, like: Path, out: Path) -> Path:
-    """An untrained full-kind artifact of ``like``'s top-k on ``base`` (the shapes to copy)."""
-    from benchmarks.bench import models
+def full_template(given: Path | None) -> Path:
+    """The full-kind MiniLM top-2 artifact whose shapes the ``minilm-full`` set copies
+    (``--full-template``: e.g. ``lastlayer train`` of a recipe with ``adapter.kind: full``,
+    ``top_k: 2``; only its files' shapes and metadata are used)."""
     from lastlayer import artifact
-    from lastlayer.config import ModelConfig
-    from lastlayer.core.adapters import attach, save_adapter
 
-    meta = artifact.read(like)
-    cfg = dataclasses.replace(meta.adapter, kind="full")
-    encoder = models.load_base(ModelConfig(name_or_path=base,
-                                           max_length=meta.embedding.max_length), "cpu")
-    attach(encoder, cfg)
-    meta = dataclasses.replace(meta, name="full-template", adapter=cfg)
-    return save_adapter(encoder.model, out, artifact.side_files(meta, None, "", [], ""),
-                        overwrite=True)
+    if given is None:
+        raise SystemExit("the minilm-full set needs --full-template DIR: a full-kind MiniLM "
+                         "top-2 artifact (e.g. from `lastlayer train` with adapter.kind: full)")
+    meta = artifact.read(given)
+    if meta.kind != "full":
+        raise SystemExit(f"--full-template {given}: a {meta.kind} adapter, not a full one")
+    return given
 
 
 def random_weights(template: Path, kind: str, seed: int) -> dict:
@@ -99,7 +97,7 @@ def random_weights(template: Path, kind: str, seed: int) -> dict:
     return out
 
 
-def write_set(name: str, n: int, root: Path, distinct_full: int
+def write_set(name: str, n: int, root: Path, distinct_full: int, full: Path | None = None
               ) -> tuple[Path, dict[str, Path]]:
     """``root/name-n``: n artifacts (the shipped ones first), and their folders by name."""
     from safetensors.torch import save_file
@@ -111,7 +109,7 @@ def write_set(name: str, n: int, root: Path, distinct_full: int
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    template = shipped[0] if shipped else full_template(base, MINILM_LORA, root / "full-tpl")
+    template = shipped[0] if shipped else full_template(full)
     paths: dict[str, Path] = {}
     for path in shipped[:n]:
         target = shutil.copytree(path, folder / f"trained-{path.parent.name}")
@@ -280,7 +278,7 @@ def check(base: str, paths: dict[str, Path], answers: list[tuple[str, list[str],
 def run_set(name: str, n: int, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """Write the set, start the server, run every phase, check every answer."""
     base = SETS[name][0]
-    folder, paths = write_set(name, n, work / "sets", args.distinct_full)
+    folder, paths = write_set(name, n, work / "sets", args.distinct_full, args.full_template)
     names = list(paths)
     log = work / f"server-{name}-{n}.log"
     begin = time.perf_counter()
@@ -369,12 +367,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--zipf-s", type=float, default=1.1)
     parser.add_argument("--distinct-full", type=int, default=50,
                         help="distinct weight files of the full kind (then hard links)")
+    parser.add_argument("--full-template", type=Path, help="a full-kind MiniLM top-2 "
+                        "artifact (the minilm-full set copies its shapes; that set runs "
+                        "only with it)")
     parser.add_argument("--min-cos", type=float, default=0.99999)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lastlayer-many-adapters"))
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--quick", action="store_true",
                         help="N = 10 and 100 of minilm-lora, 8 clients, 4 s per phase")
     args = parser.parse_args(argv)
+    if args.full_template is None and "minilm-full" in args.sets:
+        args.sets.remove("minilm-full")
+        print("minilm-full skipped: give --full-template DIR to run it")
     if args.quick:
         args.sets, args.n, args.clients, args.seconds = ["minilm-lora"], [10, 100], [8], 4.0
     return args

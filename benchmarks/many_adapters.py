@@ -11,7 +11,8 @@ For each adapter set (``minilm-lora``: MiniLM top-2 LoRA; ``minilm-full``: MiniL
 that base join the set; the full kind's weight files repeat after ``--distinct-full``,
 hard-linked, to bound the disk; that set runs only with ``--full-template DIR``, a full-kind
 MiniLM top-2 artifact whose shapes it copies), starts ``lastlayer serve --adapters DIR
---adapter-memory BUDGET`` once, and drives it from 8 and 32 client threads for ``--seconds`` per phase:
+--adapter-memory BUDGET`` once, and drives it from 8 and 32 client threads for
+``--seconds`` per phase:
 
 1. ``single``: every request to one adapter (the baseline of the same run);
 2. ``zipf``: each request's adapter drawn from a Zipf law over the N (s = ``--zipf-s``, a

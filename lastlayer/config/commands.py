@@ -263,6 +263,9 @@ class ServeSettings:
         allow_adapter_updates: Enable ``POST /v1/adapters`` and ``DELETE /v1/adapters/x``.
         adapters_dir: The only folder runtime-added adapters may come from.
         model_id: The base's id in ``/v1/models`` (default: the id artifacts record).
+        hub_allowlist: ``fnmatch`` patterns of Hub ids (``ORG/*``) a request may name as
+            ``model``: such an adapter is fetched through the Hugging Face cache on its
+            first request; none by default (nothing comes from the Hub).
     """
 
     batch_window_ms: float = 5.0
@@ -275,8 +278,10 @@ class ServeSettings:
     allow_adapter_updates: bool = False
     adapters_dir: Path | None = None
     model_id: str | None = None
+    hub_allowlist: tuple[str, ...] = ()  # --hub-adapters
 
     def __post_init__(self) -> None:
+        self.hub_allowlist = hub_patterns(self.hub_allowlist)
         for name in ("max_batch", "max_queue", "max_inputs", "max_body_bytes",
                      "encode_batch_size"):
             if getattr(self, name) < 1:
@@ -286,6 +291,22 @@ class ServeSettings:
         if self.max_inputs > self.max_queue:
             raise ValueError(f"max_inputs ({self.max_inputs}) cannot exceed max_queue "
                              f"({self.max_queue}): such a request could never be queued.")
+
+
+def hub_patterns(given) -> tuple[str, ...]:
+    """``--hub-adapters`` values (repeatable, each comma-separated) as one tuple of patterns.
+
+    Raises:
+        ValueError: A pattern that names no organisation (``ORG/...``): a bare ``*`` would
+            let any request pull any repo from the Hub.
+    """
+    patterns = tuple(p.strip() for value in given for p in str(value).split(",") if p.strip())
+    for pattern in patterns:
+        org, sep, rest = pattern.partition("/")
+        if not sep or not org or not rest or any(c in org for c in "*?["):
+            raise ValueError(f"--hub-adapters {pattern!r}: write ORG/NAME or ORG/* (an "
+                             "organisation, then a pattern of repo names), e.g. acme/*.")
+    return patterns
 
 
 @dataclass(kw_only=True)
@@ -325,6 +346,14 @@ class ServeOptions:
     dtype: DType | None = option(None)
     model_id: str | None = option(ServeSettings.model_id, help="the base's id in requests and "
                                   "/v1/models (default: the id adapters record)")
+    adapter_memory: str | None = option(None, metavar="SIZE", help="memory the adapters' heads "
+                                        "may use, e.g. 2GB, 512MB, 1.5GiB: adapters are "
+                                        "registered at start and loaded on first use, least "
+                                        "recently used dropped (default: all loaded at start)")
+    hub_adapters: list[str] = option(metavar="PATTERN", default_factory=list,
+                                     help="Hub ids a request may name as model, loaded on "
+                                     "first use, e.g. 'acme/*' (repeatable or comma-separated;"
+                                     " default: none from the Hub)")
     log_level: LogLevel = option("info")
 
     def __post_init__(self) -> None:
@@ -334,6 +363,10 @@ class ServeOptions:
         at_least(self, 1, "max_batch", "max_queue", "max_inputs", "max_body_bytes",
                  "max_length")
         at_least(self, 0, "batch_window_ms")
+        try:
+            hub_patterns(self.hub_adapters)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         if self.max_inputs > self.max_queue:
             raise ConfigError(f"--max-inputs ({self.max_inputs}) cannot exceed --max-queue "
                               f"({self.max_queue}): such a request could never be queued; "

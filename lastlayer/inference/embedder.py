@@ -1,8 +1,10 @@
 """One base model in memory, many domain adapters, chosen per call, per row, or by routing.
 
-Why one module of ~480 lines: it is one class, the registry, whose every method reads the
+Why one module of ~560 lines: it is one class, the registry, whose every method reads the
 same lock and snapshot of loaded adapters (load checks, names, signatures, the encode
-entry points); the work itself is the engine's (:mod:`lastlayer.core.engine`).
+entry points); the work itself is the engine's (:mod:`lastlayer.core.engine`), and what
+the memory budget adds (``adapter_memory``: resident heads, their builds, the merged /
+unmerged rule, ``stats``) is :mod:`lastlayer.inference.resident`'s.
 
 The :class:`Embedder` is the adapter registry on the inference engine
 (:mod:`lastlayer.core.engine`): it loads and checks adapters (their base, their names,
@@ -22,6 +24,7 @@ wrong vectors, each with a message that says how to fix the call.)
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import threading
 from collections.abc import Sequence
@@ -39,9 +42,11 @@ from lastlayer.config import ConfigError, ModelConfig
 from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.engine import AUTO, Embeddings, Engine, Head, Key
 from lastlayer.core.kinds import kind_named
+from lastlayer.inference.residency import HeadCache, parse_memory
+from lastlayer.inference.resident import AdapterLoadError, ResidentHeads
 
-__all__ = ["AUTO", "AdapterInfo", "BaseMismatchError", "Embedder", "Embeddings",
-           "UnknownAdapterError"]
+__all__ = ["AUTO", "AdapterInfo", "AdapterLoadError", "BaseMismatchError", "Embedder",
+           "Embeddings", "UnknownAdapterError"]
 
 
 class BaseMismatchError(ConfigError):
@@ -96,10 +101,13 @@ class AdapterInfo:
 
 @dataclass(frozen=True)
 class _Loaded:
-    """A registered adapter: its info, its head (private top-k blocks) and signature."""
+    """A registered adapter: its info, its key in the head cache (one per registration, so
+    a name loaded again never gets the old head), the form asked for, and its signature
+    (with ``adapter_memory``: read on first use)."""
 
     info: AdapterInfo
-    head: Head
+    key: int
+    merge: bool | None
     signature: Any = None  # lastlayer.core.routing.RoutingSignature
 
 
@@ -116,7 +124,7 @@ def _dtype_name(dtype: str | torch.dtype | None) -> str | None:
     return dtype
 
 
-class Embedder:
+class Embedder(ResidentHeads):
     """A base model loaded once, plus any number of LoRA and full adapters on it.
 
     Args:
@@ -129,6 +137,12 @@ class Embedder:
             (default 128, or the ``ModelConfig``'s). Adapters use their own.
         pooling: ``mean``, ``cls`` or ``last`` for the base (default ``mean``).
         normalize: L2-normalise the base's embeddings (default True).
+        adapter_memory: Bytes the adapters' heads may use (an int, or ``"2GB"``,
+            ``"512MB"``, ``"1.5GiB"``). Then ``load`` only registers an adapter (its
+            metadata, checked), its head is built by the first call that needs it, and the
+            least recently used heads are dropped when the budget is reached (a dropped
+            adapter is built again, to the same vectors, when next needed). None (default):
+            every head is built at ``load`` and stays. See :meth:`stats`.
 
     Each adapter embeds its rows exactly as it was trained to: with its own pooling,
     normalisation and token limit (``lastlayer.json``), whatever the base's settings.
@@ -142,7 +156,9 @@ class Embedder:
                  device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, quantization: str | None = None, *,
                  max_length: int | None = None, pooling: str | None = None,
-                 normalize: bool | None = None) -> None:
+                 normalize: bool | None = None, adapter_memory: int | str | None = None
+                 ) -> None:
+        budget = parse_memory(adapter_memory)
         overrides = {"dtype": _dtype_name(dtype), "quantization": quantization,
                      "max_length": max_length, "pooling": pooling, "normalize": normalize}
         overrides = {key: value for key, value in overrides.items() if value is not None}
@@ -162,6 +178,16 @@ class Embedder:
         self.num_layers = self.engine.num_layers
         self._lock = threading.Lock()  # registration (load / unload)
         self._loaded: dict[str, _Loaded] = {}
+        self._infos: dict[str, AdapterInfo] = {}  # the same registry, as load gave it
+        self._keys = itertools.count()
+        self._by_key: dict[int, _Loaded] = {}
+        self._forms: dict[int, bool] = {}  # merged or not, fixed at its first build
+        self._lazy = budget is not None
+        self._cache = HeadCache(budget, self._build, self._estimate)
+        self._shared: frozenset[int] | None = None  # the base's storages
+        self._block_sizes: dict[int, int] = {}  # top_k -> bytes of the base's top-k blocks
+        self._merged_total = 0  # bytes of every registered adapter's head, merged
+        self._signature_cache: dict[int, Any] = {}  # with adapter_memory: read on first use
 
     # -----------------------------------------------------------------------------------
     # The base.
@@ -209,15 +235,23 @@ class Embedder:
 
     @property
     def adapters(self) -> dict[str, AdapterInfo]:
-        """The loaded adapters by name."""
-        return {name: loaded.info for name, loaded in self._snapshot().items()}
+        """The loaded (with ``adapter_memory``: registered) adapters by name, resident or not."""
+        with self._lock:
+            return dict(self._infos)
+
+    @property
+    def adapter_memory(self) -> int | None:
+        """The heads' byte budget (None: no budget, every head resident)."""
+        return self._cache.budget
 
     def load(self, path: str | os.PathLike, name: str | None = None,
-             merge: bool | None = None) -> str:
+             merge: bool | None = None, *, meta: ArtifactMeta | None = None) -> str:
         """Load an adapter artifact next to the others, and return its name.
 
         Builds the adapter's private top-k blocks once (the base stays as it is), so later
-        calls only run them.
+        calls only run them. With ``adapter_memory`` it only registers the adapter (reads
+        and checks its metadata and base; no weights): the first call that needs it builds
+        its head.
 
         Args:
             path: An artifact folder (``lastlayer.json`` + PEFT files), or a Hub adapter
@@ -227,8 +261,12 @@ class Embedder:
             merge: LoRA only: merge the adapter into a private copy of its k blocks
                 (fastest; k blocks of memory) or keep it unmerged around the base's
                 weights (a few MB; the only choice on a quantized base). Default: merged
-                on an unquantized base, unmerged on a quantized one. Ignored for the full
-                kind, whose trained blocks are already plain blocks.
+                on an unquantized base, unmerged on a quantized one; with
+                ``adapter_memory``, merged only while the budget holds every registered
+                adapter merged (docs/many-adapters.md). Ignored for the full kind, whose
+                trained blocks are already plain blocks.
+            meta: The folder's metadata, already read by :func:`lastlayer.artifact.read`
+                (an index of many adapters), so it is not read again.
 
         Raises:
             ArtifactError: ``path`` is not a valid artifact; a Hub id that cannot be
@@ -240,25 +278,41 @@ class Embedder:
         from lastlayer import hub
 
         source, path = str(path), hub.resolve_adapter(path)
-        meta = artifact.read(path)
+        meta = artifact.read(path) if meta is None else meta
         name = meta.name if name is None else name
         self._check_name(name)
         self._check_base(meta, source)
-        if kind_named(meta.kind).always_merged:
-            merge = True
-        elif merge is None:
-            merge = not self.quantized
-        elif merge and self.quantized:
+        if merge and self.quantized and not kind_named(meta.kind).always_merged:
             raise ValueError(f"cannot merge LoRA adapter {name!r} into a {self.config.quantization}"
                              " quantized base; load it with merge=False (or merge=None).")
-        head = self.engine.build_head(path, meta, merge)
-        signature = self._signature(path, name)
+        if self._lazy:
+            signature = None
+            routable = (Path(path) / artifact.ROUTING).is_file()
+        else:
+            signature = self._signature(path, name)
+            routable = signature is not None
         info = AdapterInfo(name=name, path=Path(path), kind=meta.kind, top_k=meta.top_k,
-                           merged=head.merged, routable=signature is not None, meta=meta,
-                           source=source)
+                           merged=self._merge_for(meta.kind, merge), routable=routable,
+                           meta=meta, source=source)
+        entry = _Loaded(info, next(self._keys), merge, signature)
+        if not self._lazy:
+            self._by_key[entry.key] = entry
+            try:
+                self._cache.get(entry.key)  # built now, as without a budget it always was
+            finally:
+                self._by_key.pop(entry.key, None)
+            entry = dataclasses.replace(
+                entry, info=dataclasses.replace(info, merged=self._forms[entry.key]))
         with self._lock:
-            self._check_name(name)  # another thread may have taken it meanwhile
-            self._loaded = {**self._loaded, name: _Loaded(info, head, signature)}
+            try:
+                self._check_name(name)  # another thread may have taken it meanwhile
+            except ValueError:
+                self._cache.forget(entry.key)
+                raise
+            self._loaded = {**self._loaded, name: entry}
+            self._infos[name] = entry.info
+            self._by_key[entry.key] = entry
+            self._count_merged(entry, +1)
         return name
 
     def unload(self, name: str) -> None:
@@ -270,7 +324,14 @@ class Embedder:
         with self._lock:
             if name not in self._loaded:
                 raise self._unknown(name, self._loaded)
+            entry = self._loaded[name]
             self._loaded = {n: a for n, a in self._loaded.items() if n != name}
+            del self._infos[name]
+            self._count_merged(entry, -1)
+            self._by_key.pop(entry.key, None)
+            self._forms.pop(entry.key, None)
+            self._signature_cache.pop(entry.key, None)
+        self._cache.forget(entry.key)
 
     def _snapshot(self) -> dict[str, _Loaded]:
         """The registry as it is now; calls use one snapshot throughout (the dict is
@@ -328,6 +389,16 @@ class Embedder:
             )
         return signature
 
+    def _signature_of(self, entry: _Loaded):
+        """An adapter's routing signature (with ``adapter_memory``: read on first use)."""
+        if entry.signature is not None or not self._lazy:
+            return entry.signature
+        cached = self._signature_cache.get(entry.key)
+        if cached is None:
+            cached = self._signature_cache[entry.key] = self._signature(entry.info.path,
+                                                                        entry.info.name)
+        return cached
+
     @staticmethod
     def _unknown(name: object, loaded: dict[str, _Loaded]) -> UnknownAdapterError:
         names = ", ".join(repr(n) for n in loaded) or "none (load one with Embedder.load)"
@@ -341,7 +412,8 @@ class Embedder:
 
     def encode(self, texts: Sequence[str], adapter: str | Sequence[str | None] | None = None,
                batch_size: int = 32, normalize: bool | None = None,
-               progress: bool | None = None) -> Embeddings:
+               progress: bool | None = None, *, heads: dict[str, Head] | None = None
+               ) -> Embeddings:
         """Embed texts with the base, one adapter, one adapter per text, or by routing.
 
         Args:
@@ -354,6 +426,9 @@ class Embedder:
             normalize: L2-normalise every row (True / False); None: as each row's
                 adapter was trained (the base: as the Embedder was set up).
             progress: Show a progress bar (None: only on a terminal).
+            heads: Heads already fetched with :meth:`warm` or :meth:`resident` (the
+                server fetches them before the batch, so the batch never builds one);
+                the adapters not in it are fetched (built if cold) here.
 
         Returns:
             :class:`~lastlayer.core.engine.Embeddings`: ``vectors`` (``(N, d)`` float32,
@@ -367,16 +442,24 @@ class Embedder:
             UnknownAdapterError: A name that is not loaded.
             ValueError: A list whose length differs from the number of texts; routing
                 without any routing signature loaded.
+            AdapterLoadError: With ``adapter_memory``: a cold adapter's head cannot be
+                built (the call fails; other calls and adapters are not affected).
         """
         texts = self._texts(texts)
         loaded = self._snapshot()
         if isinstance(adapter, str) and adapter == AUTO:
-            return self.engine.embed_routed(texts, self._heads(loaded),
+            if self._lazy:  # route first, then build only the heads the texts went to
+                names = self.engine.route(texts, {}, self._signatures(loaded),
+                                          _routing().assign, batch_size, progress)
+                picked = self._heads_of(dict.fromkeys(n for n in names if n), loaded, heads)
+                out = self.engine.embed(texts, names, picked, batch_size, normalize, False)
+                return Embeddings(out.vectors, out.tokens, names)
+            return self.engine.embed_routed(texts, self._heads_of(loaded, loaded, heads),
                                             self._signatures(loaded), _routing().assign,
                                             batch_size, normalize, progress)
         keys = self.check_keys(adapter, len(texts), loaded)
-        return self.engine.embed(texts, keys, self._heads(loaded), batch_size, normalize,
-                                 progress)
+        used = self._heads_of(dict.fromkeys(k for k in keys if k is not None), loaded, heads)
+        return self.engine.embed(texts, keys, used, batch_size, normalize, progress)
 
     def encode_all(self, texts: Sequence[str], adapters: Sequence[str | None] | None = None,
                    batch_size: int = 32, normalize: bool | None = None,
@@ -397,8 +480,8 @@ class Embedder:
         for name in names:
             if name is not None and name not in loaded:
                 raise self._unknown(name, loaded)
-        return self.engine.embed_each(texts, names, self._heads(loaded), batch_size,
-                                      normalize, progress)
+        used = self._heads_of([n for n in names if n is not None], loaded)
+        return self.engine.embed_each(texts, names, used, batch_size, normalize, progress)
 
     def route(self, texts: Sequence[str], batch_size: int = 32,
               progress: bool | None = None) -> list[str | None]:
@@ -413,8 +496,8 @@ class Embedder:
         """
         texts = self._texts(texts)
         loaded = self._snapshot()
-        return self.engine.route(texts, self._heads(loaded), self._signatures(loaded),
-                                 _routing().assign, batch_size, progress)
+        return self.engine.route(texts, {}, self._signatures(loaded), _routing().assign,
+                                 batch_size, progress)
 
     def check_request(self, adapter: str | Sequence[str | None] | None, n: int) -> None:
         """Raise what :meth:`encode` would raise for ``adapter`` on ``n`` texts, before any
@@ -442,10 +525,6 @@ class Embedder:
             raise TypeError(f"texts must be strings, got {bad[0]}.")
         return texts
 
-    @staticmethod
-    def _heads(loaded: dict[str, _Loaded]) -> dict[str, Head]:
-        return {name: entry.head for name, entry in loaded.items()}
-
     def check_keys(self, adapter, n: int, loaded: dict[str, _Loaded] | None = None
                    ) -> list[Key]:
         """One adapter name (or None) per text, every name checked against ``loaded``
@@ -469,9 +548,8 @@ class Embedder:
                 raise self._unknown(key, loaded)
         return keys
 
-    @staticmethod
-    def _signatures(loaded: dict[str, _Loaded]) -> dict[str, Any]:
-        signatures = {n: a.signature for n, a in loaded.items() if a.signature is not None}
+    def _signatures(self, loaded: dict[str, _Loaded]) -> dict[str, Any]:
+        signatures = {n: self._signature_of(a) for n, a in loaded.items() if a.info.routable}
         if not signatures:
             names = ", ".join(repr(n) for n in loaded) or "none"
             raise ValueError(

@@ -1,13 +1,17 @@
 """Which adapters the server may serve: every artifact under ``--adapters`` (by its artifact
-name), and runtime additions (``POST /v1/adapters``, off unless ``--allow-adapter-updates``)
+name, indexed from each folder's metadata: with ``--adapter-memory`` no head is built at
+start), and runtime additions (``POST /v1/adapters``, off unless ``--allow-adapter-updates``)
 only from inside that folder, after following every symlink."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from lastlayer import artifact
+from lastlayer.artifact import ArtifactMeta
 from lastlayer.config.commands import ServeSettings
+from lastlayer.inference.embedder import BaseMismatchError, Embedder
 from lastlayer.inference.server.errors import APIError
 
 
@@ -17,17 +21,48 @@ def find_adapters(root: str | Path) -> dict[str, Path]:
     Raises:
         ValueError: Two artifacts have the same name.
     """
-    found: dict[str, Path] = {}
+    return {name: folder for name, (folder, _) in index_adapters(root).items()}
+
+
+def index_adapters(root: str | Path) -> dict[str, tuple[Path, ArtifactMeta]]:
+    """Every artifact folder under ``root`` by its artifact name, with its metadata (read
+    and checked once: ``lastlayer.json``, the PEFT config and the weights' header).
+
+    Raises:
+        ValueError: Two artifacts have the same name.
+    """
+    found: dict[str, tuple[Path, ArtifactMeta]] = {}
     for meta_file in sorted(Path(root).rglob(artifact.METADATA)):
         folder = meta_file.parent
         if not artifact.is_artifact(folder):
             continue
-        name = artifact.read(folder).name
-        if name in found:
-            raise ValueError(f"two adapters under {root} are named {name!r}: {found[name]} and "
-                             f"{folder}; load one with --adapter NAME=PATH under another name.")
-        found[name] = folder
+        meta = artifact.read(folder)
+        if meta.name in found:
+            raise ValueError(f"two adapters under {root} are named {meta.name!r}: "
+                             f"{found[meta.name][0]} and {folder}; load one with --adapter "
+                             "NAME=PATH under another name.")
+        found[meta.name] = (folder, meta)
     return found
+
+
+def load_adapters(embedder: Embedder, found: dict[str, tuple[Path, ArtifactMeta]],
+                  named: dict[str, str]) -> None:
+    """Load (with ``adapter_memory``: register) the ``--adapters`` index and the
+    ``--adapter NAME=PATH`` ones; an indexed adapter of another base is skipped, logged.
+
+    Raises:
+        ValueError: A ``--adapter`` that cannot be loaded (the message names it).
+    """
+    for name, (path, meta) in found.items():
+        try:
+            embedder.load(path, name, meta=meta)
+        except BaseMismatchError as err:  # a shared folder may hold other bases' adapters
+            logging.getLogger("lastlayer").warning("skipping %s: %s", path, err)
+    for name, path in named.items():
+        try:
+            embedder.load(path, name)
+        except ValueError as err:
+            raise ValueError(f"--adapter {name}={path}: {err}") from err
 
 
 def check_updates(settings: ServeSettings) -> None:

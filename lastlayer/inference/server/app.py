@@ -34,8 +34,13 @@ from lastlayer.inference.server.adapters import allowed_path, check_updates
 from lastlayer.inference.server.batcher import Batcher
 from lastlayer.inference.server.body import BodyDeadline, parse
 from lastlayer.inference.server.errors import TYPES, APIError, validation_error
+from lastlayer.inference.server.hub_adapters import HubAdapters
 from lastlayer.inference.server.metrics import Metrics
 from lastlayer.inference.server.names import OWNER, ModelNames
+
+COLD_HEADER = "x-lastlayer-cold"
+"""Set on an answer whose adapter's head was not in memory when the request came (it waited
+for a load): for benchmarks and logs; OpenAI clients ignore it."""
 
 _ERRORS = {400: "malformed body or invalid value", 401: "missing or wrong API key",
            404: "unknown model or adapter", 408: "the body stopped arriving",
@@ -147,7 +152,9 @@ def create_app(embedder: Embedder, settings: ServeSettings | None = None) -> Fas
     """
     settings = settings or ServeSettings()
     metrics = Metrics()
+    metrics.watch(embedder)
     models = ModelNames(embedder, settings.model_id)
+    from_hub = HubAdapters(embedder, settings.hub_allowlist, models.base_names)
     for name in embedder.adapters:
         models.check_name(name)
     batcher = Batcher(embedder, settings, metrics)
@@ -174,11 +181,13 @@ def create_app(embedder: Embedder, settings: ServeSettings | None = None) -> Fas
               responses=_responses(m.EmbeddingResponse))
     async def embeddings(request: Request):
         req = await parse(request, m.EmbeddingRequest, settings.max_body_bytes)
+        await from_hub.ensure(req.model)  # an allowed Hub id: registered on first use
         adapter = models.resolve(req.model)
         request.state.model = req.model
         _check_format(req, embedder.dim)
         texts = _texts(req, settings.max_inputs)
         keys = None if adapter == AUTO else [adapter] * len(texts)
+        cold = adapter not in (None, AUTO) and not embedder.is_resident(adapter)
         vectors, tokens = await batcher.submit(texts, keys)
         data = [{"object": "embedding", "index": i,
                  "embedding": _encode_vector(vector, req.encoding_format)}
@@ -186,7 +195,8 @@ def create_app(embedder: Embedder, settings: ServeSettings | None = None) -> Fas
         used = int(sum(tokens))
         # JSONResponse directly: FastAPI's generic encoder would walk every float
         return JSONResponse({"object": "list", "data": data, "model": req.model,
-                             "usage": {"prompt_tokens": used, "total_tokens": used}})
+                             "usage": {"prompt_tokens": used, "total_tokens": used}},
+                            headers={COLD_HEADER: "1"} if cold else None)
 
     @app.get("/v1/models", response_model=m.ModelList, responses=_responses(m.ModelList))
     async def list_models():

@@ -7,6 +7,12 @@ model. Each request is checked first (an adapter that is not loaded, routing wit
 signatures), so a bad one fails alone without being encoded. Past ``max_queue`` texts a new
 request is refused with 429 (:class:`~lastlayer.inference.server.errors.QueueFullError`)
 before it is queued: an accepted request is always answered.
+
+Each named-adapter request fetches its heads before it joins a batch: resident heads at
+once (on the event loop: a dictionary lookup), cold ones in a loader thread pool of their
+own (one build per adapter however many requests wait for it), so a cold load never holds
+up the batches of hot adapters, and the batch itself never builds a head. A head that
+cannot be built fails only the requests that need it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import collections
 import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +34,8 @@ from lastlayer.inference.server.metrics import Metrics
 
 log = logging.getLogger(__package__)
 
+LOADERS = 2  # threads building cold heads (each build holds the GIL part of the time)
+
 
 @dataclass
 class _Job:
@@ -36,6 +44,7 @@ class _Job:
     texts: list[str]
     keys: list[str | None] | None
     future: asyncio.Future
+    heads: dict[str, Any] = field(default_factory=dict)  # fetched before the batch
 
 
 class Batcher:
@@ -54,6 +63,8 @@ class Batcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastlayer-embed")
+        self._loader = ThreadPoolExecutor(max_workers=LOADERS, thread_name_prefix="lastlayer-load")
+        self._loading: dict[str, asyncio.Future] = {}  # cold adapters being built
 
     def start(self) -> None:
         self._wake = asyncio.Event()
@@ -69,6 +80,7 @@ class Batcher:
                 job.future.set_exception(APIError(503, "the server is shutting down.",
                                                   "server_error", code="shutting_down"))
         self._executor.shutdown(wait=True)
+        self._loader.shutdown(wait=True, cancel_futures=True)
 
     async def submit(self, texts: list[str], keys: list[str | None] | None
                      ) -> tuple[np.ndarray, list[int]]:
@@ -80,12 +92,44 @@ class Batcher:
         limit = self.settings.max_queue
         if self._queued + len(texts) > limit:
             raise QueueFullError(self._queued, limit)
-        job = _Job(texts, keys, asyncio.get_running_loop().create_future())
-        self._jobs.append(job)
-        self._queued += len(texts)
+        self._queued += len(texts)  # a request waiting for a cold head counts too
         self.metrics.queue.set(self._queued)
+        try:
+            heads = await self._fetch(keys)
+        except BaseException as err:
+            self._queued -= len(texts)
+            self.metrics.queue.set(self._queued)
+            if isinstance(err, Exception):
+                raise for_exception(err) from err
+            raise
+        job = _Job(texts, keys, asyncio.get_running_loop().create_future(), heads)
+        self._jobs.append(job)
         self._wake.set()
         return await job.future
+
+    async def _fetch(self, keys: list[str | None] | None) -> dict[str, Any]:
+        """The heads of the adapters ``keys`` names: resident ones at once, cold ones built
+        in the loader pool (one build per adapter at a time). Routed requests: none (the
+        batch fetches the heads routing picks)."""
+        names = [] if keys is None else [n for n in dict.fromkeys(keys) if n is not None]
+        if not names:
+            return {}
+        heads = self.embedder.resident(names)
+        if heads is not None:
+            return heads
+        loop = asyncio.get_running_loop()
+        waits = {}
+        for name in names:
+            waiting = self._loading.get(name)
+            if waiting is None:
+                waiting = self._loading[name] = asyncio.ensure_future(
+                    loop.run_in_executor(self._loader, self.embedder.warm, [name]))
+                waiting.add_done_callback(lambda _, n=name: self._loading.pop(n, None))
+            waits[name] = waiting
+        heads = {}
+        for waiting in waits.values():
+            heads.update(await asyncio.shield(waiting))
+        return heads
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -169,9 +213,10 @@ class Batcher:
         tokens are counted at its routed adapter's limit)."""
         texts = [text for job in jobs for text in job.texts]
         adapter = AUTO if routed else [key for job in jobs for key in job.keys]
+        heads = {name: head for job in jobs for name, head in job.heads.items()}
         result = self.embedder.encode(texts, adapter=adapter,
                                       batch_size=self.settings.encode_batch_size,
-                                      progress=False)
+                                      progress=False, heads=heads)
         tokens = result.tokens.tolist()
         outs, start = [], 0
         for job in jobs:

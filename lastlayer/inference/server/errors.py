@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from lastlayer.inference.embedder import UnknownAdapterError
+from lastlayer.inference.embedder import AdapterLoadError, UnknownAdapterError
 
 log = logging.getLogger(__package__)  # one logger for the server package
 
@@ -64,8 +64,14 @@ def validation_error(err: ValidationError | RequestValidationError) -> APIError:
 
 def for_exception(err: Exception) -> APIError:
     """The OpenAI-shaped error for an exception raised while checking or encoding a job."""
+    if isinstance(err, APIError):
+        return err
     if isinstance(err, UnknownAdapterError):
         return APIError(404, str(err), param="model", code="model_not_found")
+    if isinstance(err, AdapterLoadError):  # this adapter's files, not the request: 500
+        log.warning("%s", err)
+        return APIError(500, str(err), "server_error", param="model",
+                        code="adapter_load_failed")
     if isinstance(err, ValueError):
         return APIError(400, str(err), param="model", code="invalid_value")
     log.exception("embedding failed", exc_info=err)  # a bug or the device: say what, keep serving

@@ -97,6 +97,7 @@ class ModelCard(BaseModel):
     kind: str | None = None
     top_k: int | None = None
     routable: bool | None = None
+    resident: bool | None = None  # an adapter's head is in memory (else: built on first use)
 
 
 class ModelList(BaseModel):

@@ -1,6 +1,7 @@
 """Which model a request names: the base (its id or an alias), an adapter, ``BASE:ADAPTER``
 or ``BASE:auto``; and the ``GET /v1/models`` listing (adapters name the base as ``parent``,
-as vLLM does). Only loaded adapters resolve: any other name is a 404, never the base."""
+as vLLM does; every registered adapter, with ``resident``: whether its head is in memory).
+Only loaded adapters resolve: any other name is a 404, never the base."""
 
 from __future__ import annotations
 
@@ -54,10 +55,12 @@ class ModelNames:
     def listing(self, created: int) -> dict:
         base = {"id": self.id, "object": "model", "created": created, "owned_by": OWNER,
                 "root": self.id, "parent": None}
+        resident = self.embedder.resident_names()
         data = [base] + [
             {"id": name, "object": "model", "created": created, "owned_by": OWNER,
              "root": info.source or str(info.path), "parent": self.id,
-             "kind": info.kind, "top_k": info.top_k, "routable": info.routable}
+             "kind": info.kind, "top_k": info.top_k, "routable": info.routable,
+             "resident": name in resident}
             for name, info in self.embedder.adapters.items()
         ]
         return {"object": "list", "data": data}

@@ -15,9 +15,12 @@ adapter artifact (default the shipped ``adapters/medical/minilm-l6_lora-top2_cro
 - ``server-mixed``: the same, requests spread round-robin over 4 adapters (the artifact
   loaded under 4 names: four private heads, as four domain adapters would be);
 - ``server-base``: the same server, requests for the base model;
-- ``peer-base``: Infinity (``infinity-emb``, its torch engine on CPU, run from its own venv
-  ``--infinity-venv``) serving the same base folder, truncating at the same token limit.
-  Infinity serves merged models only, so the peer comparison is on the base.
+- ``peer-base`` / ``peer-bf16`` / ``peer-optimum``: Infinity (``infinity-emb``, run from its
+  own venv ``--infinity-venv``) serving the same base folder, truncating at the same token
+  limit, in the configurations its docs offer on CPU: the torch engine in float32, the torch
+  engine in bfloat16 (``--dtype bfloat16``: fast where the CPU multiplies bf16 natively),
+  and ``--engine optimum`` (ONNX Runtime; it exports the model to ONNX itself). Infinity
+  serves merged models only, so the peer comparison is on the base.
 
 Every system gets the same requests (``--texts`` texts from the medical abstracts corpus,
 ``--data``), each client sending back to back for ``--seconds``, at each of ``--clients``
@@ -57,7 +60,10 @@ DEFAULT_ADAPTER = ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"
 DEFAULT_DATA = MEDICAL
 DEFAULT_INFINITY = ROOT / "benchmarks" / ".venv-infinity"
 NAMES = ["m1", "m2", "m3", "m4"]
-SYSTEMS = ["in-process", "server-single", "server-mixed", "server-base", "peer-base"]
+# Infinity's CPU configurations: (engine, dtype) per peer system
+PEERS = {"peer-base": ("torch", "float32"), "peer-bf16": ("torch", "bfloat16"),
+         "peer-optimum": ("optimum", "auto")}
+SYSTEMS = ["in-process", "server-single", "server-mixed", "server-base", *PEERS]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -177,14 +183,15 @@ def peer_folder(model: str, max_length: int, into: Path) -> Path:
     return into
 
 
-def start_infinity(args: argparse.Namespace, folder: Path) -> tuple[subprocess.Popen, str]:
+def start_infinity(args: argparse.Namespace, folder: Path, engine: str = "torch",
+                   dtype: str = "float32") -> tuple[subprocess.Popen, str]:
     exe = Path(args.infinity_venv) / "bin" / "infinity_emb"
     if not exe.exists():
         raise SystemExit(f"{exe} is missing: build the peer's venv with `make infinity`, or "
                          "leave peer-base out of --systems.")
     port = free_port()
     cmd = [str(exe), "v2", "--model-id", str(folder), "--served-model-name", args.model,
-           "--engine", "torch", "--device", "cpu", "--no-bettertransformer",
+           "--engine", engine, "--dtype", dtype, "--device", "cpu", "--no-bettertransformer",
            "--batch-size", str(args.batch_size), "--host", "127.0.0.1", "--port", str(port),
            "--url-prefix", "/v1", "--log-level", "warning"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
@@ -252,7 +259,9 @@ def ratios(rows: list[dict]) -> dict:
     for clients in sorted({r["clients"] for r in rows}):
         pairs = {"server_single_over_in_process": ("server-single", "in-process"),
                  "server_mixed_over_single": ("server-mixed", "server-single"),
-                 "server_base_over_peer_base": ("server-base", "peer-base")}
+                 "server_base_over_peer_base": ("server-base", "peer-base"),
+                 "server_single_over_peer_bf16": ("server-single", "peer-bf16"),
+                 "server_single_over_peer_optimum": ("server-single", "peer-optimum")}
         for name, (a, b) in pairs.items():
             if (a, clients) in rate and (b, clients) in rate:
                 out[f"{name}@{clients}"] = round(rate[(a, clients)] / rate[(b, clients)], 3)
@@ -301,19 +310,22 @@ def main(argv: list[str] | None = None) -> int:
                     http.post(url + "/v1", c, args.model, pick(c, i)))
                 pids.update(dict.fromkeys(["server-single", "server-mixed", "server-base"],
                                           proc.pid))
-            if "peer-base" in args.systems:
-                peer, peer_url = start_infinity(
-                    args, peer_folder(args.model, args.max_length, Path(tmp)))
+            for system, (engine, dtype) in PEERS.items():
+                if system not in args.systems:
+                    continue
+                folder = peer_folder(args.model, args.max_length, Path(tmp) / system)
+                peer, peer_url = start_infinity(args, folder, engine, dtype)
                 procs.append(peer)
-                pids["peer-base"] = peer.pid
-                calls["peer-base"] = lambda c, i: len(
-                    http.post(peer_url, c, args.model, pick(c, i)))
+                pids[system] = peer.pid
+                calls[system] = (lambda u: lambda c, i: len(
+                    http.post(u, c, args.model, pick(c, i))))(peer_url)
                 if "server-base" in calls:  # same model, same truncation: same vectors
                     texts = pick(0, 0)
                     ours = np.array(http.post(url + "/v1", 0, args.model, texts))
                     theirs = np.array(http.post(peer_url, 0, args.model, texts))
-                    check["max_abs_diff_server_base_vs_peer"] = float(
-                        np.abs(ours - theirs).max())
+                    check[f"min_cosine_server_base_vs_{system}"] = float(min(
+                        (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1)
+                        / np.linalg.norm(theirs, axis=1)))
             systems = [s for s in args.systems if s in calls]
             for system in systems:  # warm-up: a few requests each
                 for i in range(3):
@@ -350,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
                      "texts_per_request": args.texts, "seconds": args.seconds,
                      "rounds": args.rounds, "max_length": args.max_length,
                      "server_batch_size": args.batch_size, "clients": args.clients,
-                     "peer": "infinity-emb 0.0.78, torch engine, CPU, float32"},
+                     "peers": {name: f"infinity-emb 0.0.78, engine {e}, dtype {d}, CPU"
+                               for name, (e, d) in PEERS.items() if name in systems}},
         "check": check, "ratios": ratios(rows), "rows": rows}
     print("\n" + format_table(rows))
     print(json.dumps(result["ratios"], indent=1))

@@ -10,10 +10,11 @@ merged into its base as a sentence-transformers folder. This package builds on `
 
 from lastlayer.inference.embedder import (
     AdapterInfo,
+    AdapterLoadError,
     BaseMismatchError,
     Embedder,
     Embeddings,
     UnknownAdapterError,
 )
 
-__all__ = ["AdapterInfo", "BaseMismatchError", "Embedder", "Embeddings", "UnknownAdapterError"]
+__all__ = ["AdapterInfo", "AdapterLoadError", "BaseMismatchError", "Embedder", "Embeddings", "UnknownAdapterError"]

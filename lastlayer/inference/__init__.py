@@ -17,4 +17,5 @@ from lastlayer.inference.embedder import (
     UnknownAdapterError,
 )
 
-__all__ = ["AdapterInfo", "AdapterLoadError", "BaseMismatchError", "Embedder", "Embeddings", "UnknownAdapterError"]
+__all__ = ["AdapterInfo", "AdapterLoadError", "BaseMismatchError", "Embedder", "Embeddings",
+           "UnknownAdapterError"]

@@ -36,8 +36,10 @@ from torch import nn
 from lastlayer import artifact
 from lastlayer.artifact import ArtifactMeta
 from lastlayer.config import ConfigError, ModelConfig
-from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.encoder import Encoder, load_encoder, weights_fingerprint
 from lastlayer.core.engine import AUTO, Embeddings, Engine, Head, Key
+from lastlayer.core.int8 import check_quantize, int8_trunk
+from lastlayer.core.precision import AUTO as AUTO_PRECISION
 from lastlayer.core.kinds import kind_named
 
 __all__ = ["AUTO", "AdapterInfo", "BaseMismatchError", "Embedder", "Embeddings",
@@ -123,8 +125,14 @@ class Embedder:
         base: The base model: a Hub id, a local folder (or GGUF file), or a
             :class:`~lastlayer.config.ModelConfig`.
         device: Where to put an unquantized model (default: CUDA if present).
-        dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (or a torch dtype).
+        dtype: ``auto`` (default: bf16 where the hardware multiplies it natively, else
+            fp32; :mod:`lastlayer.core.precision`), ``float32``, ``bfloat16`` or
+            ``float16`` (or a torch dtype). A ``ModelConfig``'s own dtype counts as given.
+            Adapters load in any dtype, whatever they were trained in.
         quantization: ``8bit`` / ``4bit`` (bitsandbytes; LoRA adapters then stay unmerged).
+        quantize: ``int8``: the shared trunk (the base's blocks below the heads) in torch's
+            dynamic int8 linear layers, for CPU inference; every adapter's head and the
+            base's own top blocks stay in ``dtype`` (:mod:`lastlayer.core.int8`).
         max_length: Token limit for texts embedded with the base and for routing
             (default 128, or the ``ModelConfig``'s). Adapters use their own.
         pooling: ``mean``, ``cls`` or ``last`` for the base (default ``mean``).
@@ -142,7 +150,9 @@ class Embedder:
                  device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, quantization: str | None = None, *,
                  max_length: int | None = None, pooling: str | None = None,
-                 normalize: bool | None = None) -> None:
+                 normalize: bool | None = None, quantize: str | None = None) -> None:
+        if dtype is None and not isinstance(base, ModelConfig):
+            dtype = AUTO_PRECISION
         overrides = {"dtype": _dtype_name(dtype), "quantization": quantization,
                      "max_length": max_length, "pooling": pooling, "normalize": normalize}
         overrides = {key: value for key, value in overrides.items() if value is not None}
@@ -157,8 +167,11 @@ class Embedder:
                 )
             config = ModelConfig(name_or_path=str(base), **overrides)
         self.config = config
+        check_quantize(quantize, config)
         self.encoder: Encoder = load_encoder(config, device, for_artifact=False)
-        self.engine = Engine(self.encoder)
+        self.quantize = quantize
+        self.engine = Engine(self.encoder, trunk=int8_trunk(self.encoder.model)
+                             if quantize else None)
         self.num_layers = self.engine.num_layers
         self._lock = threading.Lock()  # registration (load / unload)
         self._loaded: dict[str, _Loaded] = {}
@@ -295,16 +308,22 @@ class Embedder:
         trained = meta.base
         if trained.fingerprint == self.fingerprint:
             return
+        # Artifacts trained on a bf16 / fp16 load before fingerprints were taken as stored
+        # recorded the weights in that dtype: they match a base computing in it.
+        if (trained.dtype not in ("float32", AUTO_PRECISION) and not self.quantized
+                and trained.quantization is None
+                and next(self.model.parameters()).dtype == getattr(torch, trained.dtype)
+                and trained.fingerprint == weights_fingerprint(self.model, as_stored=False)):
+            return
         ours = self.base_id
         if trained.model not in self.base_names:
             raise BaseMismatchError(
                 f"adapter {path} was trained on {trained.model!r}, but this Embedder's base "
                 f"is {ours!r}: load it onto Embedder({trained.model!r})."
             )
-        differences = [
+        differences = [  # an unquantized base's fingerprint holds in every dtype
             f"{what} {theirs} here vs {mine} in training"
             for what, mine, theirs in (
-                ("dtype", trained.dtype, self.config.dtype),
                 ("quantization", trained.quantization, self.config.quantization),
             ) if mine != theirs
         ]

@@ -57,7 +57,7 @@ def run(args: Options) -> int:
     from lastlayer.inference import BaseMismatchError, Embedder
 
     embedder = Embedder(args.model, device=args.device, dtype=args.dtype,
-                        max_length=args.max_length)
+                        max_length=args.max_length, quantize=args.quantize)
     for name, path in found.items():
         try:
             embedder.load(path, name)

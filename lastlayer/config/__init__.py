@@ -27,6 +27,7 @@ class ConfigError(ValueError):
 
 Pooling = Literal["mean", "cls", "last"]
 Quantization = Literal["8bit", "4bit"]
+Quantize = Literal["int8"]  # inference only: the shared trunk in dynamic int8 (CPU)
 DType = Literal["auto", "float32", "bfloat16", "float16"]  # auto: bf16 where native
 AdapterKind = Literal["lora", "full"]
 ObjectiveKind = Literal["crop", "span", "dropout"]  # one object each: training.objectives

@@ -21,21 +21,22 @@ it is opt-in, never chosen by ``auto``.
 from __future__ import annotations
 
 import copy
+import typing
 import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from lastlayer.config import ConfigError, ModelConfig
+from lastlayer.config import ConfigError, Quantize
 from lastlayer.core.layers import find_layer_stack
 from lastlayer.core.split import base_of, structural_copy
 
-QUANTIZE = ("int8",)
+QUANTIZE: tuple[str, ...] = typing.get_args(Quantize)
 """The values of ``quantize`` (``--quantize``)."""
 
 
-def check_quantize(quantize: str | None, config: ModelConfig) -> None:
+def check_quantize(quantize: str | None, quantization: str | None = None) -> None:
     """Refuse an unknown ``quantize`` value, or one combined with a bitsandbytes base.
 
     Raises:
@@ -46,10 +47,21 @@ def check_quantize(quantize: str | None, config: ModelConfig) -> None:
     if quantize not in QUANTIZE:
         raise ConfigError(f"quantize must be one of {', '.join(QUANTIZE)} (or None), got "
                           f"{quantize!r}.")
-    if config.quantization is not None:
+    if quantization is not None:
         raise ConfigError(f"quantize={quantize} (an int8 trunk) cannot be combined with "
-                          f"quantization={config.quantization} (a bitsandbytes base): choose "
-                          "one.")
+                          f"quantization={quantization} (a bitsandbytes base): choose one.")
+
+
+def quantize_trunk(engine, quantize: str | None, quantization: str | None = None) -> None:
+    """Make ``engine`` (a :class:`lastlayer.core.engine.Engine`, before its first call) run
+    its trunk in ``quantize`` (None: leave it as it is).
+
+    Raises:
+        ConfigError: See :func:`check_quantize` and :func:`int8_trunk`.
+    """
+    check_quantize(quantize, quantization)
+    if quantize is not None:
+        engine.trunk_model = int8_trunk(engine.model)
 
 
 def int8_trunk(model: nn.Module) -> nn.Module:

@@ -38,9 +38,9 @@ from lastlayer.artifact import ArtifactMeta
 from lastlayer.config import ConfigError, ModelConfig
 from lastlayer.core.encoder import Encoder, load_encoder, weights_fingerprint
 from lastlayer.core.engine import AUTO, Embeddings, Engine, Head, Key
-from lastlayer.core.int8 import check_quantize, int8_trunk
-from lastlayer.core.precision import AUTO as AUTO_PRECISION
+from lastlayer.core.int8 import check_quantize, quantize_trunk
 from lastlayer.core.kinds import kind_named
+from lastlayer.core.precision import AUTO as AUTO_PRECISION
 
 __all__ = ["AUTO", "AdapterInfo", "BaseMismatchError", "Embedder", "Embeddings",
            "UnknownAdapterError"]
@@ -167,11 +167,11 @@ class Embedder:
                 )
             config = ModelConfig(name_or_path=str(base), **overrides)
         self.config = config
-        check_quantize(quantize, config)
+        check_quantize(quantize, config.quantization)  # before minutes of loading
         self.encoder: Encoder = load_encoder(config, device, for_artifact=False)
         self.quantize = quantize
-        self.engine = Engine(self.encoder, trunk=int8_trunk(self.encoder.model)
-                             if quantize else None)
+        self.engine = Engine(self.encoder)
+        quantize_trunk(self.engine, quantize, config.quantization)
         self.num_layers = self.engine.num_layers
         self._lock = threading.Lock()  # registration (load / unload)
         self._loaded: dict[str, _Loaded] = {}

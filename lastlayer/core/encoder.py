@@ -418,7 +418,7 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
 
     resolved = resolve_model(cfg, for_artifact)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, inference_dtype(cfg.dtype, device))
+    dtype = getattr(torch, inference_dtype(cfg.dtype, device, cfg.quantization))
     kwargs = {"revision": cfg.revision} if resolved.path == resolved.hub_id else {}
     if resolved.gguf_file:
         kwargs["gguf_file"] = resolved.gguf_file

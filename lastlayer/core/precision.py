@@ -128,9 +128,17 @@ def device_type(device: str | torch.device | None) -> str:
     return torch.device(device).type
 
 
-def inference_dtype(dtype: str, device: str | torch.device | None = None) -> str:
-    """A ``model.dtype`` setting -> the dtype to compute in (``auto``: :func:`detect`)."""
-    return detect(device_type(device)).dtype if dtype == AUTO else dtype
+def inference_dtype(dtype: str, device: str | torch.device | None = None,
+                    quantization: str | None = None) -> str:
+    """A ``model.dtype`` setting -> the dtype to compute in (``auto``: :func:`detect`).
+
+    A bitsandbytes-quantized base (``quantization``) stays float32 under ``auto``: its
+    layers run their own kernels, and its fingerprint is taken as loaded, so the dtype
+    it loads in must not depend on the machine.
+    """
+    if dtype != AUTO:
+        return dtype
+    return "float32" if quantization else detect(device_type(device)).dtype
 
 
 def training_precision(mixed_precision: str, on_cpu: bool) -> str:

@@ -57,7 +57,8 @@ def run(args: Options) -> int:
     from lastlayer.inference import BaseMismatchError, Embedder
 
     embedder = Embedder(args.model, device=args.device, dtype=args.dtype,
-                        max_length=args.max_length, quantize=args.quantize)
+                        max_length=args.max_length,
+                        **({"quantize": args.quantize} if args.quantize else {}))
     for name, path in found.items():
         try:
             embedder.load(path, name)

@@ -48,8 +48,8 @@ class ModelConfig:
     pooling: Pooling = "mean"
     normalize: bool = True
     max_length: int = 128
-    # Weights dtype; inference (Embedder, serve, embed, eval) defaults to auto instead
-    # (lastlayer.core.precision): recipes keep float32 weights and train.mixed_precision.
+    # Compute dtype; auto: bf16 where the hardware multiplies it natively
+    # (lastlayer.core.precision). Training keeps float32 weights: see train.mixed_precision.
     dtype: DType = "float32"
     quantization: Quantization | None = None
     # Run Python code shipped in the model's repo (models transformers lacks): only for
@@ -165,7 +165,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
-    mixed_precision: MixedPrecision = "auto"  # bf16 where the hardware has it natively
+    mixed_precision: MixedPrecision = "no"  # auto: bf16 where the hardware has it natively
     checkpoint_every: int = 0  # optimizer steps; 0 = no periodic checkpoints
     resume: bool = False  # continue from the newest checkpoint in <output_dir>.checkpoints
     cpu: bool = False  # force the CPU even when a GPU is present

@@ -53,8 +53,8 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 """The shape of a Hub repo id (``huggingface_hub``'s own check imports too much for here)."""
 
-DTYPE_HELP = ("compute dtype (default: auto: bfloat16 where the CPU or GPU multiplies it "
-              "natively, else float32; docs/precision.md)")
+DTYPE_HELP = ("compute dtype (default float32; auto: bfloat16 where the CPU or GPU "
+              "multiplies it natively, else float32; docs/precision.md)")
 QUANTIZE_HELP = ("int8: the shared trunk in dynamic int8 linear layers (CPU only; adapters' "
                  "heads keep the dtype; costs some quality: docs/precision.md)")
 ADAPTER_TARGET = ("adapter folder or Hub id (ORG/NAME[@REVISION]), base model Hub id, or "

@@ -100,26 +100,25 @@ def test_explicit_values_win(cpu_with, saved_models):
     assert precision.inference_dtype("float32", "cpu") == "float32"
     assert precision.training_precision("no", on_cpu=True) == "no"
     assert precision.inference_dtype("auto", "cpu", quantization="8bit") == "float32"
-    assert Embedder(saved_models["bert"], device="cpu").model.dtype == torch.bfloat16
-    assert Embedder(saved_models["bert"], device="cpu",
-                    dtype="float32").model.dtype == torch.float32
-    # a ModelConfig says its dtype itself (float32 unless set)
-    config = ModelConfig(name_or_path=str(saved_models["bert"]))
-    assert Embedder(config, device="cpu").model.dtype == torch.float32
+    assert Embedder(saved_models["bert"], device="cpu", dtype="auto").model.dtype == torch.bfloat16
+    assert Embedder(saved_models["bert"], device="cpu").model.dtype == torch.float32  # default
+    config = ModelConfig(name_or_path=str(saved_models["bert"]), dtype="auto")
+    assert Embedder(config, device="cpu").model.dtype == torch.bfloat16
     cpu_with(AVX2)
-    assert Embedder(saved_models["bert"], device="cpu").model.dtype == torch.float32
+    assert Embedder(saved_models["bert"], device="cpu", dtype="auto").model.dtype == torch.float32
     assert Embedder(saved_models["bert"], device="cpu",
                     dtype="bfloat16").model.dtype == torch.bfloat16
 
 
-def test_train_mixed_precision_auto_is_the_default_and_follows_the_cpu(cpu_with, saved_models,
+def test_train_mixed_precision_auto_follows_the_cpu(cpu_with, saved_models,
                                                                        tmp_path):
     from lastlayer.training.accelerator import make_accelerator
 
     corpus = tmp_path / "docs.txt"
     corpus.write_text("One document.\nAnother one.\n")
     recipe = load_recipe(None, [f"model.name_or_path={saved_models['bert']}", "train.cpu=true",
-                                f"data.train={corpus}", f"output_dir={tmp_path / 'x'}"])
+                                f"data.train={corpus}", f"output_dir={tmp_path / 'x'}",
+                                "train.mixed_precision=auto"])
     assert recipe.train.mixed_precision == "auto"
     for flags, expected in ((AMX, "bf16"), (AVX2, "no")):
         cpu_with(flags)

@@ -37,8 +37,9 @@ def run(args: Options) -> int:
     if args.dtype:  # default: as trained (an adapter's eval.json number, to the last digit)
         overrides["dtype"] = args.dtype
     encoder = load_target(folder or args.target, **overrides)
-    quantize_trunk(encoder.engine, args.quantize,
-                   encoder.meta.base.quantization if encoder.meta else None)
+    if args.quantize:
+        quantize_trunk(encoder.engine, args.quantize,
+                       encoder.meta.base.quantization if encoder.meta else None)
     results = {}
     for data in args.data:
         # A recipe's eval.max_docs samples labelled files; a BEIR corpus only when asked.

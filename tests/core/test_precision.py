@@ -222,3 +222,26 @@ def test_bad_quantize_values_are_refused(saved_models):
         Embedder(saved_models["bert"], quantize="int4")
     with pytest.raises(ConfigError, match="cannot be combined with quantization=8bit"):
         Embedder(saved_models["bert"], quantize="int8", quantization="8bit")
+
+
+def test_eval_takes_dtype_auto_and_an_int8_trunk(saved_models, tmp_path, capsys):
+    import gzip
+    import json
+
+    from helpers.data import MEDICAL
+
+    from lastlayer.cli import main
+
+    with gzip.open(MEDICAL, "rt") as lines:  # a small labelled sample of the shipped data
+        rows = [json.loads(line) for _, line in zip(range(60), lines, strict=False)]
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    results = {}
+    for flags in ([], ["--dtype", "auto"], ["--dtype", "float32", "--quantize", "int8"]):
+        assert main(["eval", str(saved_models["bert"]), "--data", str(data), "--json",
+                     "--no-clustering", "--k", "3", *flags]) == 0
+        results[" ".join(flags)] = json.loads(capsys.readouterr().out)["knn_accuracy"]
+    assert all(0 <= value <= 1 for value in results.values()), results
+    with pytest.raises(SystemExit) as stop:  # argparse: not one of the menu's values
+        main(["eval", str(saved_models["bert"]), "--data", str(data), "--quantize", "int4"])
+    assert stop.value.code == 2

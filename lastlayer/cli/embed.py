@@ -25,6 +25,7 @@ EXAMPLES = """examples:
 
 def run(args: Options) -> int:
     """Resolve the adapters, then run the (resumable) embedding job."""
+    from lastlayer.core.precision import AUTO, inference_dtype
     from lastlayer.hub import resolve_adapter
     from lastlayer.inference.embed import embed_file, parse_adapters
 
@@ -37,17 +38,23 @@ def run(args: Options) -> int:
         from lastlayer.inference import Embedder
 
         embedder = Embedder(args.model, device=device, dtype=args.dtype,
-                            quantization=args.quantization)
+                            quantization=args.quantization,
+                            **({"quantize": args.quantize} if args.quantize else {}))
         for name, path in adapters.items():
             embedder.load(path, name=name)
         return embedder
 
     setup_logging()
+    # auto decides per machine: the job records what it means here (a resume elsewhere
+    # that would compute in another precision is then refused, not mixed in)
+    dtype = (inference_dtype(AUTO, "cpu" if args.cpu else None) if args.dtype == AUTO
+             else args.dtype)
     embed_file(  # the main process logs where it wrote the output
         args.input, args.output, load, adapters=adapters, adapter=args.adapter_for_all,
         route=args.route, text_field=args.text_field, id_field=args.id_field,
         shard_size=args.shard_size, batch_size=args.batch_size, overwrite=args.overwrite,
         cpu=args.cpu, progress=not args.no_progress,
-        settings={"model": args.model, "dtype": args.dtype, "quantization": args.quantization},
+        settings={"model": args.model, "dtype": dtype, "quantization": args.quantization,
+                  **({"quantize": args.quantize} if args.quantize else {})},
     )
     return 0

@@ -26,6 +26,7 @@ def run(args: Options) -> int:
     (same sample, same leave-one-out protocol).
     """
     from lastlayer.core.adapters import load_target
+    from lastlayer.core.int8 import quantize_trunk
     from lastlayer.evaluation.datasets import dataset_kind
     from lastlayer.evaluation.suite import evaluate_encoder, format_table, results_json
     from lastlayer.hub import adapter_folder
@@ -33,7 +34,12 @@ def run(args: Options) -> int:
     folder = adapter_folder(args.target)  # a Hub adapter: its cached snapshot
     protocol = resolve_protocol(args, folder, max_docs=None)  # a base model: every document
     overrides = {"max_length": args.max_length} if args.max_length else {}
+    if args.dtype:  # default: as trained (an adapter's eval.json number, to the last digit)
+        overrides["dtype"] = args.dtype
     encoder = load_target(folder or args.target, **overrides)
+    if args.quantize:
+        quantize_trunk(encoder.engine, args.quantize,
+                       encoder.meta.base.quantization if encoder.meta else None)
     results = {}
     for data in args.data:
         # A recipe's eval.max_docs samples labelled files; a BEIR corpus only when asked.

@@ -75,7 +75,8 @@ def run(args: Options) -> int:
     from lastlayer.inference import Embedder
 
     embedder = Embedder(args.model, device=args.device, dtype=args.dtype,
-                        max_length=args.max_length, adapter_memory=memory)
+                        max_length=args.max_length, adapter_memory=memory,
+                        **({"quantize": args.quantize} if args.quantize else {}))
     start = time.perf_counter() - indexing  # the index's reading counts
     try:
         load_adapters(embedder, found, named)

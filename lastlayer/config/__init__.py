@@ -27,10 +27,11 @@ class ConfigError(ValueError):
 
 Pooling = Literal["mean", "cls", "last"]
 Quantization = Literal["8bit", "4bit"]
-DType = Literal["float32", "bfloat16", "float16"]
+Quantize = Literal["int8"]  # inference only: the shared trunk in dynamic int8 (CPU)
+DType = Literal["auto", "float32", "bfloat16", "float16"]  # auto: bf16 where native
 AdapterKind = Literal["lora", "full"]
 ObjectiveKind = Literal["crop", "span", "dropout"]  # one object each: training.objectives
-MixedPrecision = Literal["no", "bf16", "fp16"]
+MixedPrecision = Literal["auto", "no", "bf16", "fp16"]  # auto: bf16 where native
 KnnMetric = Literal["euclidean", "cosine"]
 CacheDType = Literal["float32", "bfloat16"]
 TopKSignal = Literal["crops", "probe"]
@@ -47,6 +48,8 @@ class ModelConfig:
     pooling: Pooling = "mean"
     normalize: bool = True
     max_length: int = 128
+    # Compute dtype; auto: bf16 where the hardware multiplies it natively
+    # (lastlayer.core.precision). Training keeps float32 weights: see train.mixed_precision.
     dtype: DType = "float32"
     quantization: Quantization | None = None
     # Run Python code shipped in the model's repo (models transformers lacks): only for
@@ -157,7 +160,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
-    mixed_precision: MixedPrecision = "no"
+    mixed_precision: MixedPrecision = "no"  # auto: bf16 where the hardware has it natively
     checkpoint_every: int = 0  # optimizer steps; 0 = no periodic checkpoints
     resume: bool = False  # continue from the newest checkpoint in <output_dir>.checkpoints
     cpu: bool = False  # force the CPU even when a GPU is present

@@ -37,7 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lastlayer.config import ConfigError, DType, EvalConfig, KnnMetric, Quantization, Recipe
+from lastlayer.config import (
+    ConfigError,
+    DType,
+    EvalConfig,
+    KnnMetric,
+    Quantization,
+    Quantize,
+    Recipe,
+)
 
 ExportFormat = Literal["sentence-transformers"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -45,6 +53,10 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 """The shape of a Hub repo id (``huggingface_hub``'s own check imports too much for here)."""
 
+DTYPE_HELP = ("compute dtype (default float32; auto: bfloat16 where the CPU or GPU "
+              "multiplies it natively, else float32; docs/precision.md)")
+QUANTIZE_HELP = ("int8: the shared trunk in dynamic int8 linear layers (CPU only; adapters' "
+                 "heads keep the dtype; costs some quality: docs/precision.md)")
 ADAPTER_TARGET = ("adapter folder or Hub id (ORG/NAME[@REVISION]), base model Hub id, or "
                   "local model folder")
 
@@ -165,6 +177,8 @@ class EvalOptions:
     max_length: int | None = option(None, help="tokens per text (default: the adapter's, or "
                                     "128 for a base model)")
     batch_size: int = option(EvalConfig.batch_size)
+    dtype: DType | None = option(None, help=DTYPE_HELP)
+    quantize: Quantize | None = option(None, help=QUANTIZE_HELP)
     no_clustering: bool = option(False, help="skip k-means")
     text_field: str | None = _protocol_option("text_field")
     label_field: str | None = _protocol_option("label_field")
@@ -218,7 +232,8 @@ class EmbedOptions:
     batch_size: int = option(32)
     shard_size: int = option(1024, help="texts per shard, the unit of resuming and of each "
                              "process' share (default 1024)")
-    dtype: DType | None = option(None, help="weights dtype (default: the encoder's choice)")
+    dtype: DType | None = option(None, help=DTYPE_HELP)
+    quantize: Quantize | None = option(None, help=QUANTIZE_HELP)
     quantization: Quantization | None = option(None, help="bitsandbytes-quantized base (extra "
                                                "quant)")
     cpu: bool = option(False, help="run on CPU even where there is a GPU")
@@ -343,7 +358,8 @@ class ServeOptions:
     max_length: int | None = option(None, help="token limit of the base (default 128); "
                                     "adapters use their own")
     device: str | None = option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
-    dtype: DType | None = option(None)
+    dtype: DType | None = option(None, help=DTYPE_HELP)
+    quantize: Quantize | None = option(None, help=QUANTIZE_HELP)
     model_id: str | None = option(ServeSettings.model_id, help="the base's id in requests and "
                                   "/v1/models (default: the id adapters record)")
     adapter_memory: str | None = option(None, metavar="SIZE", help="memory the adapters' heads "

@@ -237,18 +237,29 @@ def _resolve_local(folder: Path, gguf_file: str | None, for_artifact: bool) -> R
                          origin="local", file=gguf_file)
 
 
-def weights_fingerprint(model: nn.Module) -> str:
+def weights_fingerprint(model: nn.Module, as_stored: bool = True) -> str:
     """A short sha256 of every tensor's name, shape, dtype and a strided sample of its values.
 
     Cheap even for billion-parameter models, and different for any two real checkpoints
     (e.g. the Hub's safetensors vs a dequantized GGUF copy of the same model).
+
+    ``as_stored`` (the default) fingerprints the weights as the checkpoint holds them,
+    whatever precision they are computed in: floating tensors are hashed as float32 (exact
+    for bf16 / fp16 checkpoints), so an unquantized base gives the fingerprint of its fp32
+    load, the one artifacts have always recorded. Call it before casting the weights for
+    compute (:func:`load_encoder` does): a bf16 copy of fp32 weights has lost their low
+    bits. ``as_stored=False`` hashes the tensors in their own dtype, as lastlayer did before
+    it computed in other precisions (artifacts trained on a bf16 load recorded that).
     """
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         flat = tensor.detach().reshape(-1)
         step = max(1, flat.numel() // 65536)
         sample = flat[::step].to("cpu").contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        dtype = tensor.dtype
+        if as_stored and sample.is_floating_point() and dtype != torch.float32:
+            sample, dtype = sample.float(), torch.float32
+        digest.update(f"{name}|{tuple(tensor.shape)}|{dtype}".encode())
         digest.update(sample.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
@@ -412,6 +423,12 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
                  for_artifact: bool = True) -> Encoder:
     """Load the encoder a recipe names, ready to embed (eval mode, frozen weights).
 
+    An unquantized model is loaded in the precision its checkpoint stores (a GGUF file:
+    float32), fingerprinted (:func:`weights_fingerprint`), and only then cast to
+    ``cfg.dtype`` (``auto``: :func:`lastlayer.core.precision.inference_dtype`), so the
+    fingerprint is the same in every compute precision and an adapter trained in one
+    loads in any other.
+
     Args:
         cfg: The recipe's ``model`` section.
         device: Where to put the model when not quantized (default: CUDA if present).
@@ -422,8 +439,11 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
     """
     from transformers import AutoModel, AutoTokenizer
 
+    from lastlayer.core.precision import inference_dtype
+
     resolved = resolve_model(cfg, for_artifact)
-    dtype = getattr(torch, cfg.dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, inference_dtype(cfg.dtype, device, cfg.quantization))
     kwargs = {"revision": cfg.revision} if resolved.path == resolved.hub_id else {}
     if resolved.gguf_file:
         kwargs["gguf_file"] = resolved.gguf_file
@@ -434,11 +454,16 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
     if quant is not None and resolved.gguf_file:  # bitsandbytes needs plain weights:
         path = str(dequantized_folder(gguf_path(resolved)))  # the file's dequantized copy
         kwargs = {"quantization_config": quant}
+    # bitsandbytes quantizes as it loads (in the compute dtype); anything else loads as
+    # stored (GGUF: dequantized to float32, as ever), is fingerprinted, then cast.
+    load_dtype = dtype if quant is not None else (torch.float32 if resolved.gguf_file
+                                                    else "auto")
     with refusing_remote_code(cfg.name_or_path), library_bars_on_terminals_only():
-        model = AutoModel.from_pretrained(path, dtype=dtype,
+        model = AutoModel.from_pretrained(path, dtype=load_dtype,
                                           trust_remote_code=cfg.trust_remote_code, **kwargs)
+    fingerprint = weights_fingerprint(model, as_stored=quant is None)  # bnb: as loaded
     if quant is None:
-        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.to(device=device, dtype=dtype)
     if quant is not None:
         disable_cpu_4bit_repacking(model)
     model.eval().requires_grad_(False)
@@ -449,10 +474,10 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
     if tokenizer.pad_token is None:  # decoders: pad with EOS, the mask hides it anyway
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    log.debug("Loaded %s from %s", resolved.hub_id, resolved.source)
+    log.debug("Loaded %s from %s in %s", resolved.hub_id, resolved.source, dtype)
     return Encoder(
         model=model, tokenizer=tokenizer, pooling=cfg.pooling, normalize=cfg.normalize,
-        max_length=cfg.max_length, resolved=resolved, fingerprint=weights_fingerprint(model),
+        max_length=cfg.max_length, resolved=resolved, fingerprint=fingerprint,
     )
 
 

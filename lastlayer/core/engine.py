@@ -113,8 +113,11 @@ class Engine:
     adapters while calls run on their own snapshot.
     """
 
-    def __init__(self, encoder: Encoder) -> None:
+    def __init__(self, encoder: Encoder, trunk: nn.Module | None = None) -> None:
         self.encoder = encoder
+        # what the shared bottom and middle views run: the base, or a copy of it in
+        # another precision (lastlayer.core.int8); heads always copy the base's own blocks
+        self.trunk_model = encoder.model if trunk is None else trunk
         self.num_layers = find_layer_stack(encoder.model).num_layers
         self._views: dict[tuple, nn.Module] = {}
         self._views_lock = threading.Lock()
@@ -327,7 +330,8 @@ class Engine:
                 view = self._views.get(key)
                 if view is None:
                     build = {"bottom": BottomRunner, "middle": MiddleRunner, "head": TopKHead}
-                    view = self._views[key] = build[kind](self.model, *args)
+                    source = self.model if kind == "head" else self.trunk_model
+                    view = self._views[key] = build[kind](source, *args)
         return view
 
     def _settings(self, key: Key, heads: Mapping[str, Head]

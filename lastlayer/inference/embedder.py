@@ -39,9 +39,11 @@ from torch import nn
 from lastlayer import artifact
 from lastlayer.artifact import ArtifactMeta
 from lastlayer.config import ConfigError, ModelConfig
-from lastlayer.core.encoder import Encoder, load_encoder
+from lastlayer.core.encoder import Encoder, load_encoder, weights_fingerprint
 from lastlayer.core.engine import AUTO, Embeddings, Engine, Head, Key
+from lastlayer.core.int8 import check_quantize, quantize_trunk
 from lastlayer.core.kinds import kind_named
+from lastlayer.core.precision import AUTO as AUTO_PRECISION
 from lastlayer.inference.residency import HeadCache, parse_memory
 from lastlayer.inference.resident import AdapterLoadError, ResidentHeads
 
@@ -131,8 +133,14 @@ class Embedder(ResidentHeads):
         base: The base model: a Hub id, a local folder (or GGUF file), or a
             :class:`~lastlayer.config.ModelConfig`.
         device: Where to put an unquantized model (default: CUDA if present).
-        dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (or a torch dtype).
+        dtype: ``float32`` (default), ``auto`` (bf16 where the hardware multiplies it
+            natively, else fp32; :mod:`lastlayer.core.precision`), ``bfloat16`` or
+            ``float16`` (or a torch dtype). Adapters load in any dtype, whatever they were
+            trained in.
         quantization: ``8bit`` / ``4bit`` (bitsandbytes; LoRA adapters then stay unmerged).
+        quantize: ``int8``: the shared trunk (the base's blocks below the heads) in torch's
+            dynamic int8 linear layers, for CPU inference; every adapter's head and the
+            base's own top blocks stay in ``dtype`` (:mod:`lastlayer.core.int8`).
         max_length: Token limit for texts embedded with the base and for routing
             (default 128, or the ``ModelConfig``'s). Adapters use their own.
         pooling: ``mean``, ``cls`` or ``last`` for the base (default ``mean``).
@@ -156,8 +164,8 @@ class Embedder(ResidentHeads):
                  device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, quantization: str | None = None, *,
                  max_length: int | None = None, pooling: str | None = None,
-                 normalize: bool | None = None, adapter_memory: int | str | None = None
-                 ) -> None:
+                 normalize: bool | None = None, adapter_memory: int | str | None = None,
+                 quantize: str | None = None) -> None:
         budget = parse_memory(adapter_memory)
         overrides = {"dtype": _dtype_name(dtype), "quantization": quantization,
                      "max_length": max_length, "pooling": pooling, "normalize": normalize}
@@ -173,8 +181,11 @@ class Embedder(ResidentHeads):
                 )
             config = ModelConfig(name_or_path=str(base), **overrides)
         self.config = config
+        check_quantize(quantize, config.quantization)  # before minutes of loading
         self.encoder: Encoder = load_encoder(config, device, for_artifact=False)
+        self.quantize = quantize
         self.engine = Engine(self.encoder)
+        quantize_trunk(self.engine, quantize, config.quantization)
         self.num_layers = self.engine.num_layers
         self._lock = threading.Lock()  # registration (load / unload)
         self._loaded: dict[str, _Loaded] = {}
@@ -356,16 +367,22 @@ class Embedder(ResidentHeads):
         trained = meta.base
         if trained.fingerprint == self.fingerprint:
             return
+        # Artifacts trained on a bf16 / fp16 load before fingerprints were taken as stored
+        # recorded the weights in that dtype: they match a base computing in it.
+        if (trained.dtype not in ("float32", AUTO_PRECISION) and not self.quantized
+                and trained.quantization is None
+                and next(self.model.parameters()).dtype == getattr(torch, trained.dtype)
+                and trained.fingerprint == weights_fingerprint(self.model, as_stored=False)):
+            return
         ours = self.base_id
         if trained.model not in self.base_names:
             raise BaseMismatchError(
                 f"adapter {path} was trained on {trained.model!r}, but this Embedder's base "
                 f"is {ours!r}: load it onto Embedder({trained.model!r})."
             )
-        differences = [
+        differences = [  # an unquantized base's fingerprint holds in every dtype
             f"{what} {theirs} here vs {mine} in training"
             for what, mine, theirs in (
-                ("dtype", trained.dtype, self.config.dtype),
                 ("quantization", trained.quantization, self.config.quantization),
             ) if mine != theirs
         ]

@@ -62,6 +62,9 @@ def plain_peft(model_dir: Path, folder: Path | None, text: str,
 
 
 def embedder(saved_models, arch: str = "bert", **kwargs) -> Embedder:
+    """An Embedder on a tiny model, in float32 unless ``dtype`` says (these tests compare
+    with plain PEFT in float32 exactly; precision auto is tests/core/test_precision.py's)."""
+    kwargs.setdefault("dtype", "float32")
     return Embedder(saved_models[arch], device="cpu", max_length=MAX_LENGTH, **kwargs)
 
 
@@ -248,10 +251,11 @@ def test_an_adapter_of_another_base_is_refused(saved_models, artifacts, tmp_path
     with pytest.raises(BaseMismatchError, match="trained on other weights of 'tiny-bert'.*"
                        "fingerprint .*another file or revision"):
         emb.load(foreign)
+    assert emb.adapters == {}
+    # another compute dtype is the same base (the fingerprint is of the weights as stored):
+    # tests/core/test_precision.py checks the vectors of such a round trip
     half = embedder(saved_models, dtype=torch.bfloat16)
-    with pytest.raises(BaseMismatchError, match="dtype bfloat16 here vs float32 in training"):
-        half.load(artifacts["bert"]["lora2"])
-    assert emb.adapters == {} and half.adapters == {}
+    assert half.load(artifacts["bert"]["lora2"]) == "lora2"
 
 
 def test_names_are_checked(saved_models, artifacts):
@@ -453,7 +457,8 @@ def test_the_shipped_artifacts_on_one_embedder_per_base():
              "Oil prices rose as traders weighed new output cuts.",
              "A slow, beautiful film with a wonderful final act."]
     for base, group in by_base.items():
-        emb = Embedder(base, device="cpu", max_length=artifact.read(group[0]).embedding.max_length)
+        emb = Embedder(base, device="cpu", dtype="float32",  # bf16: test_precision.py
+                       max_length=artifact.read(group[0]).embedding.max_length)
         names = [emb.load(folder, name=folder.parent.name) for folder in group]
         every = emb.encode_all(texts)
         mixed = emb.encode(texts, adapter=[names[i % len(names)]

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 import lastlayer.training.run as run_module
 from lastlayer.artifact import read as read_metadata
 from lastlayer.config import ConfigError, load_recipe
+from lastlayer.core import precision
 from lastlayer.core.adapters import load_target
 from lastlayer.corpus import read_texts
 from lastlayer.evaluation.datasets import load_eval_set
@@ -42,6 +43,7 @@ def recipe_for(model: Path, corpus: Path, out: Path, *overrides: str):
         f"model.name_or_path={model}", "model.max_length=48", f"data.train={corpus}",
         f"eval.data={corpus}", "eval.max_docs=40", "eval.k=5", "adapter.top_k=2",
         "train.max_steps=3", "train.batch_size=8", "train.lr=1e-3", "train.cpu=true",
+        "train.mixed_precision='no'",  # fp32, exact on any CPU (auto: tests/core/test_precision.py)
         "seed=0", f"output_dir={out}", *overrides,
     ])
 
@@ -295,6 +297,8 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(saved_models, corpus, tmp_path,
             return answer
         raise answer("no oneDNN")
 
+    # no /proc/cpuinfo to read (flags each way: tests/core/test_precision.py): oneDNN is asked
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: set())
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", probe)
     assert cpu_has_fast_bf16() is native
     recipe = recipe_for(saved_models["bert"], corpus, tmp_path / "x", "train.mixed_precision=bf16")

@@ -211,7 +211,7 @@ def test_an_int8_trunk_keeps_heads_and_the_base_in_their_precision(saved_models,
         e.load(folder, name="a")
     assert quantized_linears(emb.model) == 0  # the base itself is never changed
     assert quantized_linears(emb.engine.trunk_model) > 0
-    assert quantized_linears(emb._loaded["a"].head.module) == 0
+    assert quantized_linears(emb.resident(["a"])["a"].module) == 0
     expected, got = plain.encode_all(TEXTS, [None, "a"]), emb.encode_all(TEXTS, [None, "a"])
     for name in (None, "a"):
         assert bf16_cosine(expected[name], got[name]).min() > 0.99, name

@@ -59,12 +59,10 @@ def _make(source: str | Path, meta, paths: list[Path], kind: str, top_k: int) ->
     """Load the base once, then attach, randomise and save one adapter per path."""
     import torch
 
+    from benchmarks.bench.models import SharedBase, attach_adapter, save_artifact
     from lastlayer import artifact
     from lastlayer.artifact import Layers
-    from lastlayer.core.adapters import attach, save_adapter
     from lastlayer.core.target import model_config_of
-
-    from benchmarks.bench.models import SharedBase
 
     shared = SharedBase(model_config_of(source))
     num_layers = meta.layers.num_layers
@@ -73,14 +71,13 @@ def _make(source: str | Path, meta, paths: list[Path], kind: str, top_k: int) ->
         cfg = dataclasses.replace(meta.adapter, kind=kind, top_k=top_k)
         with shared.trainable() as encoder:
             torch.manual_seed(seed)  # attach draws LoRA's A from the global generator
-            _randomised(attach(encoder, cfg), kind, seed)
+            _randomised(attach_adapter(encoder, cfg), kind, seed)
             own = dataclasses.replace(
                 meta, name=path.name, adapter=cfg,
                 layers=Layers(meta.layers.layer_prefix, num_layers,
                               list(range(num_layers - top_k, num_layers))))
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_adapter(encoder.model, path, artifact.side_files(own, None, "", [], ""),
-                         overwrite=True)
+            save_artifact(encoder.model, path, artifact.side_files(own, None, "", [], ""))
 
 
 def _randomised(encoder, kind: str, seed: int) -> None:

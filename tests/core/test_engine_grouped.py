@@ -126,8 +126,11 @@ def test_more_than_plain_lora_keeps_its_own_head(saved_models, artifacts, tmp_pa
 
 def test_ranks_are_padded_and_the_base_gets_zeros():
     gen = torch.Generator().manual_seed(0)
-    r2 = LoraFactors(1, {"0.x": (torch.randn(5, 2, generator=gen), torch.randn(2, 3, generator=gen))})
-    r4 = LoraFactors(1, {"0.x": (torch.randn(5, 4, generator=gen), torch.randn(4, 3, generator=gen))})
+    def factors(rank: int) -> LoraFactors:
+        return LoraFactors(1, {"0.x": (torch.randn(5, rank, generator=gen),
+                                       torch.randn(rank, 3, generator=gen))})
+
+    r2, r4 = factors(2), factors(4)
     which = torch.tensor([1, 0, 2, 1])
     a, b = _gathered("0.x", [r2, r4, None], which)
     assert a.shape == (4, 5, 4) and b.shape == (4, 4, 3)

@@ -1,5 +1,8 @@
 """The inference engine: one base in memory, each adapter's private heads, the trunk run once.
 
+(~440 lines: the planner and runner of one batch read the same plan, trunk and head
+snapshot; the grouped pass's own machinery is in :mod:`lastlayer.core.grouped`.)
+
 Every lastlayer adapter changes only blocks L−k … L−1 of its base, so rows bound for
 different adapters share the frozen bottom exactly. For each batch the engine
 
@@ -9,10 +12,16 @@ different adapters share the frozen bottom exactly. For each batch the engine
    any row needs, then the base blocks between split points on the rows that go further;
 3. runs each adapter's :class:`~lastlayer.core.heads.Head` (its private top-k blocks) on
    its rows, and the base's remaining blocks on the rows for the base, then pools and
-   normalises as each adapter was trained to.
+   normalises as each adapter was trained to. Plain LoRA adapters of one k (with the
+   base's rows where they start at the same block) run as one pass instead
+   (:func:`groups`, :mod:`lastlayer.core.grouped`): the base's top-k blocks once over all
+   their rows with each row's LoRA update, so a batch spread over 16 adapters reads the
+   weights a single-adapter batch reads.
 
 Embedding one text under N adapters of top-k thus costs ``(L − k) + N·k`` block passes
-instead of ``N·L``, for LoRA and full adapters alike, side by side on one base. Everything
+instead of ``N·L``, for LoRA and full adapters alike, side by side on one base, and a
+batch mixing adapters row by row costs what a single-adapter batch does (L block passes
+per row; LoRA groups add ``2·r·(in + out)`` FLOPs per token and linear). Everything
 that embeds with an adapter goes through here: ``eval``, ``probe``, ``export`` (through
 :func:`lastlayer.core.target.load_target`), ``embed``, ``serve`` and the Python API (through
 :class:`lastlayer.inference.Embedder`, the adapter registry on an engine).

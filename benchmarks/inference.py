@@ -1,6 +1,6 @@
 """Multi-adapter inference: lastlayer's Embedder against PEFT and sentence-transformers.
 
-(~410 lines: three systems measured side by side in one run, each with its own loader;
+(~480 lines: three systems measured side by side in one run, each with its own loader;
 the shared parts are in ``benchmarks.bench``.)
 
 Usage (offline; one run, every ratio taken between systems measured in that same run)::
@@ -8,6 +8,8 @@ Usage (offline; one run, every ratio taken between systems measured in that same
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.inference \
         --out benchmarks/results/inference.json
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.inference --quick  # fewer texts, repeats
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.inference --quick --models minilm \
+        --sizes 16  # the mixed-batch table at 16 texts only
 
 Two bases, each with 4 LoRA adapters:
 
@@ -31,10 +33,18 @@ starting system rotating), median kept:
    mixed batch (``PeftModel.forward(..., adapter_names=[...])``, eval mode), and (MiniLM
    only) vs ``st-grouped``: sentence-transformers switching adapters group by group
    (``SentenceTransformer.load_adapter`` / ``set_adapter``; it cannot read the GGUF SmolLM2);
-3. per adapter: the bytes of its private parameters and buffers (exact: tensors not shared
+3. the mixed-batch table (:mod:`benchmarks.bench.mixes`): Punica's mixes (identical,
+   uniform, skewed, distinct over up to ``--mix-adapters`` 16 adapters, random ones made on
+   the same base by :mod:`benchmarks.bench.random_adapters`) at ``--sizes`` 16, 64 and 256
+   texts, each as the median paired ratio to a single-adapter batch of the same texts,
+   timed interleaved in the same rounds;
+4. per adapter: the bytes of its private parameters and buffers (exact: tensors not shared
    with the base), the resident-memory growth on loading it (noisy), its load time, and
    PEFT's ``set_adapter`` switch time (the Embedder needs no switch).
 
+Every lastlayer row reports its roofline (:mod:`benchmarks.bench.roofline`): the GFLOP/s
+it achieved, counted from the model's shapes and the real tokens, and the fraction of the
+machine's fp32 peak (from its CPU flags and clock) and of a large matmul's measured peak.
 Each system's vectors are checked against the others' (``max_abs_diff``). Torch runs on
 ``--threads`` threads; the machine (cores, threads, load average at start and end) is
 written into the results.
@@ -53,9 +63,17 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench import MEDICAL, ROOT, models, tables
+from benchmarks.bench import MEDICAL, ROOT, mixes, models, tables
 from benchmarks.bench.measure import cpu_description, rss_mb
+from benchmarks.bench.random_adapters import random_adapters
 from benchmarks.bench.results import write_json
+from benchmarks.bench.roofline import (
+    PRECISIONS,
+    clock_ghz,
+    measured_peak,
+    roofline,
+    theoretical_peak,
+)
 
 DEFAULT_DATA = MEDICAL
 DOMAINS = ["medical", "ohsumed", "news", "movie_reviews"]
@@ -85,18 +103,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--full-adapter", help="a full-kind SmolLM2 top-4 artifact (memory, "
                         "load time); train one with train.max_steps=2")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="texts per mixed-batch row (default 16 64 256; --quick: 16)")
+    parser.add_argument("--mix-adapters", type=int, default=16,
+                        help="adapters the mixes spread over (random ones added to the "
+                        "shipped; benchmarks/bench/random_adapters.py)")
+    parser.add_argument("--no-mixes", action="store_true", help="skip the mixed-batch table")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     args.texts = args.texts or (8 if args.quick else 64)
+    args.sizes = args.sizes or ([16] if args.quick else [16, 64, 256])
     args.repeats = args.repeats or (3 if args.quick else 5)
     return args
 
 
 def machine(threads: int) -> dict[str, Any]:
-    """The CPU (model and flags), cores, torch threads and the 1-minute load."""
+    """The CPU (model and flags), cores, torch threads, the 1-minute load and the peaks
+    (GFLOP/s per precision on ``threads`` cores: from the flags, and measured)."""
+    peaks = {p: {"theoretical": theoretical_peak(p, threads), "measured": measured_peak(p, threads)}
+             for p in PRECISIONS}
     return {"cpu": cpu_description(), "cores": os.cpu_count(), "torch_threads": threads,
-            "load_1min": os.getloadavg()[0]}
+            "load_1min": os.getloadavg()[0], "clock_ghz": clock_ghz(), "peak_gflops": peaks}
 
 
 def private_bytes(module, base) -> int:
@@ -229,10 +257,11 @@ def median_switch_s(encoder, names: list[str], calls: int = 200) -> float:
 # One base.
 
 
-def bench_model(key: str, args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
+def bench_model(key: str, args: argparse.Namespace, all_texts: list[str]) -> dict[str, Any]:
     from lastlayer import artifact
     from lastlayer.inference import Embedder
 
+    texts = all_texts[: args.texts]
     spec = MODELS[key]
     adapters: dict[str, Path] = spec["adapters"]
     names = list(adapters)
@@ -281,8 +310,10 @@ def bench_model(key: str, args: argparse.Namespace, texts: list[str]) -> dict[st
     systems = {
         "all4": lambda: embedder.encode_all(texts, names, batch_size=bs),
         "peft-separate": lambda: peft_separate(encoder, names, texts, bs),
-        "single": lambda: embedder.encode(texts, adapter=names[0], batch_size=bs, progress=False),
-        "mixed": lambda: embedder.encode(texts, adapter=keys, batch_size=bs, progress=False),
+        "single": lambda: embedder.encode(texts, adapter=names[0], batch_size=bs,
+                                          progress=False).vectors,
+        "mixed": lambda: embedder.encode(texts, adapter=keys, batch_size=bs,
+                                         progress=False).vectors,
         "peft-mixed": lambda: peft_mixed(encoder, keys, texts, bs),
     }
     if st is not None:
@@ -301,7 +332,35 @@ def bench_model(key: str, args: argparse.Namespace, texts: list[str]) -> dict[st
     result["seconds"] = {name: statistics.median(t) for name, t in times.items()}
     result["seconds_all"] = times
     result["ratios"] = _ratios(result["seconds"])
+    result["roofline"] = _rooflines(embedder, names, texts, result["seconds"], args.threads)
+    if not args.no_mixes:
+        print(f"[{key}] mixed batches ...", flush=True)
+        mixed = _mix_names(embedder, names, adapters[names[0]], args.mix_adapters)
+        result["mixes"] = mixes.bench_mixes(embedder, mixed, all_texts, args.sizes,
+                                            args.repeats, bs, args.threads)
     return result
+
+
+def _mix_names(embedder, names: list[str], source: Path, count: int) -> list[str]:
+    """``count`` adapter names for the mixes: the shipped ones, then random artifacts on the
+    same base (made once and cached) loaded as ``r0``, ``r1``, ..."""
+    extra = random_adapters(source, max(0, count - len(names)))
+    return [*names, *(embedder.load(path, f"r{i}") for i, path in enumerate(extra))][:count]
+
+
+def _rooflines(embedder, names: list[str], texts: list[str], seconds: dict[str, float],
+               threads: int) -> dict[str, dict[str, Any]]:
+    """The roofline of lastlayer's timed rows (fp32): ``single`` and ``mixed`` run every
+    block once per text, ``all4`` the bottom once and each adapter's k blocks."""
+    tokens = embedder.encode(texts, adapter=names[0], progress=False).tokens.tolist()
+    config = embedder.model.config
+    top_k = embedder.adapters[names[0]].top_k
+    blocks = {"single": None, "mixed": None,
+              "all4": config.num_hidden_layers - top_k + len(names) * top_k}
+    peak = measured_peak("fp32", threads)
+    return {name: roofline(config, tokens, seconds[name], "fp32", blocks=b, cores=threads,
+                           measured=peak)
+            for name, b in blocks.items() if name in seconds}
 
 
 class _Empty:
@@ -360,17 +419,22 @@ def _ratios(seconds: dict[str, float]) -> dict[str, dict[str, Any]]:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """Two tables: the timed ratios against their targets, then memory and load time per
-    adapter (and PEFT's switch time)."""
-    ratios, memory = [], []
+    """Three tables: the timed ratios against their targets (lastlayer's GFLOP/s and
+    fraction of the fp32 peak beside them), memory and load time per adapter (and PEFT's
+    switch time), then the mixed batches against single-adapter batches."""
+    ratios, memory, mixed = [], [], []
     for key, res in results["models"].items():
         s = res["seconds"]
         for name, r in res["ratios"].items():
             ours, theirs, _ = TARGETS[name]
             target = "—" if r["target"] is None else f"≥ {r['target']}×"
             met = "—" if r["met"] is None else ("yes" if r["met"] else "no")
+            roof = res.get("roofline", {}).get(ours)
             ratios.append([key, f"{ours} vs {theirs}", f"{s[ours]:.2f}", f"{s[theirs]:.2f}",
-                           f"{r['ratio']:.2f}×", target, met])
+                           f"{r['ratio']:.2f}×", target, met,
+                           "—" if roof is None else f"{roof['gflops']:.1f}",
+                           "—" if roof is None else f"{100 * roof['fraction_of_peak']:.1f} %"])
+        mixed += mixes.table_rows(key, res.get("mixes", []))
     for key, res in results["models"].items():
         for kind in ("lastlayer_lora_merged", "lastlayer_lora_unmerged", "lastlayer_full",
                      "peft_lora", "st_lora"):
@@ -385,8 +449,9 @@ def format_table(results: dict[str, Any]) -> str:
                        f"{res['memory']['peft_set_adapter_s'] * 1e3:.3f} ms"])
     return "\n\n".join([
         tables.markdown(["model", "measurement", "lastlayer s", "baseline s", "ratio",
-                         "target", "met"], ratios),
-        tables.markdown(["model", "adapter", "private MB", "RSS growth MB", "load s"], memory)])
+                         "target", "met", "GFLOP/s", "of fp32 peak"], ratios),
+        tables.markdown(["model", "adapter", "private MB", "RSS growth MB", "load s"], memory),
+        *([tables.markdown(mixes.HEADER, mixed)] if mixed else [])])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -396,7 +461,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     from lastlayer.corpus import read_texts
 
-    texts = read_texts(args.data, max_docs=args.texts)
+    texts = read_texts(args.data, max_docs=max(args.texts, *args.sizes))
     results: dict[str, Any] = {"command": "python -m benchmarks.inference" + (
         " --quick" if args.quick else ""), "argv": argv if argv is not None else sys.argv[1:],
         "machine_start": machine(args.threads), "models": {}}

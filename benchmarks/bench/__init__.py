@@ -1,19 +1,22 @@
 """The benchmark harness: what the scripts in ``benchmarks/`` share, one module per job.
 
-=============  ===========================================================================
-module         job
-=============  ===========================================================================
-``models``     loading bases and adapters: the one place benchmarks touch lastlayer's
-               model-loading API (a run's trainable copy of a shared base included)
-``protocol``   the findings' protocol: models, data sets, the held-out split, recipes
-``runs``       resumable plans: run keys, groups of runs on one base, pair caches on disk,
-               the loop that skips what the results file already has
-``measure``    resident memory, CPU seconds, load, the machine and commit a row records
-``steps``      timing optimizer steps (a global hook), profiling one step
-``workers``    one measurement in a fresh Python process (its peak memory its own)
-``tables``     markdown tables
-``results``    result files: JSON lines appended per run, JSON documents written whole
-=============  ===========================================================================
+===================  =====================================================================
+module               job
+===================  =====================================================================
+``models``           loading bases and adapters: the one place benchmarks touch lastlayer's
+                     model-loading API (a run's trainable copy of a shared base included)
+``protocol``         the findings' protocol: models, data sets, the held-out split, recipes
+``runs``             resumable plans: run keys, groups of runs on one base, pair caches on disk,
+                     the loop that skips what the results file already has
+``measure``          resident memory, CPU seconds, load, the machine and commit a row records
+``steps``            timing optimizer steps (a global hook), profiling one step
+``workers``          one measurement in a fresh Python process (its peak memory its own)
+``tables``           markdown tables
+``results``          result files: JSON lines appended per run, JSON documents written whole
+``roofline``         FLOPs from a model's shapes and tokens, the machine's peaks, a row's fraction
+``mixes``            Punica's mixed batches (identical, uniform, skewed, distinct) vs single
+``random_adapters``  seeded random LoRA / full artifacts on a shipped artifact's base
+===================  =====================================================================
 
 Paths here are the repository's: scripts run from its root (``python -m benchmarks.NAME``).
 """

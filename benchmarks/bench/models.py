@@ -81,6 +81,21 @@ def attach_lora(encoder: Encoder, top_k: int) -> Encoder:
     return attach(encoder, AdapterConfig(kind="lora", top_k=top_k))
 
 
+def attach_adapter(encoder: Encoder, cfg: AdapterConfig) -> Encoder:
+    """Make ``encoder`` trainable with the adapter ``cfg`` describes (any kind)."""
+    from lastlayer.core.adapters import attach
+
+    return attach(encoder, cfg)
+
+
+def save_artifact(model, out: Path, files: dict[str, str]) -> Path:
+    """Save an attached adapter of ``model`` (a ``PeftModel``) as an artifact at ``out``
+    (replacing one there) with its side files (``lastlayer.json``, ...)."""
+    from lastlayer.core.adapters import save_adapter
+
+    return save_adapter(model, out, files, overwrite=True)
+
+
 def add_peft_adapter(encoder: Encoder, name: str, artifact: str | Path) -> Encoder:
     """The PEFT baseline: wrap ``encoder``'s model in a ``PeftModel`` holding ``artifact``
     under ``name`` (the first call), or add it to the ``PeftModel`` (later calls).

@@ -1,5 +1,8 @@
 """The inference engine: one base in memory, each adapter's private heads, the trunk run once.
 
+(~440 lines: the planner and runner of one batch read the same plan, trunk and head
+snapshot; the grouped pass's own machinery is in :mod:`lastlayer.core.grouped`.)
+
 Every lastlayer adapter changes only blocks L−k … L−1 of its base, so rows bound for
 different adapters share the frozen bottom exactly. For each batch the engine
 
@@ -9,10 +12,16 @@ different adapters share the frozen bottom exactly. For each batch the engine
    any row needs, then the base blocks between split points on the rows that go further;
 3. runs each adapter's :class:`~lastlayer.core.heads.Head` (its private top-k blocks) on
    its rows, and the base's remaining blocks on the rows for the base, then pools and
-   normalises as each adapter was trained to.
+   normalises as each adapter was trained to. Plain LoRA adapters of one k (with the
+   base's rows where they start at the same block) run as one pass instead
+   (:func:`groups`, :mod:`lastlayer.core.grouped`): the base's top-k blocks once over all
+   their rows with each row's LoRA update, so a batch spread over 16 adapters reads the
+   weights a single-adapter batch reads.
 
 Embedding one text under N adapters of top-k thus costs ``(L − k) + N·k`` block passes
-instead of ``N·L``, for LoRA and full adapters alike, side by side on one base. Everything
+instead of ``N·L``, for LoRA and full adapters alike, side by side on one base, and a
+batch mixing adapters row by row costs what a single-adapter batch does (L block passes
+per row; LoRA groups add ``2·r·(in + out)`` FLOPs per token and linear). Everything
 that embeds with an adapter goes through here: ``eval``, ``probe``, ``export`` (through
 :func:`lastlayer.core.target.load_target`), ``embed``, ``serve`` and the Python API (through
 :class:`lastlayer.inference.Embedder`, the adapter registry on an engine).
@@ -38,13 +47,14 @@ from torch import Tensor, nn
 
 from lastlayer.artifact import ArtifactMeta
 from lastlayer.core.encoder import Encoder, longest_first_batches, mean_pool
+from lastlayer.core.grouped import GroupedLora
 from lastlayer.core.heads import Head, build_head, pooled
 from lastlayer.core.layers import find_layer_stack
 from lastlayer.core.progress import progress as progress_bar
 from lastlayer.core.split import BottomRunner, MiddleRunner, TopKHead
 
 __all__ = ["AUTO", "Assign", "BatchPlan", "Embeddings", "Engine", "Head", "Key", "Requests",
-           "build_head", "plan_batch"]
+           "build_head", "groups", "plan_batch"]
 
 AUTO = "auto"
 """``adapter="auto"``: route each text to the adapter whose domain it belongs to."""
@@ -120,6 +130,9 @@ class Engine:
         self.trunk_model = encoder.model if trunk is None else trunk
         self.num_layers = find_layer_stack(encoder.model).num_layers
         self._views: dict[tuple, nn.Module] = {}
+        self.grouped = True
+        """Run plain LoRA adapters of one shape in one pass (:func:`groups`); False: every
+        head on its own blocks (the same vectors to float rounding; for measuring)."""
         self._views_lock = threading.Lock()
 
     @property
@@ -321,16 +334,20 @@ class Engine:
             found[layer] = (rows, states, mask)
         return found
 
-    def view(self, kind: str, *args: int) -> nn.Module:
-        """A view of the base (``bottom``, ``middle`` or ``head``), built once and cached."""
+    def view(self, kind: str, *args: Any) -> nn.Module:
+        """A view of the base (``bottom``, ``middle``, ``head`` or ``grouped``: the base's
+        top-k blocks with per-row LoRA updates), built once and cached."""
         key = (kind, *args)
         view = self._views.get(key)
         if view is None:
             with self._views_lock:
                 view = self._views.get(key)
                 if view is None:
-                    build = {"bottom": BottomRunner, "middle": MiddleRunner, "head": TopKHead}
-                    source = self.model if kind == "head" else self.trunk_model
+                    build = {"bottom": BottomRunner, "middle": MiddleRunner, "head": TopKHead,
+                             "grouped": GroupedLora}
+                    # heads (and the grouped pass over the base's top blocks) run the base
+                    # as loaded; the shared trunk may be its int8 copy
+                    source = self.model if kind in ("head", "grouped") else self.trunk_model
                     view = self._views[key] = build[kind](source, *args)
         return view
 
@@ -347,21 +364,68 @@ class Engine:
                    starts: dict[Key, int], trunk, heads: Mapping[str, Head],
                    normalize: bool | None) -> None:
         """Run each head (or the base's remaining blocks) on its rows, pool, and write
-        row ``i`` of each ``out``; ``jobs[key]`` lists ``(row, i, out)``."""
-        for key, members in jobs.items():
-            rows, states, mask = trunk[starts[key]]
+        row ``i`` of each ``out``; ``jobs[key]`` lists ``(row, i, out)``. Plain LoRA
+        adapters of one shape run in one pass (:func:`groups`)."""
+        for keys in groups(jobs, starts, heads, self.grouped):
+            rows, states, mask = trunk[starts[keys[0]]]
             positions = {r: p for p, r in enumerate(rows)}
-            take = [positions[row] for row, _, _ in members]
+            take = [positions[row] for key in keys for row, _, _ in jobs[key]]
             if take != list(range(len(rows))):
                 keep = torch.tensor(take, device=states.device)
                 states, mask = states.index_select(0, keep), mask.index_select(0, keep)
-            module, pooling, own_normalize = self._settings(key, heads)
-            if module is None:
-                module = self.view("head", self.num_layers - starts[key])
-            vectors = pooled(module(states, mask), mask, pooling,
-                             own_normalize if normalize is None else normalize)
-            for vector, (_, i, out) in zip(vectors.cpu().numpy(), members, strict=True):
-                out[i] = vector
+            if len(keys) == 1:
+                lasts = self._head_module(keys[0], starts[keys[0]], heads)(states, mask)
+            else:
+                lasts = self._grouped(keys, jobs, heads, states, mask)
+            done = 0
+            for key in keys:
+                members = jobs[key]
+                _, pooling, own_normalize = self._settings(key, heads)
+                part = slice(done, done + len(members))
+                vectors = pooled(lasts[part], mask[part], pooling,
+                                 own_normalize if normalize is None else normalize)
+                for vector, (_, i, out) in zip(vectors.cpu().numpy(), members, strict=True):
+                    out[i] = vector
+                done += len(members)
+
+    def _head_module(self, key: Key, start: int, heads: Mapping[str, Head]) -> nn.Module:
+        """The module that runs one head: an adapter's private blocks, or the base's own
+        blocks from ``start`` up."""
+        module = self._settings(key, heads)[0]
+        return self.view("head", self.num_layers - start) if module is None else module
+
+    def _grouped(self, keys: list[Key], jobs, heads: Mapping[str, Head], states: Tensor,
+                 mask: Tensor) -> Tensor:
+        """Last states of a group's rows (in ``keys`` order) from one pass of the base's
+        top-k blocks with each row's LoRA update (:class:`GroupedLora`)."""
+        members = [None if key is None else heads[key].lora for key in keys]
+        top_k, names = next(m for m in members if m is not None).shape
+        which = torch.tensor([g for g, key in enumerate(keys) for _ in jobs[key]],
+                             device=states.device)
+        return self.view("grouped", top_k, names)(states, mask, members, which)
+
+
+def groups(jobs: Mapping[Key, list], starts: Mapping[Key, int], heads: Mapping[str, Head],
+           enabled: bool = True) -> list[list[Key]]:
+    """Which heads run together: plain LoRA adapters of one shape (k and wrapped linears),
+    with the base's rows if they start at the same block, in one pass when there are two
+    or more of them; every other head alone (its own blocks, the fastest for one).
+    ``enabled=False``: every head alone."""
+    shapes: dict[tuple, list[Key]] = {}
+    alone: list[list[Key]] = []
+    for key in jobs:
+        lora = None if key is None or not enabled else heads[key].lora
+        if lora is None:
+            alone.append([key])
+        else:
+            shapes.setdefault((starts[key], lora.shape), []).append(key)
+    for (start, _), keys in shapes.items():
+        if [None] in alone and starts[None] == start:
+            alone.remove([None])
+            keys.append(None)
+    together = [keys for keys in shapes.values() if len(keys) > 1]
+    return [*alone, *together, *([key] for keys in shapes.values() if len(keys) == 1
+                                 for key in keys)]
 
 
 def plan_batch(idx: list[int], requests: Requests, limit: Callable[[Key], int],

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from lastlayer.artifact import ArtifactMeta
 from lastlayer.core.encoder import POOLINGS, Encoder
+from lastlayer.core.grouped import LoraFactors, read_factors
 from lastlayer.core.kinds import kind_named
 from lastlayer.core.kinds.common import top_blocks
 from lastlayer.core.split import BottomRunner, TopKHead
@@ -53,6 +54,9 @@ class Head:
         pooling, normalize, max_length: The adapter's own embedding settings.
         merged: Plain blocks (merged LoRA, the full kind's trained copies) rather than
             LoRA layers around the base's weights.
+        lora: A plain LoRA adapter's factors (from its artifact), with which the engine
+            runs it in one pass with other adapters of its shape
+            (:mod:`lastlayer.core.grouped`); None: it always runs its own blocks.
     """
 
     module: TopKHead
@@ -62,6 +66,7 @@ class Head:
     normalize: bool
     max_length: int
     merged: bool
+    lora: LoraFactors | None = None
 
     def embed(self, states: Tensor, mask: Tensor) -> Tensor:
         """Block L−k's inputs ``(B, T, d)`` + mask -> ``(B, d)`` vectors, as the adapter
@@ -70,22 +75,25 @@ class Head:
 
 
 def _head(base: nn.Module, blocks: Sequence[nn.Module], pooling: str, normalize: bool,
-          max_length: int, merged: bool) -> Head:
+          max_length: int, merged: bool, lora: LoraFactors | None = None) -> Head:
     top_k = len(blocks)
     return Head(TopKHead(base, top_k, blocks=blocks), tuple(blocks), top_k, pooling,
-                normalize, max_length, merged)
+                normalize, max_length, merged, lora)
 
 
 def build_head(base: nn.Module, folder: str | Path, meta: ArtifactMeta, merge: bool) -> Head:
     """The head of the artifact at ``folder`` (already validated) on ``base``, built once.
 
-    ``merge`` applies to LoRA only (the full kind's blocks are always plain blocks).
+    ``merge`` applies to LoRA only (the full kind's blocks are always plain blocks). A
+    plain LoRA adapter's factors are read too, merged or not (a few hundred KB), so it can
+    share a pass with other adapters of its shape.
     """
     kind = kind_named(meta.kind)
     blocks = kind.private_blocks(base, folder, meta.top_k, merge)
     emb = meta.embedding
+    lora = read_factors(base, folder, meta.top_k) if meta.kind == "lora" else None
     return _head(base, blocks, emb.pooling, emb.normalize, emb.max_length,
-                 merge or kind.always_merged)
+                 merge or kind.always_merged, lora)
 
 
 def trained_head(encoder: Encoder, kind: str, top_k: int) -> Head:

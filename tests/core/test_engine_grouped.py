@@ -1,0 +1,142 @@
+"""The engine's grouped pass: plain LoRA adapters of one shape (and the base's rows) run in
+one pass over the base's top-k blocks with per-row factors; every row equals its adapter
+run alone, LoRA and full kinds and different k in one batch, merged or not, from threads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers.artifacts import MAX_LENGTH, make_artifact
+from helpers.data import TEXTS
+
+from lastlayer.core import engine as engine_module
+from lastlayer.core.grouped import LoraFactors, _gathered, read_factors
+from lastlayer.inference import Embedder
+
+ADAPTERS = {  # name: (kind, top_k, seed): four LoRA of one shape, another k, a full kind
+    "a": ("lora", 2, 1), "b": ("lora", 2, 2), "c": ("lora", 2, 3), "d": ("lora", 2, 4),
+    "k1": ("lora", 1, 5), "full2": ("full", 2, 6),
+}
+TEXTS16 = [f"{TEXTS[i % len(TEXTS)]} (copy {i})" for i in range(16)]
+
+
+@pytest.fixture(scope="module")
+def artifacts(saved_models, tmp_path_factory) -> dict[str, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("grouped")
+    return {arch: {name: make_artifact(saved_models[arch], root / arch / name, kind, k, seed,
+                                       arch)
+                   for name, (kind, k, seed) in ADAPTERS.items()}
+            for arch in ("bert", "llama")}
+
+
+def loaded(saved_models, artifacts, arch: str, merge: bool = True) -> Embedder:
+    emb = Embedder(saved_models[arch], device="cpu", max_length=MAX_LENGTH)
+    for name, folder in artifacts[arch].items():
+        emb.load(folder, name, merge=merge)
+    return emb
+
+
+def alone(emb: Embedder, texts: list[str], keys: list) -> np.ndarray:
+    """Each text by itself, under its own adapter: one head per call, nothing grouped."""
+    return np.stack([emb.encode([t], adapter=k).vectors[0]
+                     for t, k in zip(texts, keys, strict=True)])
+
+
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "unmerged"])
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_mixed_rows_equal_each_adapter_alone(saved_models, artifacts, arch, merge):
+    emb = loaded(saved_models, artifacts, arch, merge)
+    assert all(emb._loaded[n].head.lora is not None for n in "abcd")
+    assert emb._loaded["full2"].head.lora is None
+    names = [*ADAPTERS, None]
+    keys = [names[i % len(names)] for i in range(len(TEXTS16))]
+    got = emb.encode(TEXTS16, adapter=keys, batch_size=16).vectors
+    np.testing.assert_allclose(got, alone(emb, TEXTS16, keys), rtol=0, atol=1e-6)
+    emb.engine.grouped = False  # the same rows with every head on its own blocks
+    np.testing.assert_allclose(emb.encode(TEXTS16, adapter=keys, batch_size=16).vectors, got,
+                               rtol=0, atol=1e-6)
+    # every adapter really moves its rows (nothing fell back to the base or a neighbour)
+    base = emb.encode(TEXTS16).vectors
+    for i, key in enumerate(keys):
+        assert (key is None) == np.allclose(got[i], base[i], atol=1e-4), key
+    first = emb.encode(TEXTS16, adapter="a").vectors
+    for i, key in enumerate(keys):
+        assert (key == "a") == np.allclose(got[i], first[i], atol=1e-4), key
+
+
+@pytest.mark.parametrize("mix", ["distinct", "skewed", "with-base"])
+def test_punica_mixes_equal_each_adapter_alone(saved_models, artifacts, mix):
+    emb = loaded(saved_models, artifacts, "bert")
+    keys = {"distinct": [("a", "b", "c", "d")[i % 4] for i in range(16)],
+            "skewed": ["a"] * 11 + ["b"] * 3 + ["c", "d"],
+            "with-base": [("a", None)[i % 2] for i in range(16)]}[mix]
+    got = emb.encode(TEXTS16, adapter=keys, batch_size=5).vectors
+    np.testing.assert_allclose(got, alone(emb, TEXTS16, keys), rtol=0, atol=1e-6)
+
+
+def test_groups_plan_one_pass_per_shape(saved_models, artifacts):
+    heads = {name: info.head for name, info in
+             loaded(saved_models, artifacts, "bert")._loaded.items()}
+    jobs = {key: [] for key in ["a", "full2", "b", "k1", None, "c"]}
+    starts = {"a": 2, "b": 2, "c": 2, "full2": 2, "k1": 3, None: 3}
+    got = engine_module.groups(jobs, starts, heads)
+    assert len(got) == 3 and ["a", "b", "c"] in got and ["full2"] in got
+    assert ["k1", None] in got  # the base's rows start where k1's do: one pass
+    assert engine_module.groups(jobs, starts, heads, enabled=False) == [[k] for k in jobs]
+    assert engine_module.groups({"a": []}, {"a": 2}, heads) == [["a"]]  # one: its own blocks
+
+
+def test_threads_each_see_their_own_rows(saved_models, artifacts):
+    emb = loaded(saved_models, artifacts, "llama")
+    mixes = [[("a", "b", "c", "d")[(i + s) % 4] for i in range(16)] for s in range(3)]
+    want = [emb.encode(TEXTS16, adapter=keys, batch_size=16).vectors for keys in mixes]
+    got: dict[int, np.ndarray] = {}
+
+    def run(s: int) -> None:
+        for _ in range(3):
+            got[s] = emb.encode(TEXTS16, adapter=mixes[s], batch_size=16).vectors
+            np.testing.assert_allclose(got[s], want[s], rtol=0, atol=1e-6)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(got) == [0, 1, 2]
+
+
+def test_more_than_plain_lora_keeps_its_own_head(saved_models, artifacts, tmp_path):
+    folder = shutil.copytree(artifacts["bert"]["a"], tmp_path / "dora")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["use_dora"] = True
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    emb = Embedder(saved_models["bert"], device="cpu", max_length=MAX_LENGTH)
+    assert read_factors(emb.model, folder, 2) is None
+    assert read_factors(emb.model, artifacts["bert"]["full2"], 2) is None
+    factors = read_factors(emb.model, artifacts["bert"]["a"], 2)
+    assert factors is not None and factors.top_k == 2
+    assert all(a.shape[1] == 8 and b.shape[0] == 8 for a, b in factors.factors.values())
+
+
+def test_ranks_are_padded_and_the_base_gets_zeros():
+    gen = torch.Generator().manual_seed(0)
+    def factors(rank: int) -> LoraFactors:
+        return LoraFactors(1, {"0.x": (torch.randn(5, rank, generator=gen),
+                                       torch.randn(rank, 3, generator=gen))})
+
+    r2, r4 = factors(2), factors(4)
+    which = torch.tensor([1, 0, 2, 1])
+    a, b = _gathered("0.x", [r2, r4, None], which)
+    assert a.shape == (4, 5, 4) and b.shape == (4, 4, 3)
+    x = torch.randn(4, 6, 5, generator=gen)
+    delta = torch.bmm(torch.bmm(x, a), b)
+    for row, member in enumerate([r4, r2, None, r4]):
+        want = torch.zeros(6, 3) if member is None else \
+            x[row] @ member.factors["0.x"][0] @ member.factors["0.x"][1]
+        torch.testing.assert_close(delta[row], want, rtol=0, atol=1e-5)

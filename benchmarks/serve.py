@@ -63,7 +63,10 @@ NAMES = ["m1", "m2", "m3", "m4"]
 # Infinity's CPU configurations: (engine, dtype) per peer system
 PEERS = {"peer-base": ("torch", "float32"), "peer-bf16": ("torch", "bfloat16"),
          "peer-optimum": ("optimum", "auto")}
-SYSTEMS = ["in-process", "server-single", "server-mixed", "server-base", *PEERS]
+# sentence-transformers' CPU backends behind a minimal FastAPI endpoint (benchmarks/peers)
+ST_PEERS = {"st-onnx": "onnx", "st-onnx-int8": "onnx-int8", "st-openvino": "openvino",
+            "st-openvino-int8": "openvino-int8"}
+SYSTEMS = ["in-process", "server-single", "server-mixed", "server-base", *PEERS, *ST_PEERS]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -202,6 +205,23 @@ def start_infinity(args: argparse.Namespace, folder: Path, engine: str = "torch"
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
+def start_st_peer(args: argparse.Namespace, folder: Path,
+                  backend: str) -> tuple[subprocess.Popen, str]:
+    """sentence-transformers on ``backend`` behind benchmarks/peers/st_server.py, run with
+    the peers' venv (it has transformers 4.x, optimum-onnx and OpenVINO)."""
+    exe = Path(args.infinity_venv) / "bin" / "python"
+    port = free_port()
+    cmd = [str(exe), str(ROOT / "benchmarks" / "peers" / "st_server.py"), str(folder),
+           "--backend", backend, "--port", str(port), "--max-length", str(args.max_length),
+           "--batch-size", str(args.batch_size)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    wait_ready(proc, f"http://127.0.0.1:{port}/health", f"sentence-transformers {backend}",
+               seconds=600)  # the first load exports to ONNX / OpenVINO
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
 class HTTP:
     """One ``httpx.Client`` per (server, client index), posting OpenAI embedding requests."""
 
@@ -261,7 +281,8 @@ def ratios(rows: list[dict]) -> dict:
                  "server_mixed_over_single": ("server-mixed", "server-single"),
                  "server_base_over_peer_base": ("server-base", "peer-base"),
                  "server_single_over_peer_bf16": ("server-single", "peer-bf16"),
-                 "server_single_over_peer_optimum": ("server-single", "peer-optimum")}
+                 "server_single_over_peer_optimum": ("server-single", "peer-optimum"),
+                 **{f"server_single_over_{name}": ("server-single", name) for name in ST_PEERS}}
         for name, (a, b) in pairs.items():
             if (a, clients) in rate and (b, clients) in rate:
                 out[f"{name}@{clients}"] = round(rate[(a, clients)] / rate[(b, clients)], 3)
@@ -310,11 +331,13 @@ def main(argv: list[str] | None = None) -> int:
                     http.post(url + "/v1", c, args.model, pick(c, i)))
                 pids.update(dict.fromkeys(["server-single", "server-mixed", "server-base"],
                                           proc.pid))
-            for system, (engine, dtype) in PEERS.items():
+            peers = {**{name: (start_infinity, config) for name, config in PEERS.items()},
+                     **{name: (start_st_peer, (b,)) for name, b in ST_PEERS.items()}}
+            for system, (start_peer, config) in peers.items():
                 if system not in args.systems:
                     continue
                 folder = peer_folder(args.model, args.max_length, Path(tmp) / system)
-                peer, peer_url = start_infinity(args, folder, engine, dtype)
+                peer, peer_url = start_peer(args, folder, *config)
                 procs.append(peer)
                 pids[system] = peer.pid
                 calls[system] = (lambda u: lambda c, i: len(
@@ -363,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                      "rounds": args.rounds, "max_length": args.max_length,
                      "server_batch_size": args.batch_size, "clients": args.clients,
                      "peers": {name: f"infinity-emb 0.0.78, engine {e}, dtype {d}, CPU"
-                               for name, (e, d) in PEERS.items() if name in systems}},
+                               for name, (e, d) in PEERS.items() if name in systems}
+                     | {name: f"sentence-transformers 3.4.1, backend {b}, CPU"
+                        for name, b in ST_PEERS.items() if name in systems}},
         "check": check, "ratios": ratios(rows), "rows": rows}
     print("\n" + format_table(rows))
     print(json.dumps(result["ratios"], indent=1))

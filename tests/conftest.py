@@ -6,7 +6,14 @@ Only fixtures live here (pytest injects them by name); what tests import is in
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# `auto` precision (the default) is bf16 on some machines and fp32 on others; the tests'
+# golden values and exact comparisons are fp32, so `auto` means fp32 in every test and
+# every process a test starts (they inherit it). tests/core/test_precision.py unsets it to
+# test the detection itself.
+os.environ["LASTLAYER_AUTO_PRECISION"] = "float32"
 
 import huggingface_hub
 import pytest

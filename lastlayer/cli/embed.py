@@ -47,8 +47,8 @@ def run(args: Options) -> int:
     setup_logging()
     # auto decides per machine: the job records what it means here (a resume elsewhere
     # that would compute in another precision is then refused, not mixed in)
-    dtype = (inference_dtype(AUTO, "cpu" if args.cpu else None) if args.dtype == AUTO
-             else args.dtype)
+    dtype = (inference_dtype(AUTO, "cpu" if args.cpu else None)
+             if args.dtype in (None, AUTO) else args.dtype)  # None: the Embedder's auto
     embed_file(  # the main process logs where it wrote the output
         args.input, args.output, load, adapters=adapters, adapter=args.adapter_for_all,
         route=args.route, text_field=args.text_field, id_field=args.id_field,

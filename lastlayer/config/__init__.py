@@ -160,7 +160,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
-    mixed_precision: MixedPrecision = "no"  # auto: bf16 where the hardware has it natively
+    mixed_precision: MixedPrecision = "auto"  # bf16 where the hardware has it natively, else no
     checkpoint_every: int = 0  # optimizer steps; 0 = no periodic checkpoints
     resume: bool = False  # continue from the newest checkpoint in <output_dir>.checkpoints
     cpu: bool = False  # force the CPU even when a GPU is present

@@ -53,8 +53,10 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 """The shape of a Hub repo id (``huggingface_hub``'s own check imports too much for here)."""
 
-DTYPE_HELP = ("compute dtype (default float32; auto: bfloat16 where the CPU or GPU "
-              "multiplies it natively, else float32; docs/precision.md)")
+DTYPE_HELP = ("compute dtype (default auto: bfloat16 where the CPU or GPU multiplies it "
+              "natively, else float32; docs/precision.md)")
+EVAL_DTYPE_HELP = ("compute dtype (default: the adapter's own, so eval.json is reproduced; "
+                   "auto: bfloat16 where the CPU or GPU multiplies it natively)")
 QUANTIZE_HELP = ("int8: the shared trunk in dynamic int8 linear layers (CPU only; adapters' "
                  "heads keep the dtype; costs some quality: docs/precision.md)")
 ADAPTER_TARGET = ("adapter folder or Hub id (ORG/NAME[@REVISION]), base model Hub id, or "
@@ -177,7 +179,7 @@ class EvalOptions:
     max_length: int | None = option(None, help="tokens per text (default: the adapter's, or "
                                     "128 for a base model)")
     batch_size: int = option(EvalConfig.batch_size)
-    dtype: DType | None = option(None, help=DTYPE_HELP)
+    dtype: DType | None = option(None, help=EVAL_DTYPE_HELP)
     quantize: Quantize | None = option(None, help=QUANTIZE_HELP)
     no_clustering: bool = option(False, help="skip k-means")
     text_field: str | None = _protocol_option("text_field")

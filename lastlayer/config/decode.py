@@ -106,6 +106,8 @@ def check(hint: Any, value: Any, source: Source, key: str) -> Any:
         return check(inner[0], value, source, key) if len(inner) == 1 else value
     if origin is Literal:
         choices = typing.get_args(hint)
+        if value is False and "no" in choices:  # YAML 1.1 reads a bare `no` as false
+            return "no"
         if value not in choices or isinstance(value, bool):  # True == 1: never a menu item
             raise source.fail(f"{key} must be one of {', '.join(map(str, choices))}; "
                               f"got {value!r}.")

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from lastlayer.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,8 @@ AUTO = "auto"
 """The setting that lets the hardware decide (``model.dtype``, ``train.mixed_precision``)."""
 
 CPUINFO = Path("/proc/cpuinfo")
+PIN_ENV = "LASTLAYER_AUTO_PRECISION"
+"""An environment variable that decides what ``auto`` means instead of the hardware."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,19 @@ def detect(device_type: str = "cpu") -> Precision:
     """The precision ``auto`` means on ``device_type`` (``cpu``, ``cuda``), decided once.
 
     Other device types (``mps``, ...) get fp32: bf16 there is not known to pay.
+    ``LASTLAYER_AUTO_PRECISION=float32`` (or ``bfloat16``) decides instead of the hardware:
+    for a fleet of mixed machines that must give the same vectors, and for the tests.
+
+    Raises:
+        ConfigError: ``LASTLAYER_AUTO_PRECISION`` is set to something else.
     """
-    if device_type == "cuda" and torch.cuda.is_available():
+    pinned = os.environ.get(PIN_ENV)
+    if pinned:
+        if pinned not in ("float32", "bfloat16"):
+            raise ConfigError(f"{PIN_ENV}={pinned!r}: set it to float32 or bfloat16, or unset "
+                             "it to let the hardware decide.")
+        choice = Precision(pinned, f"{PIN_ENV}={pinned}")
+    elif device_type == "cuda" and torch.cuda.is_available():
         choice = cuda_precision()
     elif device_type == "cpu":
         choice = cpu_precision(cpu_flags())

@@ -133,10 +133,10 @@ class Embedder(ResidentHeads):
         base: The base model: a Hub id, a local folder (or GGUF file), or a
             :class:`~lastlayer.config.ModelConfig`.
         device: Where to put an unquantized model (default: CUDA if present).
-        dtype: ``float32`` (default), ``auto`` (bf16 where the hardware multiplies it
-            natively, else fp32; :mod:`lastlayer.core.precision`), ``bfloat16`` or
-            ``float16`` (or a torch dtype). Adapters load in any dtype, whatever they were
-            trained in.
+        dtype: ``auto`` (default: bf16 where the hardware multiplies it natively, else
+            fp32; :mod:`lastlayer.core.precision`), ``float32``, ``bfloat16`` or
+            ``float16`` (or a torch dtype); a ``ModelConfig`` base keeps its own. Adapters
+            load in any dtype, whatever they were trained in.
         quantization: ``8bit`` / ``4bit`` (bitsandbytes; LoRA adapters then stay unmerged).
         quantize: ``int8``: the shared trunk (the base's blocks below the heads) in torch's
             dynamic int8 linear layers, for CPU inference; every adapter's head and the
@@ -167,6 +167,8 @@ class Embedder(ResidentHeads):
                  normalize: bool | None = None, adapter_memory: int | str | None = None,
                  quantize: str | None = None) -> None:
         budget = parse_memory(adapter_memory)
+        if dtype is None and not isinstance(base, ModelConfig):
+            dtype = AUTO_PRECISION
         overrides = {"dtype": _dtype_name(dtype), "quantization": quantization,
                      "max_length": max_length, "pooling": pooling, "normalize": normalize}
         overrides = {key: value for key, value in overrides.items() if value is not None}

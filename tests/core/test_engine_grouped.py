@@ -52,8 +52,9 @@ def alone(emb: Embedder, texts: list[str], keys: list) -> np.ndarray:
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_mixed_rows_equal_each_adapter_alone(saved_models, artifacts, arch, merge):
     emb = loaded(saved_models, artifacts, arch, merge)
-    assert all(emb._loaded[n].head.lora is not None for n in "abcd")
-    assert emb._loaded["full2"].head.lora is None
+    heads = emb.resident([*"abcd", "full2"])
+    assert all(heads[n].lora is not None for n in "abcd")
+    assert heads["full2"].lora is None
     names = [*ADAPTERS, None]
     keys = [names[i % len(names)] for i in range(len(TEXTS16))]
     got = emb.encode(TEXTS16, adapter=keys, batch_size=16).vectors
@@ -81,8 +82,8 @@ def test_punica_mixes_equal_each_adapter_alone(saved_models, artifacts, mix):
 
 
 def test_groups_plan_one_pass_per_shape(saved_models, artifacts):
-    heads = {name: info.head for name, info in
-             loaded(saved_models, artifacts, "bert")._loaded.items()}
+    emb = loaded(saved_models, artifacts, "bert")
+    heads = emb.resident(list(emb.adapters))
     jobs = {key: [] for key in ["a", "full2", "b", "k1", None, "c"]}
     starts = {"a": 2, "b": 2, "c": 2, "full2": 2, "k1": 3, None: 3}
     got = engine_module.groups(jobs, starts, heads)

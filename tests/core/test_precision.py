@@ -25,6 +25,26 @@ AVX2 = "fpu sse2 avx avx2 fma"
 CPUINFO = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {}\n\nprocessor\t: 1\n"
 
 
+@pytest.fixture(autouse=True)
+def hardware_decides(monkeypatch):
+    """Undo the suite's pin (tests/conftest.py): here the hardware decides ``auto``."""
+    monkeypatch.delenv(precision.PIN_ENV, raising=False)
+    precision.detect.cache_clear()
+    yield
+    precision.detect.cache_clear()
+
+
+def test_the_pin_decides_instead_of_the_hardware(cpu_with, monkeypatch):
+    cpu_with(AMX)
+    monkeypatch.setenv(precision.PIN_ENV, "float32")
+    assert str(precision.detect("cpu")) == "fp32: LASTLAYER_AUTO_PRECISION=float32"
+    assert precision.training_precision("auto", on_cpu=True) == "no"
+    precision.detect.cache_clear()
+    monkeypatch.setenv(precision.PIN_ENV, "fp8")
+    with pytest.raises(ConfigError, match="set it to float32 or bfloat16"):
+        precision.detect("cpu")
+
+
 @pytest.fixture
 def cpu_with(monkeypatch):
     """Make the CPU report the given flags (a fresh decision: ``detect`` is cached)."""
@@ -101,9 +121,13 @@ def test_explicit_values_win(cpu_with, saved_models):
     assert precision.training_precision("no", on_cpu=True) == "no"
     assert precision.inference_dtype("auto", "cpu", quantization="8bit") == "float32"
     assert Embedder(saved_models["bert"], device="cpu", dtype="auto").model.dtype == torch.bfloat16
-    assert Embedder(saved_models["bert"], device="cpu").model.dtype == torch.float32  # default
+    assert Embedder(saved_models["bert"], device="cpu").model.dtype == torch.bfloat16  # default
+    assert Embedder(saved_models["bert"], device="cpu",
+                    dtype="float32").model.dtype == torch.float32
     config = ModelConfig(name_or_path=str(saved_models["bert"]), dtype="auto")
     assert Embedder(config, device="cpu").model.dtype == torch.bfloat16
+    config = ModelConfig(name_or_path=str(saved_models["bert"]))  # a config keeps its dtype
+    assert Embedder(config, device="cpu").model.dtype == torch.float32
     cpu_with(AVX2)
     assert Embedder(saved_models["bert"], device="cpu", dtype="auto").model.dtype == torch.float32
     assert Embedder(saved_models["bert"], device="cpu",

@@ -144,7 +144,7 @@ def private_bytes(module, base) -> int:
 def head_module(embedder, name: str):
     """The module running adapter ``name``'s private blocks in ``embedder`` (the Embedder
     has no public accessor for its heads; its registry maps a name to the head)."""
-    return embedder._loaded[name].head.module
+    return embedder.resident([name])[name].module
 
 
 def timed(fn) -> tuple[float, Any]:

@@ -62,7 +62,7 @@ DEFAULT_INFINITY = ROOT / "benchmarks" / ".venv-infinity"
 NAMES = ["m1", "m2", "m3", "m4"]
 # Infinity's CPU configurations: (engine, dtype) per peer system
 PEERS = {"peer-base": ("torch", "float32"), "peer-bf16": ("torch", "bfloat16"),
-         "peer-optimum": ("optimum", "auto")}
+         "peer-optimum": ("optimum", "auto")}  # optimum: the int8 ONNX file, as it prefers
 # sentence-transformers' CPU backends behind a minimal FastAPI endpoint (benchmarks/peers)
 ST_PEERS = {"st-onnx": "onnx", "st-onnx-int8": "onnx-int8", "st-openvino": "openvino",
             "st-openvino-int8": "openvino-int8"}
@@ -192,17 +192,40 @@ def start_infinity(args: argparse.Namespace, folder: Path, engine: str = "torch"
     if not exe.exists():
         raise SystemExit(f"{exe} is missing: build the peer's venv with `make infinity`, or "
                          "leave peer-base out of --systems.")
+    if engine == "optimum":  # Infinity loads ONNX files that are there; it exports none
+        export_onnx(args, folder)
     port = free_port()
-    cmd = [str(exe), "v2", "--model-id", str(folder), "--served-model-name", args.model,
+    # Infinity 0.0.78 hands optimum the ONNX file's path as found under --model-id, which
+    # optimum 2 wants relative to the model folder: so the folder is the working directory
+    cmd = [str(exe), "v2", "--model-id", ".", "--served-model-name", args.model,
            "--engine", engine, "--dtype", dtype, "--device", "cpu", "--no-bettertransformer",
            "--batch-size", str(args.batch_size), "--host", "127.0.0.1", "--port", str(port),
            "--url-prefix", "/v1", "--log-level", "warning"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
            "DO_NOT_TRACK": "1"}
     env.pop("PYTHONPATH", None)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, cwd=folder)
     wait_ready(proc, f"http://127.0.0.1:{port}/health", "infinity_emb")  # outside the prefix
     return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def export_onnx(args: argparse.Namespace, folder: Path) -> None:
+    """``folder/model.onnx`` (the base exported by optimum, fp32) and
+    ``folder/model_quantized.onnx`` (dynamic int8, AVX512-VNNI), in the peers' venv: Infinity
+    loads ONNX files that are there (it exports none) and prefers a quantized one on CPU."""
+    script = (
+        "import sys; from optimum.onnxruntime import ORTModelForFeatureExtraction as M, "
+        "ORTQuantizer; from optimum.onnxruntime.configuration import AutoQuantizationConfig as Q;"
+        " m = M.from_pretrained(sys.argv[1], export=True); m.save_pretrained(sys.argv[2]); "
+        "ORTQuantizer.from_pretrained(m).quantize(save_dir=sys.argv[2], "
+        "quantization_config=Q.avx512_vnni(is_static=False, per_channel=True))")
+    out = folder.parent / f"{folder.name}-onnx"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    subprocess.run([str(Path(args.infinity_venv) / "bin" / "python"), "-c", script,
+                    str(folder), str(out)], check=True, env=env, stdout=subprocess.DEVNULL)
+    for name in ("model.onnx", "model_quantized.onnx"):
+        (folder / name).symlink_to(out / name)
 
 
 def start_st_peer(args: argparse.Namespace, folder: Path,

@@ -1,8 +1,9 @@
 """A minimal OpenAI-style embeddings endpoint on sentence-transformers, for benchmarks/serve.py.
 
 sentence-transformers has no server of its own; this is the smallest fair one: FastAPI +
-uvicorn, one ``SentenceTransformer`` on one of its CPU backends, requests batched by
-nothing but the model's own ``encode`` (what a user writing a small service would do).
+uvicorn, one ``SentenceTransformer`` on one of its CPU backends, one request's texts per
+``encode`` call, one call at a time (what a user writing a small service would do; an
+OpenVINO model's infer request cannot be shared by threads).
 It runs in the peers' venv (``make infinity``: transformers 4.x, optimum-onnx, OpenVINO),
 never in lastlayer's, so it imports nothing from lastlayer.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 
@@ -72,7 +74,12 @@ def main() -> None:
     from fastapi.concurrency import run_in_threadpool
 
     model = load(args.folder, args.backend, args.max_length)
+    lock = threading.Lock()  # one encode at a time: an OpenVINO infer request is not shared
     app = FastAPI()
+
+    def encode(texts: list[str]):
+        with lock:
+            return model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True)
 
     @app.get("/health")
     def health() -> dict:
@@ -81,8 +88,7 @@ def main() -> None:
     @app.post("/v1/embeddings")
     async def embeddings(body: dict) -> dict:
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        vectors = await run_in_threadpool(model.encode, texts, batch_size=args.batch_size,
-                                          normalize_embeddings=True)
+        vectors = await run_in_threadpool(encode, texts)
         return {"object": "list", "model": body.get("model", ""),
                 "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
                          for i, v in enumerate(vectors)]}

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench import RESULTS, ROOT
-from benchmarks.bench.measure import load_1min, machine_description
+from benchmarks.bench.measure import load_1min, machine_description, run_clients
 from benchmarks.bench.results import write_json
 from benchmarks.soak import rss_mb, start_server, texts_pool
 
@@ -186,13 +186,7 @@ def drive(url: str, pick, pool: list[str], clients: int, seconds: float, texts: 
                     answers.append((name, batch, vectors))
                     (cold if r.headers.get("x-lastlayer-cold") else hot).append(elapsed)
 
-    begin = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    took = time.perf_counter() - begin
+    took = run_clients(clients, client)
     return {"texts_per_s": round(len(answers) * texts / took, 1), "requests": len(answers),
             "seconds": round(took, 2), "errors": errors[:10], "error_count": len(errors),
             **percentiles("hot", hot), **percentiles("cold", cold), "answers": answers}

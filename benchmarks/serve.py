@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench import MEDICAL, ROOT, measure, models, tables
-from benchmarks.bench.measure import cpu_seconds, load_1min, uptime
+from benchmarks.bench.measure import cpu_seconds, load_1min, run_clients, uptime
 from benchmarks.bench.results import write_json
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -109,13 +109,7 @@ def drive(clients: int, seconds: float, call: Callable[[int, int], int]) -> dict
                 latencies.append(time.perf_counter() - start)
             texts[c] += done
 
-    begin = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return {"texts": sum(texts), "seconds": time.perf_counter() - begin,
+    return {"texts": sum(texts), "seconds": run_clients(clients, client),
             "latencies": latencies}
 
 

@@ -268,7 +268,9 @@ def soak(model: str, adapter: Path, *, phases: list[tuple[int, int]], warmup: in
     from lastlayer.inference import Embedder
 
     work.mkdir(parents=True, exist_ok=True)
-    embedder = Embedder(model, device="cpu", max_length=max_length)
+    # float32 on both sides: every vector is checked to atol 1e-5, and bf16 vectors (what
+    # `auto` means on a CPU with native bf16) differ with how texts are batched by ~1e-4
+    embedder = Embedder(model, device="cpu", dtype="float32", max_length=max_length)
     other = mirrored_adapter(adapter, work / "med2")
     embedder.load(adapter, "med")
     embedder.load(other, "med2")
@@ -279,7 +281,8 @@ def soak(model: str, adapter: Path, *, phases: list[tuple[int, int]], warmup: in
                 for text, vector in zip(pool, embedder.encode(pool, adapter=head).vectors,
                                         strict=True)}
     proc, url = start_server(model, {"med": adapter, "med2": other},
-                             ["--max-inputs", str(max_inputs)], work / "server.log", max_length)
+                             ["--max-inputs", str(max_inputs), "--dtype", "float32"],
+                             work / "server.log", max_length)
     deadline = time.monotonic() + max_seconds
     try:
         rss = {"start": rss_mb(proc.pid)}

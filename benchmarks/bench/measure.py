@@ -17,7 +17,9 @@ import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.bench import ROOT
@@ -101,6 +103,17 @@ def wait_for_quiet(threshold: float, max_wait_s: float) -> float:
     if load >= threshold:
         print(f"WARNING: 1-min load still {load:.2f}; timings may be distorted.", flush=True)
     return load
+
+
+def run_clients(count: int, client: Callable[[int], None]) -> float:
+    """Run ``client(0)`` … ``client(count - 1)`` in threads at once; the seconds they took."""
+    begin = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - begin
 
 
 def _cpuinfo(key: str) -> str | None:

@@ -439,11 +439,13 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
     """
     from transformers import AutoModel, AutoTokenizer
 
-    from lastlayer.core.precision import inference_dtype
+    from lastlayer.core.precision import bound_kernel_cache, inference_dtype
 
     resolved = resolve_model(cfg, for_artifact)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, inference_dtype(cfg.dtype, device, cfg.quantization))
+    if dtype == torch.bfloat16 and torch.device(device).type == "cpu":
+        bound_kernel_cache()
     kwargs = {"revision": cfg.revision} if resolved.path == resolved.hub_id else {}
     if resolved.gguf_file:
         kwargs["gguf_file"] = resolved.gguf_file

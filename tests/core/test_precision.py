@@ -269,3 +269,18 @@ def test_eval_takes_dtype_auto_and_an_int8_trunk(saved_models, tmp_path, capsys)
     with pytest.raises(SystemExit) as stop:  # argparse: not one of the menu's values
         main(["eval", str(saved_models["bert"]), "--data", str(data), "--quantize", "int4"])
     assert stop.value.code == 2
+
+
+def test_bf16_on_cpu_bounds_onednn_kernel_cache_unless_the_user_set_it(saved_models,
+                                                                      monkeypatch):
+    """Without the bound a server's RSS grew with every new batch shape (docs/precision.md)."""
+    import os
+
+    monkeypatch.delenv(precision.KERNEL_CACHE_ENV, raising=False)
+    load_encoder(ModelConfig(name_or_path=str(saved_models["bert"])), "cpu")  # fp32: untouched
+    assert precision.KERNEL_CACHE_ENV not in os.environ
+    load_encoder(ModelConfig(name_or_path=str(saved_models["bert"]), dtype="bfloat16"), "cpu")
+    assert os.environ[precision.KERNEL_CACHE_ENV] == "64"
+    monkeypatch.setenv(precision.KERNEL_CACHE_ENV, "512")
+    load_encoder(ModelConfig(name_or_path=str(saved_models["bert"]), dtype="bfloat16"), "cpu")
+    assert os.environ[precision.KERNEL_CACHE_ENV] == "512"

@@ -1,8 +1,9 @@
 """Load an encoder (Hub id, packaged offline copy, or local path) and turn text into embeddings.
 
-Why one module of ~430 lines: resolving where weights come from, loading them (with the
-quantization and remote-code guards) and the ``Encoder`` that uses them change together;
-the pooling functions and the resolver are the seams to split along if it grows.
+Why one module of ~490 lines: resolving where weights come from, loading them (with the
+quantization, GGUF-cache, precision and remote-code guards) and the ``Encoder`` that uses
+them change together; the pooling functions and the resolver are the seams to split along
+(next: the resolver into its own module).
 
 ``resolve_model`` decides *where* weights come from and records the Hub id the artifact
 will name; ``load_encoder`` loads them (optionally bitsandbytes-quantized) into an

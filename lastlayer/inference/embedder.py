@@ -1,6 +1,6 @@
 """One base model in memory, many domain adapters, chosen per call, per row, or by routing.
 
-Why one module of ~560 lines: it is one class, the registry, whose every method reads the
+Why one module of ~580 lines: it is one class, the registry, whose every method reads the
 same lock and snapshot of loaded adapters (load checks, names, signatures, the encode
 entry points); the work itself is the engine's (:mod:`lastlayer.core.engine`), and what
 the memory budget adds (``adapter_memory``: resident heads, their builds, the merged /
@@ -17,8 +17,9 @@ Nothing here changes the base model after loading, so any number of threads may 
 ``encode`` at once while others ``load`` or ``unload`` adapters. Every encode call returns
 one result type, :class:`~lastlayer.core.engine.Embeddings`.
 
-(A little over 400 lines: most of it is the checks of a registry that refuses quietly
-wrong vectors, each with a message that says how to fix the call.)
+(About 580 lines: most of it is the checks of a registry that refuses quietly wrong
+vectors, each with a message that says how to fix the call, and the lazy registration of
+``adapter_memory``; the residency itself is in :mod:`lastlayer.inference.resident`.)
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
+import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +48,7 @@ class _Job:
     keys: list[str | None] | None
     future: asyncio.Future
     heads: dict[str, Any] = field(default_factory=dict)  # fetched before the batch
+    queued: float = 0.0  # the event loop's clock when it joined the queue
 
 
 class Batcher:
@@ -62,20 +66,34 @@ class Batcher:
         self._queued = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lastlayer-embed")
+        self._workers = int(os.environ.get("LL_DEV_WORKERS", "1"))
+        threads = os.environ.get("LL_DEV_THREADS")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._workers, thread_name_prefix="lastlayer-embed",
+            initializer=_threads if threads else None,
+            initargs=(int(threads),) if threads else ())
         self._loader = ThreadPoolExecutor(max_workers=LOADERS, thread_name_prefix="lastlayer-load")
         self._loading: dict[str, asyncio.Future] = {}  # cold adapters being built
+        self._free_at = -math.inf  # when the last batch came back (the model went idle)
+        self._running: dict[asyncio.Task, list[_Job]] = {}  # the batches in the workers
 
     def start(self) -> None:
+        if os.environ.get("LL_DEV_SWITCH"):
+            sys.setswitchinterval(float(os.environ["LL_DEV_SWITCH"]))
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="lastlayer-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
+        if self._task is not None:  # first: no batch starts after this
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for job in self._jobs:
+        left = [job for jobs in self._running.values() for job in jobs]
+        for task in list(self._running):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for job in [*left, *self._jobs]:  # nobody else will answer them now
             if not job.future.done():
                 job.future.set_exception(APIError(503, "the server is shutting down.",
                                                   "server_error", code="shutting_down"))
@@ -102,7 +120,8 @@ class Batcher:
             if isinstance(err, Exception):
                 raise for_exception(err) from err
             raise
-        job = _Job(texts, keys, asyncio.get_running_loop().create_future(), heads)
+        loop = asyncio.get_running_loop()
+        job = _Job(texts, keys, loop.create_future(), heads, loop.time())
         self._jobs.append(job)
         self._wake.set()
         return await job.future
@@ -133,34 +152,47 @@ class Batcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        dev_window = os.environ.get("LL_DEV_WINDOW") == "always"
+        dev_split = os.environ.get("LL_DEV_SPLIT") == "1"
+        free = asyncio.Semaphore(self._workers)
         while True:
             await self._wake.wait()
             self._wake.clear()
             if not self._jobs:
                 continue
-            if self._queued < self.settings.max_batch and self.settings.batch_window_ms:
+            await free.acquire()  # a worker is free
+            # the oldest job came to an idle model: gather others for a window; one that
+            # waited for a batch to come back starts at once with what queued meanwhile
+            idle = dev_window or self._jobs[0].queued > self._free_at
+            if idle and self._queued < self.settings.max_batch and self.settings.batch_window_ms:
                 await asyncio.sleep(self.settings.batch_window_ms / 1000)
-            jobs = self._take()
+            jobs = self._take(split=idle and dev_split)
             if self._jobs:
                 self._wake.set()  # leftovers form the next batch
-            try:
-                results = await loop.run_in_executor(self._executor, self._embed, jobs)
-            except Exception as err:  # never leave requests waiting, never stop batching
-                log.exception("batch failed")
-                results = [server_error(err)] * len(jobs)
-            for job, result in zip(jobs, results, strict=True):
-                if job.future.done():  # the client went away
-                    continue
-                if isinstance(result, BaseException):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
+            work = loop.run_in_executor(self._executor, self._embed, jobs)  # starts now
+            self._running[asyncio.create_task(self._finish(jobs, work, free))] = jobs
 
-    def _take(self) -> list[_Job]:
-        """The oldest jobs, up to ``max_batch`` texts (at least one job)."""
+    async def _finish(self, jobs: list[_Job], work: asyncio.Future,
+                      free: asyncio.Semaphore) -> None:
+        """Wait for a batch, free its worker, then answer its jobs."""
+        try:
+            results = await work
+        except Exception as err:  # never leave requests waiting, never stop batching
+            log.exception("batch failed")
+            results = [server_error(err)] * len(jobs)
+        self._free_at = asyncio.get_running_loop().time()
+        self._running.pop(asyncio.current_task(), None)
+        free.release()  # first: the next batch starts before these answers are written
+        _answer(jobs, results)
+
+    def _take(self, split: bool = False) -> list[_Job]:
+        """The oldest jobs, up to ``max_batch`` texts (at least one job); ``split``: about
+        half the queued texts."""
+        limit = self.settings.max_batch
+        if split:
+            limit = min(limit, max(1, sum(len(j.texts) for j in self._jobs) // 2))
         jobs, size = [], 0
-        while self._jobs and (not jobs or size + len(self._jobs[0].texts)
-                              <= self.settings.max_batch):
+        while self._jobs and (not jobs or size + len(self._jobs[0].texts) <= limit):
             job = self._jobs.popleft()
             jobs.append(job)
             size += len(job.texts)
@@ -224,3 +256,21 @@ class Batcher:
             outs.append((result.vectors[start:end], tokens[start:end]))
             start = end
         return outs
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.get_num_threads()
+    torch.set_num_threads(n)
+
+
+def _answer(jobs: list[_Job], results: list[Any]) -> None:
+    """Resolve each job's future with its result (an exception: raised in its handler)."""
+    for job, result in zip(jobs, results, strict=True):
+        if job.future.done():  # the client went away
+            continue
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)

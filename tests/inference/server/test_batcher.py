@@ -1,0 +1,164 @@
+"""The batcher's schedule, in process: requests that waited for a running batch start the
+next one at once (no batch window: the model does not idle while answers go out), batches
+run back to back still answer every request with its own rows and its own error, and a
+stop answers every request it leaves (queued or in the worker). No timings are asserted:
+a window far longer than any guard shows whether it was waited."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+
+from helpers.artifacts import MAX_LENGTH, make_artifact  # noqa: E402
+from helpers.data import TEXTS  # noqa: E402
+
+from lastlayer.core.engine import Embeddings  # noqa: E402
+from lastlayer.inference import Embedder  # noqa: E402
+from lastlayer.inference.server import APIError, Batcher, Metrics, ServeSettings  # noqa: E402
+
+NEVER_MS = 600_000  # a batch window no test would sit out: its guards fail first
+GUARD_S = 60  # how long a test waits for an answer before it fails (instead of hanging)
+
+
+class Held:
+    """What the batcher uses of an Embedder, recording each encode call's texts; the first
+    call waits in the worker until ``release`` is set (``entered`` says it is there)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    @staticmethod
+    def check_request(adapter, n) -> None:
+        return None
+
+    @staticmethod
+    def resident(names) -> dict:
+        return {}
+
+    def encode(self, texts, adapter, batch_size, progress, heads=None) -> Embeddings:
+        self.calls.append(list(texts))
+        if len(self.calls) == 1:
+            self.entered.set()
+            assert self.release.wait(GUARD_S)
+        vectors = np.array([[len(t), ord(t[0])] for t in texts], dtype=np.float32)
+        return Embeddings(vectors, np.array([len(t) for t in texts]))
+
+
+async def _until(event: threading.Event) -> None:
+    assert await asyncio.to_thread(event.wait, GUARD_S), "the worker never got the batch"
+
+
+def test_requests_that_waited_for_a_batch_start_the_next_one_without_the_window():
+    """The first request fills a batch (``max_batch`` texts: no window) and is held in the
+    worker; two more (fewer than ``max_batch`` texts) arrive meanwhile. Once it returns,
+    they run together at once: had they waited the window (NEVER_MS), they would not be
+    answered within the guard."""
+    held = Held()
+    settings = ServeSettings(batch_window_ms=NEVER_MS, max_batch=3)
+
+    async def run():
+        batcher = Batcher(held, settings, Metrics())
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(["aa", "bbb", "e"], [None] * 3))
+            await _until(held.entered)
+            later = [asyncio.ensure_future(batcher.submit([text], ["x"])) for text in ("c", "dd")]
+            await asyncio.sleep(0)  # both queued while the first batch runs
+            held.release.set()
+            return await asyncio.wait_for(asyncio.gather(first, *later), GUARD_S)
+        finally:
+            held.release.set()
+            await batcher.stop()
+
+    (first, c, dd) = asyncio.run(run())
+    assert held.calls == [["aa", "bbb", "e"], ["c", "dd"]]  # the two that waited: one batch
+    np.testing.assert_array_equal(first[0], [[2, ord("a")], [3, ord("b")], [1, ord("e")]])
+    assert first[1] == [2, 3, 1]
+    np.testing.assert_array_equal(c[0], [[1, ord("c")]])
+    np.testing.assert_array_equal(dd[0], [[2, ord("d")]])
+
+
+def test_stop_answers_the_running_batch_and_the_queue():
+    """A stop while one batch is in the worker and another request waits: both get 503
+    (nobody would answer them after the batcher's loop ends)."""
+    held = Held()
+    settings = ServeSettings(batch_window_ms=NEVER_MS, max_batch=1)
+
+    async def run():
+        batcher = Batcher(held, settings, Metrics())
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(["a"], None))
+        await _until(held.entered)
+        queued = asyncio.ensure_future(batcher.submit(["b"], None))
+        await asyncio.sleep(0)
+        answered = threading.Thread(target=_release_when_done, args=(held, running, queued))
+        answered.start()
+        await batcher.stop()  # waits for the worker: released once both are answered
+        answered.join()
+        return await asyncio.gather(running, queued, return_exceptions=True)
+
+    for result in asyncio.run(run()):
+        assert isinstance(result, APIError), result
+        assert (result.status, result.code) == (503, "shutting_down")
+
+
+def _release_when_done(held: Held, *futures) -> None:
+    """Release the held worker once every future is resolved (or after the guard)."""
+    pause = threading.Event()  # never set: a sleep
+    for _ in range(GUARD_S * 100):
+        if all(f.done() for f in futures):
+            break
+        pause.wait(0.01)
+    held.release.set()
+
+
+@pytest.fixture(scope="module")
+def embedder(saved_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("batcher")
+    model = saved_models["bert"]
+    embedder = Embedder(model, device="cpu", max_length=MAX_LENGTH)
+    embedder.load(make_artifact(model, root / "a", "lora", 2, 1, "bert"), "a")
+    embedder.load(make_artifact(model, root / "b", "full", 1, 2, "bert"), "b")
+    return embedder
+
+
+def test_back_to_back_batches_answer_each_request_with_its_own_rows(embedder):
+    """Twelve requests over two adapters and the base, at most 4 texts a batch, so they run
+    as several batches, each started as the last comes back: every request gets the
+    vectors and token counts ``Embedder.encode`` gives it alone, and one for an adapter
+    that is not loaded gets its 404 alone."""
+    names = ["a", "b", None, "a", "missing", "b", None, "a", "b", "a", None, "b"]
+    requests = [(TEXTS[i % len(TEXTS): i % len(TEXTS) + 1 + i % 3], name)
+                for i, name in enumerate(names)]
+    metrics = Metrics()
+
+    async def run():
+        batcher = Batcher(embedder, ServeSettings(batch_window_ms=1, max_batch=4), metrics)
+        batcher.start()
+        try:
+            return await asyncio.wait_for(asyncio.gather(
+                *(batcher.submit(texts, [name] * len(texts)) for texts, name in requests),
+                return_exceptions=True), GUARD_S)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(run())
+    for (texts, name), result in zip(requests, results, strict=True):
+        if name == "missing":
+            assert isinstance(result, APIError) and result.status == 404, result
+            continue
+        vectors, tokens = result
+        alone = embedder.encode(texts, adapter=name, progress=False)
+        np.testing.assert_allclose(vectors, alone.vectors, atol=1e-5)
+        assert tokens == alone.tokens.tolist()
+    samples = {s.name: s.value for s in metrics.batch.collect()[0].samples}
+    texts = sum(len(t) for t, name in requests if name != "missing")
+    assert samples["lastlayer_batch_texts_sum"] == texts
+    assert samples["lastlayer_batch_texts_count"] >= texts / 4  # several batches

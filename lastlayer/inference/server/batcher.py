@@ -22,13 +22,12 @@ import collections
 import contextlib
 import logging
 import math
-import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from lastlayer.config.commands import ServeSettings
 from lastlayer.inference.embedder import AUTO, Embedder
@@ -66,20 +65,23 @@ class Batcher:
         self._queued = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._workers = int(os.environ.get("LL_DEV_WORKERS", "1"))
-        threads = os.environ.get("LL_DEV_THREADS")
-        self._executor = ThreadPoolExecutor(
-            max_workers=self._workers, thread_name_prefix="lastlayer-embed",
-            initializer=_threads if threads else None,
-            initargs=(int(threads),) if threads else ())
+        self._executor: ThreadPoolExecutor | None = None  # the workers: made by start()
+        self._threads: int | None = None  # torch's threads before start() shared them out
         self._loader = ThreadPoolExecutor(max_workers=LOADERS, thread_name_prefix="lastlayer-load")
         self._loading: dict[str, asyncio.Future] = {}  # cold adapters being built
         self._free_at = -math.inf  # when the last batch came back (the model went idle)
         self._running: dict[asyncio.Task, list[_Job]] = {}  # the batches in the workers
 
     def start(self) -> None:
-        if os.environ.get("LL_DEV_SWITCH"):
-            sys.setswitchinterval(float(os.environ["LL_DEV_SWITCH"]))
+        workers, share = self.settings.workers, None
+        device = getattr(self.embedder, "device", None)  # a stand-in embedder has none
+        if workers > 1 and device is not None and device.type == "cpu":
+            self._threads = torch.get_num_threads()
+            share = max(1, self._threads // workers)
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="lastlayer-embed",
+            initializer=None if share is None else _own_threads,
+            initargs=() if share is None else (share,))
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="lastlayer-batcher")
 
@@ -97,8 +99,11 @@ class Batcher:
             if not job.future.done():
                 job.future.set_exception(APIError(503, "the server is shutting down.",
                                                   "server_error", code="shutting_down"))
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         self._loader.shutdown(wait=True, cancel_futures=True)
+        if self._threads is not None:  # the process' default, as it was
+            torch.set_num_threads(self._threads)
 
     async def submit(self, texts: list[str], keys: list[str | None] | None
                      ) -> tuple[np.ndarray, list[int]]:
@@ -152,21 +157,19 @@ class Batcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        dev_window = os.environ.get("LL_DEV_WINDOW") == "always"
-        dev_split = os.environ.get("LL_DEV_SPLIT") == "1"
-        free = asyncio.Semaphore(self._workers)
+        free = asyncio.Semaphore(self.settings.workers)
         while True:
             await self._wake.wait()
             self._wake.clear()
             if not self._jobs:
                 continue
             await free.acquire()  # a worker is free
-            # the oldest job came to an idle model: gather others for a window; one that
-            # waited for a batch to come back starts at once with what queued meanwhile
-            idle = dev_window or self._jobs[0].queued > self._free_at
+            # the oldest job came to a free worker: gather others for a window; one that
+            # waited for a worker starts at once with what queued meanwhile
+            idle = self._jobs[0].queued > self._free_at
             if idle and self._queued < self.settings.max_batch and self.settings.batch_window_ms:
                 await asyncio.sleep(self.settings.batch_window_ms / 1000)
-            jobs = self._take(split=idle and dev_split)
+            jobs = self._take()
             if self._jobs:
                 self._wake.set()  # leftovers form the next batch
             work = loop.run_in_executor(self._executor, self._embed, jobs)  # starts now
@@ -185,12 +188,9 @@ class Batcher:
         free.release()  # first: the next batch starts before these answers are written
         _answer(jobs, results)
 
-    def _take(self, split: bool = False) -> list[_Job]:
-        """The oldest jobs, up to ``max_batch`` texts (at least one job); ``split``: about
-        half the queued texts."""
+    def _take(self) -> list[_Job]:
+        """The oldest jobs, up to ``max_batch`` texts (at least one job)."""
         limit = self.settings.max_batch
-        if split:
-            limit = min(limit, max(1, sum(len(j.texts) for j in self._jobs) // 2))
         jobs, size = [], 0
         while self._jobs and (not jobs or size + len(self._jobs[0].texts) <= limit):
             job = self._jobs.popleft()
@@ -258,9 +258,9 @@ class Batcher:
         return outs
 
 
-def _threads(n: int) -> None:
-    import torch
-
+def _own_threads(n: int) -> None:
+    """A worker thread's start: its torch ops run on ``n`` threads of their own (torch
+    keeps the count per thread once a thread has used it; asking first fixes that)."""
     torch.get_num_threads()
     torch.set_num_threads(n)
 

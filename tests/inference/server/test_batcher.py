@@ -1,7 +1,8 @@
-"""The batcher's schedule, in process: requests that waited for a running batch start the
-next one at once (no batch window: the model does not idle while answers go out), batches
-run back to back still answer every request with its own rows and its own error, and a
-stop answers every request it leaves (queued or in the worker). No timings are asserted:
+"""The batcher's schedule, in process: requests that waited for a worker start the next
+batch at once (no batch window: the model does not idle while answers go out), two workers
+run two batches at once, batches run back to back and side by side still answer every
+request with its own rows and its own error, and a stop answers every request it leaves
+(queued or in a worker). No timings are asserted:
 a window far longer than any guard shows whether it was waited."""
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def test_requests_that_waited_for_a_batch_start_the_next_one_without_the_window(
     they run together at once: had they waited the window (NEVER_MS), they would not be
     answered within the guard."""
     held = Held()
-    settings = ServeSettings(batch_window_ms=NEVER_MS, max_batch=3)
+    settings = ServeSettings(batch_window_ms=NEVER_MS, max_batch=3, workers=1)
 
     async def run():
         batcher = Batcher(held, settings, Metrics())
@@ -85,11 +86,38 @@ def test_requests_that_waited_for_a_batch_start_the_next_one_without_the_window(
     np.testing.assert_array_equal(dd[0], [[2, ord("d")]])
 
 
+def test_two_workers_run_two_batches_at_once():
+    """With 2 workers (the default) a second batch starts while the first is still in the
+    worker, is answered first, and the first still gets its own rows once released."""
+    held = Held()
+    settings = ServeSettings(batch_window_ms=0, max_batch=2)
+    assert settings.workers == 2
+
+    async def run():
+        batcher = Batcher(held, settings, Metrics())
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(["aa", "b"], None))
+            await _until(held.entered)
+            second = await asyncio.wait_for(batcher.submit(["ccc"], None), GUARD_S)
+            assert not first.done()  # still held: the second batch overtook it
+            held.release.set()
+            return await asyncio.wait_for(first, GUARD_S), second
+        finally:
+            held.release.set()
+            await batcher.stop()
+
+    first, second = asyncio.run(run())
+    assert held.calls == [["aa", "b"], ["ccc"]]
+    np.testing.assert_array_equal(first[0], [[2, ord("a")], [1, ord("b")]])
+    np.testing.assert_array_equal(second[0], [[3, ord("c")]])
+
+
 def test_stop_answers_the_running_batch_and_the_queue():
     """A stop while one batch is in the worker and another request waits: both get 503
     (nobody would answer them after the batcher's loop ends)."""
     held = Held()
-    settings = ServeSettings(batch_window_ms=NEVER_MS, max_batch=1)
+    settings = ServeSettings(batch_window_ms=NEVER_MS, max_batch=1, workers=1)
 
     async def run():
         batcher = Batcher(held, settings, Metrics())
@@ -132,8 +160,12 @@ def embedder(saved_models, tmp_path_factory):
 def test_back_to_back_batches_answer_each_request_with_its_own_rows(embedder):
     """Twelve requests over two adapters and the base, at most 4 texts a batch, so they run
     as several batches, each started as the last comes back: every request gets the
-    vectors and token counts ``Embedder.encode`` gives it alone, and one for an adapter
-    that is not loaded gets its 404 alone."""
+    vectors and token counts ``Embedder.encode`` gives it alone (two batches at a time, each
+    on its share of torch's threads), and one for an adapter that is not loaded gets its
+    404 alone; the stop gives torch's thread count back."""
+    import torch
+
+    threads = torch.get_num_threads()
     names = ["a", "b", None, "a", "missing", "b", None, "a", "b", "a", None, "b"]
     requests = [(TEXTS[i % len(TEXTS): i % len(TEXTS) + 1 + i % 3], name)
                 for i, name in enumerate(names)]
@@ -150,6 +182,7 @@ def test_back_to_back_batches_answer_each_request_with_its_own_rows(embedder):
             await batcher.stop()
 
     results = asyncio.run(run())
+    assert torch.get_num_threads() == threads
     for (texts, name), result in zip(requests, results, strict=True):
         if name == "missing":
             assert isinstance(result, APIError) and result.status == 404, result

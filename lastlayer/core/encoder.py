@@ -370,7 +370,7 @@ class Encoder:
             with torch.inference_mode():
                 batches = longest_first_batches(texts, batch_size)
                 for idx in progress_bar(batches, enabled=progress, desc=desc, unit="batch"):
-                    vectors = embed(self.tokenize([texts[i] for i in idx])).cpu()
+                    vectors = embed(self.tokenize([texts[i] for i in idx])).float().cpu()
                     for row, i in enumerate(idx):
                         out[i] = vectors[row]
         finally:

@@ -87,7 +87,8 @@ def train_adapter(
     per_step = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
     total = cfg.max_steps * per_step
     if pairs is None and cfg.cached_pairs:
-        pairs = cached_pair_stream(encoder, docs, recipe, total, per_step)
+        with accelerator.autocast():  # the bottom pass in the precision fresh views train in
+            pairs = cached_pair_stream(encoder, docs, recipe, total, per_step)
     if pairs is not None:
         if pairs.k < recipe.adapter.top_k:
             raise ValueError(f"cached pairs hold inputs of block L-{pairs.k}, below which "

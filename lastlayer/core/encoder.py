@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from lastlayer.config import ConfigError, ModelConfig
-from lastlayer.core.gguf_cache import dequantized_folder
+from lastlayer.core.gguf_cache import cached_for_unquantized, dequantized_folder
 from lastlayer.core.progress import library_bars_on_terminals_only
 from lastlayer.core.progress import progress as progress_bar
 from lastlayer.extras import require
@@ -454,9 +454,10 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
     if quant is not None:
         kwargs["quantization_config"] = quant
     path = resolved.path
-    if quant is not None and resolved.gguf_file:  # bitsandbytes needs plain weights:
+    if resolved.gguf_file and (quant is not None  # bitsandbytes needs plain weights,
+                               or cached_for_unquantized(gguf_path(resolved))):  # faster
         path = str(dequantized_folder(gguf_path(resolved)))  # the file's dequantized copy
-        kwargs = {"quantization_config": quant}
+        kwargs = {"quantization_config": quant} if quant is not None else {}
     # bitsandbytes quantizes as it loads (in the compute dtype); anything else loads as
     # stored (GGUF: dequantized to float32, as ever), is fingerprinted, then cast.
     load_dtype = dtype if quant is not None else (torch.float32 if resolved.gguf_file

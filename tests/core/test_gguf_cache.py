@@ -82,6 +82,26 @@ def test_a_second_load_reuses_the_folder_and_the_hash(gguf, cache, monkeypatch, 
     assert index[str(gguf.resolve())]["sha256"] == first.name
 
 
+@pytest.mark.parametrize("small", [True, False])
+def test_an_unquantized_load_of_a_small_gguf_reads_the_cached_copy(gguf, cache, monkeypatch,
+                                                                   small):
+    """Small files load through the cache (bit-identical weights, same fingerprint and
+    tokens); larger ones are dequantized by transformers at each load, nothing written."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if not small:
+        monkeypatch.setattr(gguf_cache, "CACHE_UNQUANTIZED_MAX_BYTES", gguf.stat().st_size - 1)
+    cfg = ModelConfig(name_or_path=str(gguf), dtype="float32")
+    encoder = load_encoder(cfg)
+    assert cache.exists() is small
+    direct = AutoModel.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = encoder.model.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in direct.state_dict().items())
+    assert load_encoder(cfg).fingerprint == encoder.fingerprint  # the second load: the same
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    assert encoder.tokenizer(TEXTS)["input_ids"] == tokenizer(TEXTS)["input_ids"]
+
+
 def test_a_changed_file_is_dequantized_again_and_its_old_copy_removed(gguf, cache, caplog):
     with caplog.at_level(logging.INFO, logger="lastlayer.core.gguf_cache"):
         old = gguf_cache.dequantized_folder(gguf)

@@ -10,9 +10,9 @@ For each adapter set (``minilm-lora``: MiniLM top-2 LoRA; ``minilm-full``: MiniL
 (random, non-zero weights of the shipped adapter's shapes; the shipped trained adapters of
 that base join the set; the full kind's weight files repeat after ``--distinct-full``,
 hard-linked, to bound the disk; their shapes come from ``--full-template DIR``, a full-kind
-MiniLM top-2 artifact, or one trained once into ``--work`` in two steps), starts ``lastlayer serve --adapters DIR
---adapter-memory BUDGET`` once, and drives it from 8 and 32 client threads for
-``--seconds`` per phase:
+MiniLM top-2 artifact, or one trained once into ``--work`` in two steps), starts
+``lastlayer serve --adapters DIR --adapter-memory BUDGET`` once, and drives it from 8 and
+32 client threads for ``--seconds`` per phase:
 
 1. ``single``: every request to one adapter (the baseline of the same run);
 2. ``zipf``: each request's adapter drawn from a Zipf law over the N (s = ``--zipf-s``, a

@@ -58,6 +58,7 @@ class TrainResult:
     history: list[dict[str, float]]
     view_stats: ViewStats
     resumed_from: int = 0
+    mixed_precision: str = "no"  # what the run's accelerator resolved (auto -> bf16 or no)
 
 
 def train_adapter(
@@ -152,7 +153,7 @@ def train_adapter(
     bar.close()
     if not cached:
         encoder.model = accelerator.unwrap_model(model)
-    return TrainResult(step, history, pairs.stats, start)
+    return TrainResult(step, history, pairs.stats, start, accelerator.mixed_precision)
 
 
 def check_finite(record: dict[str, float], recipe: Recipe) -> None:

@@ -65,7 +65,7 @@ def test_run_writes_a_complete_artifact(saved_models, corpus, tmp_path, capsys):
     assert read_json(out / "adapter_config.json")["base_model_name_or_path"] == "tiny-bert"
 
     meta = read_json(out / "lastlayer.json")
-    assert meta["schema_version"] == 2
+    assert meta["schema_version"] == 3 and meta["training"]["mixed_precision"] == "no"
     base = meta["base"]
     assert base["model"] == "tiny-bert" and len(base["fingerprint"]) == 16
     assert base["origin"] == "local" and base["package"] is None  # the folder name, no path
@@ -120,6 +120,7 @@ def test_golden_losses_at_fixed_seed(saved_models, corpus, tmp_path):
                           "train.mixed_precision=bf16"))
     assert [row["loss"] for row in bf16.train.history] != pytest.approx(losses, abs=1e-6)
     assert bf16.train.history[0]["loss"] == pytest.approx(losses[0], abs=0.05)  # same task
+    assert read_metadata(tmp_path / "bf16").training.mixed_precision == "bf16"  # recorded
     run(recipe_for(saved_models["bert"], corpus, tmp_path / "b", "eval.data=null"))
     again = [row["loss"] for row in read_json(tmp_path / "b" / "train_log.json")]
     assert again == losses, "same seed, same run"

@@ -247,7 +247,6 @@ def disable_cpu_4bit_repacking(model: nn.Module) -> int:
     return changed
 
 
-
 def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
                  for_artifact: bool = True) -> Encoder:
     """Load the encoder a recipe names, ready to embed (eval mode, frozen weights).

@@ -66,7 +66,7 @@ def check_exists(path: Source) -> None:
 
 
 def format_of(path: Source) -> str:
-    """``txt``, ``jsonl``, ``csv``, ``parquet``, ``arrow`` (a ``save_to_disk`` folder) or ``hub``."""
+    """``txt``, ``jsonl``, ``csv``, ``parquet``, ``arrow`` (``save_to_disk``) or ``hub``."""
     if isinstance(path, HubDataset):
         return "hub"
     if path.is_dir():

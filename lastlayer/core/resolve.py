@@ -9,8 +9,8 @@ for machines without Hub access. :func:`refusing_remote_code` turns transformers
 a model that needs ``trust_remote_code`` into a clear :class:`RemoteCodeError`.
 
 No weights are loaded here, only a model's config (the weights:
-:func:`lastlayer.core.encoder.load_encoder`); transformers is imported only when the Hub is
-asked, torch never.
+:func:`lastlayer.core.encoder.load_encoder`); the module imports no torch, and transformers
+only when the Hub is asked.
 """
 
 from __future__ import annotations

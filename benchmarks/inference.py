@@ -10,6 +10,8 @@ Usage (offline; one run, every ratio taken between systems measured in that same
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.inference --quick  # fewer texts, repeats
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.inference --quick --models minilm \
         --sizes 16  # the mixed-batch table at 16 texts only
+    HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.inference --only-mixes \
+        --sizes 16 64 256  # only the mixed-batch table (no PEFT, ST, memory rows)
 
 Two bases, each with 4 LoRA adapters:
 
@@ -109,9 +111,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="adapters the mixes spread over (random ones added to the "
                         "shipped; benchmarks/bench/random_adapters.py)")
     parser.add_argument("--no-mixes", action="store_true", help="skip the mixed-batch table")
+    parser.add_argument("--only-mixes", action="store_true",
+                        help="only the mixed-batch table (no PEFT, sentence-transformers, "
+                        "all4 or memory rows)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.only_mixes and args.no_mixes:
+        parser.error("--only-mixes and --no-mixes exclude each other")
     args.texts = args.texts or (8 if args.quick else 64)
     args.sizes = args.sizes or ([16] if args.quick else [16, 64, 256])
     args.repeats = args.repeats or (3 if args.quick else 5)
@@ -280,6 +287,9 @@ def bench_model(key: str, args: argparse.Namespace, all_texts: list[str]) -> dic
         per[name] = {"load_s": seconds, "rss_mb": rss,
                      "private_bytes": private_bytes(head_module(embedder, name), embedder.model)}
     memory["lastlayer_lora_merged"] = _summary(per)
+    if args.only_mixes:
+        result["memory"] = memory
+        return _with_mixes(result, embedder, names, adapters, args, all_texts)
     seconds, (_, rss) = timed(lambda: embedder.load(adapters[names[0]], "unmerged", merge=False))
     memory["lastlayer_lora_unmerged"] = {
         "load_s": seconds, "rss_mb": rss,
@@ -333,11 +343,17 @@ def bench_model(key: str, args: argparse.Namespace, all_texts: list[str]) -> dic
     result["seconds_all"] = times
     result["ratios"] = _ratios(result["seconds"])
     result["roofline"] = _rooflines(embedder, names, texts, result["seconds"], args.threads)
-    if not args.no_mixes:
-        print(f"[{key}] mixed batches ...", flush=True)
-        mixed = _mix_names(embedder, names, adapters[names[0]], args.mix_adapters)
-        result["mixes"] = mixes.bench_mixes(embedder, mixed, all_texts, args.sizes,
-                                            args.repeats, bs, args.threads)
+    return result if args.no_mixes else _with_mixes(result, embedder, names, adapters, args,
+                                                    all_texts)
+
+
+def _with_mixes(result: dict[str, Any], embedder, names: list[str], adapters: dict[str, Path],
+                args: argparse.Namespace, all_texts: list[str]) -> dict[str, Any]:
+    """``result`` with the mixed-batch table's rows (:func:`mixes.bench_mixes`)."""
+    print(f"[{result['model']}] mixed batches ...", flush=True)
+    mixed = _mix_names(embedder, names, adapters[names[0]], args.mix_adapters)
+    result["mixes"] = mixes.bench_mixes(embedder, mixed, all_texts, args.sizes, args.repeats,
+                                        args.batch_size, args.threads)
     return result
 
 
@@ -428,8 +444,8 @@ def format_table(results: dict[str, Any]) -> str:
     switch time), then the mixed batches against single-adapter batches."""
     ratios, memory, mixed = [], [], []
     for key, res in results["models"].items():
-        s = res["seconds"]
-        for name, r in res["ratios"].items():
+        s = res.get("seconds", {})
+        for name, r in res.get("ratios", {}).items():
             ours, theirs, _ = TARGETS[name]
             target = "—" if r["target"] is None else f"≥ {r['target']}×"
             met = "—" if r["met"] is None else ("yes" if r["met"] else "no")
@@ -449,11 +465,12 @@ def format_table(results: dict[str, Any]) -> str:
             private = "—" if private is None else f"{private / 2**20:.2f}"
             memory.append([key, kind, private, tables.fmt(m.get("rss_mb"), ".1f"),
                            f"{m['load_s']:.2f}"])
-        memory.append([key, "PEFT set_adapter (switch)", "", "",
-                       f"{res['memory']['peft_set_adapter_s'] * 1e3:.3f} ms"])
+        if "peft_set_adapter_s" in res["memory"]:
+            memory.append([key, "PEFT set_adapter (switch)", "", "",
+                           f"{res['memory']['peft_set_adapter_s'] * 1e3:.3f} ms"])
     return "\n\n".join([
-        tables.markdown(["model", "measurement", "lastlayer s", "baseline s", "ratio",
-                         "target", "met", "GFLOP/s", "of peak"], ratios),
+        *([tables.markdown(["model", "measurement", "lastlayer s", "baseline s", "ratio",
+                            "target", "met", "GFLOP/s", "of peak"], ratios)] if ratios else []),
         tables.markdown(["model", "adapter", "private MB", "RSS growth MB", "load s"], memory),
         *([tables.markdown(mixes.HEADER, mixed)] if mixed else [])])
 

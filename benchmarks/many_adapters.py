@@ -9,10 +9,10 @@ For each adapter set (``minilm-lora``: MiniLM top-2 LoRA; ``minilm-full``: MiniL
 ``smollm2-lora``: SmolLM2-135M top-4 LoRA) and each N, it writes N artifacts for the base
 (random, non-zero weights of the shipped adapter's shapes; the shipped trained adapters of
 that base join the set; the full kind's weight files repeat after ``--distinct-full``,
-hard-linked, to bound the disk; that set runs only with ``--full-template DIR``, a full-kind
-MiniLM top-2 artifact whose shapes it copies), starts ``lastlayer serve --adapters DIR
---adapter-memory BUDGET`` once, and drives it from 8 and 32 client threads for
-``--seconds`` per phase:
+hard-linked, to bound the disk; their shapes come from ``--full-template DIR``, a full-kind
+MiniLM top-2 artifact, or one trained once into ``--work`` in two steps), starts
+``lastlayer serve --adapters DIR --adapter-memory BUDGET`` once, and drives it from 8 and
+32 client threads for ``--seconds`` per phase:
 
 1. ``single``: every request to one adapter (the baseline of the same run);
 2. ``zipf``: each request's adapter drawn from a Zipf law over the N (s = ``--zipf-s``, a
@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench import RESULTS, ROOT
+from benchmarks.bench import MEDICAL, RESULTS, ROOT
 from benchmarks.bench.measure import load_1min, machine_description, run_clients
 from benchmarks.bench.results import write_json
 from benchmarks.soak import rss_mb, start_server, texts_pool
@@ -52,7 +52,7 @@ SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MINILM_LORA = ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"
 SETS = {  # name: (base, shipped adapters of that base, kind)
     "minilm-lora": (MINILM, [MINILM_LORA], "lora"),
-    "minilm-full": (MINILM, [], "full"),  # needs --full-template
+    "minilm-full": (MINILM, [], "full"),  # shapes: --full-template or one trained once
     "smollm2-lora": (SMOLLM2, sorted(ROOT.glob("adapters/*/smollm2-135m_lora-top4_crop")),
                      "lora"),
 }
@@ -63,19 +63,34 @@ OUT = RESULTS / "many_adapters.json"
 # Artifacts
 
 
-def full_template(given: Path | None) -> Path:
-    """The full-kind MiniLM top-2 artifact whose shapes the ``minilm-full`` set copies
-    (``--full-template``: e.g. ``lastlayer train`` of a recipe with ``adapter.kind: full``,
-    ``top_k: 2``; only its files' shapes and metadata are used)."""
+def full_template(given: Path | None, work: Path) -> Path:
+    """The full-kind MiniLM top-2 artifact whose shapes the ``minilm-full`` set copies.
+
+    ``--full-template DIR`` names one; without it one is trained once into ``work``
+    (``lastlayer.train`` of the shipped MiniLM recipe with ``adapter.kind: full``, 2 steps,
+    no evaluation: only its files' shapes and metadata are used) and reused by later runs.
+    """
     from lastlayer import artifact
 
     if given is None:
-        raise SystemExit("the minilm-full set needs --full-template DIR: a full-kind MiniLM "
-                         "top-2 artifact (e.g. from `lastlayer train` with adapter.kind: full)")
+        given = work / "minilm-full-template"
+        if not (given / artifact.METADATA).exists():
+            train_full_template(given)
     meta = artifact.read(given)
     if meta.kind != "full":
         raise SystemExit(f"--full-template {given}: a {meta.kind} adapter, not a full one")
     return given
+
+
+def train_full_template(out: Path) -> None:
+    """Train the smallest real full-kind MiniLM top-2 artifact at ``out`` (about a minute)."""
+    from lastlayer import load_recipe, train
+
+    print(f"training a full-kind MiniLM top-2 template at {out} ...", flush=True)
+    train(load_recipe(MINILM_LORA / "recipe.yaml", [
+        "adapter.kind=full", "train.max_steps=2", "train.batch_size=8", "eval.data=null",
+        "train.routing_docs=0", f"data.train={MEDICAL}", f"output_dir={out}",
+        "overwrite=true"]))
 
 
 def random_weights(template: Path, kind: str, seed: int) -> dict:
@@ -110,7 +125,7 @@ def write_set(name: str, n: int, root: Path, distinct_full: int, full: Path | No
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    template = shipped[0] if shipped else full_template(full)
+    template = shipped[0] if shipped else full_template(full, root.parent)
     paths: dict[str, Path] = {}
     for path in shipped[:n]:
         target = shutil.copytree(path, folder / f"trained-{path.parent.name}")
@@ -363,17 +378,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--distinct-full", type=int, default=50,
                         help="distinct weight files of the full kind (then hard links)")
     parser.add_argument("--full-template", type=Path, help="a full-kind MiniLM top-2 "
-                        "artifact (the minilm-full set copies its shapes; that set runs "
-                        "only with it)")
+                        "artifact the minilm-full set copies the shapes of (default: one "
+                        "trained once into --work)")
     parser.add_argument("--min-cos", type=float, default=0.99999)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lastlayer-many-adapters"))
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--quick", action="store_true",
                         help="N = 10 and 100 of minilm-lora, 8 clients, 4 s per phase")
     args = parser.parse_args(argv)
-    if args.full_template is None and "minilm-full" in args.sets:
-        args.sets.remove("minilm-full")
-        print("minilm-full skipped: give --full-template DIR to run it")
     if args.quick:
         args.sets, args.n, args.clients, args.seconds = ["minilm-lora"], [10, 100], [8], 4.0
     return args

@@ -8,7 +8,8 @@ module run again; the shared measuring code is already :mod:`benchmarks.bench`'s
 Every system trains the same model on the same positive pairs (seeded crop views of
 medical abstracts, made by ``lastlayer.training.views.crop_views`` through lastlayer's own
 ``PairStream``), with the same batch size, sequence length, precision (fp32, or bf16
-autocast for all with ``--precision bf16``), loss
+autocast for all with ``--precision bf16``; ``--precision fp32 bf16`` runs every system in
+both, interleaved, and takes the ratios against sentence-transformers' faster one), loss
 (InfoNCE with in-batch negatives at temperature 0.05 = MultipleNegativesRankingLoss at
 scale 20), optimizer (AdamW, linear warm-up/decay, gradient clipping at 1.0) and number of
 steps:
@@ -83,6 +84,7 @@ repeats are one measurement and read best together; what other benchmarks share 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -446,28 +448,30 @@ def make_row(spec: dict[str, Any], runs: list[dict[str, Any]], machine: str,
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A markdown table of the rows, with speed and memory ratios against ST full."""
-    ref = next((r for r in rows if r["system"] == ST and r["mode"] == "full"
-                and r["step_s_median"]), None)
+    """A markdown table of the rows, with speed and memory ratios against ST full (at its
+    fastest precision, when several ran)."""
+    refs = [r for r in rows if r["system"] == ST and r["mode"] == "full" and r["step_s_median"]]
+    ref = min(refs, key=lambda r: r["step_s_median"], default=None)
     cells = []
     for r in rows:
         step, amort = r["step_s_median"], r.get("step_s_amortised")
         speed = ref["step_s_median"] / step if ref and step else None
         speed_amort = ref["step_s_median"] / amort if ref and amort else None
         mem = r["peak_rss_mb"] / ref["peak_rss_mb"] if ref and r["peak_rss_mb"] else None
-        cells.append([r["system"], r["mode"], tables.fmt(step), tables.fmt(r["pairs_per_s"], ".1f"),
+        cells.append([r["system"], r["mode"], r.get("precision", "fp32"), tables.fmt(step),
+                      tables.fmt(r["pairs_per_s"], ".1f"),
                       tables.times(speed), tables.fmt(amort), tables.times(speed_amort),
                       tables.fmt(r["peak_rss_mb"], ".0f"), tables.times(mem),
                       tables.fmt(r["knn_accuracy"], ".4f")])
     return tables.markdown(
-        ["system", "mode", "step s (median)", "pairs/s", "speed-up vs ST full",
+        ["system", "mode", "precision", "step s (median)", "pairs/s", "speed-up vs ST full",
          "amortised step s (incl. caching)", "amortised speed-up", "peak RSS MB",
-         "RSS vs ST full", "kNN acc"], cells, align="llrrrrrrrr")
+         "RSS vs ST full", "kNN acc"], cells, align="lllrrrrrrrr")
 
 
 def write_rows(args, specs, runs, base_knn, load_start):
     """Aggregate the runs so far into rows and write them to ``--out`` (after every run)."""
-    machine = machine_description(load_start, os.getloadavg()[0], args.precision)
+    machine = machine_description(load_start, os.getloadavg()[0], "/".join(args.precision))
     threads = next((r["threads"] for rs in runs.values() for r in rs if "threads" in r), None)
     if threads:
         machine += f"; torch threads {threads}"
@@ -507,10 +511,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="training precision of every system: fp32, or bf16 autocast "
+    p.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+                   help="training precision(s) of every system: fp32, or bf16 autocast "
                         "(torch.autocast for sentence-transformers, Accelerate's "
-                        "mixed_precision=bf16 for lastlayer); evaluation stays fp32")
+                        "mixed_precision=bf16 for lastlayer); several: every system runs "
+                        "in each, interleaved, and ratios are taken against "
+                        "sentence-transformers' fastest; evaluation stays fp32")
     p.add_argument("--cache-dtype", choices=("float32", "bfloat16"), default="float32",
                    help="train.cache_dtype of the cached modes (bfloat16 halves the cache)")
     p.add_argument("--only", nargs="*", default=None,
@@ -535,7 +541,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def specs_for(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One worker spec per (system, mode) of the plan."""
     specs = []
-    for system, mode in plan(args.quick, args.top_k):
+    for precision, (system, mode) in itertools.product(args.precision,
+                                                       plan(args.quick, args.top_k)):
         if args.only and mode not in args.only:
             continue
         full_weights = mode == "full" or mode.startswith("full-")
@@ -544,7 +551,7 @@ def specs_for(args: argparse.Namespace) -> list[dict[str, Any]]:
             "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
             "max_length": args.max_length, "lr": args.lr_full if full_weights else args.lr,
             "temperature": 0.05, "top_k": args.top_k, "seed": args.seed, "eval": False,
-            "precision": args.precision, "cache_dtype": args.cache_dtype,
+            "precision": precision, "cache_dtype": args.cache_dtype,
             "eval_docs": args.eval_docs, "cpu": args.cpu, "threads": args.threads,
         })
     return specs
@@ -594,6 +601,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             spec = {**spec, "eval": evaluate and repeat == 0}
             load = os.getloadavg()[0]
             print(f"[{repeat + 1}/{args.repeats}] {spec['system']} {spec['mode']} "
+                  f"{spec['precision']} "
                   f"(1-min load {load:.2f}) ...", flush=True)
             result = run_worker(spec, args.worker_timeout)
             result["load_1min_start"] = load

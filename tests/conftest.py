@@ -23,12 +23,20 @@ from helpers.tiny import tiny_model, tiny_tokenizer
 pytest_plugins = ["helpers.hub"]  # the Hub world and the recording Hub, for hub/ and trust
 
 
+@pytest.fixture(scope="session")
+def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An HF_HOME of the test session: what lastlayer caches under it (GGUF files
+    dequantized once) stays out of the user's own and is shared by the session's tests."""
+    return tmp_path_factory.mktemp("hf-home")
+
+
 @pytest.fixture(autouse=True)
-def hub_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def hub_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, hf_home: Path) -> None:
     """Offline mode and an empty Hub cache: no test waits on the network or sees a cache.
 
     huggingface_hub reads HF_HUB_OFFLINE once at import, so the constants are patched too.
     """
+    monkeypatch.setenv("HF_HOME", str(hf_home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))

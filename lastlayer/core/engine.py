@@ -377,10 +377,10 @@ class Engine:
                 lasts = self._head_module(keys[0], starts[keys[0]], heads)(states, mask)
             else:
                 lasts = self._grouped(keys, jobs, heads, states, mask)
-            done = 0
-            for key in keys:
-                members = jobs[key]
-                _, pooling, own_normalize = self._settings(key, heads)
+            done = 0  # keys that pool alike (the usual group) pool in one call
+            for (pooling, own_normalize), alike in itertools.groupby(
+                    keys, lambda key: self._settings(key, heads)[1:]):
+                members = [member for key in alike for member in jobs[key]]
                 part = slice(done, done + len(members))
                 vectors = pooled(lasts[part], mask[part], pooling,
                                  own_normalize if normalize is None else normalize)

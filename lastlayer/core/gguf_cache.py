@@ -1,4 +1,4 @@
-"""A GGUF file dequantized once into a cached safetensors folder, for quantized loading.
+"""A GGUF file dequantized once into a cached safetensors folder, loaded from there.
 
 transformers refuses to quantize a model it loads from a GGUF file ("You cannot combine
 Quantization and loading a model from a GGUF file"): its GGUF loader dequantizes the blocks
@@ -6,6 +6,13 @@ itself, and bitsandbytes wants plain weights. So a GGUF base asked for 8-bit or 
 dequantized once (float32, the weights an unquantized load of the file gives) into a folder
 ``from_pretrained`` reads (``config.json``, ``model.safetensors``, the tokenizer files),
 and that folder is then loaded quantized.
+
+An unquantized load of a small GGUF file goes through the same folder: transformers
+dequantizes and converts the tokenizer at every load (12.5 s for the packaged
+SmolLM2-135M), where the folder loads the bit-identical float32 weights in 0.1 s. Files up
+to :data:`CACHE_UNQUANTIZED_MAX_BYTES` qualify, so that the float32 copy stays a few GB at
+most (a 4-bit file grows 8× in float32); a larger file is dequantized at each load as
+before, rather than written out whole without being asked.
 
 The folder is keyed by the sha256 of the GGUF file's bytes, so a changed file is never
 mistaken for the old one. Hashing a multi-GB file takes seconds, so a small index maps
@@ -32,6 +39,9 @@ from lastlayer.artifact.atomic import replace_folder, write_text
 from lastlayer.config import ConfigError
 
 log = logging.getLogger(__name__)
+
+CACHE_UNQUANTIZED_MAX_BYTES = 256 * 2**20
+"""The largest GGUF file an unquantized load reads through the cache (float32 copy ≤ 2 GB)."""
 
 INDEX = "index.json"
 SOURCE = "source.json"
@@ -100,6 +110,11 @@ def _complete(folder: Path, sha: str) -> bool:
             and (folder / "config.json").is_file() and (folder / "model.safetensors").is_file())
 
 
+def cached_for_unquantized(gguf: str | os.PathLike) -> bool:
+    """Whether an unquantized load of ``gguf`` reads it through the cache (small files)."""
+    return Path(gguf).stat().st_size <= CACHE_UNQUANTIZED_MAX_BYTES
+
+
 def dequantized_folder(gguf: str | os.PathLike, root: Path | None = None) -> Path:
     """A folder holding ``gguf``'s dequantized weights and tokenizer, made on first use.
 
@@ -121,8 +136,8 @@ def dequantized_folder(gguf: str | os.PathLike, root: Path | None = None) -> Pat
     folder = root / sha
     if _complete(folder, sha):
         return folder
-    log.info("Dequantizing %s once into %s (a quantized base loads from there; later runs "
-             "reuse it).", gguf.name, folder)
+    log.info("Dequantizing %s once into %s (later loads read it from there).", gguf.name,
+             folder)
     return replace_folder(folder, lambda tmp: _write_dequantized(gguf, sha, tmp))
 
 

@@ -7,15 +7,31 @@ single-adapter batch, and N forwards. But LoRA adapters of the same k on one bas
 every weight except their factors: ``y = x Wᵀ + s · (x Aᵀ) Bᵀ``. So the engine runs the
 base's own top-k blocks once over every row of the group (one matmul per linear for all
 of them, the weights read once), and around each target linear adds, per row, that row's
-adapter's update: its ``A`` and ``s·B`` gathered per row into ``(rows, in, r)`` and
-``(rows, r, out)`` and applied with two ``torch.bmm``. That costs ``2·r·(in + out)``
+adapter's update with two ``torch.bmm``: ``(rows, T, in) @ (rows, in, r)``, then the
+sum written in place, ``out += low @ (rows, r, out)``. That costs ``2·r·(in + out)``
 FLOPs per token and linear on top of ``2·in·out`` (about 3 % at r = 8, d = 384), and
 reads each adapter's factors (a few hundred KB) instead of its blocks (MBs).
+
+What keeps the update cheap next to its FLOPs (every op here is small, so dispatch and
+memory passes count more than arithmetic):
+
+- **One gather per batch.** Each adapter's factors are packed once, in the dtype the
+  blocks compute in (bf16 under ``auto``), as flat pieces (:meth:`GroupedLora.pieces`,
+  kept while the adapter is loaded); a batch concatenates its rows' pieces in one
+  ``torch.cat``, and every ``bmm`` reads a contiguous view of that buffer: no per-call
+  casts, zero-fills or per-adapter copies.
+- **One A product per input.** Linears that read the same tensor (q, k and v; gate and
+  up) get one ``bmm`` against their adapters' ``A`` side by side, and each takes its
+  columns of the result: a third of the A products for BERT's attention, half of the
+  MLP's for Llama. Which linears share an input is learnt from the first call (the
+  tensor each one receives), so no architecture is named here; a later call whose
+  tensors differ falls back to one product per linear, never to a wrong one.
 
 The factors come from the artifact's own files (:func:`read_factors`), so a merged head
 (the fast single-adapter path) can join a group too. Only plain LoRA qualifies (no DoRA,
 bias, rank or alpha patterns, saved modules, ...); any other adapter keeps its own head.
-Rows for the base join a group with zero factors.
+Rows for the base join a group with zero factors; ranks are padded with zeros to the
+group's largest.
 
 The per-row factors of a call reach the wrapped linears through a context variable, so
 the grouped view, built once per (k, target linears), is shared by every thread while
@@ -28,6 +44,8 @@ from __future__ import annotations
 import contextvars
 import json
 import math
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +66,7 @@ _UNSUPPORTED = ("alpha_pattern", "rank_pattern", "modules_to_save", "layer_repli
                 "use_dora", "use_qalora", "use_bdlora", "lora_bias", "fan_in_fan_out")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: packed pieces are cached per adapter
 class LoraFactors:
     """A plain LoRA adapter's factors, by linear inside its top-k blocks.
 
@@ -65,6 +83,11 @@ class LoraFactors:
     def shape(self) -> tuple[int, tuple[str, ...]]:
         """What a grouped pass depends on: k and the wrapped linears."""
         return self.top_k, tuple(sorted(self.factors))
+
+    @property
+    def rank(self) -> int:
+        """The largest rank of its linears."""
+        return max(a.shape[1] for a, _ in self.factors.values())
 
 
 def read_factors(base: nn.Module, folder: str | Path, top_k: int) -> LoraFactors | None:
@@ -97,8 +120,95 @@ def read_factors(base: nn.Module, folder: str | Path, top_k: int) -> LoraFactors
         for name, p in pairs.items()})
 
 
-_ROWS: contextvars.ContextVar[dict[str, tuple[Tensor, Tensor]] | None] = \
-    contextvars.ContextVar("lastlayer_grouped_rows", default=None)
+Sets = tuple[tuple[str, ...], ...]
+"""The wrapped linears partitioned by input: the linears of one set read the same tensor
+(e.g. q, k, v), so one ``bmm`` computes their A products together."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a group's factors are laid out for one call: the pieces of each adapter, in
+    order, are one ``Aᵀ`` per input set (its linears' columns side by side) and then one
+    ``s·Bᵀ`` per linear (in ``names`` order), every rank padded to ``rank``.
+
+    Attributes:
+        sets: The input sets (:data:`Sets`).
+        names: The wrapped linears, in the order of their ``B`` pieces.
+        rank: The group's rank (its members' largest).
+        dtype: The dtype the blocks compute in.
+    """
+
+    sets: Sets
+    names: tuple[str, ...]
+    rank: int
+    dtype: torch.dtype
+
+    def shapes(self, dims: dict[str, tuple[int, int]]) -> list[tuple[int, int]]:
+        """The 2-D shape of each piece, given ``(in, out)`` per linear."""
+        return ([(dims[s[0]][0], len(s) * self.rank) for s in self.sets]
+                + [(self.rank, dims[name][1]) for name in self.names])
+
+
+def pack(factors: LoraFactors | None, layout: Layout, dims: dict[str, tuple[int, int]],
+         device: torch.device) -> list[Tensor]:
+    """One adapter's pieces under ``layout`` (see :class:`Layout`), flat and contiguous,
+    zeros for the base (``factors`` None) and for ranks below the layout's."""
+    pieces = [torch.zeros(rows * cols, dtype=layout.dtype, device=device)
+              for rows, cols in layout.shapes(dims)]
+    if factors is None:
+        return pieces
+    r = layout.rank
+    for piece, names in zip(pieces[: len(layout.sets)], layout.sets, strict=True):
+        a = piece.view(dims[names[0]][0], len(names) * r)
+        for i, name in enumerate(names):
+            own = factors.factors[name][0]
+            a[:, i * r: i * r + own.shape[1]] = own
+    for piece, name in zip(pieces[len(layout.sets):], layout.names, strict=True):
+        own = factors.factors[name][1]
+        piece.view(r, dims[name][1])[: own.shape[0]] = own
+    return pieces
+
+
+class _Call:
+    """One grouped call's per-row factors and the A products shared between linears."""
+
+    def __init__(self, layout: Layout, views: list[Tensor], learn: bool) -> None:
+        sets = layout.sets
+        self.a = views[: len(sets)]
+        self.b = dict(zip(layout.names, views[len(sets):], strict=True))
+        r = layout.rank
+        # linear -> (its set, its columns of the set's product or None, last of its set)
+        self.where = {name: (s, None if len(names) == 1 else slice(i * r, (i + 1) * r),
+                             i == len(names) - 1)
+                      for s, names in enumerate(sets) for i, name in enumerate(names)}
+        self.shared: dict[int, tuple[Tensor, Tensor]] = {}
+        self.seen: list[tuple[str, Tensor]] | None = [] if learn else None
+
+    def apply(self, name: str, x: Tensor, out: Tensor) -> Tensor:
+        """``out`` (the base linear's output for ``x``) plus each row's update."""
+        if self.seen is not None:
+            self.seen.append((name, x))
+        s, cols, last = self.where[name]
+        hit = self.shared.get(s)
+        if hit is not None and hit[0] is x:
+            low = hit[1]
+            if last:
+                del self.shared[s]
+        else:  # the set's first linear (or a call whose inputs differ: its own product)
+            low = torch.bmm(x, self.a[s].to(x.dtype))
+            if cols is not None and not last:
+                self.shared[s] = (x, low)
+        if cols is not None:
+            low = low[..., cols]
+        low, b = low.to(out.dtype), self.b[name].to(out.dtype)
+        if torch.is_grad_enabled():
+            return torch.baddbmm(out, low, b)
+        # in place: a new (B, T, out) tensor for the sum costs as much as both products
+        return out.baddbmm_(low, b)
+
+
+_CALL: contextvars.ContextVar[_Call | None] = \
+    contextvars.ContextVar("lastlayer_grouped_call", default=None)
 
 
 class RowLora(nn.Module):
@@ -110,15 +220,9 @@ class RowLora(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.linear(x)
-        rows = _ROWS.get()
-        if rows is None:  # outside a grouped call: the base linear alone
-            return out
-        a, b = rows[self.name]  # (B, in, r), (B, r, out)
-        low = torch.bmm(x, a.to(x.dtype)).to(out.dtype)
-        if torch.is_grad_enabled():
-            return torch.baddbmm(out, low, b.to(out.dtype))
-        # in place: a new (B, T, out) tensor for the sum costs as much as both products
-        return out.baddbmm_(low, b.to(out.dtype))
+        call = _CALL.get()
+        # outside a grouped call: the base linear alone
+        return out if call is None else call.apply(self.name, x, out)
 
 
 class GroupedLora(nn.Module):
@@ -138,30 +242,76 @@ class GroupedLora(nn.Module):
             parent._modules[attr] = RowLora(parent._modules[attr], name)
         self.names = tuple(names)
         self.head = TopKHead(base, top_k, blocks=blocks)
+        self.sets: Sets | None = None
+        """The input sets, learnt from the first call (None until then: one per linear)."""
+        self._packed: weakref.WeakKeyDictionary[LoraFactors, tuple[Layout, list[Tensor]]] = \
+            weakref.WeakKeyDictionary()
+        self._zeros: dict[Layout, tuple[Layout, list[Tensor]]] = {}
+        self._lock = threading.Lock()
 
     def forward(self, states: Tensor, mask: Tensor, members: Sequence[LoraFactors | None],
-                which: Tensor) -> Tensor:
+                which: Tensor | Sequence[int]) -> Tensor:
         """Block L−k's inputs ``(B, T, d)`` + mask -> last states; row ``i`` gets the
         update of ``members[which[i]]`` (None: none, the base's own blocks)."""
-        token = _ROWS.set({name: _gathered(name, members, which) for name in self.names})
+        sets = self.sets
+        layout = Layout(sets or tuple((name,) for name in self.names), self.names,
+                        max(m.rank for m in members if m is not None), states.dtype)
+        call = _Call(layout, self.rows(members, which, layout, states.device), sets is None)
+        token = _CALL.set(call)
         try:
-            return self.head(states, mask)
+            lasts = self.head(states, mask)
         finally:
-            _ROWS.reset(token)
+            _CALL.reset(token)
+        if call.seen is not None:
+            self.sets = input_sets(call.seen, self.names)
+        return lasts
+
+    def rows(self, members: Sequence[LoraFactors | None], which: Tensor | Sequence[int],
+             layout: Layout, device: torch.device) -> list[Tensor]:
+        """Per piece of ``layout``, the rows' factors: ``(B, in, n·r)`` for each input set,
+        then ``(B, r, out)`` for each linear, views into one buffer built by one ``cat``."""
+        ref = next(m for m in members if m is not None)
+        dims = {name: (a.shape[0], b.shape[1]) for name, (a, b) in ref.factors.items()}
+        packs = [self.pieces(m, layout, dims, device) for m in members]
+        rows = which.tolist() if isinstance(which, Tensor) else list(which)
+        flat = torch.cat([packs[g][p] for p in range(len(packs[0])) for g in rows])
+        views, offset = [], 0
+        for height, width in layout.shapes(dims):
+            size = len(rows) * height * width
+            views.append(flat[offset: offset + size].view(len(rows), height, width))
+            offset += size
+        return views
+
+    def pieces(self, factors: LoraFactors | None, layout: Layout,
+               dims: dict[str, tuple[int, int]], device: torch.device) -> list[Tensor]:
+        """An adapter's (None: the base's zero) pieces under ``layout`` (:func:`pack`),
+        packed once and kept while the adapter lives (one layout each: the latest)."""
+        with self._lock:
+            kept = self._zeros.get(layout) if factors is None else self._packed.get(factors)
+        if kept is not None and kept[0] == layout and kept[1][0].device == device:
+            return kept[1]
+        with torch.inference_mode(False), torch.no_grad():  # usable by any later call
+            made = pack(factors, layout, dims, device)
+        with self._lock:
+            if factors is None:
+                self._zeros = {layout: (layout, made)}
+            else:
+                self._packed[factors] = (layout, made)
+        return made
 
 
-def _gathered(name: str, members: Sequence[LoraFactors | None], which: Tensor
-              ) -> tuple[Tensor, Tensor]:
-    """Per row, the factors of linear ``name``: ``(B, in, r)``, ``(B, r, out)``, ranks
-    padded with zeros to the largest (the base's rows: all zeros)."""
-    given = [m.factors[name] for m in members if m is not None]
-    rank = max(a.shape[1] for a, _ in given)
-    n_in, n_out = given[0][0].shape[0], given[0][1].shape[1]
-    a_all = torch.zeros((len(members), n_in, rank), device=which.device)
-    b_all = torch.zeros((len(members), rank, n_out), device=which.device)
-    for i, member in enumerate(members):
-        if member is not None:
-            a, b = member.factors[name]
-            a_all[i, :, : a.shape[1]] = a
-            b_all[i, : b.shape[0]] = b
-    return a_all.index_select(0, which), b_all.index_select(0, which)
+def input_sets(seen: Sequence[tuple[str, Tensor]], names: Sequence[str]) -> Sets:
+    """The linears of ``names`` partitioned by the tensor each received in one call
+    (``seen``: ``(linear, input)`` in call order); every linear alone where one received
+    two different tensors or none (then nothing is shared)."""
+    by_input: dict[int, list[str]] = {}
+    got: dict[str, int] = {}
+    for name, x in seen:
+        if got.setdefault(name, id(x)) != id(x):
+            return tuple((n,) for n in names)
+        members = by_input.setdefault(id(x), [])
+        if name not in members:
+            members.append(name)
+    if set(got) != set(names):
+        return tuple((n,) for n in names)
+    return tuple(tuple(members) for members in by_input.values())

@@ -18,8 +18,9 @@ from torch import Tensor
 from lastlayer import artifact
 from lastlayer.artifact import ArtifactError, ArtifactMeta
 from lastlayer.config import ConfigError, ModelConfig, from_dict
-from lastlayer.core.encoder import Encoder, ModelNotFoundError, ResolvedModel, load_encoder
+from lastlayer.core.encoder import Encoder, load_encoder
 from lastlayer.core.engine import Engine, Head
+from lastlayer.core.resolve import ModelNotFoundError, ResolvedModel
 
 ADAPTER = "adapter"
 """The name a target's adapter has on its engine."""

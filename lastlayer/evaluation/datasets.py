@@ -22,15 +22,13 @@ from lastlayer.corpus import (
     DataError,
     HubDataset,
     Source,
-    _format_of,
-    _jsonl_records,
-    _open_text,
-    _read,
     is_hub_dataset,
     load_hub_dataset,
     read_labelled,
     source_of,
 )
+from lastlayer.corpus.formats import format_of, jsonl_records, open_text
+from lastlayer.corpus.read import read_with_field
 from lastlayer.extras import require
 
 logger = logging.getLogger(__name__)
@@ -223,7 +221,7 @@ def read_splits(
         return None
     if split_field not in _field_names(path):
         return None
-    _, splits = _read(path, text_field, split_field, max_docs)
+    _, splits = read_with_field(path, text_field, split_field, max_docs)
     return splits
 
 
@@ -231,14 +229,14 @@ def _field_names(path: Source) -> list[str]:
     """The field names of a labelled file: its header, schema, or first JSON record."""
     if isinstance(path, HubDataset):
         return list(load_hub_dataset(path).column_names)
-    fmt = _format_of(path)
+    fmt = format_of(path)
     if fmt == "txt":
         return []
     if fmt == "csv":
-        with _open_text(path) as f:
+        with open_text(path) as f:
             return next(csv.reader(f), [])
     if fmt == "jsonl":
-        for _, record in _jsonl_records(path, []):
+        for _, record in jsonl_records(path, []):
             return list(record)
         return []
     if fmt == "parquet":
@@ -259,7 +257,7 @@ def _beir_records(path: Path, required: tuple[str, ...]) -> Iterator[dict]:
     """The records of a BEIR jsonl file, each with string ``_id`` and the required fields."""
     seen: set[str] = set()
     try:
-        for where, record in _jsonl_records(path, []):
+        for where, record in jsonl_records(path, []):
             for field in required:
                 if field not in record:
                     raise DataError(
@@ -287,7 +285,7 @@ def _beir_records(path: Path, required: tuple[str, ...]) -> Iterator[dict]:
 def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """``query id -> corpus id -> score`` from a BEIR qrels TSV file (header required)."""
     qrels: dict[str, dict[str, int]] = {}
-    with _open_text(path) as f:
+    with open_text(path) as f:
         lines = (line.rstrip("\r\n") for line in f)
         header = next(lines, "")
         if tuple(field.strip() for field in header.split("\t")) != QRELS_HEADER:

@@ -105,7 +105,8 @@ def artifact_metadata(
         layers=Layers(**layer_summary(base_model, recipe.adapter.top_k)),
         training=Training(data=recipe.data.train, steps=result.steps,
                           final_loss=result.history[-1]["loss"] if result.history else None,
-                          view_stats=asdict(result.view_stats)),
+                          view_stats=asdict(result.view_stats),
+                          mixed_precision=result.mixed_precision),
         top_k_choice=top_k_choice.to_dict() if top_k_choice is not None else None,
     )
 

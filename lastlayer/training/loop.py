@@ -58,6 +58,7 @@ class TrainResult:
     history: list[dict[str, float]]
     view_stats: ViewStats
     resumed_from: int = 0
+    mixed_precision: str = "no"  # what the run's accelerator resolved (auto -> bf16 or no)
 
 
 def train_adapter(
@@ -87,7 +88,8 @@ def train_adapter(
     per_step = cfg.batch_size * cfg.grad_accum_steps * accelerator.num_processes
     total = cfg.max_steps * per_step
     if pairs is None and cfg.cached_pairs:
-        pairs = cached_pair_stream(encoder, docs, recipe, total, per_step)
+        with accelerator.autocast():  # the bottom pass in the precision fresh views train in
+            pairs = cached_pair_stream(encoder, docs, recipe, total, per_step)
     if pairs is not None:
         if pairs.k < recipe.adapter.top_k:
             raise ValueError(f"cached pairs hold inputs of block L-{pairs.k}, below which "
@@ -151,7 +153,7 @@ def train_adapter(
     bar.close()
     if not cached:
         encoder.model = accelerator.unwrap_model(model)
-    return TrainResult(step, history, pairs.stats, start)
+    return TrainResult(step, history, pairs.stats, start, accelerator.mixed_precision)
 
 
 def check_finite(record: dict[str, float], recipe: Recipe) -> None:

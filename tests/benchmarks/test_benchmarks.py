@@ -185,6 +185,24 @@ def test_plan_covers_every_system(speed, top_k):
     assert baselines == [pair for pair in speed.plan(quick=False, top_k=1) if pair[0] == speed.ST]
 
 
+def test_several_precisions_run_every_system_in_each_against_the_fastest_baseline(speed):
+    args = speed.parse_args(["--quick", "--precision", "fp32", "bf16"])
+    specs = speed.specs_for(args)
+    plan = speed.plan(quick=True)
+    assert [(s["precision"], s["system"], s["mode"]) for s in specs] == \
+        [(p, system, mode) for p in ("fp32", "bf16") for system, mode in plan]
+    rows = []
+    for spec, step in zip(specs, (2.0, 1.0, 0.5, 1.0, 0.5, 0.25), strict=True):
+        run = {"step_times_s": [step] * 3, "peak_rss_mb": 100.0, "trainable_params": 1,
+               "total_params": 2, "losses": [1.0], "threads": 2, "device": "cpu"}
+        rows.append(speed.make_row({**spec, "warmup": 1}, [run], "test machine"))
+    lines = speed.format_table(rows).splitlines()[2:]
+    # ST in bf16 (1.0 s) is the faster baseline: every ratio is taken against it
+    assert "| bf16 |" in lines[3] and "| 1.00x |" in lines[3]
+    assert "| fp32 |" in lines[0] and "| 0.50x |" in lines[0]
+    assert "| 4.00x |" in lines[5]
+
+
 def test_measure_every_mode_on_a_tiny_model(speed, saved_models):
     folder = saved_models["bert"]
     rows = []

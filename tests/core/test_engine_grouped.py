@@ -1,6 +1,7 @@
 """The engine's grouped pass: plain LoRA adapters of one shape (and the base's rows) run in
 one pass over the base's top-k blocks with per-row factors; every row equals its adapter
-run alone, LoRA and full kinds and different k in one batch, merged or not, from threads."""
+run alone, LoRA and full kinds and different k in one batch, merged or not, from threads,
+before and after the pass has learnt which linears share an input."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from helpers.artifacts import MAX_LENGTH, make_artifact
 from helpers.data import TEXTS
 
 from lastlayer.core import engine as engine_module
-from lastlayer.core.grouped import LoraFactors, _gathered, read_factors
+from lastlayer.core.grouped import GroupedLora, Layout, LoraFactors, input_sets, read_factors
 from lastlayer.inference import Embedder
 
 ADAPTERS = {  # name: (kind, top_k, seed): four LoRA of one shape, another k, a full kind
@@ -125,19 +126,68 @@ def test_more_than_plain_lora_keeps_its_own_head(saved_models, artifacts, tmp_pa
     assert all(a.shape[1] == 8 and b.shape[0] == 8 for a, b in factors.factors.values())
 
 
-def test_ranks_are_padded_and_the_base_gets_zeros():
+def grouped_view(emb: Embedder) -> GroupedLora:
+    (view,) = [v for key, v in emb.engine._views.items() if key[0] == "grouped"]
+    return view
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_linears_reading_one_input_share_one_product(saved_models, artifacts, arch):
+    emb = loaded(saved_models, artifacts, arch)
+    keys = [("a", "b", "c", "d", None)[i % 5] for i in range(len(TEXTS16))]
+    first = emb.encode(TEXTS16, adapter=keys, batch_size=16).vectors  # learns the sets
+    view = grouped_view(emb)
+    shared = {"bert": [("attention.self.query", "attention.self.key",
+                        "attention.self.value")],
+              "llama": [("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                        ("mlp.gate_proj", "mlp.up_proj")]}[arch]
+    learnt = {frozenset(s) for s in view.sets}
+    for block in range(2):
+        for names in shared:
+            assert frozenset(f"{block}.{n}" for n in names) in learnt
+    assert sorted(n for s in view.sets for n in s) == sorted(view.names)
+    got = emb.encode(TEXTS16, adapter=keys, batch_size=16).vectors  # one product per set
+    np.testing.assert_allclose(got, first, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, alone(emb, TEXTS16, keys), rtol=0, atol=1e-6)
+    # a call whose linears get other tensors than learnt: each its own product, same rows
+    ins = {name: a.shape[0] for name, (a, _) in emb.resident(["a"])["a"].lora.factors.items()}
+    view.sets = tuple(tuple(n for n in view.names if ins[n] == size)  # by width, not input
+                      for size in sorted(set(ins.values())))
+    np.testing.assert_allclose(emb.encode(TEXTS16, adapter=keys, batch_size=16).vectors,
+                               got, rtol=0, atol=1e-6)
+
+
+def test_input_sets_follow_the_tensors_each_linear_got():
+    x, y = torch.zeros(1), torch.zeros(1)
+    names = ["q", "k", "v", "o"]
+    assert input_sets([("q", x), ("k", x), ("v", x), ("o", y)], names) == (("q", "k", "v"),
+                                                                            ("o",))
+    alone_ = (("q",), ("k",), ("v",), ("o",))
+    assert input_sets([("q", x), ("k", x), ("v", x)], names) == alone_  # o never ran
+    assert input_sets([("q", x), ("k", x), ("v", x), ("o", y), ("q", y)], names) == alone_
+
+
+def test_ranks_are_padded_and_the_base_gets_zeros(saved_models):
+    emb = Embedder(saved_models["bert"], device="cpu", max_length=MAX_LENGTH)
+    names = ("0.attention.self.query", "0.attention.self.key")
+    view = GroupedLora(emb.model, 1, names)
+    d = emb.dim
     gen = torch.Generator().manual_seed(0)
+
     def factors(rank: int) -> LoraFactors:
-        return LoraFactors(1, {"0.x": (torch.randn(5, rank, generator=gen),
-                                       torch.randn(rank, 3, generator=gen))})
+        return LoraFactors(1, {n: (torch.randn(d, rank, generator=gen),
+                                   torch.randn(rank, d, generator=gen)) for n in names})
 
     r2, r4 = factors(2), factors(4)
-    which = torch.tensor([1, 0, 2, 1])
-    a, b = _gathered("0.x", [r2, r4, None], which)
-    assert a.shape == (4, 5, 4) and b.shape == (4, 4, 3)
-    x = torch.randn(4, 6, 5, generator=gen)
-    delta = torch.bmm(torch.bmm(x, a), b)
+    layout = Layout((names,), names, 4, torch.float32)  # one input set: A side by side
+    a, b_q, b_k = view.rows([r2, r4, None], torch.tensor([1, 0, 2, 1]), layout,
+                            torch.device("cpu"))
+    assert a.shape == (4, d, 8) and b_q.shape == b_k.shape == (4, 4, d)
+    x = torch.randn(4, 6, d, generator=gen)
+    low = torch.bmm(x, a)
     for row, member in enumerate([r4, r2, None, r4]):
-        want = torch.zeros(6, 3) if member is None else \
-            x[row] @ member.factors["0.x"][0] @ member.factors["0.x"][1]
-        torch.testing.assert_close(delta[row], want, rtol=0, atol=1e-5)
+        for i, (name, b) in enumerate(zip(names, (b_q, b_k), strict=True)):
+            delta = low[row, :, 4 * i: 4 * i + 4] @ b[row]
+            want = torch.zeros(6, d) if member is None else \
+                x[row] @ member.factors[name][0] @ member.factors[name][1]
+            torch.testing.assert_close(delta, want, rtol=0, atol=1e-5)

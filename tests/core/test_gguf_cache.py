@@ -82,6 +82,50 @@ def test_a_second_load_reuses_the_folder_and_the_hash(gguf, cache, monkeypatch, 
     assert index[str(gguf.resolve())]["sha256"] == first.name
 
 
+@pytest.mark.parametrize("small", [True, False])
+def test_an_unquantized_load_of_a_small_gguf_reads_the_cached_copy(gguf, cache, monkeypatch,
+                                                                   small):
+    """Small files load through the cache (bit-identical weights, same fingerprint and
+    tokens); larger ones are dequantized by transformers at each load, nothing written."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if not small:
+        monkeypatch.setattr(gguf_cache, "CACHE_UNQUANTIZED_MAX_BYTES", gguf.stat().st_size - 1)
+    cfg = ModelConfig(name_or_path=str(gguf), dtype="float32")
+    encoder = load_encoder(cfg)
+    assert cache.exists() is small
+    direct = AutoModel.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = encoder.model.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in direct.state_dict().items())
+    assert load_encoder(cfg).fingerprint == encoder.fingerprint  # the second load: the same
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    assert encoder.tokenizer(TEXTS)["input_ids"] == tokenizer(TEXTS)["input_ids"]
+
+
+@pytest.mark.parametrize("quantization", [None, "8bit"])
+def test_a_gguf_base_from_the_hub_cache_loads_offline(gguf, cache, monkeypatch, tmp_path,
+                                                      quantization):
+    """``model.name_or_path: ORG/NAME`` + ``gguf_file``: the file comes from the Hugging
+    Face cache (offline here: the real client reads the cache layout), is dequantized once,
+    and the artifact side records the Hub id and the file."""
+    from helpers.hub import put_in_cache, use_cache
+
+    hub_cache = tmp_path / "hub-cache"
+    put_in_cache(hub_cache, "tiny-org/Tiny-GGUF", gguf.parent, commit="a" * 40)
+    use_cache(monkeypatch, hub_cache)
+    cfg = ModelConfig(name_or_path="tiny-org/Tiny-GGUF", gguf_file=gguf.name, dtype="float32",
+                      quantization=quantization)
+    encoder = load_encoder(cfg, for_artifact=True)
+    assert encoder.resolved.origin == "hub" and encoder.resolved.hub_id == "tiny-org/Tiny-GGUF"
+    assert encoder.resolved.gguf_file == gguf.name
+    assert [p.name for p in cache.iterdir() if p.is_dir()] == [gguf_cache.file_sha256(gguf)]
+    local = load_encoder(ModelConfig(name_or_path=str(gguf), dtype="float32",
+                                     quantization=quantization))
+    assert encoder.fingerprint == local.fingerprint  # the same weights, wherever they came from
+    torch.testing.assert_close(encoder.encode(TEXTS, progress=False),
+                               local.encode(TEXTS, progress=False))
+
+
 def test_a_changed_file_is_dequantized_again_and_its_old_copy_removed(gguf, cache, caplog):
     with caplog.at_level(logging.INFO, logger="lastlayer.core.gguf_cache"):
         old = gguf_cache.dequantized_folder(gguf)

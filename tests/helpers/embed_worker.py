@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import lastlayer.inference
-import lastlayer.inference.embed as embed
+import lastlayer.inference.embed.parts as parts
 from helpers.plain_embedder import PlainEmbedder
 from lastlayer.cli import main
 
@@ -32,7 +32,7 @@ def arm_kill(kill_at: str) -> None:
     point, _, nth = kill_at.partition(":")
     if not point:
         return
-    count, write_shard, write_atomic = [0], embed._write_shard, embed._write_atomic
+    count, write_shard, write_atomic = [0], parts.write_shard, parts.write_atomic
 
     def shard(path, vectors, names):
         count[0] += 1
@@ -51,7 +51,7 @@ def arm_kill(kill_at: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return write_atomic(path, half)
 
-    embed._write_shard, embed._write_atomic = shard, atomic
+    parts.write_shard, parts.write_atomic = shard, atomic
 
 
 def run() -> int:

@@ -272,12 +272,12 @@ def test_a_full_disk_keeps_the_finished_shards_and_the_run_resumes(
     import errno
     import os
 
-    import lastlayer.inference.embed as embed_module
+    import lastlayer.inference.embed.output as embed_output
     from lastlayer.inference.embed import EmbedError
 
     ref = embed(embedder, corpus, tmp_path / "ref.jsonl", adapter="a")
     out, parts = tmp_path / "out.jsonl", tmp_path / "out.jsonl.parts"
-    real_savez, real_writer = np.savez, embed_module._write_jsonl
+    real_savez, real_writer = np.savez, embed_output._write_jsonl
     calls = []
 
     def full_disk(*args, **kwargs):
@@ -289,7 +289,7 @@ def test_a_full_disk_keeps_the_finished_shards_and_the_run_resumes(
     if failing == "shard":
         monkeypatch.setattr(np, "savez", full_disk)
     else:
-        monkeypatch.setattr(embed_module, "_write_jsonl", lambda job, path: full_disk())
+        monkeypatch.setattr(embed_output, "_write_jsonl", lambda job, path: full_disk())
     with pytest.raises(EmbedError, match="No space left on device; the finished shards are "
                                          "kept in"):
         embed(embedder, corpus, out, adapter="a")
@@ -298,7 +298,7 @@ def test_a_full_disk_keeps_the_finished_shards_and_the_run_resumes(
     assert done == (["job.json", "shard-000000.npz", "shard-000001.npz"] if failing == "shard"
                     else ["job.json"] + [f"shard-00000{i}.npz" for i in range(4)])
     monkeypatch.setattr(np, "savez", real_savez)
-    monkeypatch.setattr(embed_module, "_write_jsonl", real_writer)
+    monkeypatch.setattr(embed_output, "_write_jsonl", real_writer)
     embedder.calls = []
     embed(embedder, corpus, out, adapter="a")
     assert embedder.calls == ([texts[16:24], texts[24:]] if failing == "shard" else [])

@@ -65,7 +65,7 @@ def test_run_writes_a_complete_artifact(saved_models, corpus, tmp_path, capsys):
     assert read_json(out / "adapter_config.json")["base_model_name_or_path"] == "tiny-bert"
 
     meta = read_json(out / "lastlayer.json")
-    assert meta["schema_version"] == 2
+    assert meta["schema_version"] == 3 and meta["training"]["mixed_precision"] == "no"
     base = meta["base"]
     assert base["model"] == "tiny-bert" and len(base["fingerprint"]) == 16
     assert base["origin"] == "local" and base["package"] is None  # the folder name, no path
@@ -120,6 +120,7 @@ def test_golden_losses_at_fixed_seed(saved_models, corpus, tmp_path):
                           "train.mixed_precision=bf16"))
     assert [row["loss"] for row in bf16.train.history] != pytest.approx(losses, abs=1e-6)
     assert bf16.train.history[0]["loss"] == pytest.approx(losses[0], abs=0.05)  # same task
+    assert read_metadata(tmp_path / "bf16").training.mixed_precision == "bf16"  # recorded
     run(recipe_for(saved_models["bert"], corpus, tmp_path / "b", "eval.data=null"))
     again = [row["loss"] for row in read_json(tmp_path / "b" / "train_log.json")]
     assert again == losses, "same seed, same run"
@@ -436,3 +437,46 @@ def test_lastlayer_eval_of_the_artifact_gives_trainings_number(saved_models, cor
     assert whole["knn_accuracy"] != saved["adapted"]["knn_accuracy"]
     assert result["knn_accuracy_split_90_10"] != saved["adapted"]["knn_accuracy"]
     assert whole["knn_accuracy_split_90_10"] != saved["adapted"]["knn_accuracy"]
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_every_pass_but_choosing_k_runs_in_the_runs_precision(saved_models, corpus, tmp_path,
+                                                              monkeypatch, mixed_precision):
+    """bf16 runs the base and adapted kNN passes and the pair cache under the training
+    steps' autocast (faster end to end, measured in the trained precision); choosing k
+    and the routing signature stay float32 (the crop signal of a raw LM's middle layers
+    collapses in bf16)."""
+    from lastlayer.core.encoder import load_encoder
+
+    recipe = recipe_for(saved_models["bert"], corpus, tmp_path / "x", "train.cached_pairs=16",
+                        "train.routing_docs=20", "adapter.top_k=auto", "adapter.top_k_docs=16",
+                        f"train.mixed_precision={mixed_precision}")
+    encoder = load_encoder(recipe.model)
+    calls: list = []  # at each bottom pass (the embeddings): is autocast on? and phase marks
+    encoder.model.get_input_embeddings().register_forward_hook(
+        lambda *_: calls.append(torch.is_autocast_enabled("cpu")))
+    def marked(phase: str):
+        call = getattr(run_module, phase)
+
+        def wrapper(*args, **kwargs):
+            calls.append(phase)
+            try:
+                return call(*args, **kwargs)
+            finally:
+                calls.append("/" + phase)
+        return wrapper
+
+    for phase in ("choose_top_k", "routing_signature"):
+        monkeypatch.setattr(run_module, phase, marked(phase))
+    result = finish(*(lambda job: (job, fit(job)))(prepare(recipe, encoder=encoder)))
+    assert 0.0 <= result.metrics["adapted"]["knn_accuracy"] <= 1.0
+
+    def between(start: str, end: str) -> list[bool]:
+        return calls[calls.index(start) + 1:calls.index(end)]
+
+    choosing, signing = between("choose_top_k", "/choose_top_k"), \
+        between("routing_signature", "/routing_signature")
+    rest = calls[calls.index("/choose_top_k") + 1:calls.index("routing_signature")]
+    assert choosing and signing and rest
+    assert not any(choosing) and not any(signing)  # float32 in any run
+    assert all(rest) is (mixed_precision == "bf16") and any(rest) is (mixed_precision == "bf16")

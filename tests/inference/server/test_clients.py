@@ -247,15 +247,18 @@ def test_sigterm_under_load_answers_every_accepted_request(setup):
 
     A request sent as the signal arrives may find its connection in the kernel's accept
     queue, or not yet read, when the server stops listening: it is closed unanswered
-    without the server having seen it (``RemoteProtocolError``; clients such as openai's
-    retry it). That is counted apart for requests sent less than ``GRACE`` s before the
-    signal or after it; one sent earlier and dropped fails the test."""
+    without the server having seen it: ``RemoteProtocolError`` when the socket is closed
+    empty, ``ReadError`` (a reset) when the request's bytes were still unread in it, as
+    Linux resets a socket closed with unread data; clients such as openai's retry both.
+    That is counted apart for requests sent less than ``grace`` s before the signal or
+    after it (a loaded 2-core machine can leave a fresh connection unread that long); one
+    sent earlier and dropped fails the test."""
     proc, port = start(setup["common"], setup["root"] / "sigterm.log", key=False)
     url = f"http://127.0.0.1:{port}"
     outcomes: list[str] = []
     stop_at = time.monotonic() + 6
     signal_at = [float("inf")]
-    grace = 0.1
+    grace = 0.5
 
     def client(i: int) -> None:
         texts = [f"{TEXTS[i % 7]} {i}", TEXTS[(i + 1) % 7]]
@@ -268,7 +271,7 @@ def test_sigterm_under_load_answers_every_accepted_request(setup):
                 outcomes.append("refused")  # never accepted: the server had stopped
                 time.sleep(0.05)
                 continue
-            except httpx.RemoteProtocolError as err:
+            except (httpx.RemoteProtocolError, httpx.ReadError) as err:
                 late = sent >= signal_at[0] - grace
                 outcomes.append("closed unread" if late else f"dropped: {type(err).__name__}")
                 continue

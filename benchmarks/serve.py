@@ -15,6 +15,8 @@ adapter artifact (default the shipped ``adapters/medical/minilm-l6_lora-top2_cro
 - ``server-mixed``: the same, requests spread round-robin over 4 adapters (the artifact
   loaded under 4 names: four private heads, as four domain adapters would be);
 - ``server-base``: the same server, requests for the base model;
+- ``server-single-1w``: ``server-single`` on a second server started with ``--workers 1``
+  (one batch at a time on all of torch's threads): the baseline of the two-worker default;
 - ``peer-base`` / ``peer-bf16`` / ``peer-optimum``: Infinity (``infinity-emb``, run from its
   own venv ``--infinity-venv``) serving the same base folder, truncating at the same token
   limit, in the configurations its docs offer on CPU: the torch engine in float32, the torch
@@ -66,7 +68,8 @@ PEERS = {"peer-base": ("torch", "float32"), "peer-bf16": ("torch", "bfloat16"),
 # sentence-transformers' CPU backends behind a minimal FastAPI endpoint (benchmarks/peers)
 ST_PEERS = {"st-onnx": "onnx", "st-onnx-int8": "onnx-int8", "st-openvino": "openvino",
             "st-openvino-int8": "openvino-int8"}
-SYSTEMS = ["in-process", "server-single", "server-mixed", "server-base", *PEERS, *ST_PEERS]
+SYSTEMS = ["in-process", "server-single", "server-mixed", "server-base", "server-single-1w",
+           *PEERS, *ST_PEERS]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,10 +147,13 @@ def wait_ready(proc: subprocess.Popen, health: str, what: str, seconds: float = 
     raise SystemExit(f"{what} did not start in {seconds:.0f} s")
 
 
-def start_lastlayer(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+def start_lastlayer(args: argparse.Namespace, workers: int | None = None
+                    ) -> tuple[subprocess.Popen, str]:
+    """``lastlayer serve`` with the 4 adapters, at its default ``--workers`` or ``workers``."""
     port = free_port()
     cmd = [sys.executable, "-m", "lastlayer", "serve", "--model", args.model, "--port", str(port),
-           "--max-length", str(args.max_length), "--log-level", "warning"]
+           "--max-length", str(args.max_length), "--log-level", "warning",
+           *([] if workers is None else ["--workers", str(workers)])]
     for name in NAMES:
         cmd += ["--adapter", f"{name}={args.adapter}"]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -296,6 +302,7 @@ def ratios(rows: list[dict]) -> dict:
     for clients in sorted({r["clients"] for r in rows}):
         pairs = {"server_single_over_in_process": ("server-single", "in-process"),
                  "server_mixed_over_single": ("server-mixed", "server-single"),
+                 "server_single_over_one_worker": ("server-single", "server-single-1w"),
                  "server_base_over_peer_base": ("server-base", "peer-base"),
                  "server_single_over_peer_bf16": ("server-single", "peer-bf16"),
                  "server_single_over_peer_optimum": ("server-single", "peer-optimum"),
@@ -337,7 +344,13 @@ def main(argv: list[str] | None = None) -> int:
                 embedder.load(args.adapter, NAMES[0])
                 calls["in-process"] = lambda c, i: len(
                     embedder.encode(pick(c, i), adapter=NAMES[0], progress=False))
-            if any(s.startswith("server-") for s in args.systems):
+            if "server-single-1w" in args.systems:  # the baseline: one batch at a time
+                proc1, url1 = start_lastlayer(args, workers=1)
+                procs.append(proc1)
+                pids["server-single-1w"] = proc1.pid
+                calls["server-single-1w"] = lambda c, i: len(
+                    http.post(url1 + "/v1", c, NAMES[0], pick(c, i)))
+            if {"server-single", "server-mixed", "server-base"} & set(args.systems):
                 proc, url = start_lastlayer(args)
                 procs.append(proc)
                 calls["server-single"] = lambda c, i: len(

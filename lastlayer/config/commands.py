@@ -276,7 +276,8 @@ class ServeSettings:
         max_body_bytes: Largest request body (413 beyond).
         encode_batch_size: Texts per forward pass inside a batch.
         workers: Batches run at once, each in its own thread; on CPU each gets an equal
-            share of torch's threads (2 on 2 cores: 1.1x the texts/s of one batch on both).
+            share of torch's threads (2 on 2 cores: 1.07-1.19x the texts/s of one batch
+            on both; docs/serve.md).
         api_key: When set, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <key>``
             (401 otherwise); ``/health`` stays open but names no model.
         allow_adapter_updates: Enable ``POST /v1/adapters`` and ``DELETE /v1/adapters/x``.
@@ -354,6 +355,9 @@ class ServeOptions:
                                     "waits for more requests (default "
                                     f"{ServeSettings.batch_window_ms:g})")
     max_batch: int = option(ServeSettings.max_batch, help="most texts per batch")
+    workers: int = option(ServeSettings.workers, help="batches run at once, each on an "
+                          "equal share of the CPU threads (default "
+                          f"{ServeSettings.workers})")
     max_queue: int = option(ServeSettings.max_queue, help="most texts waiting; beyond it: 429 "
                             "with Retry-After")
     max_inputs: int = option(ServeSettings.max_inputs, help="most texts per request (413 "
@@ -382,7 +386,7 @@ class ServeOptions:
             raise ConfigError(f"--port must be 0..65535, got {self.port}; pass a free port "
                               "such as 8000 (0: any free port).")
         at_least(self, 1, "max_batch", "max_queue", "max_inputs", "max_body_bytes",
-                 "max_length")
+                 "max_length", "workers")
         at_least(self, 0, "batch_window_ms")
         try:
             hub_patterns(self.hub_adapters)

@@ -5,13 +5,14 @@ Requests arriving within ``batch_window_ms`` are gathered and run through one
 different adapters share the base's bottom blocks and the event loop never waits on the
 model. ``workers`` (2) batches run at once, each worker on its share of torch's CPU threads
 (on 2 cores: one each), so one batch's single-threaded steps (tokenizing, Python between
-kernels, pooling) overlap the other's kernels: 1.1x the texts/s of one batch at a time on
-both threads, at fewer CPU seconds per text (docs/serve.md, Batching). The window is only
+kernels, pooling) overlap the other's kernels: 1.07-1.19x the texts/s of one batch at a time
+on both threads, at fewer CPU seconds per text (docs/serve.md, Batching). The window is only
 for a request that finds a worker free: requests that queued while the workers were busy
-start the next batch as soon as one comes back, before that batch's answers are written. Each request is checked first (an adapter that is not loaded, routing without
-signatures), so a bad one fails alone without being encoded. Past ``max_queue`` texts a new
-request is refused with 429 (:class:`~lastlayer.inference.server.errors.QueueFullError`)
-before it is queued: an accepted request is always answered.
+start the next batch as soon as one comes back, before that batch's answers are written.
+Each request is checked first (an adapter that is not loaded, routing without signatures),
+so a bad one fails alone without being encoded. Past ``max_queue`` texts a new request is
+refused with 429 (:class:`~lastlayer.inference.server.errors.QueueFullError`) before it is
+queued: an accepted request is always answered.
 
 Each named-adapter request fetches its heads before it joins a batch: resident heads at
 once (on the event loop: a dictionary lookup), cold ones in a loader thread pool of their

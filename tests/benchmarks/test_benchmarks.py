@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 from helpers.data import write_jsonl
 
-from benchmarks import budget, choose_k, eval_smoke, findings, inference, memory, routing, serve
+from benchmarks import (
+    budget,
+    choose_k,
+    eval_smoke,
+    findings,
+    inference,
+    lora_update,
+    memory,
+    routing,
+    serve,
+)
 from benchmarks import speed as speed_script
 from benchmarks.bench import ROOT, protocol, results, runs, tables, workers
 from benchmarks.bench.measure import cpu_description, cpu_seconds, machine, peak_rss_mb, rss_mb
@@ -540,3 +550,17 @@ def test_budget_plan_takes_the_auto_k_and_runs_the_cheap_points_first(tmp_path):
     assert {(r.dataset, r.seed) for _, r in plan if r.pairs < budget.PAIRS} == {
         ("medical_abstracts", 42), ("medical_abstracts", 43)}
     assert not budget.plan({}, epochs)  # no k known: nothing to run
+
+
+def test_lora_update_times_four_equal_ways_and_writes_them(tmp_path):
+    """Every way gives the same output (the script checks), and each row has all four."""
+    out = tmp_path / "lora_update.json"
+    assert lora_update.main(["--rows", "4", "--adapters", "2", "3", "--tokens", "8",
+                             "--dim", "16", "--rank", "2", "--repeats", "2",
+                             "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["precision"], r["adapters"]) for r in result["rows"]] == [
+        ("bf16", 2), ("bf16", 3), ("fp32", 2), ("fp32", 3)]
+    for row in result["rows"]:
+        assert set(row["ms"]) == {"base", "bmm", "stacked", "segments"}
+        assert all(ms > 0 for ms in row["ms"].values())

@@ -15,13 +15,24 @@ last call using it returns: memory may pass the budget by the heads of running c
 
 Without a budget (``None``) nothing is ever evicted: every head stays resident, as an
 Embedder without ``adapter_memory`` keeps them.
+
+Freed heads' memory goes back to the operating system: glibc keeps large freed blocks in
+its heap for reuse (its mmap threshold rises to the largest block freed), so without
+``malloc_trim`` a server that drops and rebuilds heads keeps far more than the budget.
+The cache trims after an eviction, before the next build, at most every
+:data:`TRIM_EVERY_S` seconds (:func:`release_freed_memory`).
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
+import ctypes
+import ctypes.util
+import functools
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -35,8 +46,32 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
 
+TRIM_EVERY_S = 0.5
+"""Least seconds between two trims of the heap (each walks all of it, so under heavy
+eviction trimming at every build costs throughput; measured: docs/many-adapters.md)."""
+
 LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the load-latency histogram (``lastlayer_adapter_load_seconds``)."""
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where there is none (macOS, musl, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    return None
+
+
+def release_freed_memory() -> bool:
+    """Return the heap's free memory to the operating system (glibc ``malloc_trim(0)``);
+    False where the C library has no such call."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def parse_memory(value: int | str | None) -> int | None:
@@ -115,6 +150,7 @@ class HeadCache:
         self._latencies: collections.deque[float] = collections.deque(maxlen=4096)
         self._buckets = [0] * (len(LOAD_BUCKETS) + 1)  # the last: +Inf
         self._load_sum = 0.0
+        self._trimmed = -float("inf")  # when the heap was last trimmed
 
     # -----------------------------------------------------------------------------------
     # Heads.
@@ -169,7 +205,12 @@ class HeadCache:
                               f"whole adapter memory ({self.budget / 2**20:.1f} MiB): raise "
                               "adapter_memory.")
         with self._lock:
+            evicted = self.evictions
             self._evict_for(estimate)
+            evicted = self.evictions > evicted
+        if evicted and time.monotonic() - self._trimmed >= TRIM_EVERY_S:
+            self._trimmed = time.monotonic()  # before the new head is allocated: the
+            release_freed_memory()  # dropped ones' memory back first
         start = time.perf_counter()
         try:
             head, size = self._build(key)

@@ -170,3 +170,24 @@ def test_without_a_budget_everything_is_built_at_load_and_stays(saved_models, ar
     assert emb.adapters["l0"].merged and emb.resident_names() == {"l0", "f"}
     emb.encode(TEXTS[:4], ["l0", "f", None, "l0"])
     assert emb.stats()["evictions"] == 0 and emb.stats()["resident"] == 2
+
+
+def test_an_eviction_hands_the_freed_heads_back_to_the_os_at_most_every_trim_interval(
+        monkeypatch):
+    """glibc keeps freed heads in its heap: after an eviction, before the next build, the
+    cache calls malloc_trim (the real one, counted), and not again within TRIM_EVERY_S."""
+    from lastlayer.inference import residency
+
+    assert residency.release_freed_memory() is True  # glibc here: the call exists
+    calls = []
+    real = residency.release_freed_memory
+    monkeypatch.setattr(residency, "release_freed_memory", lambda: calls.append(1) or real())
+    monkeypatch.setattr(residency, "TRIM_EVERY_S", 3600.0)
+    cache = residency.HeadCache(100, build=lambda key: (f"head {key}", 60),
+                                estimate=lambda key: 60)
+    assert cache.get("a") == "head a" and not calls  # nothing evicted, nothing to trim
+    assert cache.get("b") == "head b" and calls == [1]  # a evicted: trimmed once
+    assert cache.get("a") == "head a" and calls == [1]  # b evicted within the interval
+    assert cache.evictions == 2
+    monkeypatch.setattr(residency, "TRIM_EVERY_S", 0.0)
+    assert cache.get("b") == "head b" and calls == [1, 1]

@@ -6,7 +6,8 @@ Usage (offline, a few seconds; timings only meaningful as ratios within one run)
 
 One linear of MiniLM's size (384 -> 384, 128 tokens per text) over ``--rows`` texts whose
 rows go to ``--adapters`` rank-8 adapters (sorted by adapter, as the engine orders them),
-timed four ways in the same process, interleaved:
+timed four ways in the same process, interleaved (each round runs every way once, the
+order rotating; medians over ``--repeats`` rounds):
 
 - ``base``: the base linear alone (what a single merged adapter costs);
 - ``bmm``: the base linear, then each row's update with two ``torch.bmm`` over per-row
@@ -23,7 +24,7 @@ matmul runs on bf16 matrix units, those memory passes cost as much as the matmul
 from __future__ import annotations
 
 import argparse
-import json
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 
 from benchmarks.bench import measure
+from benchmarks.bench.results import write_json
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -89,16 +91,20 @@ def variants(rows: int, adapters: int, tokens: int, dim: int, rank: int, dtype: 
             "segments": segments}
 
 
-def timed(call: Callable[[], torch.Tensor], repeats: int) -> float:
-    """Median milliseconds of ``call`` over ``repeats`` calls, after 3 warm-up calls."""
-    for _ in range(3):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
+def timed(ways: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each way over ``repeats`` interleaved rounds (the order
+    rotating), after 3 warm-up calls of each."""
+    for call in ways.values():
+        for _ in range(3):
+            call()
+    names = list(ways)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            ways[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                         got = ways[name]().float()
                         err = float((got - ref).abs().max() / ref.abs().max())
                         assert err < 0.02, f"{name} differs from bmm by {err:.3g}"
-                    ms = {name: timed(call, args.repeats) for name, call in ways.items()}
+                    ms = timed(ways, args.repeats)
                     row = {"precision": precision, "rows": rows, "adapters": adapters,
                            "ms": ms, "update_over_base": ms["bmm"] / ms["base"] - 1}
                     rows_out.append(row)
@@ -126,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {k: v for k, v in vars(args).items() if k != "out"},
               "rows": rows_out}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(Path(args.out), result)
     return 0
 
 

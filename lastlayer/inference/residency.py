@@ -59,7 +59,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, or None where there is none (macOS, musl, Windows)."""
     if not sys.platform.startswith("linux"):
         return None
-    with contextlib.suppress(OSError, AttributeError, TypeError):
+    with contextlib.suppress(OSError, AttributeError):
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     return None
 
@@ -205,12 +205,12 @@ class HeadCache:
                               f"whole adapter memory ({self.budget / 2**20:.1f} MiB): raise "
                               "adapter_memory.")
         with self._lock:
-            evicted = self.evictions
-            self._evict_for(estimate)
-            evicted = self.evictions > evicted
-        if evicted and time.monotonic() - self._trimmed >= TRIM_EVERY_S:
-            self._trimmed = time.monotonic()  # before the new head is allocated: the
-            release_freed_memory()  # dropped ones' memory back first
+            trim = (self._evict_for(estimate)
+                    and time.monotonic() - self._trimmed >= TRIM_EVERY_S)
+            if trim:
+                self._trimmed = time.monotonic()
+        if trim:  # before the new head is allocated: the dropped ones' memory back first
+            release_freed_memory()
         start = time.perf_counter()
         try:
             head, size = self._build(key)
@@ -232,18 +232,20 @@ class HeadCache:
             self._evict_for(0, keep=key)
         return head
 
-    def _evict_for(self, incoming: int, keep: Hashable = None) -> None:
-        """Drop least recently used heads (never ``keep``) until ``incoming`` more bytes fit.
-        Holds the lock."""
+    def _evict_for(self, incoming: int, keep: Hashable = None) -> bool:
+        """Drop least recently used heads (never ``keep``) until ``incoming`` more bytes fit;
+        whether any was dropped. Holds the lock."""
+        before = self.evictions
         if self.budget is None:
-            return
+            return False
         for key in list(self._resident):
             if self.used + incoming <= self.budget:
-                return
+                break
             if key == keep:
                 continue
             self.used -= self._resident.pop(key).size
             self.evictions += 1
+        return self.evictions > before
 
     def forget(self, key: Hashable) -> None:
         """Drop ``key``'s head (unloaded): not counted as an eviction."""

@@ -63,8 +63,9 @@ def routing_signature(encoder: Encoder, docs: list[str], recipe: Recipe,
     training documents (None when that is 0).
 
     The adapter leaves the blocks below L-k as they are, so their outputs are the base's:
-    this is one bottom-only pass over the sample (no top block, no backward), timed and
-    printed so its cost can be set against training time.
+    this is one bottom-only pass over the sample (no top block, no backward), in the run's
+    precision (its autocast), timed and printed so its cost can be set against training
+    time.
 
     Args:
         encoder: The encoder with the trained adapter attached.
@@ -75,10 +76,11 @@ def routing_signature(encoder: Encoder, docs: list[str], recipe: Recipe,
     if not recipe.train.routing_docs:
         return None
     start = time.perf_counter()
-    signature = signature_for_texts(
-        encoder, docs, recipe.adapter.top_k, recipe.train.routing_docs, recipe.seed,
-        recipe.eval.batch_size, progress=accelerator.is_local_main_process,
-    )
+    with accelerator.autocast():  # the bottom pass; pooling and k-means stay float32
+        signature = signature_for_texts(
+            encoder, docs, recipe.adapter.top_k, recipe.train.routing_docs, recipe.seed,
+            recipe.eval.batch_size, progress=accelerator.is_local_main_process,
+        )
     accelerator.print(
         f"Routing signature: {signature.num_documents} documents, "
         f"{len(signature.centroids)} centroids at block {signature.layer}, "

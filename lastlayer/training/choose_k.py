@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from lastlayer.config import ConfigError, EvalConfig, ObjectiveConfig, Recipe
 from lastlayer.core.encoder import Encoder, load_encoder
@@ -40,6 +39,7 @@ from lastlayer.evaluation.datasets import EvalSet, load_eval_set
 from lastlayer.evaluation.metrics import knn_accuracy
 from lastlayer.evaluation.probe import RULE as PROBE_RULE
 from lastlayer.evaluation.probe import layer_embeddings, recommend_top_k, rule_text
+from lastlayer.training.accelerator import make_accelerator
 from lastlayer.training.data import training_documents
 from lastlayer.training.pairs import DocumentStream, PairStream
 
@@ -120,14 +120,20 @@ def pair_retrieval(a: np.ndarray, b: np.ndarray, batch_size: int) -> float:
     Rows are cut into consecutive batches of ``batch_size`` (the last may be smaller; a
     batch of one is skipped: nothing to tell apart); in each, a row is right when its own
     partner is its most similar row of the other side. Both directions are averaged.
+
+    The similarities are numpy float32 products, on purpose: a raw LM's pooled states of
+    different texts have cosines within ~0.005 of each other in its middle layers, and a
+    torch matmul under a bf16 autocast (which a bf16 training run is inside) rounds them to
+    bf16's 2**-8 steps, ties most pairs and sinks those layers' scores (SmolLM2-135M's
+    layers 12-23: 0.10-0.48 instead of 0.55-0.61).
     """
     right = total = 0
     for start in range(0, len(a), batch_size):
         x, y = a[start:start + batch_size], b[start:start + batch_size]
         if len(x) < 2:
             continue
-        sim = torch.from_numpy(x) @ torch.from_numpy(y).T
-        own = torch.arange(len(x))
+        sim = np.asarray(x, np.float32) @ np.asarray(y, np.float32).T
+        own = np.arange(len(x))
         right += int((sim.argmax(1) == own).sum()) + int((sim.argmax(0) == own).sum())
         total += 2 * len(x)
     if total == 0:
@@ -233,10 +239,14 @@ def choose_top_k(encoder: Encoder, recipe: Recipe, docs: list[str],
 
 def choose_for_recipe(recipe: Recipe, progress: bool = True) -> KChoice:
     """What ``top_k: auto`` would choose for this recipe, without training (``lastlayer
-    choose-k``): the same held-out sample left out, the same documents, the same base."""
+    choose-k``): the same held-out sample left out, the same documents, the same base, in
+    the precision training would measure it in (``train.mixed_precision``)."""
     held_out = load_eval_set(recipe.eval, recipe.seed)
     docs = training_documents(recipe, held_out)
-    return choose_top_k(load_encoder(recipe.model), recipe, docs, held_out, progress)
+    accelerator = make_accelerator(recipe)
+    encoder = load_encoder(recipe.model, device=accelerator.device)
+    with accelerator.autocast():
+        return choose_top_k(encoder, recipe, docs, held_out, progress)
 
 
 def resolved(recipe: Recipe, choice: KChoice) -> Recipe:

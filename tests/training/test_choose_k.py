@@ -53,6 +53,56 @@ def test_pair_retrieval_counts_own_partner_in_each_batch():
         pair_retrieval(a[:1], a[:1], 2)
 
 
+def near_identical_pairs(n: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Unit pairs whose cosines all lie within ~3e-3 of each other (as a raw LM's pooled
+    middle-layer states do) but whose own partner is always the nearest row."""
+    rng = np.random.default_rng(0)
+    common = np.zeros(64, np.float32)
+    common[0] = 1.0  # one dominant direction, like a decoder's outlier dimensions
+    a = common + 0.005 * rng.standard_normal((n, 64)).astype(np.float32)
+    b = a + 0.0005 * rng.standard_normal((n, 64)).astype(np.float32)
+    return tuple(x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b))
+
+
+def test_pair_retrieval_stays_float32_inside_a_bf16_autocast():
+    """A bf16 training run chooses k inside its autocast; a torch matmul there would round
+    the similarities to bf16's 2**-8 steps and tie most pairs (the premise, checked)."""
+    import torch
+
+    a, b = near_identical_pairs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = (torch.from_numpy(a) @ torch.from_numpy(b).T).argmax(1)
+        inside = pair_retrieval(a, b, 16)
+    assert (rounded == torch.arange(16)).float().mean() < 0.5  # bf16 loses partners
+    assert inside == pair_retrieval(a, b, 16) == 1.0
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_choose_k_measures_in_the_precision_training_would(saved_models, corpus, tmp_path,
+                                                           monkeypatch, mixed_precision):
+    """``lastlayer choose-k`` runs the model under the recipe's ``train.mixed_precision``
+    autocast, as training's own choice does, so both choose the same k."""
+    import torch
+
+    import lastlayer.training.choose_k as choose_k
+
+    seen: list[bool] = []
+    real = choose_k.load_encoder
+
+    def spying_encoder(*args, **kwargs):
+        encoder = real(*args, **kwargs)
+        encoder.model.get_input_embeddings().register_forward_hook(
+            lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+        return encoder
+
+    monkeypatch.setattr(choose_k, "load_encoder", spying_encoder)
+    choice = choose_for_recipe(auto_recipe(saved_models["bert"], corpus, tmp_path / "o",
+                                           f"train.mixed_precision={mixed_precision}"),
+                               progress=False)
+    assert seen and set(seen) == {mixed_precision == "bf16"}
+    assert len(choice.curve) == 5
+
+
 def test_crop_pairs_are_seeded_distinct_documents_and_real_crops(corpus):
     docs = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
     a, b = crop_pairs(docs, load_recipe(None, ["data.train=x", "output_dir=y"]).objective,

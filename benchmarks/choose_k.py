@@ -9,6 +9,13 @@ sets, and, where the two picks differ, trains both ks to see what each choice ga
     python -m benchmarks.choose_k auto       # label-free curves and k     -> auto_k.json
     python -m benchmarks.choose_k train      # gains of the ks that differ (resumable)
     python -m benchmarks.choose_k report     # the agreement table (markdown)
+    python -m benchmarks.choose_k precision  # the label-free k in fp32 and in bf16 autocast
+
+``precision`` measures the label-free signal twice in one run, float32 and under the bf16
+autocast that a ``train.mixed_precision: bf16`` run (``auto`` on a CPU with AMX or
+AVX512-BF16) chooses k in: the same crops, the same rule; the two ks, the largest
+difference between the curves, and the seconds of each pass (float32 first, so bf16's
+first batches pay oneDNN's kernel compilation).
 
 Every stage is resumable: results go to ``benchmarks/results/choose_k.json`` (one entry
 per data set and stage), and a stage skips the data sets it already has.
@@ -40,6 +47,7 @@ import numpy as np
 
 from benchmarks import findings
 from benchmarks.bench import DATA_ROOT, RESULTS, ROOT, protocol, tables
+from benchmarks.bench.measure import cpu_description
 from benchmarks.bench.models import load_base
 from benchmarks.bench.protocol import BATCH, EVAL_SEED, STEPS, EvalData
 from benchmarks.bench.results import read_json, read_rows, write_json
@@ -178,6 +186,35 @@ def stage_auto(args: argparse.Namespace) -> None:
     run_stage(args, "auto", measure)
 
 
+def stage_precision(args: argparse.Namespace) -> None:
+    """The label-free signal in float32 and under a bf16 autocast, same crops, same run."""
+    import torch
+
+    from lastlayer.config import ObjectiveConfig
+    from lastlayer.training.choose_k import crop_pairs, crop_queries, pair_retrieval
+
+    def measure(encoder, dataset: str, data: EvalData) -> tuple[dict[str, Any], str]:
+        a, b = crop_pairs(data.train_docs, ObjectiveConfig(), EVAL_SEED, args.docs)
+        n, entry = len(a), {}
+        for name in ("fp32", "bf16"):
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
+                layers = layer_embeddings(encoder, a + b, 32, desc=f"crops {dataset} {name}")
+            seconds = time.perf_counter() - start
+            curve = [pair_retrieval(x[:n], x[n:], BATCH) for x in layers]
+            k, p = recommend_top_k(curve, crop_queries(n))
+            entry[name] = {"k": k, "p": p, "curve": curve, "seconds": round(seconds, 1)}
+        diff = max(abs(x - y) for x, y in zip(entry["fp32"]["curve"], entry["bf16"]["curve"],
+                                              strict=True))
+        entry.update(same_k=entry["fp32"]["k"] == entry["bf16"]["k"],
+                     max_abs_curve_diff=round(diff, 4), n_docs=n, cpu=cpu_description())
+        return entry, (f"{dataset}: fp32 k={entry['fp32']['k']} ({entry['fp32']['seconds']}s), "
+                       f"bf16 k={entry['bf16']['k']} ({entry['bf16']['seconds']}s), "
+                       f"max |curve diff| {diff:.3f}")
+
+    run_stage(args, "precision", measure)
+
+
 def findings_row(dataset: str, k: int) -> dict[str, Any] | None:
     """A finished findings run with this protocol (crop, full, lr 2e-4, seed 42, 40 x 32),
     cached rows first (the mode this benchmark trains in), else a fresh-view one."""
@@ -284,6 +321,14 @@ def report(args: argparse.Namespace) -> None:
     print(f"\nAgreement: {agree} of {len(rows)} data sets. Gains: 40 steps x 32 crop pairs, "
           "full unfreeze, seed 42 (95% paired-bootstrap CI; SciFact: nDCG@10, no CI); '–': "
           "not trained.")
+    precision = [[d, f"{e['fp32']['k']} ({e['fp32']['p']})", f"{e['bf16']['k']} ({e['bf16']['p']})",
+                  f"{e['max_abs_curve_diff']:.3f}", f"{e['fp32']['seconds']:.1f}",
+                  f"{e['bf16']['seconds']:.1f}"]
+                 for d in DATASETS if (e := results.get(d, {}).get("precision"))]
+    if precision:
+        print("\n" + tables.markdown(["data set", "fp32 k (p)", "bf16 autocast k (p)",
+                                      "largest curve difference", "fp32 (s)", "bf16 (s)"],
+                                     precision))
 
 
 def export(out: Path, stage: str, folder: Path | None) -> None:
@@ -298,7 +343,7 @@ def export(out: Path, stage: str, folder: Path | None) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.choose_k",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=("probe", "auto", "train", "report"))
+    parser.add_argument("stage", choices=("probe", "auto", "precision", "train", "report"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "choose_k",
@@ -314,8 +359,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    {"probe": stage_probe, "auto": stage_auto, "train": stage_train,
-     "report": report}[args.stage](args)
+    {"probe": stage_probe, "auto": stage_auto, "precision": stage_precision,
+     "train": stage_train, "report": report}[args.stage](args)
 
 
 if __name__ == "__main__":

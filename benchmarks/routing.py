@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench import DATA_ROOT, RESULTS, ROOT, models, tables
+from benchmarks import findings
+from benchmarks.bench import DATA_ROOT, RESULTS, ROOT, models, protocol, tables
 from benchmarks.bench.measure import cpu_description
 from benchmarks.bench.results import write_json
 from lastlayer.config import Recipe, load_recipe
@@ -71,8 +72,13 @@ def folder_of(domain: str) -> Path:
 
 
 def data_path(path: str | None, data_root: Path) -> str | None:
-    """A recipe's data path, resolved: ``../shared/data/X`` under ``data_root``, other
-    relative paths under the project root; Hub ids (``hf://``) as they are."""
+    """A recipe's data path, resolved: the Hub copy a shipped recipe names
+    (:data:`benchmarks.findings.HUB_SOURCES`) by the local copy under ``data_root`` that the
+    adapter was trained and measured on, ``../shared/data/X`` under ``data_root``, other
+    relative paths under the project root; other Hub ids (``hf://``) as they are."""
+    local = {hub: protocol.DATASETS[name] for name, (hub, _) in findings.HUB_SOURCES.items()}
+    if path in local:
+        return str(data_root / local[path])
     if path is None or path.startswith("hf://") or Path(path).is_absolute():
         return path
     prefix = "../shared/data/"

@@ -28,6 +28,7 @@ from benchmarks import (
     memory,
     routing,
     serve,
+    signature_precision,
 )
 from benchmarks import speed as speed_script
 from benchmarks.bench import ROOT, protocol, results, runs, tables, workers
@@ -36,7 +37,7 @@ from lastlayer.config import ModelConfig, load_recipe
 
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
 SCRIPTS = [budget, choose_k, eval_smoke, findings, inference, memory, routing, serve,
-           speed_script]
+           signature_precision, speed_script]
 
 
 @pytest.fixture(scope="module")
@@ -471,7 +472,8 @@ def test_inference_counts_private_bytes_and_judges_ratios():
 # ---------------------------------------------------------------------------- choose_k.py
 
 
-def test_choose_k_probe_auto_and_report_on_a_tiny_model(tiny_protocol, tmp_path, monkeypatch):
+def test_choose_k_probe_auto_and_report_on_a_tiny_model(tiny_protocol, tmp_path, monkeypatch,
+                                                        capsys):
     """benchmarks.choose_k: the labelled probe's k and the label-free k per data set,
     resumable, exported for other scripts, and the agreement table."""
     root = tiny_protocol
@@ -500,6 +502,17 @@ def test_choose_k_probe_auto_and_report_on_a_tiny_model(tiny_protocol, tmp_path,
     before = out.read_text()
     choose_k.main(["probe", *common])  # resumable: nothing is measured twice
     assert out.read_text() == before
+    # The same signal in float32 and under bf16 autocast, one run, one set of crops.
+    choose_k.main(["precision", *common, "--docs", "12"])
+    both = json.loads(out.read_text())["medical"]["precision"]
+    assert both["fp32"]["curve"] == pytest.approx(auto["curve"], abs=1e-12)
+    assert len(both["bf16"]["curve"]) == layers + 1 and both["n_docs"] == 12
+    assert both["same_k"] is (both["fp32"]["k"] == both["bf16"]["k"])
+    assert both["max_abs_curve_diff"] == pytest.approx(max(
+        abs(a - b) for a, b in zip(both["fp32"]["curve"], both["bf16"]["curve"], strict=True)),
+        abs=1e-4)
+    choose_k.main(["report", *common])
+    assert "bf16 autocast k (p)" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------- budget.py

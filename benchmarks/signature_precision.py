@@ -20,9 +20,10 @@ movie_reviews), in one run:
   start and calibration split) from the same float32 states.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.signature_precision \\
-        --data-root ../shared/data                          # ~4 min on 2 idle cores
+        --data-root DATA                              # ~7 min on 2 idle cores
 
-Results: ``benchmarks/results/signature_precision.json`` (``--out``), a table on stdout.
+``DATA`` holds the data sets (default ``$LASTLAYER_DATA``). Results:
+``benchmarks/results/signature_precision.json`` (``--out``), a table on stdout.
 """
 
 from __future__ import annotations

@@ -149,14 +149,27 @@ def confusion(truth: list[str], routed: list[str | None], rows: list[str],
     return table
 
 
+def correct_shares(table: dict[str, dict[str, int]]) -> dict[str, float]:
+    """The share of each set of a :func:`confusion` table routed right: to its own adapter,
+    or (sets from no adapter's domain) to the base."""
+    return {row: (c[row] if row in c else c[BASE]) / sum(c.values()) for row, c in table.items()}
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    """The texts routed: held-out and outside documents, their data root, batch and seed."""
+    parser.add_argument("--docs", type=int, default=150, help="held-out documents per domain")
+    parser.add_argument("--ood-docs", type=int, default=100, help="documents per outside set")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the held-out samples")
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The README tables from a result: the confusion matrix, then kNN per domain."""
     cols = [*DOMAINS, BASE]
-    confusion_rows = []
-    for row, counts in result["confusion"].items():
-        total = sum(counts.values())
-        right = counts[row] if row in counts else counts[BASE]
-        confusion_rows.append([row, *(counts[c] for c in cols), f"{right / total:.0%}"])
+    shares = correct_shares(result["confusion"])
+    confusion_rows = [[row, *(counts[c] for c in cols), f"{shares[row]:.0%}"]
+                      for row, counts in result["confusion"].items()]
     knn_rows = [[domain, f"{knn['base']:.3f}", f"{knn['oracle']:.3f}", f"{knn['routed']:.3f}",
                  *(f"{knn['under'][d]:.3f}" if d in knn["under"] else "–" for d in DOMAINS)]
                 for domain, knn in result["knn"].items()]
@@ -171,8 +184,7 @@ def markdown(result: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.routing",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--docs", type=int, default=150, help="held-out documents per domain")
-    parser.add_argument("--ood-docs", type=int, default=100, help="documents per outside set")
+    add_sample_arguments(parser)
     parser.add_argument("--regenerate", action="store_true",
                         help="first rewrite the shipped artifacts' routing signatures")
     parser.add_argument("--regenerate-only", action="store_true",
@@ -182,9 +194,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "--regenerate-only) has ended; the bottom passes run meanwhile")
     parser.add_argument("--signature-docs", type=int, default=300,
                         help="training documents per signature (with --regenerate)")
-    parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0, help="seeds the held-out samples")
     parser.add_argument("--out", type=Path, default=RESULTS / "routing.json")
     return parser.parse_args(argv)
 
@@ -285,8 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "regenerated": signatures_made,
         "confusion": table,
         "accuracy": {
-            "per_set": {r: (c[r] if r in c else c[BASE]) / sum(c.values())
-                        for r, c in table.items()},
+            "per_set": correct_shares(table),
             "in_domain_exact": float(np.mean([r == t for r, t, i in
                                               zip(routed, truth, in_domain, strict=True) if i])),
             "in_domain_medical_merged": float(np.mean([

@@ -40,14 +40,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench import DATA_ROOT, RESULTS, models, tables
+from benchmarks.bench import RESULTS, models, tables
 from benchmarks.bench.measure import cpu_description
 from benchmarks.bench.results import write_json
 from benchmarks.routing import (
     BASE,
     DOMAINS,
     OOD,
+    add_sample_arguments,
     confusion,
+    correct_shares,
     folder_of,
     held_out,
     ood_texts,
@@ -107,21 +109,10 @@ def bf16_copy(base: Encoder) -> Encoder:
     return dataclasses.replace(base, model=copy.deepcopy(base.model).to(torch.bfloat16))
 
 
-def per_set_accuracy(truth: list[str], routed: list[str | None]) -> dict[str, float]:
-    """The share of each set routed to its own adapter (outside sets: to the base)."""
-    table = confusion(truth, routed, [*DOMAINS, *OOD], [*DOMAINS, BASE])
-    return {row: round((c[row] if row in c else c[BASE]) / sum(c.values()), 4)
-            for row, c in table.items()}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.signature_precision",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--docs", type=int, default=150, help="held-out documents per domain")
-    parser.add_argument("--ood-docs", type=int, default=100, help="documents per outside set")
-    parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0, help="seeds the held-out samples")
+    add_sample_arguments(parser)
     parser.add_argument("--out", type=Path, default=RESULTS / "signature_precision.json")
     return parser.parse_args(argv)
 
@@ -151,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = {f"signature {s} / states {x}": {
         "agreement_with_fp32": round(float(np.mean([a == b for a, b in
                                                      zip(r, reference, strict=True)])), 4),
-        "accuracy": per_set_accuracy(truth, r),
+        "accuracy": {row: round(share, 4) for row, share in correct_shares(
+            confusion(truth, r, [*DOMAINS, *OOD], [*DOMAINS, BASE])).items()},
     } for (s, x), r in routed.items()}
     result = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

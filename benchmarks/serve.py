@@ -17,6 +17,9 @@ adapter artifact (default the shipped ``adapters/medical/minilm-l6_lora-top2_cro
 - ``server-base``: the same server, requests for the base model;
 - ``server-single-1w``: ``server-single`` on a second server started with ``--workers 1``
   (one batch at a time on all of torch's threads): the baseline of the two-worker default;
+- ``server-single-glibc``: ``server-single`` on a server started with
+  ``LASTLAYER_KEEP_FREED_MEMORY=0`` (glibc's heap defaults: freed activations returned to
+  the OS and faulted in again by the next batch): the baseline of the kept heap;
 - ``peer-base`` / ``peer-bf16`` / ``peer-optimum``: Infinity (``infinity-emb``, run from its
   own venv ``--infinity-venv``) serving the same base folder, truncating at the same token
   limit, in the configurations its docs offer on CPU: the torch engine in float32, the torch
@@ -54,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench import MEDICAL, ROOT, measure, models, tables
-from benchmarks.bench.measure import cpu_seconds, load_1min, run_clients, uptime
+from benchmarks.bench.measure import cpu_seconds, load_1min, minor_faults, run_clients, uptime
 from benchmarks.bench.results import write_json
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -69,7 +72,7 @@ PEERS = {"peer-base": ("torch", "float32"), "peer-bf16": ("torch", "bfloat16"),
 ST_PEERS = {"st-onnx": "onnx", "st-onnx-int8": "onnx-int8", "st-openvino": "openvino",
             "st-openvino-int8": "openvino-int8"}
 SYSTEMS = ["in-process", "server-single", "server-mixed", "server-base", "server-single-1w",
-           *PEERS, *ST_PEERS]
+           "server-single-glibc", *PEERS, *ST_PEERS]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,16 +150,17 @@ def wait_ready(proc: subprocess.Popen, health: str, what: str, seconds: float = 
     raise SystemExit(f"{what} did not start in {seconds:.0f} s")
 
 
-def start_lastlayer(args: argparse.Namespace, workers: int | None = None
-                    ) -> tuple[subprocess.Popen, str]:
-    """``lastlayer serve`` with the 4 adapters, at its default ``--workers`` or ``workers``."""
+def start_lastlayer(args: argparse.Namespace, workers: int | None = None,
+                    env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``lastlayer serve`` with the 4 adapters, at its default ``--workers`` or ``workers``,
+    with ``env`` added to its environment."""
     port = free_port()
     cmd = [sys.executable, "-m", "lastlayer", "serve", "--model", args.model, "--port", str(port),
            "--max-length", str(args.max_length), "--log-level", "warning",
            *([] if workers is None else ["--workers", str(workers)])]
     for name in NAMES:
         cmd += ["--adapter", f"{name}={args.adapter}"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, f"{url}/health", "lastlayer serve")
     return proc, url
@@ -287,6 +291,8 @@ def summarise(system: str, clients: int, runs: list[dict], texts: int) -> dict:
             # the embedding process's CPU: texts per CPU second is its cost, cores its share
             "texts_per_cpu_s": sum(r["texts"] for r in runs) / sum(r["cpu_s"] for r in runs),
             "cores_used": sum(r["cpu_s"] for r in runs) / sum(r["seconds"] for r in runs),
+            "minor_faults_per_text": sum(r["faults"] for r in runs)
+            / sum(r["texts"] for r in runs),
             "client_cores_used": sum(r["client_cpu_s"] for r in runs)
             / sum(r["seconds"] for r in runs),
             "idle_servers_cores_used": sum(r["idle_servers_cpu_s"] for r in runs)
@@ -303,6 +309,7 @@ def ratios(rows: list[dict]) -> dict:
         pairs = {"server_single_over_in_process": ("server-single", "in-process"),
                  "server_mixed_over_single": ("server-mixed", "server-single"),
                  "server_single_over_one_worker": ("server-single", "server-single-1w"),
+                 "server_single_over_glibc_heap": ("server-single", "server-single-glibc"),
                  "server_base_over_peer_base": ("server-base", "peer-base"),
                  "server_single_over_peer_bf16": ("server-single", "peer-bf16"),
                  "server_single_over_peer_optimum": ("server-single", "peer-optimum"),
@@ -316,9 +323,11 @@ def ratios(rows: list[dict]) -> dict:
 def format_table(rows: list[dict]) -> str:
     """The markdown table of docs/serve.md: speed, latency and CPU cost per system."""
     return tables.markdown(
-        ["system", "clients", "texts/s", "p50 ms", "p99 ms", "texts per CPU s", "cores used"],
+        ["system", "clients", "texts/s", "p50 ms", "p99 ms", "texts per CPU s", "cores used",
+         "page faults / text"],
         [[r["system"], r["clients"], f"{r['texts_per_s']:.1f}", f"{r['p50_ms']:.0f}",
-          f"{r['p99_ms']:.0f}", f"{r['texts_per_cpu_s']:.1f}", f"{r['cores_used']:.2f}"]
+          f"{r['p99_ms']:.0f}", f"{r['texts_per_cpu_s']:.1f}", f"{r['cores_used']:.2f}",
+          f"{r.get('minor_faults_per_text', 0):.0f}"]
          for r in rows])
 
 
@@ -350,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
                 pids["server-single-1w"] = proc1.pid
                 calls["server-single-1w"] = lambda c, i: len(
                     http.post(url1 + "/v1", c, NAMES[0], pick(c, i)))
+            if "server-single-glibc" in args.systems:  # the baseline of the kept heap
+                proc2, url2 = start_lastlayer(args, env={"LASTLAYER_KEEP_FREED_MEMORY": "0"})
+                procs.append(proc2)
+                pids["server-single-glibc"] = proc2.pid
+                calls["server-single-glibc"] = lambda c, i: len(
+                    http.post(url2 + "/v1", c, NAMES[0], pick(c, i)))
             if {"server-single", "server-mixed", "server-base"} & set(args.systems):
                 proc, url = start_lastlayer(args)
                 procs.append(proc)
@@ -389,11 +404,12 @@ def main(argv: list[str] | None = None) -> int:
                 for clients in args.clients:
                     for system in order:
                         before, pid = load_1min(), pids.get(system)
-                        cpu, own = cpu_seconds(pid), cpu_seconds()
+                        cpu, own, faults = cpu_seconds(pid), cpu_seconds(), minor_faults(pid)
                         idle = {q.pid: cpu_seconds(q.pid) for q in procs if q.pid != pid}
                         run = drive(clients, args.seconds, calls[system])
                         run["load"] = (before + load_1min()) / 2
                         run["cpu_s"] = cpu_seconds(pid) - cpu  # in-process: this process
+                        run["faults"] = minor_faults(pid) - faults
                         run["client_cpu_s"] = 0.0 if pid is None else cpu_seconds() - own
                         # the servers not under test should sit idle: what they used anyway
                         run["idle_servers_cpu_s"] = sum(cpu_seconds(q) - t

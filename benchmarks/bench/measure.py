@@ -79,6 +79,17 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def minor_faults(pid: int | None = None) -> int:
+    """Minor page faults so far of process ``pid`` (None: this one): fresh pages the kernel
+    handed out (and zeroed), every thread; 0 where ``/proc`` has no answer."""
+    if pid is None or pid == os.getpid():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[7])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def load_1min() -> float:
     """The 1-minute load average (above the core count: the machine is shared)."""
     return os.getloadavg()[0]

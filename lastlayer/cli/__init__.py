@@ -8,7 +8,9 @@ become the flags: :mod:`lastlayer.cli.flags`) and ``run(options) -> exit status`
 module builds the parser from them, dispatches, and turns user errors into exit status 2.
 
 The commands that load a model import torch when they run; ``--help``, ``validate``, ``ls``
-and ``env`` start at once.
+and ``env`` start at once. Before a command runs, the C allocator is set to keep freed
+memory for reuse (:func:`lastlayer.core.allocator.keep_freed_memory`: the process is the
+command's own; ``LASTLAYER_KEEP_FREED_MEMORY=0`` leaves it alone).
 Configuration and data errors exit with status 2 and a one-line message, not a traceback.
 """
 
@@ -23,6 +25,7 @@ from lastlayer.cli import choose_k, embed, env, export, ls, probe, push, serve, 
 from lastlayer.cli import eval as eval_
 from lastlayer.cli.flags import add_options, to_options
 from lastlayer.config import ConfigError
+from lastlayer.core.allocator import keep_freed_memory
 
 COMMANDS: dict[str, ModuleType] = {
     "train": train, "validate": validate, "ls": ls, "env": env, "eval": eval_,
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = validate.prepare_argv(argv)
     args = build_parser().parse_args(argv)
     module = COMMANDS[args.command]
+    keep_freed_memory()
     try:
         return module.run(to_options(module.Options, args))
     except Exception as err:

@@ -17,28 +17,26 @@ Without a budget (``None``) nothing is ever evicted: every head stays resident, 
 Embedder without ``adapter_memory`` keeps them.
 
 Freed heads' memory goes back to the operating system: glibc keeps large freed blocks in
-its heap for reuse (its mmap threshold rises to the largest block freed), so without
+its heap for reuse (its mmap threshold rises to the largest block freed, and
+:func:`lastlayer.core.allocator.keep_freed_memory` raises it further), so without
 ``malloc_trim`` a server that drops and rebuilds heads keeps far more than the budget.
 The cache trims after an eviction, before the next build, at most every
-:data:`TRIM_EVERY_S` seconds (:func:`release_freed_memory`).
+:data:`TRIM_EVERY_S` seconds (:func:`~lastlayer.core.allocator.release_freed_memory`).
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
-import contextlib
-import ctypes
-import ctypes.util
-import functools
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
+
+from lastlayer.core.allocator import release_freed_memory
 
 __all__ = ["LOAD_BUCKETS", "HeadCache", "head_bytes", "parse_memory", "storages"]
 
@@ -52,26 +50,6 @@ eviction trimming at every build costs throughput; measured: docs/many-adapters.
 
 LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the load-latency histogram (``lastlayer_adapter_load_seconds``)."""
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where there is none (macOS, musl, Windows)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    with contextlib.suppress(OSError, AttributeError):
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    return None
-
-
-def release_freed_memory() -> bool:
-    """Return the heap's free memory to the operating system (glibc ``malloc_trim(0)``);
-    False where the C library has no such call."""
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True
 
 
 def parse_memory(value: int | str | None) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import mmap
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import pytest
 from helpers.data import write_jsonl
 
 from benchmarks import (
+    allocator,
     budget,
     choose_k,
     eval_smoke,
@@ -32,12 +34,19 @@ from benchmarks import (
 )
 from benchmarks import speed as speed_script
 from benchmarks.bench import ROOT, protocol, results, runs, tables, workers
-from benchmarks.bench.measure import cpu_description, cpu_seconds, machine, peak_rss_mb, rss_mb
+from benchmarks.bench.measure import (
+    cpu_description,
+    cpu_seconds,
+    machine,
+    minor_faults,
+    peak_rss_mb,
+    rss_mb,
+)
 from lastlayer.config import ModelConfig, load_recipe
 
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
-SCRIPTS = [budget, choose_k, eval_smoke, findings, inference, memory, routing, serve,
-           signature_precision, speed_script]
+SCRIPTS = [allocator, budget, choose_k, eval_smoke, findings, inference, memory, routing,
+           serve, signature_precision, speed_script]
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +109,10 @@ def test_measuring_memory_cpu_and_the_machine():
     total = sum(i * i for i in range(300_000))  # burn a little CPU
     assert total > 0 and cpu_seconds() > before
     assert cpu_seconds(os.getppid()) >= 0  # another process's, from /proc
+    faults, fresh = minor_faults(), mmap.mmap(-1, 16 * 2**20)  # fresh pages, never touched
+    fresh.write(b"x" * len(fresh))  # every page faulted in
+    assert minor_faults() - faults > 1000
+    assert minor_faults(os.getppid()) > 0 and minor_faults(2**22 + 7) == 0  # none such
     assert cpu_description() in machine("9.9") and machine("9.9").endswith("torch 9.9")
 
 
@@ -577,3 +590,19 @@ def test_lora_update_times_four_equal_ways_and_writes_them(tmp_path):
     for row in result["rows"]:
         assert set(row["ms"]) == {"base", "bmm", "stacked", "segments"}
         assert all(ms > 0 for ms in row["ms"].values())
+
+
+@pytest.mark.slow
+def test_allocator_times_both_heap_settings_in_their_own_processes(tmp_path):
+    """Two workers per batch size (glibc's defaults, freed memory kept), each answering
+    every round, the kept one really applied, and the same vectors from both."""
+    out = tmp_path / "allocator.json"
+    assert allocator.main(["--models", "minilm", "--texts", "6", "--batch-sizes", "2", "6",
+                           "--rounds", "2", "--pause", "0", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["batch_size"] for r in rows] == [2, 6]
+    for row in rows:
+        assert row["applied"] is True and row["vectors_identical"] is True
+        for setting in allocator.SETTINGS:
+            assert len(row[setting]["seconds"]) == 2 and row[setting]["faults_per_call"] >= 0
+        assert row["speedup_median"] > 0

@@ -402,8 +402,9 @@ def test_benchmark_driver_counts_texts_and_latencies():
     run = bench.drive(3, 0.2, call)
     assert len(run["latencies"]) == len(seen) and set(seen) == {0, 1, 2}
     assert run["texts"] == 4 * len(seen) and 0.2 <= run["seconds"] < 1
-    run.update(load=1.0, cpu_s=0.5, client_cpu_s=0.1, idle_servers_cpu_s=0.0)
+    run.update(load=1.0, cpu_s=0.5, client_cpu_s=0.1, idle_servers_cpu_s=0.0, faults=40)
     row = bench.summarise("in-process", 3, [run, {**run, "texts": 0, "load": 3.0}], 4)
+    assert row["minor_faults_per_text"] == pytest.approx(80 / run["texts"])
     assert row["texts_per_s"] == pytest.approx(run["texts"] / (2 * run["seconds"]))
     assert row["texts_per_cpu_s"] == pytest.approx(run["texts"] / 1.0)
     assert row["cores_used"] == pytest.approx(0.5 / run["seconds"])
@@ -411,9 +412,10 @@ def test_benchmark_driver_counts_texts_and_latencies():
     assert 10 <= row["p50_ms"] <= row["p99_ms"]  # every request sleeps 10 ms
     rows = [{"system": s, "clients": 8, "texts_per_s": v} for s, v in
             [("in-process", 100), ("server-single", 90), ("server-mixed", 81),
-             ("server-base", 60), ("peer-base", 40)]]
+             ("server-base", 60), ("peer-base", 40), ("server-single-glibc", 75)]]
     assert bench.ratios(rows) == {"server_single_over_in_process@8": 0.9,
                                   "server_mixed_over_single@8": 0.9,
+                                  "server_single_over_glibc_heap@8": 1.2,
                                   "server_base_over_peer_base@8": 1.5}
 
 

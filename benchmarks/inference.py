@@ -114,6 +114,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only-mixes", action="store_true",
                         help="only the mixed-batch table (no PEFT, sentence-transformers, "
                         "all4 or memory rows)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: profile one encode of --texts texts through "
+                        "the first adapter, --batch-size at a time (torch.profiler, ops by "
+                        "self CPU time, and the tokenizer's share)")
+    parser.add_argument("--heap", choices=["kept", "default"], default="kept",
+                        help="kept: freed memory kept for reuse, as the lastlayer command and "
+                        "lastlayer.core.allocator.keep_freed_memory() set it (every system in "
+                        "this process alike); default: glibc's defaults")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -262,6 +270,41 @@ def median_switch_s(encoder, names: list[str], calls: int = 200) -> float:
 
 # ---------------------------------------------------------------------------------------
 # One base.
+
+
+def profile_model(key: str, args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
+    """Where one ``encode`` of ``texts`` spends its time: torch ops by self CPU time, and
+    the tokenizer alone (its call as the engine makes it), after three warm-up calls."""
+    from torch.profiler import profile
+
+    from lastlayer.inference import Embedder
+
+    spec = MODELS[key]
+    name, path = next(iter(spec["adapters"].items()))
+    embedder = Embedder(spec["model"], device="cpu")
+    embedder.load(path, name)
+    run = lambda: embedder.encode(texts, adapter=name, batch_size=args.batch_size,  # noqa: E731
+                                  progress=False)
+    for _ in range(3):
+        run()
+    seconds = statistics.median(timed(run)[0] for _ in range(5))
+    max_length = embedder.adapters[name].max_length
+    tokenize = statistics.median(timed(lambda: embedder.tokenizer(
+        texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"))[0]
+        for _ in range(5))
+    with profile() as prof:
+        run()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    ops = [{"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3,
+            "share": e.self_cpu_time_total / total} for e in events[:12]]
+    print(f"[{key}] encode {len(texts)} texts: {seconds * 1e3:.1f} ms (median of 5), "
+          f"tokenizing alone {tokenize * 1e3:.1f} ms")
+    print(tables.markdown(["op", "calls", "self ms", "share"],
+                          [[o["op"], o["calls"], f"{o['self_ms']:.1f}", f"{o['share']:.0%}"]
+                           for o in ops]))
+    return {"model": spec["model"], "adapter": name, "texts": len(texts),
+            "encode_s": seconds, "tokenize_s": tokenize, "ops": ops}
 
 
 def bench_model(key: str, args: argparse.Namespace, all_texts: list[str]) -> dict[str, Any]:
@@ -477,6 +520,9 @@ def format_table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    from lastlayer.core.allocator import keep_freed_memory
+
+    heap = "kept" if args.heap == "kept" and keep_freed_memory() else "glibc defaults"
     import torch
 
     torch.set_num_threads(args.threads)
@@ -485,14 +531,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     texts = read_texts(args.data, max_docs=max(args.texts, *args.sizes))
     results: dict[str, Any] = {"command": "python -m benchmarks.inference" + (
         " --quick" if args.quick else ""), "argv": argv if argv is not None else sys.argv[1:],
-        "machine_start": machine(args.threads), "models": {}}
+        "machine_start": machine(args.threads), "heap": heap, "models": {}}
     started = time.perf_counter()
     for key in args.models:
+        if args.profile:
+            results["models"][key] = profile_model(key, args, texts[: args.texts])
+            continue
         results["models"][key] = bench_model(key, args, texts)
         gc.collect()
     results["machine_end"] = machine(args.threads)
     results["wall_s"] = time.perf_counter() - started
-    print(format_table(results))
+    if not args.profile:
+        print(format_table(results))
     if args.out:
         write_json(Path(args.out), results)
     return results

@@ -59,6 +59,7 @@ import numpy as np
 from benchmarks.bench import MEDICAL, ROOT, measure, models, tables
 from benchmarks.bench.measure import cpu_seconds, load_1min, minor_faults, run_clients, uptime
 from benchmarks.bench.results import write_json
+from lastlayer.core import allocator
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_ADAPTER = ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"
@@ -93,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
     parser.add_argument("--infinity-venv", default=str(DEFAULT_INFINITY),
                         help="the peer's virtual environment (make infinity)")
+    parser.add_argument("--peer-heap", choices=["default", "kept"], default="default",
+                        help="the peers' C heap: glibc's defaults, or the thresholds lastlayer "
+                        "sets for itself (given through glibc's MALLOC_*_ variables)")
     parser.add_argument("--out", help="write the results as JSON here")
     return parser.parse_args(argv)
 
@@ -205,7 +209,8 @@ def start_infinity(args: argparse.Namespace, folder: Path, engine: str = "torch"
            "--engine", engine, "--dtype", dtype, "--device", "cpu", "--no-bettertransformer",
            "--batch-size", str(args.batch_size), "--host", "127.0.0.1", "--port", str(port),
            "--url-prefix", "/v1", "--log-level", "warning"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+    env = {**os.environ, **peer_heap(args), "HF_HUB_OFFLINE": "1",
+           "INFINITY_ANONYMOUS_USAGE_STATS": "0",
            "DO_NOT_TRACK": "1"}
     env.pop("PYTHONPATH", None)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, cwd=folder)
@@ -232,6 +237,16 @@ def export_onnx(args: argparse.Namespace, folder: Path) -> None:
         (folder / name).symlink_to(out / name)
 
 
+def peer_heap(args: argparse.Namespace) -> dict[str, str]:
+    """glibc's environment variables that give a peer lastlayer's kept heap
+    (``--peer-heap kept``: lastlayer.core.allocator's thresholds), or none (``default``)."""
+    if args.peer_heap == "default":
+        return {}
+    return {"MALLOC_MMAP_THRESHOLD_": str(allocator.MMAP_THRESHOLD),
+            "MALLOC_TRIM_THRESHOLD_": str(allocator.TRIM_THRESHOLD),
+            "MALLOC_TOP_PAD_": str(allocator.TOP_PAD)}
+
+
 def start_st_peer(args: argparse.Namespace, folder: Path,
                   backend: str) -> tuple[subprocess.Popen, str]:
     """sentence-transformers on ``backend`` behind benchmarks/peers/st_server.py, run with
@@ -241,7 +256,7 @@ def start_st_peer(args: argparse.Namespace, folder: Path,
     cmd = [str(exe), str(ROOT / "benchmarks" / "peers" / "st_server.py"), str(folder),
            "--backend", backend, "--port", str(port), "--max-length", str(args.max_length),
            "--batch-size", str(args.batch_size)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, **peer_heap(args), "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     wait_ready(proc, f"http://127.0.0.1:{port}/health", f"sentence-transformers {backend}",
@@ -431,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                      "texts_per_request": args.texts, "seconds": args.seconds,
                      "rounds": args.rounds, "max_length": args.max_length,
                      "server_batch_size": args.batch_size, "clients": args.clients,
+                     "peer_heap": args.peer_heap,
                      "peers": {name: f"infinity-emb 0.0.78, engine {e}, dtype {d}, CPU"
                                for name, (e, d) in PEERS.items() if name in systems}
                      | {name: f"sentence-transformers 3.4.1, backend {b}, CPU"

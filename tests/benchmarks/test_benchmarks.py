@@ -606,3 +606,15 @@ def test_allocator_times_both_heap_settings_in_their_own_processes(tmp_path):
         for setting in allocator.SETTINGS:
             assert len(row[setting]["seconds"]) == 2 and row[setting]["faults_per_call"] >= 0
         assert row["speedup_median"] > 0
+
+
+@pytest.mark.slow
+def test_inference_profile_names_where_an_encode_spends_its_time(tmp_path):
+    out = tmp_path / "profile.json"
+    result = inference.main(["--profile", "--models", "minilm", "--texts", "4",
+                             "--batch-size", "4", "--out", str(out)])
+    profile = result["models"]["minilm"]
+    assert profile["texts"] == 4 and 0 < profile["tokenize_s"] < profile["encode_s"]
+    ops = {o["op"] for o in profile["ops"]}
+    assert "aten::addmm" in ops and 0 < sum(o["share"] for o in profile["ops"]) <= 1.0001
+    assert json.loads(out.read_text())["heap"] in ("kept", "glibc defaults")

@@ -4,12 +4,12 @@ Not a test: it embeds thousands of documents (minutes on 2 CPU cores). Run it of
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.eval_smoke
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.eval_smoke --max-length 128 \\
-        --data ../shared/data/cranfield ../shared/data/ohsumed23/ohsumed23.jsonl.gz
+        --data $LASTLAYER_DATA/cranfield $LASTLAYER_DATA/ohsumed23/ohsumed23.jsonl.gz
 
 Prints one line per data set (metrics, wall time split into reading+embedding+scoring),
 the table of `format_table`, and the `--json` object that `lastlayer eval` would print.
 Reference: BEIR / MTEB report nDCG@10 = 0.645 for all-MiniLM-L6-v2 on SciFact (test
-qrels, max_seq_length 256); ../shared/data/README.md has TF-IDF baselines.
+qrels, max_seq_length 256); the data folder's README.md has TF-IDF baselines.
 """
 
 from __future__ import annotations

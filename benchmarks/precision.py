@@ -19,13 +19,17 @@ smallest cosine of a text's vector to its fp32 vector (target >= 0.999), and kNN
 of the difference (labelled sets; "within" when it holds 0). The medical set is embedded
 with the medical adapter, the others with the base.
 
-``--compile`` adds torch.compile (Inductor) on the model with length buckets (every batch
-padded to 32, 64 or 128 tokens, so each bucket compiles once): compile seconds per bucket
-and steady texts/s, eager vs compiled, fp32 and bf16.
+``--compile`` adds torch.compile (Inductor) two ways, fp32 and bf16, each against eager in
+interleaved rounds: the whole model with length buckets (every batch padded to 32, 64 or
+128 tokens, so each bucket compiles once: compile seconds per bucket, steady texts/s), and
+the way the ``Embedder`` could use it: each block of its base compiled with dynamic shapes
+(batches of any size and length, no padding; the engine runs blocks, not the whole model),
+``encode`` of the same texts against a second, eager ``Embedder`` (first-call seconds,
+texts/s, smallest cosine to eager).
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.precision --quick           # ~3 min
     HF_HUB_OFFLINE=1 .venv/bin/python -m benchmarks.precision --compile \\
-        --data-root ../shared/data                      # the full run, ~15 min on 2 cores
+        --data-root DATA                      # the full run, ~15 min on 2 cores
 
 Results: ``benchmarks/results/precision.json`` (``--out``), a markdown table on stdout.
 """
@@ -210,6 +214,38 @@ def compiled(texts: list[str], rounds: int) -> dict[str, dict[str, Any]]:
     return out
 
 
+def compiled_blocks(texts: list[str], rounds: int) -> dict[str, dict[str, Any]]:
+    """An Embedder whose base blocks are torch.compile'd (dynamic shapes) against an eager
+    one, same texts, interleaved rounds (fp32 and bf16)."""
+    from lastlayer.core.layers import find_layer_stack
+    from lastlayer.inference import Embedder
+
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        eager, fast = Embedder(MODEL, dtype=dtype), Embedder(MODEL, dtype=dtype)
+        blocks = fast.model.get_submodule(find_layer_stack(fast.model).prefix)
+        for i, block in enumerate(blocks):  # before the first call: the engine's views
+            blocks[i] = torch.compile(block, dynamic=True)  # hold the blocks they find
+        start = time.perf_counter()
+        fast.encode(texts, progress=False)
+        row: dict[str, Any] = {"first_call_s": time.perf_counter() - start}
+        eager.encode(texts, progress=False)
+        times: dict[str, list[float]] = {"eager": [], "compiled": []}
+        vectors = {}
+        for r in range(rounds):
+            for name, emb in ((("eager", eager), ("compiled", fast)) if r % 2 == 0
+                              else (("compiled", fast), ("eager", eager))):
+                start = time.perf_counter()
+                vectors[name] = emb.encode(texts, progress=False).vectors
+                times[name].append(time.perf_counter() - start)
+        per = {name: len(texts) / statistics.median(t) for name, t in times.items()}
+        row.update(eager_texts_per_s=per["eager"], compiled_texts_per_s=per["compiled"],
+                   speedup=per["compiled"] / per["eager"], min_cosine=float(np.min(
+                       (vectors["eager"] * vectors["compiled"]).sum(1))))
+        out[dtype] = row
+    return out
+
+
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"CPU: {result['machine']['cpu']}, {result['machine']['threads']} threads, "
              f"load {result['machine']['load_before']:.1f}", "",
@@ -230,6 +266,11 @@ def format_table(result: dict[str, Any]) -> str:
                      f"({row['eager_texts_per_s']:.0f} → {row['compiled_texts_per_s']:.0f} "
                      f"texts/s), compile s per bucket "
                      + ", ".join(f"{b}: {s:.1f}" for b, s in row["compile_s"].items()))
+    for dtype, row in result.get("compile_blocks", {}).items():
+        lines.append(f"\ntorch.compile per block, dynamic shapes, {dtype}: "
+                     f"{row['speedup']:.2f}× ({row['eager_texts_per_s']:.0f} → "
+                     f"{row['compiled_texts_per_s']:.0f} texts/s), first call "
+                     f"{row['first_call_s']:.1f} s, min cosine {row['min_cosine']:.5f}")
     return "\n".join(lines)
 
 
@@ -249,6 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["quality"] = {d: quality(embs, d, args.data_root, args.docs) for d in args.datasets}
     if args.compile:
         result["compile"] = compiled(medical[: args.texts], args.rounds)
+        result["compile_blocks"] = compiled_blocks(medical[: args.texts], args.rounds)
     result["machine"]["load_after"] = load_1min()
     write_json(args.out, result)
     print(format_table(result))

@@ -8,7 +8,9 @@ model. ``workers`` (2) batches run at once, each worker on its share of torch's 
 kernels, pooling) overlap the other's kernels: 1.07-1.19x the texts/s of one batch at a time
 on both threads, at fewer CPU seconds per text (docs/serve.md, Batching). The window is only
 for a request that finds a worker free: requests that queued while the workers were busy
-start the next batch as soon as one comes back, before that batch's answers are written.
+start the next batch as soon as one comes back, before that batch's answers are written,
+and with several workers a batch takes at most an equal share of the queue (never less than
+one forward pass), so the workers that come back next find work of their own.
 Each request is checked first (an adapter that is not loaded, routing without signatures),
 so a bad one fails alone without being encoded. Past ``max_queue`` texts a new request is
 refused with 429 (:class:`~lastlayer.inference.server.errors.QueueFullError`) before it is
@@ -195,8 +197,8 @@ class Batcher:
         _answer(jobs, results)
 
     def _take(self) -> list[_Job]:
-        """The oldest jobs, up to ``max_batch`` texts (at least one job)."""
-        limit = self.settings.max_batch
+        """The oldest jobs, up to :meth:`_limit` texts (at least one job)."""
+        limit = self._limit()
         jobs, size = [], 0
         while self._jobs and (not jobs or size + len(self._jobs[0].texts) <= limit):
             job = self._jobs.popleft()
@@ -206,6 +208,18 @@ class Batcher:
         self.metrics.queue.set(self._queued)
         self.metrics.batch.observe(size)
         return jobs
+
+    def _limit(self) -> int:
+        """The most texts the next batch takes: ``max_batch``; with several workers, no more
+        than an equal share of the queue per worker, and never less than one forward pass
+        (``encode_batch_size``). A worker that comes back while the others are busy would
+        otherwise take everything queued and leave them idle when they return, its batch
+        (and the latency of every request in it) twice as long as it needs to be."""
+        settings = self.settings
+        if settings.workers < 2:
+            return settings.max_batch
+        share = math.ceil(self._queued / settings.workers)
+        return min(settings.max_batch, max(settings.encode_batch_size, share))
 
     def _embed(self, jobs: list[_Job]) -> list[Any]:
         """Worker thread: the results of ``jobs``, in order (vectors and tokens, or an

@@ -30,10 +30,12 @@ class Held:
     """What the batcher uses of an Embedder, recording each encode call's texts; the first
     call waits in the worker until ``release`` is set (``entered`` says it is there)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: int = 1) -> None:
         self.calls: list[list[str]] = []
+        self.hold = hold  # the first ``hold`` calls wait; ``entered``: all of them are in
         self.entered = threading.Event()
         self.release = threading.Event()
+        self._lock = threading.Lock()
 
     @staticmethod
     def check_request(adapter, n) -> None:
@@ -44,9 +46,12 @@ class Held:
         return {}
 
     def encode(self, texts, adapter, batch_size, progress, heads=None) -> Embeddings:
-        self.calls.append(list(texts))
-        if len(self.calls) == 1:
-            self.entered.set()
+        with self._lock:
+            self.calls.append(list(texts))
+            count = len(self.calls)
+        if count <= self.hold:
+            if count == self.hold:
+                self.entered.set()
             assert self.release.wait(GUARD_S)
         vectors = np.array([[len(t), ord(t[0])] for t in texts], dtype=np.float32)
         return Embeddings(vectors, np.array([len(t) for t in texts]))
@@ -111,6 +116,51 @@ def test_two_workers_run_two_batches_at_once():
     assert held.calls == [["aa", "b"], ["ccc"]]
     np.testing.assert_array_equal(first[0], [[2, ord("a")], [1, ord("b")]])
     np.testing.assert_array_equal(second[0], [[3, ord("c")]])
+
+
+def test_with_two_workers_a_batch_takes_an_equal_share_of_the_queue():
+    """Both workers busy, 8 one-text requests queue. The worker that comes back first takes
+    half of them (not all 8, which would leave the other worker idle), the next an equal
+    share of what is left, never less than one forward pass (``encode_batch_size`` 2)."""
+    held = Held(hold=2)
+    settings = ServeSettings(batch_window_ms=0, max_batch=100, encode_batch_size=2)
+
+    async def run():
+        batcher = Batcher(held, settings, Metrics())
+        batcher.start()
+        try:
+            busy = [asyncio.ensure_future(batcher.submit(["a"], None))]
+            while not held.calls:  # the first worker holds "a"; then the second takes "b"
+                await asyncio.sleep(0.01)
+            busy.append(asyncio.ensure_future(batcher.submit(["b"], None)))
+            await _until(held.entered)  # both workers hold a batch
+            texts = [f"q{i}" for i in range(8)]
+            queued = [asyncio.ensure_future(batcher.submit([text], None)) for text in texts]
+            await asyncio.sleep(0)
+            held.release.set()
+            return await asyncio.wait_for(asyncio.gather(*busy, *queued), GUARD_S)
+        finally:
+            held.release.set()
+            await batcher.stop()
+
+    answers = asyncio.run(run())
+    sizes = [len(call) for call in held.calls]
+    assert sorted(held.calls[:2]) == [["a"], ["b"]] and sizes[2:] == [4, 2, 2]
+    assert [text for call in held.calls[2:] for text in call] == [f"q{i}" for i in range(8)]
+    for answer, text in zip(answers, ["a", "b", *(f"q{i}" for i in range(8))], strict=True):
+        np.testing.assert_array_equal(answer[0], [[len(text), ord(text[0])]])
+
+
+def test_one_worker_takes_everything_queued_up_to_max_batch():
+    held = Held()
+    batcher = Batcher(held, ServeSettings(max_batch=5, workers=1, encode_batch_size=2),
+                      Metrics())
+    batcher._queued = 40
+    assert batcher._limit() == 5
+    batcher.settings = ServeSettings(max_batch=5, workers=2, encode_batch_size=2)
+    assert batcher._limit() == 5  # the share (20) is capped by max_batch
+    batcher._queued = 3
+    assert batcher._limit() == 2  # never below one forward pass
 
 
 def test_stop_answers_the_running_batch_and_the_queue():

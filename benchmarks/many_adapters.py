@@ -293,7 +293,10 @@ def run_set(name: str, n: int, args: argparse.Namespace, work: Path) -> list[dic
     log = work / f"server-{name}-{n}.log"
     begin = time.perf_counter()
     proc, url = start_server(base, {}, ["--adapters", str(folder), "--adapter-memory",
-                                        args.budget, "--max-inputs", "64"], log)
+                                        args.budget, "--max-inputs", "64",
+                                        *([] if args.encode_batch_size is None else
+                                          ["--encode-batch-size", str(args.encode_batch_size)])],
+                             log)
     ready_s = time.perf_counter() - begin
     registered = re.search(r"Registered (\d+) adapters in ([\d.]+) s", log.read_text())
     start_rss = rss_mb(proc.pid)
@@ -374,6 +377,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20.0, help="per phase")
     parser.add_argument("--texts", type=int, default=4, help="texts per request")
     parser.add_argument("--budget", default="512MB", help="--adapter-memory of the server")
+    parser.add_argument("--encode-batch-size", type=int, default=None,
+                        help="--encode-batch-size of the server (texts per forward pass: the "
+                        "working memory of a batch; default: the server's)")
     parser.add_argument("--zipf-s", type=float, default=1.1)
     parser.add_argument("--distinct-full", type=int, default=50,
                         help="distinct weight files of the full kind (then hard links)")

@@ -89,8 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=128,
                         help="token limit of the base, for every system (the adapter's is 128)")
     parser.add_argument("--batch-size", type=int, default=64,
-                        help="texts per forward pass inside the servers (lastlayer serve's "
-                        "default; Infinity's --batch-size)")
+                        help="texts per forward pass inside the peers (Infinity's and the "
+                        "sentence-transformers endpoint's --batch-size; lastlayer serve's is "
+                        "--encode-batch-size)")
+    parser.add_argument("--encode-batch-size", type=int, default=None,
+                        help="lastlayer serve's --encode-batch-size (default: its own)")
     parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
     parser.add_argument("--infinity-venv", default=str(DEFAULT_INFINITY),
                         help="the peer's virtual environment (make infinity)")
@@ -161,7 +164,9 @@ def start_lastlayer(args: argparse.Namespace, workers: int | None = None,
     port = free_port()
     cmd = [sys.executable, "-m", "lastlayer", "serve", "--model", args.model, "--port", str(port),
            "--max-length", str(args.max_length), "--log-level", "warning",
-           *([] if workers is None else ["--workers", str(workers)])]
+           *([] if workers is None else ["--workers", str(workers)]),
+           *([] if args.encode_batch_size is None
+             else ["--encode-batch-size", str(args.encode_batch_size)])]
     for name in NAMES:
         cmd += ["--adapter", f"{name}={args.adapter}"]
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
@@ -447,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                      "rounds": args.rounds, "max_length": args.max_length,
                      "server_batch_size": args.batch_size, "clients": args.clients,
                      "peer_heap": args.peer_heap,
+                     "lastlayer_encode_batch_size": args.encode_batch_size,
                      "peers": {name: f"infinity-emb 0.0.78, engine {e}, dtype {d}, CPU"
                                for name, (e, d) in PEERS.items() if name in systems}
                      | {name: f"sentence-transformers 3.4.1, backend {b}, CPU"

@@ -157,6 +157,8 @@ CLI_CASES = [
          "--max-length must be >= 1"),
     Case("serve --workers 0", lambda c: c.serve("--workers", "0"),
          "--workers must be >= 1"),
+    Case("serve --encode-batch-size 0", lambda c: c.serve("--encode-batch-size", "0"),
+         "--encode-batch-size must be >= 1"),
     Case("serve --batch-window-ms -1", lambda c: c.serve("--batch-window-ms", "-1"),
          "--batch-window-ms must be >= 0"),
     Case("serve --max-inputs above --max-queue", lambda c: c.serve("--max-inputs", "10",

@@ -58,7 +58,8 @@ def run(args: Options) -> int:
     try:
         settings = ServeSettings(
             batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
-            workers=args.workers, max_queue=args.max_queue, max_inputs=args.max_inputs,
+            encode_batch_size=args.encode_batch_size, workers=args.workers,
+            max_queue=args.max_queue, max_inputs=args.max_inputs,
             max_body_bytes=args.max_body_bytes, api_key=api_key,
             allow_adapter_updates=args.allow_adapter_updates,
             adapters_dir=Path(args.adapters) if args.adapters else None, model_id=args.model_id,

@@ -89,6 +89,23 @@ def test_serve_defaults_are_the_servers():
             assert getattr(ServeOptions(model="m"), item.name) == item.default, item.name
 
 
+def test_serve_flags_reach_the_servers_settings(saved_models, monkeypatch, capsys):
+    """Every limit given on the command line is the one the server runs with."""
+    server = pytest.importorskip("lastlayer.inference.server")
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda embedder, settings, **kw: seen.update(
+        settings=settings, **kw))
+    from lastlayer.cli import main
+
+    assert main(["serve", "--model", str(saved_models["bert"]), "--encode-batch-size", "8",
+                 "--workers", "1", "--max-batch", "32", "--batch-window-ms", "2",
+                 "--port", "0"]) == 0
+    settings = seen["settings"]
+    assert (settings.encode_batch_size, settings.workers, settings.max_batch,
+            settings.batch_window_ms) == (8, 1, 32, 2.0)
+    assert seen["port"] == 0 and "Serving" in capsys.readouterr().out
+
+
 def test_generator_types_flags_groups_and_refusals():
     @dataclasses.dataclass(kw_only=True)
     class Options:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lastlayer.config.commands import ServeSettings
+from lastlayer.config.commands import CPU_ENCODE_BATCH, GPU_ENCODE_BATCH, ServeSettings
 from lastlayer.inference.embedder import AUTO, Embedder
 from lastlayer.inference.server.errors import APIError, QueueFullError, for_exception, server_error
 from lastlayer.inference.server.metrics import Metrics
@@ -69,6 +69,7 @@ class Batcher:
         self.embedder = embedder
         self.settings = settings
         self.metrics = metrics
+        self.encode_batch_size = encode_batch_size(settings, getattr(embedder, "device", None))
         self._jobs: collections.deque[_Job] = collections.deque()
         self._queued = 0
         self._wake: asyncio.Event | None = None
@@ -212,14 +213,14 @@ class Batcher:
     def _limit(self) -> int:
         """The most texts the next batch takes: ``max_batch``; with several workers, no more
         than an equal share of the queue per worker, and never less than one forward pass
-        (``encode_batch_size``). A worker that comes back while the others are busy would
+        (:attr:`encode_batch_size`). A worker that comes back while the others are busy would
         otherwise take everything queued and leave them idle when they return, its batch
         (and the latency of every request in it) twice as long as it needs to be."""
         settings = self.settings
         if settings.workers < 2:
             return settings.max_batch
         share = math.ceil(self._queued / settings.workers)
-        return min(settings.max_batch, max(settings.encode_batch_size, share))
+        return min(settings.max_batch, max(self.encode_batch_size, share))
 
     def _embed(self, jobs: list[_Job]) -> list[Any]:
         """Worker thread: the results of ``jobs``, in order (vectors and tokens, or an
@@ -267,7 +268,7 @@ class Batcher:
         adapter = AUTO if routed else [key for job in jobs for key in job.keys]
         heads = {name: head for job in jobs for name, head in job.heads.items()}
         result = self.embedder.encode(texts, adapter=adapter,
-                                      batch_size=self.settings.encode_batch_size,
+                                      batch_size=self.encode_batch_size,
                                       progress=False, heads=heads)
         tokens = result.tokens.tolist()
         outs, start = [], 0
@@ -276,6 +277,14 @@ class Batcher:
             outs.append((result.vectors[start:end], tokens[start:end]))
             start = end
         return outs
+
+
+def encode_batch_size(settings: ServeSettings, device: torch.device | None) -> int:
+    """Texts per forward pass: ``settings.encode_batch_size``, or by device where it is None
+    (16 on the CPU and for a stand-in embedder without a device, 64 on a GPU)."""
+    if settings.encode_batch_size is not None:
+        return settings.encode_batch_size
+    return GPU_ENCODE_BATCH if device is not None and device.type != "cpu" else CPU_ENCODE_BATCH
 
 
 def _own_threads(n: int) -> None:

@@ -74,3 +74,14 @@ def test_the_lastlayer_command_keeps_freed_memory_before_it_runs(monkeypatch, tm
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1) or True)
     assert cli.main(["ls", "--root", str(tmp_path)]) == 0
     assert calls == [1]
+
+
+def test_it_is_part_of_the_public_api_and_imports_no_torch():
+    import lastlayer
+
+    assert lastlayer.keep_freed_memory is allocator.keep_freed_memory
+    assert "keep_freed_memory" in lastlayer.__all__
+    out = subprocess.run([sys.executable, "-c", "import sys, lastlayer; "
+                          "print('torch' in sys.modules)"], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"

@@ -12,7 +12,7 @@ The public API (everything else is reachable through its sub-packages, see the R
   it back; the ``lastlayer`` command does it for itself, a program calls it once).
 
 Importing the package imports nothing heavy: ``train`` and ``Embedder`` load torch on
-first use.
+first use, and nothing of ``lastlayer.core`` loads before one of these three is asked for.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lastlayer.config import load_recipe
-from lastlayer.core.allocator import keep_freed_memory
 
 if TYPE_CHECKING:
+    from lastlayer.core.allocator import keep_freed_memory
     from lastlayer.inference import Embedder
     from lastlayer.training.run import run as train
 
@@ -41,4 +41,8 @@ def __getattr__(name: str) -> Any:
         from lastlayer.inference import Embedder
 
         return Embedder
+    if name == "keep_freed_memory":  # torch-free, but lastlayer.core loads only when asked
+        from lastlayer.core.allocator import keep_freed_memory
+
+        return keep_freed_memory
     raise AttributeError(f"module 'lastlayer' has no attribute {name!r}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 from benchmarks.bench import MEDICAL, ROOT, measure, tables
 from benchmarks.bench.results import write_json
-from benchmarks.bench.workers import RESULT_MARK, worker_command
+from benchmarks.bench.workers import RESULT_MARK, worker_command, worker_env
 
 SETTINGS = ("glibc-default", "kept")
 MODELS = {
@@ -68,8 +67,6 @@ def worker(spec: dict[str, Any]) -> None:
     from lastlayer.core.allocator import keep_freed_memory
 
     applied = keep_freed_memory() if spec["setting"] == "kept" else False
-    import resource
-
     import numpy as np
     import torch
 
@@ -92,23 +89,21 @@ def worker(spec: dict[str, Any]) -> None:
             np.save(request[5:], vectors)
             print(RESULT_MARK + json.dumps({"saved": True}), flush=True)
             continue
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        start = time.perf_counter()
+        faults, start = measure.minor_faults(), time.perf_counter()
         vectors = emb.encode(texts, adapter="domain", batch_size=int(request)).vectors
         seconds = time.perf_counter() - start
         print(RESULT_MARK + json.dumps({
-            "seconds": seconds, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            - faults, "peak_rss_mb": measure.peak_rss_mb()}), flush=True)
+            "seconds": seconds, "faults": measure.minor_faults() - faults,
+            "peak_rss_mb": measure.peak_rss_mb()}), flush=True)
 
 
 class Worker:
     """One worker process, asked one line at a time."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                   TQDM_DISABLE="1")
-        self.proc = subprocess.Popen(worker_command("allocator", spec), cwd=ROOT, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(worker_command("allocator", spec), cwd=ROOT,
+                                     env=worker_env(), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
         self.hello = self._answer()
 
     def ask(self, request: str) -> dict[str, Any]:

@@ -72,8 +72,13 @@ PEERS = {"peer-base": ("torch", "float32"), "peer-bf16": ("torch", "bfloat16"),
 # sentence-transformers' CPU backends behind a minimal FastAPI endpoint (benchmarks/peers)
 ST_PEERS = {"st-onnx": "onnx", "st-onnx-int8": "onnx-int8", "st-openvino": "openvino",
             "st-openvino-int8": "openvino-int8"}
-SYSTEMS = ["in-process", "server-single", "server-mixed", "server-base", "server-single-1w",
-           "server-single-glibc", *PEERS, *ST_PEERS]
+# server-single on a server of its own, started otherwise: one batch at a time (the
+# baseline of the two workers), glibc's heap defaults (the baseline of the kept heap)
+BASELINE_SERVERS: dict[str, dict] = {
+    "server-single-1w": {"workers": 1},
+    "server-single-glibc": {"env": {"LASTLAYER_KEEP_FREED_MEMORY": "0"}}}
+SYSTEMS = ["in-process", "server-single", "server-mixed", "server-base", *BASELINE_SERVERS,
+           *PEERS, *ST_PEERS]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -347,7 +352,7 @@ def format_table(rows: list[dict]) -> str:
          "page faults / text"],
         [[r["system"], r["clients"], f"{r['texts_per_s']:.1f}", f"{r['p50_ms']:.0f}",
           f"{r['p99_ms']:.0f}", f"{r['texts_per_cpu_s']:.1f}", f"{r['cores_used']:.2f}",
-          f"{r.get('minor_faults_per_text', 0):.0f}"]
+          f"{r['minor_faults_per_text']:.0f}"]
          for r in rows])
 
 
@@ -373,18 +378,14 @@ def main(argv: list[str] | None = None) -> int:
                 embedder.load(args.adapter, NAMES[0])
                 calls["in-process"] = lambda c, i: len(
                     embedder.encode(pick(c, i), adapter=NAMES[0], progress=False))
-            if "server-single-1w" in args.systems:  # the baseline: one batch at a time
-                proc1, url1 = start_lastlayer(args, workers=1)
-                procs.append(proc1)
-                pids["server-single-1w"] = proc1.pid
-                calls["server-single-1w"] = lambda c, i: len(
-                    http.post(url1 + "/v1", c, NAMES[0], pick(c, i)))
-            if "server-single-glibc" in args.systems:  # the baseline of the kept heap
-                proc2, url2 = start_lastlayer(args, env={"LASTLAYER_KEEP_FREED_MEMORY": "0"})
-                procs.append(proc2)
-                pids["server-single-glibc"] = proc2.pid
-                calls["server-single-glibc"] = lambda c, i: len(
-                    http.post(url2 + "/v1", c, NAMES[0], pick(c, i)))
+            for system, how in BASELINE_SERVERS.items():  # each its own server
+                if system not in args.systems:
+                    continue
+                proc_b, url_b = start_lastlayer(args, **how)
+                procs.append(proc_b)
+                pids[system] = proc_b.pid
+                calls[system] = (lambda u: lambda c, i: len(
+                    http.post(u + "/v1", c, NAMES[0], pick(c, i))))(url_b)
             if {"server-single", "server-mixed", "server-base"} & set(args.systems):
                 proc, url = start_lastlayer(args)
                 procs.append(proc)

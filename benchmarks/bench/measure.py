@@ -75,7 +75,7 @@ def cpu_seconds(pid: int | None = None) -> float:
     if pid is None or pid == os.getpid():
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    fields = _proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -85,9 +85,15 @@ def minor_faults(pid: int | None = None) -> int:
     if pid is None or pid == os.getpid():
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[7])
+        return int(_proc_stat(pid)[7])
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (from the state on: field 3
+    of proc(5) is index 0 here)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
 
 
 def load_1min() -> float:

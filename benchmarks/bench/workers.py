@@ -28,16 +28,20 @@ def worker_command(script: str, spec: dict[str, Any]) -> list[str]:
     return [sys.executable, "-m", f"benchmarks.{script}", "--worker", json.dumps(spec)]
 
 
+def worker_env() -> dict[str, str]:
+    """A worker's environment: this one, offline, without tokenizer threads or bars."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                TQDM_DISABLE="1")
+
+
 def run_worker(spec: dict[str, Any], timeout_s: float | None = None, script: str = "speed",
                mark: str = RESULT_MARK) -> dict[str, Any]:
     """Run ``benchmarks.<script>``'s worker on ``spec`` in a fresh process (from the
     repository root, offline) and return the JSON it prints after ``mark``, or
     ``{"error": ...}``."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               TQDM_DISABLE="1")
     try:
         proc = subprocess.run(worker_command(script, spec), capture_output=True, text=True,
-                              env=env, timeout=timeout_s, cwd=ROOT)
+                              env=worker_env(), timeout=timeout_s, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s} s"}
     for line in reversed(proc.stdout.splitlines()):

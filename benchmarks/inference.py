@@ -156,10 +156,15 @@ def private_bytes(module, base) -> int:
     return total
 
 
-def head_module(embedder, name: str):
-    """The module running adapter ``name``'s private blocks in ``embedder`` (the Embedder
-    has no public accessor for its heads; its registry maps a name to the head)."""
-    return embedder.resident([name])[name].module
+def head_bytes(embedder, name: str) -> int:
+    """Bytes adapter ``name``'s head owns in ``embedder`` (its private blocks, a LoRA
+    adapter's factors and their packed copy), as the memory budget counts them."""
+    from lastlayer.inference.residency import head_bytes as owned, storages
+
+    model = embedder.model
+    shared = frozenset(storages([*model.parameters(), *model.buffers()]))
+    itemsize = next(model.parameters()).element_size()
+    return owned(embedder.resident([name])[name], shared, itemsize)
 
 
 def timed(fn) -> tuple[float, Any]:
@@ -328,7 +333,7 @@ def bench_model(key: str, args: argparse.Namespace, all_texts: list[str]) -> dic
     for name, path in adapters.items():
         seconds, (_, rss) = timed(lambda n=name, p=path: embedder.load(p, n))
         per[name] = {"load_s": seconds, "rss_mb": rss,
-                     "private_bytes": private_bytes(head_module(embedder, name), embedder.model)}
+                     "private_bytes": head_bytes(embedder, name)}
     memory["lastlayer_lora_merged"] = _summary(per)
     if args.only_mixes:
         result["memory"] = memory
@@ -336,13 +341,13 @@ def bench_model(key: str, args: argparse.Namespace, all_texts: list[str]) -> dic
     seconds, (_, rss) = timed(lambda: embedder.load(adapters[names[0]], "unmerged", merge=False))
     memory["lastlayer_lora_unmerged"] = {
         "load_s": seconds, "rss_mb": rss,
-        "private_bytes": private_bytes(head_module(embedder, "unmerged"), embedder.model)}
+        "private_bytes": head_bytes(embedder, "unmerged")}
     full = args.full_adapter if key == "smollm2" else None
     if full:
         seconds, (_, rss) = timed(lambda: embedder.load(full, "full"))
         memory["lastlayer_full"] = {
             "load_s": seconds, "rss_mb": rss, "path": str(full),
-            "private_bytes": private_bytes(head_module(embedder, "full"), embedder.model)}
+            "private_bytes": head_bytes(embedder, "full")}
     print(f"[{key}] loading PEFT ...", flush=True)
     encoder, peft_loads, peft_bytes = peft_model(spec["model"], adapters, settings)
     memory["peft_lora"] = {"load_s": statistics.median(peft_loads.values()),

@@ -47,8 +47,8 @@ from torch import Tensor, nn
 
 from lastlayer.artifact import ArtifactMeta
 from lastlayer.core.encoder import Encoder, longest_first_batches, mean_pool
-from lastlayer.core.grouped import GroupedLora
-from lastlayer.core.heads import Head, build_head, pooled
+from lastlayer.core.grouped import GroupedLora, read_factors
+from lastlayer.core.heads import Head, build_head, compact_head, pooled
 from lastlayer.core.layers import find_layer_stack
 from lastlayer.core.progress import progress as progress_bar
 from lastlayer.core.split import BottomRunner, MiddleRunner, TopKHead
@@ -132,7 +132,7 @@ class Engine:
         self._views: dict[tuple, nn.Module] = {}
         self.grouped = True
         """Run plain LoRA adapters of one shape in one pass (:func:`groups`); False: every
-        head on its own blocks (the same vectors to float rounding; for measuring)."""
+        head alone (the same vectors to float rounding; for measuring)."""
         self._views_lock = threading.Lock()
 
     @property
@@ -148,6 +148,15 @@ class Engine:
     def build_head(self, folder: str | Path, meta: ArtifactMeta, merge: bool) -> Head:
         """:func:`build_head` on this engine's base."""
         return build_head(self.model, folder, meta, merge)
+
+    def compact_head(self, folder: str | Path, meta: ArtifactMeta) -> Head | None:
+        """The unmerged head of a plain LoRA artifact as its factors alone, on this
+        engine's grouped view of the base's top-k blocks (:func:`compact_head`); None
+        where the adapter is more than plain LoRA (then :meth:`build_head`)."""
+        factors = read_factors(self.model, folder, meta.top_k) if meta.kind == "lora" else None
+        if factors is None:
+            return None
+        return compact_head(self.view("grouped", *factors.shape), factors, meta)
 
     # -----------------------------------------------------------------------------------
     # Entry points.

@@ -195,12 +195,19 @@ class _Call:
             if last:
                 del self.shared[s]
         else:  # the set's first linear (or a call whose inputs differ: its own product)
-            low = torch.bmm(x, self.a[s].to(x.dtype))
+            a = self.a[s].to(x.dtype)
+            low = torch.bmm(x, a) if a.dim() == 3 else x @ a
             if cols is not None and not last:
                 self.shared[s] = (x, low)
         if cols is not None:
             low = low[..., cols]
         low, b = low.to(out.dtype), self.b[name].to(out.dtype)
+        if b.dim() == 2:  # one adapter for every row: plain matmuls over all the tokens
+            flat, low = out.view(-1, out.shape[-1]), low.reshape(-1, low.shape[-1])
+            if torch.is_grad_enabled():
+                return torch.addmm(flat, low, b).view(out.shape)
+            flat.addmm_(low, b)
+            return out
         if torch.is_grad_enabled():
             return torch.baddbmm(out, low, b)
         # in place: a new (B, T, out) tensor for the sum costs as much as both products
@@ -269,10 +276,15 @@ class GroupedLora(nn.Module):
     def rows(self, members: Sequence[LoraFactors | None], which: Tensor | Sequence[int],
              layout: Layout, device: torch.device) -> list[Tensor]:
         """Per piece of ``layout``, the rows' factors: ``(B, in, n·r)`` for each input set,
-        then ``(B, r, out)`` for each linear, views into one buffer built by one ``cat``."""
+        then ``(B, r, out)`` for each linear, views into one buffer built by one ``cat``;
+        with a single member, its own pieces as ``(in, n·r)`` and ``(r, out)`` matrices
+        (every row the same adapter: no per-row copies, plain matmuls)."""
         ref = next(m for m in members if m is not None)
         dims = {name: (a.shape[0], b.shape[1]) for name, (a, b) in ref.factors.items()}
         packs = [self.pieces(m, layout, dims, device) for m in members]
+        if len(packs) == 1:
+            return [piece.view(shape) for piece, shape in
+                    zip(packs[0], layout.shapes(dims), strict=True)]
         rows = which.tolist() if isinstance(which, Tensor) else list(which)
         flat = torch.cat([packs[g][p] for p in range(len(packs[0])) for g in rows])
         views, offset = [], 0
@@ -298,6 +310,28 @@ class GroupedLora(nn.Module):
             else:
                 self._packed[factors] = (layout, made)
         return made
+
+
+class OneLora(nn.Module):
+    """One plain LoRA adapter on the base's own top-k blocks: a :class:`GroupedLora` pass
+    whose every row is that adapter's (plain matmuls, no per-row copies).
+
+    This is how an unmerged LoRA head runs in the inference engine: it owns nothing but
+    its factors (a few hundred KB), shares the grouped view's blocks with every other
+    adapter of its shape, and is built by reading one safetensors file, ~20x faster than
+    wrapping copies of the blocks in PEFT's LoRA layers (docs/many-adapters.md).
+    """
+
+    def __init__(self, grouped: GroupedLora, factors: LoraFactors) -> None:
+        super().__init__()
+        if factors.shape != (grouped.head.k, grouped.names):
+            raise ValueError(f"factors of shape {factors.shape} on a grouped view of "
+                             f"{(grouped.head.k, grouped.names)}")
+        self.grouped, self.factors = grouped, factors
+
+    def forward(self, states: Tensor, mask: Tensor) -> Tensor:
+        """Block L−k's inputs ``(B, T, d)`` + mask -> last states under the adapter."""
+        return self.grouped(states, mask, [self.factors], ())
 
 
 def input_sets(seen: Sequence[tuple[str, Tensor]], names: Sequence[str]) -> Sets:

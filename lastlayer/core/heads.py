@@ -1,11 +1,13 @@
 """An adapter's head: its top-k blocks, run from block L−k's inputs, pooled as it was trained.
 
 A :class:`Head` is what the inference engine (:mod:`lastlayer.core.engine`) runs for an
-adapter. There are three ways to get one, and each gives the same object type:
+adapter. There are four ways to get one, and each gives the same object type:
 
 - :func:`build_head`: from a saved artifact, on private copies of the base's blocks (the
   adapter's kind builds them, :mod:`lastlayer.core.kinds`); what ``eval``, ``probe``,
   ``export``, ``embed``, ``serve`` and the ``Embedder`` run;
+- :func:`compact_head`: a plain LoRA artifact's factors alone, run on the base's own
+  blocks (no copies, no PEFT layers): how the ``Embedder`` keeps LoRA heads unmerged;
 - :func:`trained_head`: from a model the adapter is still attached to for training
   (training's own trainable copy); what training measures ``eval.json`` with, so its
   numbers come from the head the ``Embedder`` would run, on the same blocks it saves;
@@ -30,7 +32,7 @@ from torch import Tensor, nn
 
 from lastlayer.artifact import ArtifactMeta
 from lastlayer.core.encoder import POOLINGS, Encoder
-from lastlayer.core.grouped import LoraFactors, read_factors
+from lastlayer.core.grouped import GroupedLora, LoraFactors, OneLora, read_factors
 from lastlayer.core.kinds import kind_named
 from lastlayer.core.kinds.common import top_blocks
 from lastlayer.core.split import BottomRunner, TopKHead
@@ -48,8 +50,11 @@ class Head:
     """An adapter as the engine runs it: its private top-k blocks and how it embeds.
 
     Attributes:
-        module: Runs the private blocks over the base's masks, positions and final norm.
-        blocks: The private blocks L−k … L−1 (the adapter applied to copies of the base's).
+        module: Runs the private blocks over the base's masks, positions and final norm
+            (a :class:`TopKHead`), or a compact LoRA head's factors on the base's own
+            blocks (a :class:`~lastlayer.core.grouped.OneLora`).
+        blocks: The private blocks L−k … L−1 (the adapter applied to copies of the
+            base's); none for a compact head.
         top_k: k.
         pooling, normalize, max_length: The adapter's own embedding settings.
         merged: Plain blocks (merged LoRA, the full kind's trained copies) rather than
@@ -59,7 +64,7 @@ class Head:
             (:mod:`lastlayer.core.grouped`); None: it always runs its own blocks.
     """
 
-    module: TopKHead
+    module: nn.Module
     blocks: tuple[nn.Module, ...]
     top_k: int
     pooling: str
@@ -94,6 +99,15 @@ def build_head(base: nn.Module, folder: str | Path, meta: ArtifactMeta, merge: b
     lora = read_factors(base, folder, meta.top_k) if meta.kind == "lora" else None
     return _head(base, blocks, emb.pooling, emb.normalize, emb.max_length,
                  merge or kind.always_merged, lora)
+
+
+def compact_head(grouped: GroupedLora, factors: LoraFactors, meta: ArtifactMeta) -> Head:
+    """An unmerged plain LoRA head that owns only its ``factors`` (from
+    :func:`~lastlayer.core.grouped.read_factors`): it runs them on ``grouped``, the engine's
+    view of the base's top-k blocks for adapters of their shape (:class:`OneLora`)."""
+    emb = meta.embedding
+    return Head(OneLora(grouped, factors), (), factors.top_k, emb.pooling, emb.normalize,
+                emb.max_length, merged=False, lora=factors)
 
 
 def trained_head(encoder: Encoder, kind: str, top_k: int) -> Head:

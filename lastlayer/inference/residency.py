@@ -7,8 +7,8 @@ An :class:`~lastlayer.inference.Embedder` with ``adapter_memory`` *registers* ad
 it meanwhile waits for that one build (a hundred concurrent first requests load it once),
 and when the heads' bytes would pass the budget the least recently used heads are dropped.
 A head's bytes are counted from its tensors (:func:`head_bytes`): a merged LoRA or full
-head owns k blocks of weights, an unmerged LoRA head only its LoRA matrices (its linear
-layers share the base's weights).
+head owns k blocks of weights, an unmerged LoRA head only its LoRA matrices (it runs on
+the base's own blocks).
 
 A call that is running keeps the heads it fetched, so an evicted head is freed when the
 last call using it returns: memory may pass the budget by the heads of running calls.
@@ -38,7 +38,7 @@ from typing import Any
 
 from lastlayer.core.allocator import release_freed_memory
 
-__all__ = ["LOAD_BUCKETS", "HeadCache", "head_bytes", "parse_memory", "storages"]
+__all__ = ["LOAD_BUCKETS", "HeadCache", "blocks_bytes", "head_bytes", "parse_memory", "storages"]
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -87,11 +87,20 @@ def storages(tensors) -> dict[int, int]:
     return found
 
 
-def head_bytes(blocks, shared: set[int] | frozenset[int]) -> int:
-    """The bytes a head's ``blocks`` own: every parameter's and buffer's storage, counted
-    once, except storages in ``shared`` (the base's, which an unmerged head reuses)."""
+def blocks_bytes(blocks, shared: set[int] | frozenset[int]) -> int:
+    """The bytes ``blocks`` own: every parameter's and buffer's storage, counted once,
+    except storages in ``shared`` (the base's, which PEFT's unmerged LoRA layers reuse)."""
     tensors = [t for block in blocks for t in (*block.parameters(), *block.buffers())]
     return sum(size for ptr, size in storages(tensors).items() if ptr not in shared)
+
+
+def head_bytes(head, shared: set[int] | frozenset[int], packed_itemsize: int) -> int:
+    """The bytes a head owns: its private blocks (:func:`blocks_bytes`), plus a LoRA
+    adapter's factors (float32) and their copy packed in the compute dtype
+    (``packed_itemsize`` bytes per element) for the grouped matmuls."""
+    factors = 0 if head.lora is None else sum(
+        t.nbytes for pair in head.lora.factors.values() for t in pair)
+    return blocks_bytes(head.blocks, shared) + factors + factors * packed_itemsize // 4
 
 
 class BudgetError(RuntimeError):

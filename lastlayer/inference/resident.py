@@ -20,7 +20,7 @@ from typing import Any
 from lastlayer import artifact
 from lastlayer.core.engine import Head
 from lastlayer.core.kinds import kind_named
-from lastlayer.inference.residency import head_bytes, storages
+from lastlayer.inference.residency import blocks_bytes, head_bytes, storages
 
 _Loaded = Any  # lastlayer.inference.embedder._Loaded (not imported: that module imports this)
 
@@ -129,26 +129,34 @@ class ResidentHeads:
         info = entry.info
         if self._lazy:  # registered from metadata: check the files again, they may be gone
             artifact.read(info.path)
-        head = self.engine.build_head(info.path, info.meta, merge)
+        head = None if merge else self.engine.compact_head(info.path, info.meta)
+        if head is None:
+            head = self.engine.build_head(info.path, info.meta, merge)
         with self._lock:
             self._forms.setdefault(key, head.merged)
             current = self._loaded.get(info.name)
             if current is not None and current.key == key:
                 self._infos[info.name] = dataclasses.replace(self._infos[info.name],
                                                              merged=head.merged)
-        return head, head_bytes(head.blocks, self._basestorages())
+        return head, head_bytes(head, self._basestorages(), self._compute_itemsize())
 
     def _estimate(self, key: int) -> int:
-        """A head's bytes before building it: k blocks merged, the LoRA file unmerged."""
+        """A head's bytes before building it, in the form it will have."""
         with self._lock:
             entry = self._by_key[key]
             merge = self._forms.get(key)
         if merge is None:
             merge = self._merge_for(entry.info.kind, entry.merge)
-        if merge:
-            return self._block_bytes(entry.info.top_k)
-        weights = entry.info.path / artifact.WEIGHTS
-        return weights.stat().st_size if weights.is_file() else 0
+        return self._head_estimate(entry.info, merge)
+
+    def _head_estimate(self, info: Any, merge: bool) -> int:
+        """The bytes of ``info``'s head in that form: its k blocks if merged, plus (LoRA)
+        its factors and their packed copy, about the weights file's size each."""
+        blocks = self._block_bytes(info.top_k) if merge else 0
+        weights = info.path / artifact.WEIGHTS
+        if info.kind != "lora" or not weights.is_file():
+            return blocks
+        return blocks + int(weights.stat().st_size * (1 + self._compute_itemsize() / 4))
 
     def _merge_for(self, kind: str, merge: bool | None) -> bool:
         """The form a head is built in: the full kind merged; an explicit ``merge``; on a
@@ -168,7 +176,7 @@ class ResidentHeads:
         when that crosses the budget, the adapters not built yet change their form (their
         :attr:`adapters` entry says so). Holds the lock."""
         before = self._merge_for("lora", None)
-        self._merged_total += sign * self._block_bytes(entry.info.top_k)
+        self._merged_total += sign * self._head_estimate(entry.info, merge=True)
         now = self._merge_for("lora", None)
         if now == before:
             return
@@ -183,10 +191,15 @@ class ResidentHeads:
             self._shared = frozenset(storages([*model.parameters(), *model.buffers()]))
         return self._shared
 
+    def _compute_itemsize(self) -> int:
+        """Bytes per element of the dtype the blocks compute in (LoRA factors are packed
+        in it for the grouped matmuls)."""
+        return next(self.model.parameters()).element_size()
+
     def _block_bytes(self, top_k: int) -> int:
         """The bytes of the base's top-k blocks (a merged or full head's size)."""
         if top_k not in self._block_sizes:
             from lastlayer.core.kinds.common import top_blocks
 
-            self._block_sizes[top_k] = head_bytes(top_blocks(self.model, top_k), frozenset())
+            self._block_sizes[top_k] = blocks_bytes(top_blocks(self.model, top_k), frozenset())
         return self._block_sizes[top_k]

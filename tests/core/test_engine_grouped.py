@@ -16,8 +16,16 @@ import torch
 from helpers.artifacts import MAX_LENGTH, make_artifact
 from helpers.data import TEXTS
 
+from lastlayer import artifact
 from lastlayer.core import engine as engine_module
-from lastlayer.core.grouped import GroupedLora, Layout, LoraFactors, input_sets, read_factors
+from lastlayer.core.grouped import (
+    GroupedLora,
+    Layout,
+    LoraFactors,
+    OneLora,
+    input_sets,
+    read_factors,
+)
 from lastlayer.inference import Embedder
 
 ADAPTERS = {  # name: (kind, top_k, seed): four LoRA of one shape, another k, a full kind
@@ -191,3 +199,48 @@ def test_ranks_are_padded_and_the_base_gets_zeros(saved_models):
             want = torch.zeros(6, d) if member is None else \
                 x[row] @ member.factors[name][0] @ member.factors[name][1]
             torch.testing.assert_close(delta, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_an_unmerged_lora_head_is_its_factors_on_the_base_blocks(saved_models, artifacts,
+                                                                  arch, monkeypatch):
+    folder = artifacts[arch]["a"]
+    emb = Embedder(saved_models[arch], device="cpu", max_length=MAX_LENGTH)
+    peft = emb.engine.build_head(folder, artifact.read(folder), merge=False)
+    assert len(peft.blocks) == 2 and not isinstance(peft.module, OneLora)  # PEFT's layers
+    monkeypatch.setattr(emb.engine, "build_head", lambda *a: pytest.fail("PEFT layers built"))
+    emb.load(folder, "a", merge=False)
+    head = emb.resident(["a"])["a"]
+    assert isinstance(head.module, OneLora) and head.blocks == () and not head.merged
+    assert head.module.grouped is grouped_view(emb)  # the base's blocks, shared
+    for batch in (TEXTS16[:1], TEXTS16):  # every row one adapter: plain matmuls
+        got = emb.encode(batch, adapter="a", batch_size=16).vectors
+        np.testing.assert_allclose(got, alone(emb, batch, ["a"] * len(batch)), rtol=0,
+                                   atol=1e-6)
+        want = emb.engine.embed(batch, ["peft"] * len(batch), {"peft": peft}, 16).vectors
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    monkeypatch.undo()
+    emb.load(folder, "merged", merge=True)
+    np.testing.assert_allclose(emb.encode(TEXTS16, adapter="a").vectors,
+                               emb.encode(TEXTS16, adapter="merged").vectors, rtol=0, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Found missing adapter keys")  # no DoRA magnitudes saved
+def test_an_unmerged_head_beyond_plain_lora_keeps_peft_layers(saved_models, artifacts,
+                                                              tmp_path):
+    folder = shutil.copytree(artifacts["bert"]["a"], tmp_path / "dora")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["use_dora"] = True
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    emb = Embedder(saved_models["bert"], device="cpu", max_length=MAX_LENGTH)
+    emb.load(folder, "dora", merge=False)
+    head = emb.resident(["dora"])["dora"]
+    assert head.lora is None and len(head.blocks) == 2 and not isinstance(head.module, OneLora)
+
+
+def test_a_compact_module_refuses_factors_of_another_shape(saved_models, artifacts):
+    emb = Embedder(saved_models["bert"], device="cpu", max_length=MAX_LENGTH)
+    factors = read_factors(emb.model, artifacts["bert"]["a"], 2)
+    view = GroupedLora(emb.model, 2, factors.shape[1][:-1])
+    with pytest.raises(ValueError, match="factors of shape"):
+        OneLora(view, factors)

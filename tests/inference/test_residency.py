@@ -85,7 +85,9 @@ def test_merged_only_while_the_budget_holds_every_adapter_merged(saved_models, a
     tight.encode(TEXTS[:1], "l0")
     unmerged = tight.stats()["bytes_used"]
     assert 0 < unmerged < merged / 2  # LoRA matrices only (r=8 on a tiny model), the
-    # base's weights shared
+    # base's weights shared: the float32 factors and their packed copy (float32 here)
+    factors = tight.resident(["l0"])["l0"].lora.factors.values()
+    assert unmerged == 2 * sum(a.nbytes + b.nbytes for a, b in factors)
     assert tight.stats()["unmerged"] == 1 and tight.stats()["merged"] == 0
     tight.encode(TEXTS[:1], "f")
     assert tight.stats()["merged"] == 1

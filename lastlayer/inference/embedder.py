@@ -73,8 +73,8 @@ class AdapterInfo:
         kind: ``lora`` or ``full``.
         top_k: The top blocks it changes.
         merged: Whether it runs as plain private blocks (merged LoRA, or the full kind's
-            trained blocks: k blocks of memory, no overhead) rather than LoRA layers
-            around the base's weights (unmerged: a few MB, a little slower).
+            trained blocks: k blocks of memory, no overhead) rather than its LoRA factors
+            on the base's own blocks (unmerged: a few hundred KB, a little slower).
         routable: Whether its artifact holds a routing signature (``adapter="auto"``).
         meta: The artifact's full metadata (``lastlayer.json``).
         source: What ``load`` was given: the folder, or the Hub id ``ORG/NAME[@REVISION]``.
@@ -273,8 +273,9 @@ class Embedder(ResidentHeads):
                 cache; offline, the cached snapshot: :func:`lastlayer.hub.resolve_adapter`).
             name: The name to use in ``encode`` (default: the artifact's own name).
             merge: LoRA only: merge the adapter into a private copy of its k blocks
-                (fastest; k blocks of memory) or keep it unmerged around the base's
-                weights (a few MB; the only choice on a quantized base). Default: merged
+                (fastest; k blocks of memory) or keep it unmerged, its factors run on
+                the base's own blocks (a few hundred KB, built in milliseconds; the only
+                choice on a quantized base). Default: merged
                 on an unquantized base, unmerged on a quantized one; with
                 ``adapter_memory``, merged only while the budget holds every registered
                 adapter merged (docs/many-adapters.md). Ignored for the full kind, whose

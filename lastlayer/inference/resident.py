@@ -7,7 +7,8 @@ the methods that go through the :class:`~lastlayer.inference.residency.HeadCache
 budget, LRU eviction, single-flight builds). See docs/many-adapters.md.
 
 The rule: a LoRA head is merged while the budget holds every registered adapter merged,
-else unmerged (30-45x smaller, 15-25x faster to build); the full kind is always merged;
+else unmerged (its factors alone on the base's blocks: 12-23x smaller, 22-26x faster to
+build); the full kind is always merged;
 an explicit ``merge`` wins; a quantized base is always unmerged. The form is fixed at an
 adapter's first build, so a head dropped and built again gives bit-identical vectors.
 """

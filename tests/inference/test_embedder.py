@@ -413,23 +413,26 @@ def test_auto_routes_with_real_signatures(saved_models, artifacts, tmp_path):
 
 
 @pytest.mark.bnb
-def test_an_8bit_base_mixes_unmerged_lora_and_base_rows(saved_models, artifacts, tmp_path):
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_a_quantized_base_mixes_unmerged_lora_and_base_rows(saved_models, artifacts, tmp_path,
+                                                            bits):
     pytest.importorskip("bitsandbytes")
-    folder = make_artifact(saved_models["bert"], tmp_path / "q8", "lora", 2, 4, "bert",
-                           quantization="8bit")
-    emb = embedder(saved_models, quantization="8bit")
+    folder = make_artifact(saved_models["bert"], tmp_path / "q", "lora", 2, 4, "bert",
+                           quantization=bits)
+    emb = embedder(saved_models, quantization=bits)
     before = snapshot(emb.model)
-    with pytest.raises(ValueError, match="cannot merge LoRA adapter 'q8' into a 8bit"):
+    with pytest.raises(ValueError, match=f"cannot merge LoRA adapter 'q' into a {bits}"):
         emb.load(folder, merge=True)
-    with pytest.raises(BaseMismatchError, match="quantization 8bit here vs None in training"):
+    with pytest.raises(BaseMismatchError, match=f"quantization {bits} here vs None in training"):
         emb.load(artifacts["bert"]["lora2"])
     emb.load(folder)
-    assert emb.adapters["q8"].merged is False
-    keys = ["q8", None, "q8", None]
-    got = emb.encode(TEXTS[:4], adapter=keys, batch_size=4).vectors
-    for text, key, row in zip(TEXTS[:4], keys, got, strict=True):
-        expected = plain_peft(saved_models["bert"], folder if key else None, text, "8bit")
-        np.testing.assert_allclose(row, expected, rtol=0, atol=1e-5)
+    assert emb.adapters["q"].merged is False
+    assert emb.resident(["q"])["q"].blocks == ()  # its factors on the quantized blocks
+    for keys in (["q", None, "q", None], ["q"] * 4):  # grouped with the base; alone
+        got = emb.encode(TEXTS[:4], adapter=keys, batch_size=4).vectors
+        for text, key, row in zip(TEXTS[:4], keys, got, strict=True):
+            expected = plain_peft(saved_models["bert"], folder if key else None, text, bits)
+            np.testing.assert_allclose(row, expected, rtol=0, atol=1e-5)
     assert not np.allclose(got[0], emb.encode(TEXTS[:1]).vectors[0], atol=1e-4)
     assert_unchanged(emb.model, before)
 

@@ -260,6 +260,30 @@ def test_training_measures_through_the_head_the_embedder_builds(saved_models, tm
     assert all(torch.equal(p, before[n]) for n, p in base.model.named_parameters())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_full_blocks_take_the_saved_tensors_without_peft(saved_models, tmp_path: Path,
+                                                         dtype, monkeypatch) -> None:
+    from lastlayer.core.kinds import full
+
+    trained = attach(_load(saved_models, "llama"), AdapterConfig(kind="full", top_k=TOP_K))
+    _train(trained, steps=2, lr=2e-2)
+    folder = save_adapter(trained.model, tmp_path / "a", files={"lastlayer.json": "{}"})
+    base = _load(saved_models, "llama").model.to(dtype)
+    before = _snapshot(base)
+    monkeypatch.setattr(full, "_assigned_blocks", lambda *a: None)  # PEFT's way
+    peft_blocks = full.private_blocks(base, folder, TOP_K)
+    monkeypatch.undo()
+    monkeypatch.setattr(full, "load_onto_copies", lambda *a, **k: pytest.fail("PEFT used"))
+    blocks = full.private_blocks(base, folder, TOP_K)
+    for own, peft in zip(blocks, peft_blocks, strict=True):
+        assert type(own) is type(peft) and not own.training
+        theirs = dict(peft.state_dict())
+        for name, tensor in own.state_dict().items():  # the same tensors, bit for bit
+            assert tensor.dtype == dtype and torch.equal(tensor, theirs[name]), name
+        assert not any(p.requires_grad for p in own.parameters())
+    assert all(torch.equal(p, before[n]) for n, p in base.named_parameters())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_load_second_adapter_and_switch(saved_models, tmp_path: Path, kind: str) -> None:
     cfg = AdapterConfig(kind=kind, top_k=TOP_K)

@@ -31,9 +31,12 @@ from lastlayer.core.kinds.common import (
     load_onto_copies,
     params_change,
     top_blocks,
+    top_indices,
     with_blocks,
 )
 from lastlayer.core.layers import top_k_module_names
+from lastlayer.core.split import structural_copy
+from lastlayer.core.weights_check import check_adapter_weights
 
 NAME = "full"
 PEFT_TYPE = "LN_TUNING"
@@ -103,13 +106,46 @@ def private_blocks(base: nn.Module, folder: str | Path, top_k: int,
                    merge: bool = True) -> list[nn.Module]:
     """The trained copies of ``base``'s top-k blocks, loaded from the artifact at ``folder``.
 
-    The container holds structural copies (the base's weights); PEFT's copy of each block
-    (``ln_tuning_layers["default"]``) is the one the artifact's weights are loaded into.
-    ``merge`` is ignored. The base is left as it was.
+    The artifact saves every tensor of each trained block, so each private block is a
+    structural copy of the base's block (new modules) whose tensors are *replaced* by the
+    artifact's (``load_state_dict(assign=True)``, on the base's device and in its dtypes):
+    nothing of the base is copied, about 5x faster than letting PEFT deep-copy each block
+    and load into the copy (a cold full head under a memory budget waits for this). On a
+    quantized base, or where the saved tensors do not name every tensor of the blocks,
+    PEFT loads it as it saved it (``ln_tuning_layers["default"]`` of a container of
+    structural copies). ``merge`` is ignored. The base is left as it was.
     """
-    model = load_onto_copies(base, folder, top_k, deep=False)
-    layers = blocks_of(model.base_model.model, base, top_k)
-    return frozen(base, [layer.ln_tuning_layers["default"] for layer in layers])
+    blocks = None if _quantized(base) else _assigned_blocks(base, folder, top_k)
+    if blocks is None:
+        model = load_onto_copies(base, folder, top_k, deep=False)
+        layers = blocks_of(model.base_model.model, base, top_k)
+        blocks = [layer.ln_tuning_layers["default"] for layer in layers]
+    return frozen(base, blocks)
+
+
+def _quantized(base: nn.Module) -> bool:
+    return any(getattr(base, flag, False) for flag in ("is_loaded_in_8bit", "is_loaded_in_4bit"))
+
+
+def _assigned_blocks(base: nn.Module, folder: str | Path, top_k: int) -> list[nn.Module] | None:
+    """Structural copies of the top-k blocks holding the artifact's tensors, or None where
+    its keys are not exactly each block's state (then PEFT loads it)."""
+    check_adapter_weights(base, folder, top_k)  # names and shapes, before anything is read
+    prefix, indices = top_indices(base, top_k)
+    originals = base.get_submodule(prefix)
+    state = load_file(Path(folder) / WEIGHTS_NAME)
+    blocks = []
+    for i in indices:
+        block = structural_copy(originals[i])
+        head = f"base_model.model.{prefix}.{i}.ln_tuning_layers.default."
+        own = block.state_dict()
+        saved = {key[len(head):]: tensor for key, tensor in state.items() if key.startswith(head)}
+        if saved.keys() != own.keys():
+            return None
+        block.load_state_dict({key: tensor.to(device=own[key].device, dtype=own[key].dtype)
+                               for key, tensor in saved.items()}, assign=True)
+        blocks.append(block)
+    return blocks
 
 
 def private_blocks_from_model(model: nn.Module, top_k: int) -> list[nn.Module]:

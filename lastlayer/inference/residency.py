@@ -96,11 +96,12 @@ def blocks_bytes(blocks, shared: set[int] | frozenset[int]) -> int:
 
 def head_bytes(head, shared: set[int] | frozenset[int], packed_itemsize: int) -> int:
     """The bytes a head owns: its private blocks (:func:`blocks_bytes`), plus a LoRA
-    adapter's factors (float32) and their copy packed in the compute dtype
-    (``packed_itemsize`` bytes per element) for the grouped matmuls."""
-    factors = 0 if head.lora is None else sum(
-        t.nbytes for pair in head.lora.factors.values() for t in pair)
-    return blocks_bytes(head.blocks, shared) + factors + factors * packed_itemsize // 4
+    adapter's factors and their copy packed in the compute dtype (``packed_itemsize`` bytes
+    per element) for the grouped matmuls."""
+    tensors = [] if head.lora is None else [t for pair in head.lora.factors.values()
+                                            for t in pair]
+    return (blocks_bytes(head.blocks, shared) + sum(t.nbytes for t in tensors)
+            + sum(t.numel() for t in tensors) * packed_itemsize)
 
 
 class BudgetError(RuntimeError):

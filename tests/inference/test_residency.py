@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from helpers.artifacts import MAX_LENGTH, make_artifact
 from helpers.data import TEXTS
 
@@ -91,6 +92,22 @@ def test_merged_only_while_the_budget_holds_every_adapter_merged(saved_models, a
     assert tight.stats()["unmerged"] == 1 and tight.stats()["merged"] == 0
     tight.encode(TEXTS[:1], "f")
     assert tight.stats()["merged"] == 1
+
+
+def test_unmerged_factors_are_kept_in_the_compute_dtype(saved_models, arts):
+    emb = Embedder(saved_models["bert"], device="cpu", max_length=MAX_LENGTH,
+                   adapter_memory="1GB", dtype="bfloat16")
+    emb.load(arts["l0"], "l0", merge=False)
+    emb.encode(TEXTS[:2], "l0")
+    factors = [t for pair in emb.resident(["l0"])["l0"].lora.factors.values() for t in pair]
+    assert {t.dtype for t in factors} == {torch.bfloat16}  # rounded once, as packing would
+    # the factors and their packed copy, 2 bytes per element each
+    assert emb.stats()["bytes_used"] == 2 * 2 * sum(t.numel() for t in factors)
+    plain = Embedder(saved_models["bert"], device="cpu", max_length=MAX_LENGTH,
+                     dtype="bfloat16")
+    plain.load(arts["l0"], "l0", merge=True)
+    np.testing.assert_allclose(emb.encode(TEXTS, "l0").vectors,
+                               plain.encode(TEXTS, "l0").vectors, atol=2e-2)
 
 
 def test_an_evicted_adapter_gives_the_same_vectors_when_it_comes_back(saved_models, arts):

@@ -119,10 +119,22 @@ def read_factors(base: nn.Module, folder: str | Path, top_k: int) -> LoraFactors
         return None
     dtype = getattr(base_of(base), "dtype", torch.float32)
     dtype = dtype if dtype.is_floating_point else torch.float32
-    return LoraFactors(top_k, {
-        name: (p["A"].float().t().to(dtype).contiguous(),
-               (p["B"].float() * scale).t().to(dtype).contiguous())
-        for name, p in pairs.items()})
+    made = [(p["A"].float().t(), (p["B"].float() * scale).t()) for p in pairs.values()]
+    views = iter(flat_views([t.shape for pair in made for t in pair], dtype, torch.device("cpu")))
+    factors = {}
+    for name, (a, b) in zip(pairs, made, strict=True):
+        factors[name] = (next(views).copy_(a), next(views).copy_(b))
+    return LoraFactors(top_k, factors)
+
+
+def flat_views(shapes: Sequence[tuple[int, ...]], dtype: torch.dtype,
+               device: torch.device) -> list[Tensor]:
+    """Contiguous zero tensors of ``shapes``, all views of one buffer: one allocation per
+    adapter instead of one per matrix (a thousand adapters are tens of thousands of small
+    tensors otherwise, each with its own allocator overhead)."""
+    sizes = [math.prod(shape) for shape in shapes]
+    flat = torch.zeros(sum(sizes), dtype=dtype, device=device)
+    return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
 
 
 Sets = tuple[tuple[str, ...], ...]
@@ -158,8 +170,8 @@ def pack(factors: LoraFactors | None, layout: Layout, dims: dict[str, tuple[int,
          device: torch.device) -> list[Tensor]:
     """One adapter's pieces under ``layout`` (see :class:`Layout`), flat and contiguous,
     zeros for the base (``factors`` None) and for ranks below the layout's."""
-    pieces = [torch.zeros(rows * cols, dtype=layout.dtype, device=device)
-              for rows, cols in layout.shapes(dims)]
+    pieces = flat_views([(rows * cols,) for rows, cols in layout.shapes(dims)], layout.dtype,
+                        device)
     if factors is None:
         return pieces
     r = layout.rank

@@ -30,17 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import MEDICAL, ROOT, measure, tables
+from benchmarks.bench import MEDICAL, MEDICAL_ADAPTERS, ROOT, measure, tables
 from benchmarks.bench.results import write_json
 from benchmarks.bench.workers import RESULT_MARK, worker_command, worker_env
 
 SETTINGS = ("glibc-default", "kept")
-MODELS = {
-    "minilm": ("sentence-transformers/all-MiniLM-L6-v2",
-               ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"),
-    "smollm2": ("HuggingFaceTB/SmolLM2-135M-Instruct",
-                ROOT / "adapters" / "medical" / "smollm2-135m_lora-top4_crop"),
-}
+MODELS = MEDICAL_ADAPTERS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -24,16 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import MEDICAL, ROOT, measure, tables
+from benchmarks.bench import MEDICAL, MEDICAL_ADAPTERS, measure, tables
 from benchmarks.bench.results import write_json
 
 FORMS = ("merged", "peft-unmerged", "compact")
-MODELS = {
-    "minilm": ("sentence-transformers/all-MiniLM-L6-v2",
-               ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"),
-    "smollm2": ("HuggingFaceTB/SmolLM2-135M-Instruct",
-                ROOT / "adapters" / "medical" / "smollm2-135m_lora-top4_crop"),
-}
+MODELS = MEDICAL_ADAPTERS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,15 +54,6 @@ def build(embedder, folder: Path, meta, form: str):
     return engine.build_head(folder, meta, merge=form == "merged")
 
 
-def owned_bytes(embedder, head) -> int:
-    """The bytes ``head`` owns, as the memory budget counts them."""
-    from lastlayer.inference.residency import head_bytes, storages
-
-    model = embedder.model
-    shared = frozenset(storages([*model.parameters(), *model.buffers()]))
-    return head_bytes(head, shared, next(model.parameters()).element_size())
-
-
 def bench(key: str, dtype: str, args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
     """Every form of one model's adapter in one precision: build, bytes, encode rounds."""
     import numpy as np
@@ -86,7 +72,7 @@ def bench(key: str, dtype: str, args: argparse.Namespace, texts: list[str]) -> d
             builds[form].append(time.perf_counter() - start)
     row: dict[str, Any] = {"model": key, "dtype": str(embedder.model.dtype),
                            "forms": {form: {"build_ms": statistics.median(builds[form]) * 1e3,
-                                            "bytes": owned_bytes(embedder, heads[form])}
+                                            "bytes": embedder.owned_bytes(heads[form])}
                                      for form in FORMS}}
     engine = embedder.engine
     for size in args.batch_sizes:

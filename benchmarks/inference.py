@@ -157,15 +157,8 @@ def private_bytes(module, base) -> int:
 
 
 def head_bytes(embedder, name: str) -> int:
-    """Bytes adapter ``name``'s head owns in ``embedder`` (its private blocks, a LoRA
-    adapter's factors and their packed copy), as the memory budget counts them."""
-    from lastlayer.inference.residency import head_bytes as owned
-    from lastlayer.inference.residency import storages
-
-    model = embedder.model
-    shared = frozenset(storages([*model.parameters(), *model.buffers()]))
-    itemsize = next(model.parameters()).element_size()
-    return owned(embedder.resident([name])[name], shared, itemsize)
+    """Bytes adapter ``name``'s head owns in ``embedder``, as the memory budget counts them."""
+    return embedder.owned_bytes(embedder.resident([name])[name])
 
 
 def timed(fn) -> tuple[float, Any]:

@@ -29,5 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 MEDICAL = ROOT / "data" / "medical_abstracts" / "medical_abstracts.jsonl.gz"
+# the shipped medical LoRA adapter of each base the inference benchmarks compare on
+MEDICAL_ADAPTERS = {
+    "minilm": ("sentence-transformers/all-MiniLM-L6-v2",
+               ROOT / "adapters" / "medical" / "minilm-l6_lora-top2_crop"),
+    "smollm2": ("HuggingFaceTB/SmolLM2-135M-Instruct",
+                ROOT / "adapters" / "medical" / "smollm2-135m_lora-top4_crop"),
+}
 # the data sets the project does not ship (--data-root): $LASTLAYER_DATA, else ../shared/data
 DATA_ROOT = Path(os.environ.get("LASTLAYER_DATA", ROOT.parent / "shared" / "data"))

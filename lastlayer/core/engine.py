@@ -1,6 +1,6 @@
 """The inference engine: one base in memory, each adapter's private heads, the trunk run once.
 
-(~440 lines: the planner and runner of one batch read the same plan, trunk and head
+(~455 lines: the planner and runner of one batch read the same plan, trunk and head
 snapshot; the grouped pass's own machinery is in :mod:`lastlayer.core.grouped`.)
 
 Every lastlayer adapter changes only blocks L−k … L−1 of its base, so rows bound for

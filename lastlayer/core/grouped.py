@@ -117,14 +117,21 @@ def read_factors(base: nn.Module, folder: str | Path, top_k: int) -> LoraFactors
         pairs.setdefault(f"{int(index) - first}.{sub}", {})[part[0]] = tensor
     if not pairs or any(set(p) != {"A", "B"} for p in pairs.values()):
         return None
-    dtype = getattr(base_of(base), "dtype", torch.float32)
-    dtype = dtype if dtype.is_floating_point else torch.float32
+    dtype = compute_dtype(base)
     made = [(p["A"].float().t(), (p["B"].float() * scale).t()) for p in pairs.values()]
     views = iter(flat_views([t.shape for pair in made for t in pair], dtype, torch.device("cpu")))
     factors = {}
     for name, (a, b) in zip(pairs, made, strict=True):
         factors[name] = (next(views).copy_(a), next(views).copy_(b))
     return LoraFactors(top_k, factors)
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype ``model``'s blocks compute in (float32 where its first parameter is not a
+    float, as in a bitsandbytes-quantized model's int8 weights): LoRA factors are kept and
+    packed in it."""
+    dtype = getattr(base_of(model), "dtype", torch.float32)
+    return dtype if dtype.is_floating_point else torch.float32
 
 
 def flat_views(shapes: Sequence[tuple[int, ...]], dtype: torch.dtype,

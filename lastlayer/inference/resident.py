@@ -18,10 +18,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import torch
-
 from lastlayer import artifact
 from lastlayer.core.engine import Head
+from lastlayer.core.grouped import compute_dtype
 from lastlayer.core.kinds import kind_named
 from lastlayer.inference.residency import blocks_bytes, head_bytes, storages
 
@@ -141,7 +140,12 @@ class ResidentHeads:
             if current is not None and current.key == key:
                 self._infos[info.name] = dataclasses.replace(self._infos[info.name],
                                                              merged=head.merged)
-        return head, head_bytes(head, self._basestorages(), self._compute_itemsize())
+        return head, self.owned_bytes(head)
+
+    def owned_bytes(self, head: Head) -> int:
+        """The bytes ``head`` owns, as the memory budget counts them (its private blocks, a
+        LoRA adapter's factors and their packed copy; the base's tensors excluded)."""
+        return head_bytes(head, self._basestorages(), self._compute_itemsize())
 
     def _estimate(self, key: int) -> int:
         """A head's bytes before building it, in the form it will have."""
@@ -198,8 +202,7 @@ class ResidentHeads:
     def _compute_itemsize(self) -> int:
         """Bytes per element of the dtype the blocks compute in (LoRA factors are packed
         in it for the grouped matmuls)."""
-        dtype = getattr(self.model, "dtype", torch.float32)
-        return dtype.itemsize if dtype.is_floating_point else 4
+        return compute_dtype(self.model).itemsize
 
     def _block_bytes(self, top_k: int) -> int:
         """The bytes of the base's top-k blocks (a merged or full head's size)."""

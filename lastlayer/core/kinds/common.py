@@ -47,10 +47,19 @@ def _container(base: nn.Module, blocks: dict[int, nn.Module]) -> nn.Module:
         node.add_module(part, child)
         node = child
     node.add_module(last, nn.ModuleDict({str(i): block for i, block in blocks.items()}))
-    for flag in ("is_loaded_in_8bit", "is_loaded_in_4bit"):
+    for flag in QUANTIZED_FLAGS:
         if getattr(base, flag, False):
             setattr(root, flag, True)
     return root
+
+
+QUANTIZED_FLAGS = ("is_loaded_in_8bit", "is_loaded_in_4bit")
+"""The attributes transformers sets on a bitsandbytes-quantized model."""
+
+
+def is_quantized(base: nn.Module) -> bool:
+    """Whether ``base`` is bitsandbytes-quantized (8-bit or 4-bit)."""
+    return any(getattr(base, flag, False) for flag in QUANTIZED_FLAGS)
 
 
 def load_onto_copies(base: nn.Module, folder: str | Path, top_k: int, deep: bool):

@@ -28,6 +28,7 @@ from lastlayer.config import AdapterConfig
 from lastlayer.core.kinds.common import (
     blocks_of,
     frozen,
+    is_quantized,
     load_onto_copies,
     params_change,
     top_blocks,
@@ -115,16 +116,12 @@ def private_blocks(base: nn.Module, folder: str | Path, top_k: int,
     PEFT loads it as it saved it (``ln_tuning_layers["default"]`` of a container of
     structural copies). ``merge`` is ignored. The base is left as it was.
     """
-    blocks = None if _quantized(base) else _assigned_blocks(base, folder, top_k)
+    blocks = None if is_quantized(base) else _assigned_blocks(base, folder, top_k)
     if blocks is None:
         model = load_onto_copies(base, folder, top_k, deep=False)
         layers = blocks_of(model.base_model.model, base, top_k)
         blocks = [layer.ln_tuning_layers["default"] for layer in layers]
     return frozen(base, blocks)
-
-
-def _quantized(base: nn.Module) -> bool:
-    return any(getattr(base, flag, False) for flag in ("is_loaded_in_8bit", "is_loaded_in_4bit"))
 
 
 def _assigned_blocks(base: nn.Module, folder: str | Path, top_k: int) -> list[nn.Module] | None:

@@ -23,7 +23,11 @@ Each request sends ``--texts`` texts. A row reports texts/s and its ratio to ``s
 the same clients, p50 / p99 of hot and cold requests separately (cold: the adapter was not
 resident when the request came, the server's ``x-lastlayer-cold`` header), the hit rate,
 evictions and cold-load latency (from ``/metrics``), and the server's largest RSS against
-its RSS at start plus the budget. Start-up: seconds to a ready server with N registered,
+its base RSS plus the budget. The base RSS is the server's after ``--warmup`` seconds of
+single-adapter traffic at the most clients (one head resident): what serving the base
+takes, its batches' working memory included, before any other adapter is asked for; the
+RSS right after start-up is reported too (``rss_start_mb``). Start-up: seconds to a ready
+server with N registered,
 and the registration alone (the server's own line). Every answer is checked afterwards
 against a fresh single-adapter ``Embedder`` (no budget, only that adapter loaded): cosine
 > ``--min-cos``. Results: ``benchmarks/results/many_adapters.json``.
@@ -304,6 +308,10 @@ def run_set(name: str, n: int, args: argparse.Namespace, work: Path) -> list[dic
     pool = texts_pool(200, seed=n)
     rows, answers = [], []
     try:
+        warm = drive(url, picker(names, "single", args.zipf_s, seed=7), pool,
+                     max(args.clients), args.warmup, args.texts, seed=0)
+        answers += warm.pop("answers")
+        base_rss = rss_mb(proc.pid)
         for clients in args.clients:
             single = None
             for traffic in ("single", "zipf", "uniform"):
@@ -327,8 +335,8 @@ def run_set(name: str, n: int, args: argparse.Namespace, work: Path) -> list[dic
                        "resident_after": int(after["adapters_resident"]),
                        "head_memory_mb": round(after["adapter_memory_bytes"] / 2**20, 1),
                        "rss_peak_mb": round(watch.peak, 1), "rss_start_mb": round(start_rss, 1),
-                       "budget_mb": round(budget_mb, 1),
-                       "rss_within_budget": watch.peak <= start_rss + budget_mb}
+                       "rss_base_mb": round(base_rss, 1), "budget_mb": round(budget_mb, 1),
+                       "rss_within_budget": watch.peak <= base_rss + budget_mb}
                 if traffic == "single":
                     single = row
                 row["vs_single"] = round(row["texts_per_s"] / single["texts_per_s"], 3) \
@@ -354,6 +362,42 @@ def run_set(name: str, n: int, args: argparse.Namespace, work: Path) -> list[dic
     return rows
 
 
+def head_overhead(name: str, n: int, work: Path) -> dict[str, Any]:
+    """Resident memory ``n`` unmerged heads of ``name`` cost beyond the bytes the budget
+    counts for them, per head: registered first, each built by one call, the heap trimmed
+    before both readings."""
+    import gc
+
+    from lastlayer.core.allocator import release_freed_memory
+    from lastlayer.inference import Embedder
+    from lastlayer.inference.residency import HEAD_OVERHEAD
+
+    folder, paths = write_set(name, n, work / "sets", 50)
+    embedder = Embedder(SETS[name][0], device="cpu", adapter_memory="1TB")
+    for path in paths.values():
+        embedder.load(path, merge=False)
+    names, pool = list(paths), texts_pool(8, seed=n)
+    embedder.encode(pool, names[0])
+    embedder.unload(names[0])
+
+    def settled() -> float:
+        gc.collect()
+        release_freed_memory()
+        return rss_mb(os.getpid())
+
+    before = settled()
+    for adapter in names[1:]:
+        embedder.encode(pool[:1], adapter)
+    grown = (settled() - before) * 2**20
+    counted = embedder.stats()["bytes_used"]
+    shutil.rmtree(folder)
+    heads = len(names) - 1
+    return {"set": name, "heads": heads, "rss_growth_mb": round(grown / 2**20, 1),
+            "counted_mb": round(counted / 2**20, 1),
+            "uncounted_kib_per_head": round((grown - counted) / heads / 2**10, 1),
+            "overhead_counted_kib": HEAD_OVERHEAD / 2**10}
+
+
 def parse_budget(text: str) -> int:
     from lastlayer.inference.residency import parse_memory
 
@@ -365,8 +409,8 @@ def format_row(row: dict[str, Any]) -> str:
             f"{row['traffic']:8s} {row['texts_per_s']:8.1f} texts/s (x{row['vs_single']}) "
             f"hot p50/p99 {row['hot_p50_ms']}/{row['hot_p99_ms']} ms, cold "
             f"{row['cold_requests']} p99 {row['cold_p99_ms']} ms, hit rate {row['hit_rate']}, "
-            f"rss {row['rss_peak_mb']} MB (start {row['rss_start_mb']} + budget "
-            f"{row['budget_mb']}), errors {row['error_count']}")
+            f"rss {row['rss_peak_mb']} MB (base {row['rss_base_mb']} + budget "
+            f"{row['budget_mb']}; cold start {row['rss_start_mb']}), errors {row['error_count']}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -380,6 +424,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--encode-batch-size", type=int, default=None,
                         help="--encode-batch-size of the server (texts per forward pass: the "
                         "working memory of a batch; default: the server's)")
+    parser.add_argument("--warmup", type=float, default=3.0,
+                        help="seconds of single-adapter traffic at the most clients before "
+                        "the first phase; the RSS after it is the base's")
+    parser.add_argument("--head-overhead", type=int, metavar="N", default=None,
+                        help="instead of serving: build N unmerged heads of each set in this "
+                        "process and report the resident memory they cost beyond their "
+                        "counted bytes (the residency's HEAD_OVERHEAD)")
     parser.add_argument("--zipf-s", type=float, default=1.1)
     parser.add_argument("--distinct-full", type=int, default=50,
                         help="distinct weight files of the full kind (then hard links)")
@@ -401,6 +452,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     load_start = load_1min()
+    if args.head_overhead:
+        rows = [head_overhead(name, args.head_overhead, args.work) for name in args.sets
+                if SETS[name][2] == "lora"]
+        print(*rows, sep="\n")
+        write_json(args.out, {"machine": machine_description(load_start, load_1min()),
+                              "rows": rows})
+        return 0
     rows = [row for name in args.sets for n in args.n for row in run_set(name, n, args,
                                                                           args.work)]
     problems = [f"{r['set']} N={r['n']}: {r['error_count']} errors" for r in rows

@@ -8,7 +8,9 @@ it meanwhile waits for that one build (a hundred concurrent first requests load 
 and when the heads' bytes would pass the budget the least recently used heads are dropped.
 A head's bytes are counted from its tensors (:func:`head_bytes`): a merged LoRA or full
 head owns k blocks of weights, an unmerged LoRA head only its LoRA matrices (it runs on
-the base's own blocks).
+the base's own blocks); each head adds :data:`HEAD_OVERHEAD` for what is not a tensor's
+data (its Python objects, the tensors' headers), which a thousand small heads make
+tens of MB.
 
 A call that is running keeps the heads it fetched, so an evicted head is freed when the
 last call using it returns: memory may pass the budget by the heads of running calls.
@@ -38,7 +40,7 @@ from typing import Any
 
 from lastlayer.core.allocator import release_freed_memory
 
-__all__ = ["LOAD_BUCKETS", "HeadCache", "blocks_bytes", "head_bytes", "parse_memory", "storages"]
+__all__ = ["HEAD_OVERHEAD", "LOAD_BUCKETS", "HeadCache", "blocks_bytes", "head_bytes", "parse_memory", "storages"]
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -47,6 +49,11 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
 TRIM_EVERY_S = 0.5
 """Least seconds between two trims of the heap (each walks all of it, so under heavy
 eviction trimming at every build costs throughput; measured: docs/many-adapters.md)."""
+
+HEAD_OVERHEAD = 40 * 2**10
+"""Bytes a built head costs beyond its tensors' data: its modules, dictionaries and tensor
+headers (measured in the process's resident memory, 500 unmerged MiniLM top-2 heads and
+200 SmolLM2 top-4 ones built after their registration: 32-36 KiB each; docs/many-adapters.md)."""
 
 LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the load-latency histogram (``lastlayer_adapter_load_seconds``)."""
@@ -97,10 +104,10 @@ def blocks_bytes(blocks, shared: set[int] | frozenset[int]) -> int:
 def head_bytes(head, shared: set[int] | frozenset[int], packed_itemsize: int) -> int:
     """The bytes a head owns: its private blocks (:func:`blocks_bytes`), plus a LoRA
     adapter's factors and their copy packed in the compute dtype (``packed_itemsize`` bytes
-    per element) for the grouped matmuls."""
+    per element) for the grouped matmuls, plus :data:`HEAD_OVERHEAD`."""
     tensors = [] if head.lora is None else [t for pair in head.lora.factors.values()
                                             for t in pair]
-    return (blocks_bytes(head.blocks, shared) + sum(t.nbytes for t in tensors)
+    return (HEAD_OVERHEAD + blocks_bytes(head.blocks, shared) + sum(t.nbytes for t in tensors)
             + sum(t.numel() for t in tensors) * packed_itemsize)
 
 

@@ -22,7 +22,7 @@ from lastlayer import artifact
 from lastlayer.core.engine import Head
 from lastlayer.core.grouped import compute_dtype
 from lastlayer.core.kinds import kind_named
-from lastlayer.inference.residency import blocks_bytes, head_bytes, storages
+from lastlayer.inference.residency import HEAD_OVERHEAD, blocks_bytes, head_bytes, storages
 
 _Loaded = Any  # lastlayer.inference.embedder._Loaded (not imported: that module imports this)
 
@@ -159,12 +159,12 @@ class ResidentHeads:
     def _head_estimate(self, info: Any, merge: bool) -> int:
         """The bytes of ``info``'s head in that form: its k blocks if merged, plus (LoRA)
         its factors and their packed copy, both in the compute dtype (the weights file
-        holds them in float32)."""
-        blocks = self._block_bytes(info.top_k) if merge else 0
+        holds them in float32), plus the per-head overhead."""
+        size = HEAD_OVERHEAD + (self._block_bytes(info.top_k) if merge else 0)
         weights = info.path / artifact.WEIGHTS
         if info.kind != "lora" or not weights.is_file():
-            return blocks
-        return blocks + int(weights.stat().st_size * 2 * self._compute_itemsize() / 4)
+            return size
+        return size + int(weights.stat().st_size * 2 * self._compute_itemsize() / 4)
 
     def _merge_for(self, kind: str, merge: bool | None) -> bool:
         """The form a head is built in: the full kind merged; an explicit ``merge``; on a

@@ -1,8 +1,6 @@
-"""The forms a LoRA head can take in the ``Embedder``: merged into a private copy of its k
-blocks, unmerged as PEFT's LoRA layers around structural copies, and unmerged as its
-factors alone on the base's own blocks (the compact head the ``Embedder`` builds), which
-a call runs on weights merged for it where that pays (``compact``) or with per-row
-updates (``compact-updates``: ``grouped.MERGE_RATIO = 0``, what it always did before).
+"""The three forms a LoRA head can take in the ``Embedder``: merged into a private copy of
+its k blocks, unmerged as PEFT's LoRA layers around structural copies, and unmerged as
+its factors alone on the base's own blocks (the compact head the ``Embedder`` builds).
 
 Usage (offline, a few minutes; timings only meaningful as ratios within one run)::
 
@@ -29,7 +27,7 @@ from typing import Any
 from benchmarks.bench import MEDICAL, MEDICAL_ADAPTERS, measure, tables
 from benchmarks.bench.results import write_json
 
-FORMS = ("merged", "peft-unmerged", "compact", "compact-updates")
+FORMS = ("merged", "peft-unmerged", "compact")
 MODELS = MEDICAL_ADAPTERS
 
 
@@ -40,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtypes", nargs="+", default=["auto", "float32"],
                         choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--texts", type=int, default=64)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 16, 64])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--builds", type=int, default=9)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--data", default=str(MEDICAL))
@@ -51,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build(embedder, folder: Path, meta, form: str):
     """One head of ``folder`` in ``form``, as the engine builds it."""
     engine = embedder.engine
-    if form.startswith("compact"):
+    if form == "compact":
         return engine.compact_head(folder, meta)
     return engine.build_head(folder, meta, merge=form == "merged")
 
@@ -61,7 +59,6 @@ def bench(key: str, dtype: str, args: argparse.Namespace, texts: list[str]) -> d
     import numpy as np
 
     from lastlayer import Embedder, artifact
-    from lastlayer.core import grouped
 
     model, folder = MODELS[key]
     embedder = Embedder(model, dtype=dtype)
@@ -82,12 +79,7 @@ def bench(key: str, dtype: str, args: argparse.Namespace, texts: list[str]) -> d
         batch = texts[:size]
 
         def encode(form: str, batch=batch, size=size) -> np.ndarray:
-            ratio = grouped.MERGE_RATIO
-            grouped.MERGE_RATIO = 0.0 if form == "compact-updates" else ratio
-            try:
-                return engine.embed(batch, [form] * len(batch), heads, batch_size=size).vectors
-            finally:
-                grouped.MERGE_RATIO = ratio
+            return engine.embed(batch, [form] * len(batch), heads, batch_size=size).vectors
 
         seconds: dict[str, list[float]] = {form: [] for form in FORMS}
         vectors = {form: encode(form) for form in FORMS}  # warm-up: kernels, the heap

@@ -27,16 +27,6 @@ memory passes count more than arithmetic):
   tensor each one receives), so no architecture is named here; a later call whose
   tensors differ falls back to one product per linear, never to a wrong one.
 
-A call whose every row is one adapter's (an unmerged head's single-adapter batch) may
-run on merged weights instead: on CPUs whose matrix units make the base matmul fast, the
-update's extra passes over the activations (the input read again, the output read and
-written again) cost up to ~80 % of the base linear in bf16, for 3 % more FLOPs, while
-merging (``W + s·B A`` per linear, made for the call and dropped after it) moves the
-weights once. The call picks by the memory each way moves (:meth:`GroupedLora.merged_member`,
-:data:`MERGE_RATIO`). Rows of several adapters always take the updates: splitting the
-batch into one matmul per adapter cost more than the updates (measured:
-docs/many-adapters.md).
-
 The factors come from the artifact's own files (:func:`read_factors`), so a merged head
 (the fast single-adapter path) can join a group too. Only plain LoRA qualifies (no DoRA,
 bias, rank or alpha patterns, saved modules, ...); any other adapter keeps its own head.
@@ -62,7 +52,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from lastlayer.core.layers import find_layer_stack
 from lastlayer.core.split import TopKHead, base_of, structural_copy
@@ -207,10 +196,6 @@ def pack(factors: LoraFactors | None, layout: Layout, dims: dict[str, tuple[int,
 class _Call:
     """One grouped call's per-row factors and the A products shared between linears."""
 
-    def linear(self, name: str, linear: nn.Module, x: Tensor) -> Tensor:
-        """The wrapped linear ``name`` on ``x``, each row's update added."""
-        return self.apply(name, x, linear(x))
-
     def __init__(self, layout: Layout, views: list[Tensor], learn: bool) -> None:
         sets = layout.sets
         self.a = views[: len(sets)]
@@ -253,28 +238,8 @@ class _Call:
         return out.baddbmm_(low, b)
 
 
-class _MergedCall:
-    """One grouped call whose every row is one adapter's, run on that adapter's merged
-    weights ``W + s·B A`` (made for this call, dropped after it): one plain linear each."""
-
-    def __init__(self, member: LoraFactors) -> None:
-        self.member = member
-
-    def linear(self, name: str, linear: nn.Module, x: Tensor) -> Tensor:
-        """``name``'s output for ``x`` under the adapter."""
-        a, b = self.member.factors[name]  # Aᵀ (in, r), s·Bᵀ (r, out)
-        return F.linear(x, torch.addmm(linear.weight, b.t(), a.t()), linear.bias)
-
-
-_CALL: contextvars.ContextVar[_Call | _MergedCall | None] = \
+_CALL: contextvars.ContextVar[_Call | None] = \
     contextvars.ContextVar("lastlayer_grouped_call", default=None)
-
-MERGE_RATIO = 1 / 3
-"""A single-adapter call merges the adapter's weights when that moves at most this many
-times the memory the per-row updates would (:meth:`GroupedLora.merged_member`): merging
-costs more per element than its traffic (a small matmul and a fresh weight for the
-matmul kernel each time), about 1,000 tokens per call to pay for MiniLM's top-2 blocks
-in bf16 here (measured: docs/many-adapters.md)."""
 
 
 class RowLora(nn.Module):
@@ -285,9 +250,10 @@ class RowLora(nn.Module):
         self.linear, self.name = linear, name
 
     def forward(self, x: Tensor) -> Tensor:
+        out = self.linear(x)
         call = _CALL.get()
         # outside a grouped call: the base linear alone
-        return self.linear(x) if call is None else call.linear(self.name, self.linear, x)
+        return out if call is None else call.apply(self.name, x, out)
 
 
 class GroupedLora(nn.Module):
@@ -313,26 +279,12 @@ class GroupedLora(nn.Module):
             weakref.WeakKeyDictionary()
         self._zeros: dict[Layout, tuple[Layout, list[Tensor]]] = {}
         self._lock = threading.Lock()
-        linears = [blocks[int(n.partition(".")[0])].get_submodule(n.partition(".")[2]).linear
-                   for n in names]
-        self._mergeable = all(type(m) is nn.Linear for m in linears)  # not bitsandbytes'
-        self._weight_elements = sum(m.in_features * m.out_features for m in linears
-                                    if self._mergeable)
-        self._update_elements = sum(m.in_features + 2 * m.out_features for m in linears
-                                    if self._mergeable)
 
     def forward(self, states: Tensor, mask: Tensor, members: Sequence[LoraFactors | None],
                 which: Tensor | Sequence[int]) -> Tensor:
         """Block L−k's inputs ``(B, T, d)`` + mask -> last states; row ``i`` gets the
         update of ``members[which[i]]`` (None: none, the base's own blocks)."""
         sets = self.sets
-        merged = self.merged_member(members, states)
-        if merged is not None:
-            token = _CALL.set(_MergedCall(merged))
-            try:
-                return self.head(states, mask)
-            finally:
-                _CALL.reset(token)
         layout = Layout(sets or tuple((name,) for name in self.names), self.names,
                         max(m.rank for m in members if m is not None), states.dtype)
         call = _Call(layout, self.rows(members, which, layout, states.device), sets is None)
@@ -344,21 +296,6 @@ class GroupedLora(nn.Module):
         if call.seen is not None:
             self.sets = input_sets(call.seen, self.names)
         return lasts
-
-    def merged_member(self, members: Sequence[LoraFactors | None], states: Tensor
-                      ) -> LoraFactors | None:
-        """The adapter whose merged weights this call should run on (:class:`_MergedCall`),
-        or None for per-row updates: one adapter for every row, plain ``nn.Linear`` layers,
-        no gradients, no autocast (whose casts the merged matmuls would bypass), and
-        merging moving at most :data:`MERGE_RATIO` times the memory of the updates
-        (``2·in·out`` elements per linear against ``in + 2·out`` per token)."""
-        if len(members) != 1 or members[0] is None or not self._mergeable \
-                or torch.is_grad_enabled() or torch.is_autocast_enabled(states.device.type):
-            return None
-        tokens = states.shape[0] * states.shape[1]
-        if 2 * self._weight_elements > MERGE_RATIO * tokens * self._update_elements:
-            return None
-        return members[0]
 
     def rows(self, members: Sequence[LoraFactors | None], which: Tensor | Sequence[int],
              layout: Layout, device: torch.device) -> list[Tensor]:

@@ -1,8 +1,7 @@
 """The engine's grouped pass: plain LoRA adapters of one shape (and the base's rows) run in
 one pass over the base's top-k blocks with per-row factors; every row equals its adapter
 run alone, LoRA and full kinds and different k in one batch, merged or not, from threads,
-before and after the pass has learnt which linears share an input; every test once with
-per-row updates only and once with single-adapter calls on merged weights."""
+before and after the pass has learnt which linears share an input."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from helpers.data import TEXTS
 
 from lastlayer import artifact
 from lastlayer.core import engine as engine_module
-from lastlayer.core import grouped as grouped_module
 from lastlayer.core.grouped import (
     GroupedLora,
     Layout,
@@ -35,15 +33,6 @@ ADAPTERS = {  # name: (kind, top_k, seed): four LoRA of one shape, another k, a 
     "k1": ("lora", 1, 5), "full2": ("full", 2, 6),
 }
 TEXTS16 = [f"{TEXTS[i % len(TEXTS)]} (copy {i})" for i in range(16)]
-
-
-@pytest.fixture(autouse=True, params=["updates", "merged-weights"])
-def grouped_path(request, monkeypatch) -> str:
-    """Every test on both ways of a grouped call: per-row updates (never merge), and
-    single-adapter calls on the adapter's merged weights (always)."""
-    monkeypatch.setattr(grouped_module, "MERGE_RATIO",
-                        0.0 if request.param == "updates" else float("inf"))
-    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +140,7 @@ def grouped_view(emb: Embedder) -> GroupedLora:
 
 
 @pytest.mark.parametrize("arch", ["bert", "llama"])
-def test_linears_reading_one_input_share_one_product(saved_models, artifacts, arch,
-                                                     grouped_path):
-    if grouped_path == "merged-weights":
-        pytest.skip("only the per-row updates share products")
+def test_linears_reading_one_input_share_one_product(saved_models, artifacts, arch):
     emb = loaded(saved_models, artifacts, arch)
     keys = [("a", "b", "c", "d", None)[i % 5] for i in range(len(TEXTS16))]
     first = emb.encode(TEXTS16, adapter=keys, batch_size=16).vectors  # learns the sets
@@ -258,29 +244,3 @@ def test_a_compact_module_refuses_factors_of_another_shape(saved_models, artifac
     view = GroupedLora(emb.model, 2, factors.shape[1][:-1])
     with pytest.raises(ValueError, match="factors of shape"):
         OneLora(view, factors)
-
-
-def test_a_call_merges_weights_only_where_it_can_and_pays(saved_models, artifacts,
-                                                          monkeypatch, grouped_path):
-    if grouped_path == "updates":
-        pytest.skip("the rule itself: once")
-    emb = loaded(saved_models, artifacts, "bert", merge=False)
-    view = emb.resident(["a"])["a"].module.grouped
-    a, b = (emb.resident([n])[n].lora for n in "ab")
-    states = torch.zeros(6, 10, emb.dim)
-    merged = view.merged_member  # inference (no gradients) from here on but where it says
-    with torch.no_grad():
-        assert merged([a], states) is a
-        assert merged([a, b], states) is None and merged([a, None], states) is None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert merged([a], states) is None
-    assert merged([a], states) is None  # training: the updates, which gradients flow through
-    # the rule: merging moves 2·in·out per linear, the updates in + 2·out per token
-    monkeypatch.setattr(grouped_module, "MERGE_RATIO", 0.5)
-    dims = [(m.linear.in_features, m.linear.out_features) for m in view.modules()
-            if isinstance(m, grouped_module.RowLora)]
-    least = 2 * sum(i * o for i, o in dims) / sum(i + 2 * o for i, o in dims) / 0.5
-    rows = int(np.ceil(least / 10))
-    with torch.no_grad():
-        assert merged([a], torch.zeros(rows, 10, emb.dim)) is a
-        assert merged([a], torch.zeros(rows - 1, 10, emb.dim)) is None

@@ -424,7 +424,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--encode-batch-size", type=int, default=None,
                         help="--encode-batch-size of the server (texts per forward pass: the "
                         "working memory of a batch; default: the server's)")
-    parser.add_argument("--warmup", type=float, default=3.0,
+    parser.add_argument("--warmup", type=float, default=10.0,
                         help="seconds of single-adapter traffic at the most clients before "
                         "the first phase; the RSS after it is the base's")
     parser.add_argument("--head-overhead", type=int, metavar="N", default=None,

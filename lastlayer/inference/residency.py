@@ -40,7 +40,8 @@ from typing import Any
 
 from lastlayer.core.allocator import release_freed_memory
 
-__all__ = ["HEAD_OVERHEAD", "LOAD_BUCKETS", "HeadCache", "blocks_bytes", "head_bytes", "parse_memory", "storages"]
+__all__ = ["HEAD_OVERHEAD", "LOAD_BUCKETS", "HeadCache", "blocks_bytes", "head_bytes",
+           "parse_memory", "storages"]
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

@@ -53,8 +53,9 @@ eviction trimming at every build costs throughput; measured: docs/many-adapters.
 
 HEAD_OVERHEAD = 40 * 2**10
 """Bytes a built head costs beyond its tensors' data: its modules, dictionaries and tensor
-headers (measured in the process's resident memory, 500 unmerged MiniLM top-2 heads and
-200 SmolLM2 top-4 ones built after their registration: 32-36 KiB each; docs/many-adapters.md)."""
+headers (measured in the process's resident memory, 300 unmerged MiniLM top-2 heads and
+300 SmolLM2 top-4 ones built after their registration: 27-33 KiB each,
+``python -m benchmarks.many_adapters --head-overhead 300``; docs/many-adapters.md)."""
 
 LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Upper bounds (seconds) of the load-latency histogram (``lastlayer_adapter_load_seconds``)."""

@@ -144,7 +144,8 @@ class ResidentHeads:
 
     def owned_bytes(self, head: Head) -> int:
         """The bytes ``head`` owns, as the memory budget counts them (its private blocks, a
-        LoRA adapter's factors and their packed copy; the base's tensors excluded)."""
+        LoRA adapter's factors and their packed copy, the per-head overhead; the base's
+        tensors excluded)."""
         return head_bytes(head, self._basestorages(), self._compute_itemsize())
 
     def _estimate(self, key: int) -> int:

@@ -46,7 +46,7 @@ infinity: $(INFINITY_VENV)/.installed
 $(INFINITY_VENV)/.installed: benchmarks/requirements-infinity.txt
 	test -x $(INFINITY_VENV)/bin/python || $(PYTHON) -m venv $(INFINITY_VENV)
 	$(INFINITY_VENV)/bin/pip install --quiet --disable-pip-version-check $(if $(INFINITY_TORCH_INDEX),--index-url $(INFINITY_TORCH_INDEX)) torch==2.13.0
-	$(INFINITY_VENV)/bin/pip install --quiet --disable-pip-version-check -r benchmarks/requirements-infinity.txt
+	$(INFINITY_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r benchmarks/requirements-infinity.txt
 	touch $@
 
 clean:

@@ -283,19 +283,33 @@ class GroupedLora(nn.Module):
     def forward(self, states: Tensor, mask: Tensor, members: Sequence[LoraFactors | None],
                 which: Tensor | Sequence[int]) -> Tensor:
         """Block L−k's inputs ``(B, T, d)`` + mask -> last states; row ``i`` gets the
-        update of ``members[which[i]]`` (None: none, the base's own blocks)."""
-        sets = self.sets
-        layout = Layout(sets or tuple((name,) for name in self.names), self.names,
-                        max(m.rank for m in members if m is not None), states.dtype)
-        call = _Call(layout, self.rows(members, which, layout, states.device), sets is None)
+        update of ``members[which[i]]`` (None: none, the base's own blocks).
+
+        The first call learns the input sets; where linears share one, it runs again with
+        them, so that its vectors are every later call's bit for bit (one A product per
+        set and one per linear round differently on some CPUs' kernels)."""
+        alone = tuple((name,) for name in self.names)
+        if self.sets is None:
+            lasts, seen = self._run(states, mask, members, which, alone, learn=True)
+            self.sets = input_sets(seen, self.names)
+            if self.sets == alone:
+                return lasts
+        return self._run(states, mask, members, which, self.sets, learn=False)[0]
+
+    def _run(self, states: Tensor, mask: Tensor, members: Sequence[LoraFactors | None],
+             which: Tensor | Sequence[int], sets: Sets, learn: bool
+             ) -> tuple[Tensor, list[tuple[str, Tensor]] | None]:
+        """One pass of the blocks under ``sets``; the last states and, when ``learn``, the
+        ``(linear, input)`` pairs the wrapped linears saw."""
+        layout = Layout(sets, self.names, max(m.rank for m in members if m is not None),
+                        states.dtype)
+        call = _Call(layout, self.rows(members, which, layout, states.device), learn)
         token = _CALL.set(call)
         try:
             lasts = self.head(states, mask)
         finally:
             _CALL.reset(token)
-        if call.seen is not None:
-            self.sets = input_sets(call.seen, self.names)
-        return lasts
+        return lasts, call.seen
 
     def rows(self, members: Sequence[LoraFactors | None], which: Tensor | Sequence[int],
              layout: Layout, device: torch.device) -> list[Tensor]:

@@ -155,7 +155,8 @@ def test_linears_reading_one_input_share_one_product(saved_models, artifacts, ar
             assert frozenset(f"{block}.{n}" for n in names) in learnt
     assert sorted(n for s in view.sets for n in s) == sorted(view.names)
     got = emb.encode(TEXTS16, adapter=keys, batch_size=16).vectors  # one product per set
-    np.testing.assert_allclose(got, first, rtol=0, atol=1e-6)
+    # the learning call ran again under the sets: its vectors are every later call's
+    np.testing.assert_array_equal(got, first)
     np.testing.assert_allclose(got, alone(emb, TEXTS16, keys), rtol=0, atol=1e-6)
     # a call whose linears get other tensors than learnt: each its own product, same rows
     ins = {name: a.shape[0] for name, (a, _) in emb.resident(["a"])["a"].lora.factors.items()}

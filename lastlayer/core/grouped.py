@@ -288,8 +288,8 @@ class GroupedLora(nn.Module):
         The first call learns the input sets; where linears share one, it runs again with
         them, so that its vectors are every later call's bit for bit (one A product per
         set and one per linear round differently on some CPUs' kernels)."""
-        alone = tuple((name,) for name in self.names)
         if self.sets is None:
+            alone = tuple((name,) for name in self.names)
             lasts, seen = self._run(states, mask, members, which, alone, learn=True)
             self.sets = input_sets(seen, self.names)
             if self.sets == alone:

@@ -34,9 +34,11 @@ threads may embed at once.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +135,10 @@ class Engine:
         self.grouped = True
         """Run plain LoRA adapters of one shape in one pass (:func:`groups`); False: every
         head alone (the same vectors to float rounding; for measuring)."""
+        self.working_memory: Callable[[int], AbstractContextManager[Any]] = _uncounted
+        """Entered around each grouped pass with the bytes it gathers for its rows' factors,
+        so that a memory budget counts them while it runs
+        (:meth:`lastlayer.inference.residency.HeadCache.hold`); by default nothing counts."""
         self._views_lock = threading.Lock()
 
     @property
@@ -411,7 +417,13 @@ class Engine:
         top_k, names = next(m for m in members if m is not None).shape
         which = torch.tensor([g for g, key in enumerate(keys) for _ in jobs[key]],
                              device=states.device)
-        return self.view("grouped", top_k, names)(states, mask, members, which)
+        with self.working_memory(GroupedLora.gathered_bytes(members, len(which))):
+            return self.view("grouped", top_k, names)(states, mask, members, which)
+
+
+def _uncounted(_nbytes: int) -> AbstractContextManager[None]:
+    """No memory budget: a grouped pass's working memory is not counted."""
+    return contextlib.nullcontext()
 
 
 def groups(jobs: Mapping[Key, list], starts: Mapping[Key, int], heads: Mapping[str, Head],

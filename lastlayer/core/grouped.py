@@ -332,6 +332,18 @@ class GroupedLora(nn.Module):
             offset += size
         return views
 
+    @staticmethod
+    def gathered_bytes(members: Sequence[LoraFactors | None], rows: int) -> int:
+        """The bytes :meth:`rows` gathers for ``rows`` rows of ``members`` (each row's
+        factors at the group's rank; none for a single member, whose pieces are used as
+        they are): working memory a memory budget counts while the pass runs."""
+        present = [m for m in members if m is not None]
+        if len(members) < 2 or not present:
+            return 0
+        pairs = present[0].factors.values()
+        per_row = max(m.rank for m in present) * sum(a.shape[0] + b.shape[1] for a, b in pairs)
+        return rows * per_row * next(iter(pairs))[0].element_size()
+
     def pieces(self, factors: LoraFactors | None, layout: Layout,
                dims: dict[str, tuple[int, int]], device: torch.device) -> list[Tensor]:
         """An adapter's (None: the base's zero) pieces under ``layout`` (:func:`pack`),

@@ -198,6 +198,7 @@ class Embedder(ResidentHeads):
         self._forms: dict[int, bool] = {}  # merged or not, fixed at its first build
         self._lazy = budget is not None
         self._cache = HeadCache(budget, self._build, self._estimate)
+        self.engine.working_memory = self._cache.hold
         self._shared: frozenset[int] | None = None  # the base's storages
         self._block_sizes: dict[int, int] = {}  # top_k -> bytes of the base's top-k blocks
         self._merged_total = 0  # bytes of every registered adapter's head, merged

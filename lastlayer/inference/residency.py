@@ -14,6 +14,10 @@ tens of MB.
 
 A call that is running keeps the heads it fetched, so an evicted head is freed when the
 last call using it returns: memory may pass the budget by the heads of running calls.
+What a running call gathers on top of the heads counts too (:meth:`HeadCache.hold`: a
+batch whose rows go to several LoRA adapters copies each row's factors for the grouped
+matmuls, tens of MB for a 64-text batch): least recently used heads make room for it
+while it runs, so heads and the gathered factors together stay within the budget.
 
 Without a budget (``None``) nothing is ever evicted: every head stays resident, as an
 Embedder without ``adapter_memory`` keeps them.
@@ -30,10 +34,11 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import re
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +148,7 @@ class HeadCache:
         self._flight: dict[Hashable, Future] = {}
         self._dropped: set[Hashable] = set()  # forgotten while being built
         self.used = 0
+        self.working = 0  # bytes running calls gather (hold), counted against the budget
         self.hits = self.misses = self.evictions = self.loads = self.failures = 0
         self._latencies: collections.deque[float] = collections.deque(maxlen=4096)
         self._buckets = [0] * (len(LOAD_BUCKETS) + 1)  # the last: +Inf
@@ -201,13 +207,7 @@ class HeadCache:
             raise BudgetError(f"its head needs about {estimate / 2**20:.1f} MiB, more than the "
                               f"whole adapter memory ({self.budget / 2**20:.1f} MiB): raise "
                               "adapter_memory.")
-        with self._lock:
-            trim = (self._evict_for(estimate)
-                    and time.monotonic() - self._trimmed >= TRIM_EVERY_S)
-            if trim:
-                self._trimmed = time.monotonic()
-        if trim:  # before the new head is allocated: the dropped ones' memory back first
-            release_freed_memory()
+        self._make_room(estimate)
         start = time.perf_counter()
         try:
             head, size = self._build(key)
@@ -229,14 +229,44 @@ class HeadCache:
             self._evict_for(0, keep=key)
         return head
 
+    @contextlib.contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        """Count ``nbytes`` that a running call allocates beside the heads (a mixed batch's
+        gathered LoRA factors) against the budget while the ``with`` block runs: least
+        recently used heads are dropped to make room, as for a head being built."""
+        if self.budget is None or nbytes <= 0:
+            yield
+            return
+        with self._lock:
+            self.working += nbytes
+        try:
+            self._make_room(0)
+            yield
+        finally:
+            with self._lock:
+                self.working -= nbytes
+
+    def _make_room(self, incoming: int) -> None:
+        """Drop least recently used heads until ``incoming`` more bytes fit, and give the
+        dropped heads' memory back to the system before it is allocated again (at most
+        every :data:`TRIM_EVERY_S`)."""
+        with self._lock:
+            trim = (self._evict_for(incoming)
+                    and time.monotonic() - self._trimmed >= TRIM_EVERY_S)
+            if trim:
+                self._trimmed = time.monotonic()
+        if trim:
+            release_freed_memory()
+
     def _evict_for(self, incoming: int, keep: Hashable = None) -> bool:
-        """Drop least recently used heads (never ``keep``) until ``incoming`` more bytes fit;
-        whether any was dropped. Holds the lock."""
+        """Drop least recently used heads (never ``keep``) until ``incoming`` more bytes fit
+        beside the resident heads and what running calls hold; whether any was dropped.
+        Holds the lock."""
         before = self.evictions
         if self.budget is None:
             return False
         for key in list(self._resident):
-            if self.used + incoming <= self.budget:
+            if self.used + self.working + incoming <= self.budget:
                 break
             if key == keep:
                 continue
@@ -270,6 +300,7 @@ class HeadCache:
         with self._lock:
             latencies = sorted(self._latencies)
             stats = {"resident": len(self._resident), "bytes_used": self.used,
+                     "working_bytes": self.working,
                      "budget": self.budget, "hits": self.hits, "misses": self.misses,
                      "evictions": self.evictions, "loads": self.loads,
                      "load_failures": self.failures, "loading": len(self._flight),

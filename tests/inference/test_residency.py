@@ -4,6 +4,7 @@ evicted adapter's exact vectors when it comes back, a broken adapter failing alo
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +134,37 @@ def test_an_evicted_adapter_gives_the_same_vectors_when_it_comes_back(saved_mode
     rows = ["l0", "l1", None, "l0"]  # both in one call, though only one fits
     np.testing.assert_allclose(emb.encode(TEXTS[:4], rows).vectors,
                                plain.encode(TEXTS[:4], rows).vectors, atol=1e-6)
+
+
+def test_a_mixed_batch_counts_its_gathered_factors_against_the_budget(saved_models, arts):
+    """Rows of two LoRA adapters in one pass gather each row's factors: while the pass
+    runs, those bytes count with the heads', and the least recent head makes room."""
+    probe = lazy(saved_models, "1GB", arts, ["l0"], merge=False)
+    probe.encode(TEXTS[:1], "l0")
+    one = probe.stats()["bytes_used"]
+    factors = probe.resident(["l0"])["l0"].lora.factors.values()
+    per_row = sum(a.nbytes + b.nbytes for a, b in factors)  # one rank for all four
+    emb = lazy(saved_models, 3 * one + one // 4, arts, ["l0", "l1", "l2"], merge=False)
+    for name in ("l0", "l1", "l2"):
+        emb.encode(TEXTS[:1], name)
+    assert emb.resident_names() == {"l0", "l1", "l2"}  # the budget full of heads
+    seen, hold = [], emb.engine.working_memory
+
+    @contextlib.contextmanager
+    def watched(nbytes):
+        with hold(nbytes):
+            seen.append((nbytes, emb.stats(), emb.resident_names()))
+            yield
+
+    emb.engine.working_memory = watched
+    emb.encode(TEXTS[:2], ["l1", "l2"])
+    (nbytes, during, resident), = seen
+    assert nbytes == 2 * per_row and during["working_bytes"] == nbytes
+    assert resident == {"l1", "l2"} and during["evictions"] == 1  # l0: least recent
+    assert during["bytes_used"] + nbytes <= emb.adapter_memory
+    assert emb.stats()["working_bytes"] == 0  # released when the pass returns
+    emb.encode(TEXTS[:2], ["l1", "l1"])  # one adapter: its own pieces, nothing gathered
+    assert len(seen) == 1
 
 
 def test_a_hundred_concurrent_first_requests_build_once(saved_models, arts, monkeypatch):

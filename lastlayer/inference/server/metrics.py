@@ -49,6 +49,9 @@ class _Residency:
                    "resident"),
                   ("lastlayer_adapter_memory_bytes", "Bytes the resident heads use",
                    "bytes_used"),
+                  ("lastlayer_adapter_working_memory_bytes",
+                   "Bytes running mixed batches gather for their rows' LoRA factors",
+                   "working_bytes"),
                   ("lastlayer_adapter_memory_budget_bytes",
                    "adapter_memory (absent: no budget)", "budget"))
         for name, doc, key in gauges:

@@ -76,6 +76,7 @@ def test_start_up_registers_the_index_without_building_a_head(saved_models, fold
                  'lastlayer_adapter_load_seconds_bucket{le="+Inf"} 1.0'):
         assert line in text, line
     assert "lastlayer_adapter_memory_bytes " in text
+    assert "lastlayer_adapter_working_memory_bytes 0.0" in text  # nothing running now
 
 
 def test_bad_flags_exit_2(capsys):

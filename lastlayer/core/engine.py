@@ -38,7 +38,6 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,7 +134,7 @@ class Engine:
         self.grouped = True
         """Run plain LoRA adapters of one shape in one pass (:func:`groups`); False: every
         head alone (the same vectors to float rounding; for measuring)."""
-        self.working_memory: Callable[[int], AbstractContextManager[Any]] = _uncounted
+        self.working_memory: Callable[[int], contextlib.AbstractContextManager[Any]] = _uncounted
         """Entered around each grouped pass with the bytes it gathers for its rows' factors,
         so that a memory budget counts them while it runs
         (:meth:`lastlayer.inference.residency.HeadCache.hold`); by default nothing counts."""
@@ -421,7 +420,7 @@ class Engine:
             return self.view("grouped", top_k, names)(states, mask, members, which)
 
 
-def _uncounted(_nbytes: int) -> AbstractContextManager[None]:
+def _uncounted(_nbytes: int) -> contextlib.AbstractContextManager[None]:
     """No memory budget: a grouped pass's working memory is not counted."""
     return contextlib.nullcontext()
 

@@ -44,8 +44,9 @@ class ResidentHeads:
         Returns:
             ``registered``, ``resident`` (heads in memory), ``bytes_used`` (their tensors'
             bytes), ``working_bytes`` (what running mixed batches gather for their rows'
-            LoRA factors, counted against the budget with the heads), ``budget`` (``adapter_memory``; None), ``hits`` / ``misses`` (an
-            adapter a call needed was resident / had to be built), ``evictions``,
+            LoRA factors, counted against the budget with the heads), ``budget``
+            (``adapter_memory``; None), ``hits`` / ``misses`` (an adapter a call needed
+            was resident / had to be built), ``evictions``,
             ``loads``, ``load_failures``, ``loading`` (builds running now), ``merged`` and
             ``unmerged`` (resident heads of each form), ``hit_rate``, ``load_seconds``
             (count, mean, p50, p99, max of the last 4,096 builds), plus the load-latency

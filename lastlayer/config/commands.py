@@ -286,7 +286,7 @@ class ServeSettings:
             on a GPU (docs/serve.md, Batching).
         workers: Batches run at once, each in its own thread; on CPU each gets an equal
             share of torch's threads (2 on 2 cores: 1.07-1.19x the texts/s of one batch
-            on both; docs/serve.md).
+            on both; docs/serve.md), or all of them when it runs alone at low load.
         api_key: When set, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <key>``
             (401 otherwise); ``/health`` stays open but names no model.
         allow_adapter_updates: Enable ``POST /v1/adapters`` and ``DELETE /v1/adapters/x``.

@@ -6,7 +6,9 @@ different adapters share the base's bottom blocks and the event loop never waits
 model. ``workers`` (2) batches run at once, each worker on its share of torch's CPU threads
 (on 2 cores: one each), so one batch's single-threaded steps (tokenizing, Python between
 kernels, pooling) overlap the other's kernels: 1.07-1.19x the texts/s of one batch at a time
-on both threads, at fewer CPU seconds per text (docs/serve.md, Batching). The window is only
+on both threads, at fewer CPU seconds per text (docs/serve.md, Batching). A batch that
+starts while no other runs takes all the threads (at low load there is nothing to overlap
+with: one client on 2 cores, 1.35x the texts/s of one thread). The window is only
 for a request that finds a worker free: requests that queued while the workers were busy
 start the next batch as soon as one comes back, before that batch's answers are written,
 and with several workers a batch takes at most an equal share of the queue (never less than
@@ -30,6 +32,8 @@ import collections
 import contextlib
 import logging
 import math
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +80,9 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None  # the workers: made by start()
         self._threads: int | None = None  # torch's threads before start() shared them out
+        self._share: int | None = None  # a worker's threads while other batches run
+        self._busy = 0  # batches in the workers now
+        self._busy_lock = threading.Lock()
         self._loader = ThreadPoolExecutor(max_workers=LOADERS, thread_name_prefix="lastlayer-load")
         self._loading: dict[str, asyncio.Future] = {}  # cold adapters being built
         self._free_at = -math.inf  # when the last batch came back (the model went idle)
@@ -86,7 +93,7 @@ class Batcher:
         device = getattr(self.embedder, "device", None)  # a stand-in embedder has none
         if workers > 1 and device is not None and device.type == "cpu":
             self._threads = torch.get_num_threads()
-            share = max(1, self._threads // workers)
+            share = self._share = max(1, self._threads // workers)
         self._executor = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="lastlayer-embed",
             initializer=None if share is None else _own_threads,
@@ -233,6 +240,27 @@ class Batcher:
         run again job by job, and a job that fails alone gets that very error. No job is
         encoded more than twice.
         """
+        with self._threads_for_batch():
+            return self._embed_jobs(jobs)
+
+    @contextlib.contextmanager
+    def _threads_for_batch(self) -> Iterator[None]:
+        """Worker thread, around one batch: its torch threads are all of them when no other
+        batch runs, its share otherwise (decided as the batch starts; on the CPU with
+        several workers only)."""
+        with self._busy_lock:
+            self._busy += 1
+            alone = self._busy == 1 and not self._queued  # nothing waits to join it
+        try:
+            if self._share is not None:
+                torch.set_num_threads(self._threads if alone else self._share)
+            yield
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+
+    def _embed_jobs(self, jobs: list[_Job]) -> list[Any]:
+        """:meth:`_embed`'s work, on the threads it was given."""
         results: list[Any] = [None] * len(jobs)
         for i, job in enumerate(jobs):
             try:

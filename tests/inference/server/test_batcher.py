@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 
@@ -118,6 +119,51 @@ def test_two_workers_run_two_batches_at_once():
     np.testing.assert_array_equal(second[0], [[3, ord("c")]])
 
 
+class HeldOnCpu(Held):
+    """:class:`Held` on the CPU (so the workers share torch's threads), recording the
+    threads each encode call ran on."""
+
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def encode(self, texts, adapter, batch_size, progress, heads=None) -> Embeddings:
+        self.threads.append(torch.get_num_threads())
+        return super().encode(texts, adapter, batch_size, progress, heads)
+
+
+def test_a_batch_alone_runs_on_every_thread_and_two_share_them():
+    """On 2 threads with 2 workers: a batch that starts while no other runs takes both; one
+    that starts beside it takes its share (one); the next lone batch both again."""
+    held = HeldOnCpu()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+
+    async def run():
+        batcher = Batcher(held, ServeSettings(batch_window_ms=0, max_batch=2), Metrics())
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(["aa", "b"], None))
+            await _until(held.entered)
+            await asyncio.wait_for(batcher.submit(["ccc"], None), GUARD_S)
+            held.release.set()
+            await asyncio.wait_for(first, GUARD_S)
+            await asyncio.wait_for(batcher.submit(["dd"], None), GUARD_S)
+        finally:
+            held.release.set()
+            await batcher.stop()
+
+    try:
+        asyncio.run(run())
+        assert held.calls == [["aa", "b"], ["ccc"], ["dd"]]
+        assert held.threads == [2, 1, 2]
+        assert torch.get_num_threads() == 2  # the stop gave the process its count back
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_with_two_workers_a_batch_takes_an_equal_share_of_the_queue():
     """Both workers busy, 8 one-text requests queue. The worker that comes back first takes
     half of them (not all 8, which would leave the other worker idle), the next an equal
@@ -213,8 +259,6 @@ def test_back_to_back_batches_answer_each_request_with_its_own_rows(embedder):
     vectors and token counts ``Embedder.encode`` gives it alone (two batches at a time, each
     on its share of torch's threads), and one for an adapter that is not loaded gets its
     404 alone; the stop gives torch's thread count back."""
-    import torch
-
     threads = torch.get_num_threads()
     names = ["a", "b", None, "a", "missing", "b", None, "a", "b", "a", None, "b"]
     requests = [(TEXTS[i % len(TEXTS): i % len(TEXTS) + 1 + i % 3], name)

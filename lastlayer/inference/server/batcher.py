@@ -7,8 +7,9 @@ model. ``workers`` (2) batches run at once, each worker on its share of torch's 
 (on 2 cores: one each), so one batch's single-threaded steps (tokenizing, Python between
 kernels, pooling) overlap the other's kernels: 1.07-1.19x the texts/s of one batch at a time
 on both threads, at fewer CPU seconds per text (docs/serve.md, Batching). A batch that
-starts while no other runs takes all the threads (at low load there is nothing to overlap
-with: one client on a 2-core Zen 4, 1.3-1.7x the texts/s of one thread). The window is only
+starts while no other runs and nothing waits takes all the threads (at low load there is
+nothing to overlap with: one client on a 2-core Zen 4, 1.3-1.7x the texts/s of one thread).
+The window is only
 for a request that finds a worker free: requests that queued while the workers were busy
 start the next batch as soon as one comes back, before that batch's answers are written,
 and with several workers a batch takes at most an equal share of the queue (never less than

@@ -1,6 +1,6 @@
 """The inference engine: one base in memory, each adapter's private heads, the trunk run once.
 
-(~455 lines: the planner and runner of one batch read the same plan, trunk and head
+(~470 lines: the planner and runner of one batch read the same plan, trunk and head
 snapshot; the grouped pass's own machinery is in :mod:`lastlayer.core.grouped`.)
 
 Every lastlayer adapter changes only blocks L−k … L−1 of its base, so rows bound for
@@ -416,8 +416,9 @@ class Engine:
         top_k, names = next(m for m in members if m is not None).shape
         which = torch.tensor([g for g, key in enumerate(keys) for _ in jobs[key]],
                              device=states.device)
-        with self.working_memory(GroupedLora.gathered_bytes(members, len(which))):
-            return self.view("grouped", top_k, names)(states, mask, members, which)
+        view = self.view("grouped", top_k, names)
+        with self.working_memory(view.gathered_bytes(members, len(which), states.dtype)):
+            return view(states, mask, members, which)
 
 
 def _uncounted(_nbytes: int) -> contextlib.AbstractContextManager[None]:

@@ -317,8 +317,7 @@ class GroupedLora(nn.Module):
         then ``(B, r, out)`` for each linear, views into one buffer built by one ``cat``;
         with a single member, its own pieces as ``(in, n·r)`` and ``(r, out)`` matrices
         (every row the same adapter: no per-row copies, plain matmuls)."""
-        ref = next(m for m in members if m is not None)
-        dims = {name: (a.shape[0], b.shape[1]) for name, (a, b) in ref.factors.items()}
+        dims = _dims(next(m for m in members if m is not None))
         packs = [self.pieces(m, layout, dims, device) for m in members]
         if len(packs) == 1:
             return [piece.view(shape) for piece, shape in
@@ -332,17 +331,19 @@ class GroupedLora(nn.Module):
             offset += size
         return views
 
-    @staticmethod
-    def gathered_bytes(members: Sequence[LoraFactors | None], rows: int) -> int:
-        """The bytes :meth:`rows` gathers for ``rows`` rows of ``members`` (each row's
-        factors at the group's rank; none for a single member, whose pieces are used as
-        they are): working memory a memory budget counts while the pass runs."""
+    def gathered_bytes(self, members: Sequence[LoraFactors | None], rows: int,
+                       dtype: torch.dtype) -> int:
+        """The bytes :meth:`rows` gathers for ``rows`` rows of ``members`` in ``dtype`` (each
+        row's pieces under the group's layout, the same total whatever the input sets; none
+        for a single member, whose pieces are used as they are): working memory a memory
+        budget counts while the pass runs."""
         present = [m for m in members if m is not None]
         if len(members) < 2 or not present:
             return 0
-        pairs = present[0].factors.values()
-        per_row = max(m.rank for m in present) * sum(a.shape[0] + b.shape[1] for a, b in pairs)
-        return rows * per_row * next(iter(pairs))[0].element_size()
+        layout = Layout(tuple((name,) for name in self.names), self.names,
+                        max(m.rank for m in present), dtype)
+        pieces = layout.shapes(_dims(present[0]))
+        return rows * dtype.itemsize * sum(height * width for height, width in pieces)
 
     def pieces(self, factors: LoraFactors | None, layout: Layout,
                dims: dict[str, tuple[int, int]], device: torch.device) -> list[Tensor]:
@@ -382,6 +383,11 @@ class OneLora(nn.Module):
     def forward(self, states: Tensor, mask: Tensor) -> Tensor:
         """Block L−k's inputs ``(B, T, d)`` + mask -> last states under the adapter."""
         return self.grouped(states, mask, [self.factors], ())
+
+
+def _dims(factors: LoraFactors) -> dict[str, tuple[int, int]]:
+    """``(in, out)`` of each linear an adapter's factors wrap."""
+    return {name: (a.shape[0], b.shape[1]) for name, (a, b) in factors.factors.items()}
 
 
 def input_sets(seen: Sequence[tuple[str, Tensor]], names: Sequence[str]) -> Sets:

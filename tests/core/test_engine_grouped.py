@@ -193,8 +193,9 @@ def test_ranks_are_padded_and_the_base_gets_zeros(saved_models):
                             torch.device("cpu"))
     assert a.shape == (4, d, 8) and b_q.shape == b_k.shape == (4, 4, d)
     # what a memory budget counts for the pass: the whole gathered buffer
-    assert a.untyped_storage().nbytes() == GroupedLora.gathered_bytes([r2, r4, None], 4)
-    assert GroupedLora.gathered_bytes([r4], 4) == 0  # one member: its own pieces
+    assert a.untyped_storage().nbytes() == view.gathered_bytes([r2, r4, None], 4,
+                                                               torch.float32)
+    assert view.gathered_bytes([r4], 4, torch.float32) == 0  # one member: its own pieces
     x = torch.randn(4, 6, d, generator=gen)
     low = torch.bmm(x, a)
     for row, member in enumerate([r4, r2, None, r4]):
